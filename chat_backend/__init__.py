@@ -1,0 +1,1 @@
+"""The reference chat backend: implements the gateway's upstream contract."""

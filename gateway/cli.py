@@ -1,0 +1,147 @@
+"""The ``gateway`` command: serve, manage agent keys, check policies."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.config import Config, default_config_path, load_config
+from gateway.core import agent_keys
+from gateway.core.signing_keys import SigningKeyError
+from gateway.keystore.admin import KeySpecError, create_key
+from gateway.keystore.base import KeyRecord, KeyStoreError, utcnow
+from gateway.keystore.factory import open_keystore
+from gateway.redis_connect import RedisUrlError
+from gateway.yaml_source import SourceError
+
+EXIT_USAGE = 2
+
+
+class CommandError(Exception):
+    """A refusal to print as ``gateway: <message>`` with exit status 2."""
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(args.config or default_config_path())
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.observability.logging import configure
+    from gateway.server import run
+
+    config = _config(args)
+    configure(config.logging.level, config.logging.format)
+    run(config, os.environ)
+    return 0
+
+
+async def _create_key(config: Config, args: argparse.Namespace) -> tuple[str, KeyRecord]:
+    try:
+        return await create_key(config, args.model, args.origin or (), args.label or "")
+    except KeySpecError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    config = _config(args)
+    key, record = asyncio.run(_create_key(config, args))
+    if args.json:
+        print(json.dumps({"key": key, "key_id": record.key_id}))
+    else:
+        print(key)
+        print(
+            f"key id {record.key_id}, models {', '.join(record.models)}: "
+            "store the key now, it is not shown again.",
+            file=sys.stderr,
+        )
+    return 0
+
+
+async def _list_keys(config: Config) -> list[KeyRecord]:
+    store = open_keystore(config)
+    try:
+        return await store.list()
+    finally:
+        await store.close()
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    records = asyncio.run(_list_keys(_config(args)))
+    if args.json:
+        print(json.dumps([r.public_view() for r in records], indent=2))
+        return 0
+    print(f"{'KEY ID':<14}{'STATUS':<10}{'CREATED':<22}{'MODELS':<24}LABEL")
+    for r in records:
+        status = "active" if r.active else "revoked"
+        created = r.created_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+        print(f"{r.key_id:<14}{status:<10}{created:<22}{','.join(r.models):<24}{r.label}")
+    return 0
+
+
+async def _revoke_key(config: Config, key_id: str) -> KeyRecord | None:
+    store = open_keystore(config)
+    try:
+        return await store.revoke(key_id, utcnow())
+    finally:
+        await store.close()
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    if not agent_keys.KEY_ID_PATTERN.match(args.key_id):
+        raise CommandError(f"{args.key_id!r} is not a key id (12 letters and digits)")
+    record = asyncio.run(_revoke_key(_config(args), args.key_id))
+    if record is None:
+        raise CommandError(f"no key with id {args.key_id}")
+    print(f"revoked {record.key_id} at {record.revoked_at:%Y-%m-%dT%H:%M:%SZ}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="configuration file (default: $GATEWAY_CONFIG or ./config.yaml)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="gateway", description="Security gateway for public AI-agent chat.", parents=[common]
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[common], help="run the gateway")
+    serve.set_defaults(func=cmd_serve)
+
+    keys = commands.add_parser("keys", help="manage public agent keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = key_commands.add_parser("create", parents=[common], help="create a key")
+    create.add_argument("--model", action="append", required=True, help="model id (repeatable)")
+    create.add_argument("--origin", action="append", help="allowed browser origin (repeatable)")
+    create.add_argument("--label", help="a note for operators")
+    create.add_argument("--json", action="store_true", help='print {"key": ..., "key_id": ...}')
+    create.set_defaults(func=cmd_keys_create)
+    listing = key_commands.add_parser("list", parents=[common], help="list keys (no secrets)")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_keys_list)
+    revoke = key_commands.add_parser("revoke", parents=[common], help="revoke a key")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(func=cmd_keys_revoke)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if not hasattr(args, "config"):
+        args.config = None
+    try:
+        return int(args.func(args))
+    except (SourceError, SigningKeyError, KeyStoreError, RedisUrlError, CommandError) as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130

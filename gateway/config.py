@@ -1,0 +1,236 @@
+"""The gateway's configuration: a validated, immutable tree loaded from ``config.yaml``.
+
+Precedence: defaults < the YAML file < environment variables ``GATEWAY__SECTION__FIELD``
+(values parsed as YAML scalars, so ``GATEWAY__SERVER__PORT=8080`` is an int). Secrets never
+live here: token signing keys come from ``GATEWAY_SIGNING_KEYS`` or a mounted file
+(see :mod:`gateway.core.signing_keys`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    field_validator,
+    model_validator,
+)
+
+from gateway.yaml_source import Loc, SourceError, YamlDocument, read_yaml, validate_model
+
+ENV_PREFIX = "GATEWAY__"
+MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+ModelId = Annotated[str, Field(pattern=MODEL_ID_PATTERN)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    #: networks whose ``X-Forwarded-For`` and ``X-Request-Id`` are believed
+    trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
+    max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    max_message_chars: int = Field(8000, ge=1, le=1_000_000)
+    max_token_chars: int = Field(4096, ge=256, le=16384)
+    shutdown_grace_seconds: float = Field(20.0, ge=0, le=3600)
+
+
+class AdminSettings(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9090, ge=0, le=65535)
+
+
+class StoreSettings(_Section):
+    type: Literal["memory", "redis"] = "memory"
+    #: ``redis://``, ``rediss://``, ``redis+cluster://`` or ``redis+sentinel://``
+    url: str = "redis://127.0.0.1:6379/0"
+    #: every key is ``{prefix}:...`` so one request's keys share a Redis Cluster slot
+    prefix: str = Field("gw", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    timeout_ms: int = Field(50, ge=1, le=10_000)
+    max_connections: int = Field(64, ge=1, le=10_000)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"type": value} if isinstance(value, str) else value
+
+
+class Argon2Settings(_Section):
+    """Cost of hashing newly created keys; verification reads the cost from each hash."""
+
+    time_cost: int = Field(3, ge=1, le=20)
+    memory_kib: int = Field(65536, ge=8192, le=4 * 1024 * 1024)
+    parallelism: int = Field(4, ge=1, le=64)
+
+
+class KeyStoreSettings(_Section):
+    type: Literal["file", "redis"] = "file"
+    path: Path = Path("var/keys.yaml")
+    #: Redis key store location; defaults to ``store.url``
+    redis_url: str | None = None
+    prefix: str = Field("gwkeys", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    #: how long a successful argon2 verification is remembered (0 disables the cache)
+    verified_cache_seconds: float = Field(60.0, ge=0, le=3600)
+    verified_cache_size: int = Field(10_000, ge=0, le=1_000_000)
+    #: how often running gateways look for key changes (file: fallback poll beside
+    #: change notifications; redis: a version counter)
+    sync_seconds: float = Field(1.0, gt=0, le=5)
+    argon2: Argon2Settings = Field(default_factory=Argon2Settings)
+
+
+class TokenSettings(_Section):
+    ttl_seconds: int = Field(900, ge=30, le=86_400)
+    issuer: str = Field("agent-gateway", min_length=1)
+    audience: str = Field("public-agent-api", min_length=1)
+    algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    leeway_seconds: int = Field(5, ge=0, le=300)
+    #: a mounted secret file with one ``kid:secret`` per line (first line signs);
+    #: ``GATEWAY_SIGNING_KEYS`` / ``GATEWAY_SIGNING_KEYS_FILE`` take precedence
+    signing_keys_file: Path | None = None
+
+
+FingerprintComponent = Literal["ip_prefix", "client_ip", "user_agent"]
+DEFAULT_COMPONENTS: tuple[FingerprintComponent, ...] = ("ip_prefix", "user_agent")
+
+
+class BindingSettings(_Section):
+    bind_at: Literal["first_use", "issue"] = "first_use"
+    #: fingerprint parts; an empty list disables binding
+    components: list[FingerprintComponent] = Field(default_factory=lambda: list(DEFAULT_COMPONENTS))
+    ipv4_prefix: int = Field(24, ge=8, le=32)
+    ipv6_prefix: int = Field(64, ge=16, le=128)
+    #: distinct fingerprints a token may show before the next one is suspicious
+    max_fingerprints: int = Field(1, ge=1, le=16)
+    action: Literal["revoke", "deny"] = "revoke"
+
+    @field_validator("components")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("components must not repeat")
+        if "ip_prefix" in value and "client_ip" in value:
+            raise ValueError("use either ip_prefix or client_ip, not both")
+        return value
+
+
+class ModelSettings(_Section):
+    description: str = ""
+    #: model id sent upstream; defaults to the public model id
+    upstream_model: str | None = None
+
+
+class UpstreamTimeouts(_Section):
+    connect: float = Field(2.0, gt=0, le=60)
+    #: whole non-streamed answer, and the wait for a streamed answer's headers
+    read: float = Field(30.0, gt=0, le=600)
+    #: longest silence between two chunks of a streamed answer
+    stream_idle: float = Field(30.0, gt=0, le=600)
+
+
+class UpstreamSettings(_Section):
+    url: str = Field("http://127.0.0.1:8081", pattern=r"^https?://[^/?#]+/?$")
+    messages_path: str = "/internal/conversations/{conversation_id}/messages"
+    send_path: str = "/internal/conversations/{conversation_id}/messages"
+    timeouts: UpstreamTimeouts = Field(default_factory=UpstreamTimeouts)
+    max_connections: int = Field(100, ge=1, le=10_000)
+    max_response_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+
+    @field_validator("messages_path", "send_path")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        if not value.startswith("/"):
+            raise ValueError("must start with '/'")
+        if "{conversation_id}" not in value:
+            raise ValueError("must contain {conversation_id}")
+        leftover = re.sub(r"\{conversation_id\}", "", value)
+        if "{" in leftover or "}" in leftover:
+            raise ValueError("only the {conversation_id} placeholder is known")
+        return value
+
+
+class LoggingSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"
+
+
+class Config(_Section):
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    keys: KeyStoreSettings = Field(default_factory=KeyStoreSettings)
+    tokens: TokenSettings = Field(default_factory=TokenSettings)
+    binding: BindingSettings = Field(default_factory=BindingSettings)
+    models: dict[ModelId, ModelSettings] = Field(min_length=1)
+    upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    def resolve_paths(self, base: Path) -> Config:
+        """Relative file paths are relative to the configuration file's directory."""
+        keys = self.keys.model_copy(update={"path": _under(base, self.keys.path)})
+        tokens = self.tokens
+        if tokens.signing_keys_file is not None:
+            tokens = tokens.model_copy(
+                update={"signing_keys_file": _under(base, tokens.signing_keys_file)}
+            )
+        return self.model_copy(update={"keys": keys, "tokens": tokens})
+
+    @property
+    def key_store_redis_url(self) -> str:
+        return self.keys.redis_url or self.store.url
+
+
+def _under(base: Path, path: Path) -> Path:
+    return path if path.is_absolute() else (base / path)
+
+
+def _apply_env(doc: YamlDocument, environ: Mapping[str, str]) -> None:
+    if doc.data is None:
+        doc.data = {}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if not all(parts):
+            raise SourceError(f"environment {name}: empty path segment")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = doc.data
+        loc: Loc = ()
+        for part in parts[:-1]:
+            loc = (*loc, part)
+            if not isinstance(node, dict):
+                raise SourceError(f"environment {name}: {'.'.join(parts)} is not a section")
+            node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SourceError(f"environment {name}: {'.'.join(parts)} is not a section")
+        node[parts[-1]] = value
+        doc.overrides[(*loc, parts[-1])] = f"environment {name}"
+
+
+def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
+    """Load, override from the environment, validate. Raises :class:`SourceError`."""
+    path = Path(path)
+    doc = read_yaml(path)
+    if doc.data is not None and not isinstance(doc.data, dict):
+        raise SourceError(f"{doc.where(())}: the configuration must be a mapping")
+    _apply_env(doc, os.environ if environ is None else environ)
+    config = validate_model(Config, doc)
+    return config.resolve_paths(path.resolve().parent)
+
+
+def default_config_path() -> Path:
+    return Path(os.environ.get("GATEWAY_CONFIG", "config.yaml"))

@@ -1,0 +1,52 @@
+"""Client fingerprints for token binding.
+
+A fingerprint is a short hash of the configured components: the client IP or its network
+prefix (IPv4 /24 and IPv6 /64 by default, so a phone that changes address inside its
+carrier's network keeps its token) and the User-Agent. Only the hash is stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+
+FINGERPRINT_CHARS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class FingerprintRule:
+    components: tuple[str, ...] = ("ip_prefix", "user_agent")
+    ipv4_prefix: int = 24
+    ipv6_prefix: int = 64
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.components)
+
+
+def ip_prefix(address: str, ipv4_prefix: int, ipv6_prefix: int) -> str:
+    """``203.0.113.7`` -> ``203.0.113.0/24``; an unparseable address is returned as is."""
+    try:
+        ip = ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    bits = ipv4_prefix if isinstance(ip, IPv4Address) else ipv6_prefix
+    return str(ip_network(f"{ip}/{bits}", strict=False))
+
+
+def fingerprint(rule: FingerprintRule, client_ip: str, user_agent: str) -> str:
+    parts: list[str] = []
+    for component in rule.components:
+        if component == "ip_prefix":
+            parts.append(ip_prefix(client_ip, rule.ipv4_prefix, rule.ipv6_prefix))
+        elif component == "client_ip":
+            parts.append(client_ip)
+        elif component == "user_agent":
+            parts.append(user_agent)
+        else:  # pragma: no cover - validated by the configuration
+            raise ValueError(f"unknown fingerprint component {component!r}")
+    digest = hashlib.sha256("\x1f".join(parts).encode("utf-8", "replace")).hexdigest()
+    return digest[:FINGERPRINT_CHARS]

@@ -1,0 +1,1 @@
+"""Where hashed agent keys live: a YAML file (GitOps) or Redis."""

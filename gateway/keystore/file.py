@@ -1,0 +1,163 @@
+"""A key store in one YAML file: hashes only, reviewable, GitOps friendly.
+
+Writers (the ``gateway keys`` commands) take an exclusive lock and replace the file
+atomically. Gateways watch the file's directory (watchfiles, with a periodic stat as a
+fallback for filesystems without notifications, such as some volume mounts) and reload it
+when its content changes; a file that fails to parse keeps the last good snapshot and is
+reported with its line and field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from watchfiles import awatch
+
+from gateway.keystore.base import KeyRecord, KeyStoreError
+from gateway.yaml_source import SourceError, parse_yaml, validate_model
+
+log = structlog.get_logger("gateway.keystore")
+
+HEADER = (
+    "# Agent keys: argon2id hashes only, managed with `gateway keys create|list|revoke`.\n"
+    "# Safe to commit: a hash does not reveal its key.\n"
+)
+
+
+class _KeyFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    keys: list[KeyRecord] = Field(default_factory=list)
+
+
+class FileKeyStore:
+    def __init__(self, path: Path, *, poll_seconds: float = 1.0) -> None:
+        self.path = path
+        self._poll_ms = max(int(poll_seconds * 1000), 50)
+        self._records: dict[str, KeyRecord] = {}
+        self._digest: bytes | None = None
+        self.loaded = False
+
+    # -- reading -----------------------------------------------------------------------
+    def _read(self) -> tuple[bytes, dict[str, KeyRecord]]:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return hashlib.sha256(b"").digest(), {}
+        except OSError as exc:
+            raise KeyStoreError(f"{self.path}: cannot read: {exc.strerror}") from None
+        digest = hashlib.sha256(raw).digest()
+        if digest == self._digest:
+            return digest, self._records
+        try:
+            doc = parse_yaml(raw.decode("utf-8"), str(self.path))
+            if doc.data is None:
+                return digest, {}
+            parsed = validate_model(_KeyFile, doc)
+        except (SourceError, UnicodeDecodeError) as exc:
+            raise KeyStoreError(str(exc)) from None
+        records: dict[str, KeyRecord] = {}
+        for index, record in enumerate(parsed.keys):
+            if record.key_id in records:
+                raise KeyStoreError(
+                    f"{doc.where(('keys', index))}: keys[{index}].key_id: "
+                    f"duplicate key id {record.key_id}"
+                )
+            records[record.key_id] = record
+        return digest, records
+
+    def lookup(self, key_id: str) -> KeyRecord | None:
+        return self._records.get(key_id)
+
+    async def refresh(self) -> None:
+        digest, records = self._read()
+        if digest != self._digest:
+            changed = self.loaded
+            self._digest, self._records = digest, records
+            if changed:
+                log.info("keystore_reloaded", path=str(self.path), keys=len(records))
+        self.loaded = True
+
+    async def run(self, stop: asyncio.Event) -> None:
+        directory = self.path.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        async for _changes in awatch(
+            directory,
+            stop_event=stop,
+            yield_on_timeout=True,
+            rust_timeout=self._poll_ms,
+            debounce=100,
+            step=20,
+        ):
+            try:
+                await self.refresh()
+            except KeyStoreError as exc:
+                log.error("keystore_reload_failed", error=str(exc), kept_keys=len(self._records))
+
+    # -- writing -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _write(self, records: dict[str, KeyRecord]) -> None:
+        entries: list[dict[str, Any]] = [
+            r.model_dump(mode="json", exclude_none=False) for r in records.values()
+        ]
+        text = HEADER + yaml.safe_dump({"keys": entries}, sort_keys=False, allow_unicode=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(tmp, 0o640)
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    async def create(self, record: KeyRecord) -> None:
+        with self._locked():
+            _, records = self._read()
+            if record.key_id in records:
+                raise KeyStoreError(f"key id {record.key_id} already exists")
+            self._write({**records, record.key_id: record})
+        await self.refresh()
+
+    async def list(self) -> list[KeyRecord]:
+        await self.refresh()
+        return list(self._records.values())
+
+    async def revoke(self, key_id: str, at: datetime) -> KeyRecord | None:
+        with self._locked():
+            _, records = self._read()
+            record = records.get(key_id)
+            if record is None:
+                return None
+            if record.active:
+                record = record.model_copy(update={"revoked_at": at})
+                self._write({**records, key_id: record})
+        await self.refresh()
+        return record
+
+    async def close(self) -> None:
+        return None

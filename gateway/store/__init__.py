@@ -1,0 +1,1 @@
+"""Where request state lives: token records, rate-limit counters, the penalty box."""

@@ -1,0 +1,96 @@
+"""The state store contract: one atomic ``admit`` call per request.
+
+``admit`` decides, in one step that either applies entirely or not at all: is the client
+in the penalty box, is the token revoked or used from a new fingerprint, and does every
+rate limit that applies have room. A denied request consumes nothing. The memory store
+does this under the event loop (no awaits inside), the Redis store in one Lua script.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from gateway.core.gcra import LimitSpec, LimitState
+
+
+class TokenVerdict(StrEnum):
+    OK = "ok"
+    #: first use (or a new allowed fingerprint): the fingerprint is now recorded
+    BOUND = "bound"
+    REVOKED = "revoked"
+    REUSE = "reuse"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUse:
+    jti: str
+    #: this request's fingerprint; empty when binding is off
+    fingerprint: str
+    #: the fingerprint the token was bound to at issue; empty when bound at first use
+    issued_fingerprint: str
+    max_fingerprints: int
+    revoke_on_reuse: bool
+    #: the token's remaining life: its record expires with it
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AdmitRequest:
+    token: TokenUse | None = None
+    limits: tuple[LimitSpec, ...] = ()
+    #: the penalty-box subject (client IP or prefix); None skips the check
+    penalty_subject: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    #: > 0 when the client sits in the penalty box: milliseconds left
+    penalized_ms: int
+    token: TokenVerdict | None
+    limits: tuple[LimitState, ...]
+
+    @property
+    def token_ok(self) -> bool:
+        return self.token in (None, TokenVerdict.OK, TokenVerdict.BOUND)
+
+    def denied_limits(self, specs: tuple[LimitSpec, ...]) -> list[int]:
+        """Indexes of enforced limits that refused the request."""
+        return [
+            i
+            for i, (spec, state) in enumerate(zip(specs, self.limits, strict=True))
+            if not state.allowed and not spec.shadow
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class PenaltyRule:
+    window_ms: int
+    threshold: int
+    cooldown_ms: int
+
+
+class StoreUnavailable(Exception):
+    """The store did not answer in time or at all."""
+
+
+class StateStore(Protocol):
+    async def admit(self, request: AdmitRequest) -> Admission: ...
+
+    async def revoke_token(self, jti: str, ttl_ms: int) -> None: ...
+
+    async def record_failure(self, subject: str, rule: PenaltyRule) -> int:
+        """Count one failure (bad key, bad token, reuse); the cool-down in ms once the
+        threshold is reached, else 0."""
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+MIN_TTL_MS = 1000
+
+
+def record_ttl_ms(ttl_ms: int) -> int:
+    return max(ttl_ms, MIN_TTL_MS)

@@ -1,0 +1,170 @@
+"""The single-process store: plain dicts with expiry, same semantics as the Redis script.
+
+``admit`` contains no ``await``, so it is atomic under the event loop. Expired entries are
+dropped lazily on access and by an expiry heap swept on every call (amortised O(log n)).
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from gateway.core.gcra import LimitState, evaluate
+from gateway.store.base import (
+    Admission,
+    AdmitRequest,
+    PenaltyRule,
+    TokenUse,
+    TokenVerdict,
+    record_ttl_ms,
+)
+
+V = TypeVar("V")
+
+
+class ExpiringMap(Generic[V]):
+    def __init__(self) -> None:
+        self._items: dict[str, tuple[V, float]] = {}
+        self._heap: list[tuple[float, str]] = []
+
+    def sweep(self, now_ms: float) -> None:
+        heap, items = self._heap, self._items
+        while heap and heap[0][0] <= now_ms:
+            _, key = heapq.heappop(heap)
+            item = items.get(key)
+            if item is not None and item[1] <= now_ms:
+                del items[key]
+
+    def get(self, key: str, now_ms: float) -> V | None:
+        item = self._items.get(key)
+        if item is None:
+            return None
+        if item[1] <= now_ms:
+            del self._items[key]
+            return None
+        return item[0]
+
+    def expires_at(self, key: str) -> float | None:
+        item = self._items.get(key)
+        return None if item is None else item[1]
+
+    def set(self, key: str, value: V, expires_at_ms: float) -> None:
+        self._items[key] = (value, expires_at_ms)
+        heapq.heappush(self._heap, (expires_at_ms, key))
+        if len(self._heap) > 4 * len(self._items) + 1024:  # drop stale heap entries
+            self._heap = [(exp, k) for k, (_, exp) in self._items.items()]
+            heapq.heapify(self._heap)
+
+    def delete(self, key: str) -> None:
+        self._items.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass
+class _TokenRecord:
+    fingerprints: list[str] = field(default_factory=list)
+    revoked: bool = False
+
+
+def _now_ms() -> float:
+    return time.time() * 1000.0
+
+
+class MemoryStore:
+    def __init__(self, clock_ms: Callable[[], float] = _now_ms) -> None:
+        self._clock = clock_ms
+        self.tokens: ExpiringMap[_TokenRecord] = ExpiringMap()
+        self.tats: ExpiringMap[float] = ExpiringMap()
+        self.failures: ExpiringMap[int] = ExpiringMap()
+        self.penalties: ExpiringMap[bool] = ExpiringMap()
+
+    def _sweep(self, now: float) -> None:
+        for table in (self.tokens, self.tats, self.failures, self.penalties):
+            table.sweep(now)
+
+    def _check_token(self, use: TokenUse, now: float) -> tuple[TokenVerdict, list[str] | None]:
+        """The verdict and, for BOUND, the fingerprints to record on admission."""
+        record = self.tokens.get(use.jti, now)
+        if record is not None and record.revoked:
+            return TokenVerdict.REVOKED, None
+        fp = use.fingerprint
+        if not fp:
+            return TokenVerdict.OK, None
+        known = (
+            record.fingerprints
+            if record is not None
+            else ([use.issued_fingerprint] if use.issued_fingerprint else [])
+        )
+        if fp in known:
+            if record is None:
+                return TokenVerdict.BOUND, known
+            return TokenVerdict.OK, None
+        if len(known) < use.max_fingerprints:
+            return TokenVerdict.BOUND, [*known, fp]
+        if use.revoke_on_reuse:
+            self._revoke(use.jti, known, now, use.ttl_ms)
+        return TokenVerdict.REUSE, None
+
+    def _revoke(self, jti: str, fingerprints: list[str], now: float, ttl_ms: int) -> None:
+        expires = self.tokens.expires_at(jti)
+        if expires is None or expires <= now:
+            expires = now + record_ttl_ms(ttl_ms)
+        self.tokens.set(jti, _TokenRecord(list(fingerprints), revoked=True), expires)
+
+    async def admit(self, request: AdmitRequest) -> Admission:
+        now = self._clock()
+        self._sweep(now)
+        if request.penalty_subject is not None:
+            expires = self.penalties.expires_at(request.penalty_subject)
+            if expires is not None and expires > now:
+                return Admission(int(expires - now) or 1, None, ())
+        verdict: TokenVerdict | None = None
+        bind: list[str] | None = None
+        if request.token is not None:
+            verdict, bind = self._check_token(request.token, now)
+            if verdict in (TokenVerdict.REVOKED, TokenVerdict.REUSE):
+                return Admission(0, verdict, ())
+        states: list[LimitState] = [
+            evaluate(spec, self.tats.get(spec.key, now), now) for spec in request.limits
+        ]
+        if any(
+            not s.allowed and not spec.shadow
+            for spec, s in zip(request.limits, states, strict=True)
+        ):
+            return Admission(0, verdict, tuple(states))
+        for spec, state in zip(request.limits, states, strict=True):
+            if state.allowed:
+                self.tats.set(spec.key, state.new_tat, state.new_tat)
+        if bind is not None and request.token is not None:
+            use = request.token
+            expires = self.tokens.expires_at(use.jti) or now + record_ttl_ms(use.ttl_ms)
+            self.tokens.set(use.jti, _TokenRecord(bind), expires)
+        return Admission(0, verdict, tuple(states))
+
+    async def revoke_token(self, jti: str, ttl_ms: int) -> None:
+        now = self._clock()
+        record = self.tokens.get(jti, now)
+        self._revoke(jti, record.fingerprints if record else [], now, ttl_ms)
+
+    async def record_failure(self, subject: str, rule: PenaltyRule) -> int:
+        now = self._clock()
+        self._sweep(now)
+        count = (self.failures.get(subject, now) or 0) + 1
+        expires = self.failures.expires_at(subject) or now + rule.window_ms
+        if count >= rule.threshold:
+            self.failures.delete(subject)
+            self.penalties.set(subject, True, now + rule.cooldown_ms)
+            return rule.cooldown_ms
+        self.failures.set(subject, count, expires)
+        return 0
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,107 @@
+"""The shared store: every decision is one Lua script call (one round trip).
+
+All keys carry the same hash tag ``{prefix}``, so a script that touches a token record,
+the penalty box and several rate-limit counters is valid on Redis Cluster (the keys of
+one deployment share a slot; see docs/operations.md for the trade-off). Scripts are
+shipped as files in the package, loaded once and called by SHA.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from redis.commands.core import AsyncScript
+
+from gateway.core.gcra import LimitState
+from gateway.redis_connect import AnyRedis
+from gateway.store.base import (
+    Admission,
+    AdmitRequest,
+    PenaltyRule,
+    TokenVerdict,
+    record_ttl_ms,
+)
+
+
+def _lua(name: str) -> str:
+    return resources.files("gateway.store").joinpath("lua", name).read_text(encoding="utf-8")
+
+
+class RedisStore:
+    def __init__(self, client: AnyRedis, *, prefix: str = "gw") -> None:
+        self.redis = client
+        self._tag = "{" + prefix + "}"
+        self._admit: AsyncScript = client.register_script(_lua("admit.lua"))
+        self._failure: AsyncScript = client.register_script(_lua("failure.lua"))
+        self._revoke: AsyncScript = client.register_script(_lua("revoke.lua"))
+
+    # key names -----------------------------------------------------------------------
+    def token_key(self, jti: str) -> str:
+        return f"{self._tag}:t:{jti}"
+
+    def limit_key(self, key: str) -> str:
+        return f"{self._tag}:rl:{key}"
+
+    def penalty_key(self, subject: str) -> str:
+        return f"{self._tag}:pb:{subject}"
+
+    def failure_key(self, subject: str) -> str:
+        return f"{self._tag}:pf:{subject}"
+
+    # operations ----------------------------------------------------------------------
+    async def admit(self, request: AdmitRequest) -> Admission:
+        keys: list[str] = []
+        args: list[Any] = [
+            1 if request.penalty_subject is not None else 0,
+            1 if request.token is not None else 0,
+            len(request.limits),
+        ]
+        if request.penalty_subject is not None:
+            keys.append(self.penalty_key(request.penalty_subject))
+        if request.token is not None:
+            use = request.token
+            keys.append(self.token_key(use.jti))
+            args += [
+                use.fingerprint,
+                use.issued_fingerprint,
+                use.max_fingerprints,
+                1 if use.revoke_on_reuse else 0,
+                record_ttl_ms(use.ttl_ms),
+            ]
+        else:
+            args += ["", "", 0, 0, 0]
+        for spec in request.limits:
+            keys.append(self.limit_key(spec.key))
+            args += [repr(float(spec.interval_ms)), spec.burst, 1 if spec.shadow else 0]
+        reply = await self._admit(keys=keys, args=args)
+        penalized = int(reply[0])
+        raw_verdict = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
+        verdict = TokenVerdict(raw_verdict) if raw_verdict else None
+        states = tuple(
+            LimitState(
+                allowed=bool(reply[i]),
+                remaining=int(reply[i + 1]),
+                reset_ms=int(reply[i + 2]),
+                retry_ms=int(reply[i + 3]),
+                new_tat=0.0,
+            )
+            for i in range(2, len(reply), 4)
+        )
+        return Admission(penalized, verdict, states)
+
+    async def revoke_token(self, jti: str, ttl_ms: int) -> None:
+        await self._revoke(keys=[self.token_key(jti)], args=[record_ttl_ms(ttl_ms)])
+
+    async def record_failure(self, subject: str, rule: PenaltyRule) -> int:
+        reply = await self._failure(
+            keys=[self.failure_key(subject), self.penalty_key(subject)],
+            args=[rule.window_ms, rule.threshold, rule.cooldown_ms],
+        )
+        return int(reply)
+
+    async def ping(self) -> None:
+        await self.redis.ping()
+
+    async def close(self) -> None:
+        await self.redis.aclose()

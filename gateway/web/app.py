@@ -1,0 +1,108 @@
+"""``create_app``: builds every service from the configuration and owns their lifecycles."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Mapping
+
+import structlog
+from aiohttp import web
+
+from gateway.admission import Admissions
+from gateway.config import Config
+from gateway.core.key_hash import VerifiedKeyCache
+from gateway.core.signing_keys import load_keyset
+from gateway.core.token_codec import TokenCodec
+from gateway.key_verifier import KeyVerifier
+from gateway.keystore.base import KeyStore
+from gateway.keystore.factory import open_keystore
+from gateway.store.base import StateStore
+from gateway.store.factory import open_store
+from gateway.upstream import UpstreamClient
+from gateway.web import public
+from gateway.web.middlewares import add_request_id, make_context_middleware, problem_middleware
+from gateway.web.state import SERVICES, Services
+
+log = structlog.get_logger("gateway")
+
+
+def build_codec(config: Config, environ: Mapping[str, str]) -> TokenCodec:
+    keyset = load_keyset(
+        environ, config.tokens.signing_keys_file, allow_generated=config.store.type == "memory"
+    )
+    if keyset.generated:
+        log.warning(
+            "signing_key_generated",
+            detail="tokens will not survive a restart; set GATEWAY_SIGNING_KEYS to keep them",
+        )
+    tokens = config.tokens
+    return TokenCodec(
+        keyset,
+        issuer=tokens.issuer,
+        audience=tokens.audience,
+        ttl_seconds=tokens.ttl_seconds,
+        algorithm=tokens.algorithm,
+        leeway_seconds=tokens.leeway_seconds,
+    )
+
+
+def create_app(
+    config: Config,
+    *,
+    environ: Mapping[str, str] | None = None,
+    store: StateStore | None = None,
+    keystore: KeyStore | None = None,
+) -> web.Application:
+    """The public application. ``store``/``keystore`` replace the configured ones (the
+    caller then owns them); everything else is built here and closed on cleanup."""
+    environ = os.environ if environ is None else environ
+    codec = build_codec(config, environ)
+    state_store = store if store is not None else open_store(config.store)
+    key_store = keystore if keystore is not None else open_keystore(config)
+    verifier = KeyVerifier(
+        key_store,
+        VerifiedKeyCache(config.keys.verified_cache_seconds, config.keys.verified_cache_size),
+    )
+    admissions = Admissions(
+        codec,
+        state_store,
+        config.binding,
+        store_timeout=config.store.timeout_ms / 1000,
+        max_token_chars=config.server.max_token_chars,
+    )
+
+    app = web.Application(
+        client_max_size=config.server.max_body_bytes,
+        middlewares=[make_context_middleware(config.server.trusted_proxies), problem_middleware],
+    )
+    public.add_routes(app)
+    app.on_response_prepare.append(add_request_id)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await key_store.refresh()
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(key_store.run(stop), name="keystore-sync")
+        session = UpstreamClient.new_session(config.upstream)
+        app[SERVICES] = Services(
+            config=config,
+            keys=verifier,
+            admissions=admissions,
+            upstream=UpstreamClient(config.upstream, session),
+        )
+        try:
+            yield
+        finally:
+            stop.set()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(watcher, timeout=5)
+            await session.close()
+            verifier.close()
+            if keystore is None:
+                await key_store.close()
+            if store is None:
+                await state_store.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

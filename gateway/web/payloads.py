@@ -1,0 +1,85 @@
+"""Reading and validating request input; every refusal is a precise 4xx problem."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from gateway.errors import ProblemError
+
+JSON_TYPES = frozenset({"application/json"})
+SEND_FIELDS = frozenset({"client_token", "message", "stream"})
+
+
+def bearer_credential(request: web.Request) -> str:
+    """The credential of ``Authorization: Bearer <credential>``, else 401."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, credential = header.strip().partition(" ")
+    if not header or scheme.lower() != "bearer" or not credential.strip():
+        raise ProblemError(
+            "missing_credentials",
+            "send the public agent key as 'Authorization: Bearer <key>'",
+            {"WWW-Authenticate": 'Bearer realm="agent-gateway"'},
+        )
+    return credential.strip()
+
+
+async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
+    if request.content_type not in JSON_TYPES and not request.content_type.endswith("+json"):
+        raise ProblemError(
+            "unsupported_media_type", "the body must be JSON ('Content-Type: application/json')"
+        )
+    charset = request.charset
+    if charset is not None and charset.lower() not in ("utf-8", "utf8"):
+        raise ProblemError("unsupported_media_type", "JSON bodies must be UTF-8")
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise ProblemError("payload_too_large", f"the body is larger than {max_bytes} bytes")
+    raw = await request.read()  # bounded by the application's client_max_size
+    if len(raw) > max_bytes:
+        raise ProblemError("payload_too_large", f"the body is larger than {max_bytes} bytes")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProblemError("invalid_request", f"the body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ProblemError("invalid_request", "the body must be a JSON object")
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class SendMessage:
+    client_token: str
+    message: str
+    stream: bool
+
+    def __repr__(self) -> str:  # the token must not end up in a log by accident
+        return f"SendMessage(message_chars={len(self.message)}, stream={self.stream})"
+
+
+def parse_send_message(data: dict[str, Any], max_message_chars: int) -> SendMessage:
+    unknown = sorted(set(data) - SEND_FIELDS)
+    if unknown:
+        raise ProblemError("invalid_request", f"unknown field {unknown[0]!r}")
+    token = data.get("client_token")
+    if token is None:
+        raise ProblemError("invalid_request", "'client_token' is required")
+    if not isinstance(token, str) or not token:
+        raise ProblemError("invalid_request", "'client_token' must be a non-empty string")
+    message = data.get("message")
+    if message is None:
+        raise ProblemError("invalid_request", "'message' is required")
+    if not isinstance(message, str):
+        raise ProblemError("invalid_request", "'message' must be a string")
+    if not message.strip():
+        raise ProblemError("invalid_request", "'message' must not be empty")
+    if len(message) > max_message_chars:
+        raise ProblemError(
+            "invalid_request", f"'message' is longer than {max_message_chars} characters"
+        )
+    stream = data.get("stream", False)
+    if not isinstance(stream, bool):
+        raise ProblemError("invalid_request", "'stream' must be true or false")
+    return SendMessage(client_token=token, message=message, stream=stream)

@@ -1,0 +1,163 @@
+"""The public agent API: three thin handlers over the services."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+import orjson
+import structlog
+from aiohttp import ClientResponse, web
+
+from gateway.admission import Client
+from gateway.core.token_codec import ClientToken
+from gateway.errors import ProblemError
+from gateway.key_verifier import KeyRejected
+from gateway.upstream import ForwardContext, relayable_headers, upstream_errors
+from gateway.web.payloads import bearer_credential, parse_send_message, read_json_object
+from gateway.web.state import CLIENT_IP, KEY_ID, REQUEST_ID, SERVICES, TOKEN_HASH
+
+TOKEN_PATH = "/v1/chat/conversation/public/message/token/{model_id}"
+MESSAGES_PATH = "/v1/chat/conversation/public/messages/{token}"
+SEND_PATH = "/v1/chat/conversation/public/message"
+
+NO_STORE = {"Cache-Control": "no-store"}
+security_log = structlog.get_logger("gateway.security")
+log = structlog.get_logger("gateway")
+
+
+def short_hash(token: str) -> str:
+    """What logs show instead of a token: enough to correlate, useless to replay."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+def client_of(request: web.Request) -> Client:
+    return Client(ip=request[CLIENT_IP], user_agent=request.headers.get("User-Agent", ""))
+
+
+def json_response(data: object, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status, body=orjson.dumps(data), content_type="application/json", headers=NO_STORE
+    )
+
+
+async def issue_token(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    model_id = request.match_info["model_id"]
+    presented = bearer_credential(request)
+    try:
+        record = await services.keys.verify(presented)
+    except KeyRejected as exc:
+        if exc.key_id:
+            request[KEY_ID] = exc.key_id
+        security_log.warning("invalid_key", reason=exc.reason, key_id=exc.key_id)
+        raise ProblemError("key_not_found", "no active agent key matches") from None
+    request[KEY_ID] = record.key_id
+    if model_id not in record.models or model_id not in services.config.models:
+        raise ProblemError("model_not_found", f"this key has no model {model_id!r}")
+    admissions = services.admissions
+    issued = admissions.codec.issue(
+        key_id=record.key_id,
+        model_id=model_id,
+        now=admissions.now(),
+        fingerprint=admissions.issue_fingerprint(client_of(request)),
+    )
+    expires_at = datetime.fromtimestamp(issued.claims.expires_at, UTC)
+    return json_response(
+        {
+            "token": issued.token,
+            "expires_in": admissions.codec.ttl_seconds,
+            "expires_at": expires_at.isoformat().replace("+00:00", "Z"),
+        }
+    )
+
+
+async def _admit_token(request: web.Request, token: str) -> ClientToken:
+    request[TOKEN_HASH] = short_hash(token)
+    admissions = request.app[SERVICES].admissions
+    claims = admissions.decode(token)
+    request[KEY_ID] = claims.key_id
+    await admissions.use_token(claims, client_of(request))
+    return claims
+
+
+def _forward_context(request: web.Request, claims: ClientToken) -> ForwardContext:
+    return ForwardContext(
+        conversation_id=claims.conversation_id,
+        model_id=claims.model_id,
+        key_id=claims.key_id,
+        request_id=request[REQUEST_ID],
+        client_ip=request[CLIENT_IP],
+    )
+
+
+def _check_upstream_status(status: int) -> None:
+    if status == 404:
+        raise ProblemError("conversation_not_found", "no such conversation")
+    if status >= 400:
+        raise ProblemError("upstream_error", f"the upstream answered {status}")
+
+
+async def read_messages(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    claims = await _admit_token(request, request.match_info["token"])
+    answer = await services.upstream.get_messages(_forward_context(request, claims))
+    _check_upstream_status(answer.status)
+    response = web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+    response.headers.update(NO_STORE)
+    return response
+
+
+async def send_message(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    settings = services.config.server
+    data = await read_json_object(request, settings.max_body_bytes)
+    message = parse_send_message(data, settings.max_message_chars)
+    claims = await _admit_token(request, message.client_token)
+    model = services.config.models.get(claims.model_id)
+    if model is None:
+        raise ProblemError("model_not_found", "the token's model is no longer served")
+    payload = {
+        "model_id": model.upstream_model or claims.model_id,
+        "message": message.message,
+        "stream": message.stream,
+    }
+    upstream = services.upstream
+    async with upstream.send_message(_forward_context(request, claims), payload) as resp:
+        _check_upstream_status(resp.status)
+        if resp.content_type == "text/event-stream":
+            return await _relay_stream(request, resp)
+        answer = await upstream.buffer(resp)
+        response = web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+        response.headers.update(NO_STORE)
+        return response
+
+
+async def _relay_stream(request: web.Request, upstream: ClientResponse) -> web.StreamResponse:
+    out = web.StreamResponse(status=upstream.status, headers=relayable_headers(upstream.headers))
+    out.headers["Cache-Control"] = "no-cache, no-store"
+    out.headers["X-Accel-Buffering"] = "no"
+    await out.prepare(request)
+    tail = b"\n\n"
+    try:
+        with upstream_errors():
+            async for chunk in upstream.content.iter_any():
+                await out.write(chunk)
+                tail = (tail + chunk)[-2:]
+    except ProblemError as err:
+        log.warning("upstream_stream_failed", code=err.code)
+        if tail.endswith(b"\n\n") or tail.endswith(b"\r\n"):
+            event = orjson.dumps({"code": err.code, "detail": err.detail})
+            await out.write(b"event: error\ndata: " + event + b"\n\n")
+        else:  # mid-event: a truncated response is the only honest signal
+            if request.transport is not None:
+                request.transport.close()
+            return out
+    await out.write_eof()
+    return out
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get(TOKEN_PATH, issue_token, allow_head=False)
+    app.router.add_get(MESSAGES_PATH, read_messages, allow_head=False)
+    app.router.add_post(SEND_PATH, send_message)

@@ -1,0 +1,33 @@
+"""Typed application state and per-request context keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from gateway.admission import Admissions
+from gateway.config import Config
+from gateway.key_verifier import KeyVerifier
+from gateway.upstream import UpstreamClient
+
+
+@dataclass
+class Services:
+    """Everything a handler needs; built by :func:`gateway.web.app.create_app`."""
+
+    config: Config
+    keys: KeyVerifier
+    admissions: Admissions
+    upstream: UpstreamClient
+
+
+SERVICES = web.AppKey("services", Services)
+
+# per-request values set by middlewares and handlers, read by the access log
+REQUEST_ID = web.RequestKey("request_id", str)
+CLIENT_IP = web.RequestKey("client_ip", str)
+ROUTE = web.RequestKey("route", str)
+KEY_ID = web.RequestKey("key_id", str)
+TOKEN_HASH = web.RequestKey("token_hash", str)
+ERROR_CODE = web.RequestKey("error_code", str)

@@ -1,0 +1,92 @@
+"""Shared fixtures: real Redis processes, the reference backend and gateways on sockets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from aiohttp.test_utils import TestServer
+from pytest_redis import factories
+from pytest_redis.executor import RedisExecutor
+
+from chat_backend.app import create_app as create_backend
+from chat_backend.models import EchoModel
+from tests.support.harness import Gateway, make_config, start_gateway, stop_gateway
+
+# one Redis for the session (flushed before each test), started by the tests themselves
+redis_server = factories.redis_proc(port=None)
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisExecutor) -> Iterator[str]:
+    url = f"redis://{redis_server.host}:{redis_server.port}/0"
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    client.close()
+    return url
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[TestServer]:
+    """The reference backend (echo model, 10 ms between words) on a real socket."""
+    server = TestServer(create_backend(EchoModel(word_delay=0.01)), host="127.0.0.1")
+    await server.start_server()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+def backend_url(backend: TestServer) -> str:
+    return str(backend.make_url("")).rstrip("/")
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+GatewayFactory = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture
+async def gateway_factory(
+    tmp_path: Path, backend_url: str, request: pytest.FixtureRequest
+) -> AsyncIterator[GatewayFactory]:
+    """``await gateway_factory(store="redis", binding={...})`` starts a configured gateway."""
+    started: list[Gateway] = []
+
+    async def factory(
+        *, store: str = "memory", environ: dict[str, str] | None = None, **sections: Any
+    ) -> Gateway:
+        redis_url = request.getfixturevalue("redis_url") if store == "redis" else None
+        sections.setdefault("upstream", {})
+        sections["upstream"] = {"url": backend_url, **sections["upstream"]}
+        config = make_config(tmp_path, backend_url, redis_url=redis_url, **sections)
+        gateway = await start_gateway(config, environ)
+        started.append(gateway)
+        return gateway
+
+    yield factory
+    for gateway in started:
+        await stop_gateway(gateway)
+
+
+@pytest.fixture
+async def gateway(gateway_factory: GatewayFactory, store_kind: str) -> Gateway:
+    """A gateway in front of the reference backend, once per store kind."""
+    return await gateway_factory(store=store_kind)
+
+
+@pytest.fixture
+async def scripted() -> AsyncIterator[tuple[Any, str]]:
+    """A scripted upstream on a real socket: ``script, url = scripted``."""
+    from tests.support.upstreams import Script, scripted_app
+
+    script = Script()
+    server = TestServer(scripted_app(script), host="127.0.0.1")
+    await server.start_server()
+    yield script, str(server.make_url("")).rstrip("/")
+    await server.close()

@@ -1,0 +1,184 @@
+import base64
+import json
+
+import jwt
+import pytest
+
+from gateway.core.signing_keys import (
+    KeySet,
+    SigningKey,
+    SigningKeyError,
+    load_keyset,
+    parse_keyset,
+)
+from gateway.core.token_codec import TokenCodec, TokenRejected
+
+NOW = 1_800_000_000.0
+OLD = SigningKey("old", b"o" * 40)
+NEW = SigningKey("new", b"n" * 40)
+
+
+def codec(*keys: SigningKey, ttl: int = 900, algorithm: str = "HS256") -> TokenCodec:
+    return TokenCodec(
+        KeySet(keys or (OLD,)),
+        issuer="agent-gateway",
+        audience="public-agent-api",
+        ttl_seconds=ttl,
+        algorithm=algorithm,
+        leeway_seconds=5,
+    )
+
+
+def rejected(c: TokenCodec, token: str, now: float = NOW) -> str:
+    with pytest.raises(TokenRejected) as info:
+        c.decode(token, now)
+    return info.value.code
+
+
+def test_issue_and_decode_round_trip() -> None:
+    c = codec()
+    issued = c.issue(key_id="KEYID0000001", model_id="demo", now=NOW)
+    claims = c.decode(issued.token, NOW + 10)
+    assert claims == issued.claims
+    assert claims.expires_at == int(NOW) + 900
+    assert claims.model_id == "demo" and claims.key_id == "KEYID0000001"
+    assert len(claims.jti) >= 22 and claims.conversation_id
+    header = jwt.get_unverified_header(issued.token)
+    assert header["kid"] == "old" and header["alg"] == "HS256"
+    payload = jwt.decode(issued.token, options={"verify_signature": False})
+    assert {"iss", "aud", "iat", "nbf", "exp", "jti", "cid", "mid", "akid"} <= set(payload)
+
+
+def test_each_token_gets_its_own_conversation_and_jti() -> None:
+    c = codec()
+    a = c.issue(key_id="K" * 12, model_id="demo", now=NOW).claims
+    b = c.issue(key_id="K" * 12, model_id="demo", now=NOW).claims
+    assert a.jti != b.jti and a.conversation_id != b.conversation_id
+
+
+def test_fingerprint_claim_when_bound_at_issue() -> None:
+    c = codec()
+    issued = c.issue(key_id="K" * 12, model_id="demo", now=NOW, fingerprint="f" * 16)
+    assert c.decode(issued.token, NOW).fingerprint == "f" * 16
+
+
+def test_expiry_uses_the_callers_clock_with_leeway() -> None:
+    c = codec(ttl=60)
+    token = c.issue(key_id="K" * 12, model_id="demo", now=NOW).token
+    assert c.decode(token, NOW + 64).jti
+    assert rejected(c, token, NOW + 65) == "token_expired"
+
+
+def test_not_yet_valid_is_refused() -> None:
+    c = codec()
+    token = c.issue(key_id="K" * 12, model_id="demo", now=NOW + 100).token
+    assert rejected(c, token, NOW) == "token_invalid"
+
+
+def test_rotation_new_key_signs_old_key_still_verifies() -> None:
+    before = codec(OLD)
+    old_token = before.issue(key_id="K" * 12, model_id="demo", now=NOW).token
+    after = codec(NEW, OLD)
+    new_token = after.issue(key_id="K" * 12, model_id="demo", now=NOW).token
+    assert jwt.get_unverified_header(new_token)["kid"] == "new"
+    assert after.decode(old_token, NOW).jti
+    assert after.decode(new_token, NOW).jti
+    # once the old key is removed, its tokens stop working
+    assert rejected(codec(NEW), old_token) == "token_invalid"
+
+
+def _forge(header: dict[str, object], payload: dict[str, object], sig: bytes = b"") -> str:
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    return ".".join([b64(json.dumps(header).encode()), b64(json.dumps(payload).encode()), b64(sig)])
+
+
+def _payload(c: TokenCodec) -> dict[str, object]:
+    token = c.issue(key_id="K" * 12, model_id="demo", now=NOW).token
+    return dict(jwt.decode(token, options={"verify_signature": False}))
+
+
+def test_alg_none_is_refused() -> None:
+    c = codec()
+    assert rejected(c, _forge({"alg": "none", "kid": "old"}, _payload(c))) == "token_invalid"
+
+
+def test_other_algorithm_with_same_secret_is_refused() -> None:
+    long_key = SigningKey("old", b"o" * 64)
+    c = codec(long_key)
+    token = jwt.encode(_payload(c), long_key.secret, algorithm="HS512", headers={"kid": "old"})
+    assert rejected(c, token) == "token_invalid"
+
+
+def test_unknown_kid_and_missing_kid_are_refused() -> None:
+    c = codec()
+    payload = _payload(c)
+    assert rejected(c, jwt.encode(payload, OLD.secret, headers={"kid": "zz"})) == "token_invalid"
+    assert rejected(c, jwt.encode(payload, OLD.secret)) == "token_invalid"
+
+
+def test_tampered_payload_is_refused() -> None:
+    c = codec()
+    token = c.issue(key_id="K" * 12, model_id="demo", now=NOW).token
+    head, body, sig = token.split(".")
+    payload = json.loads(base64.urlsafe_b64decode(body + "=="))
+    payload["mid"] = "premium"
+    forged_body = base64.urlsafe_b64encode(json.dumps(payload).encode()).rstrip(b"=").decode()
+    assert rejected(c, f"{head}.{forged_body}.{sig}") == "token_invalid"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"aud": "someone-else"}, {"iss": "another-issuer"}, {"cid": 42}, {"akid": ""}],
+)
+def test_wrong_audience_issuer_or_claims_are_refused(change: dict[str, object]) -> None:
+    c = codec()
+    payload = {**_payload(c), **change}
+    token = jwt.encode(payload, OLD.secret, headers={"kid": "old"})
+    assert rejected(c, token) == "token_invalid"
+
+
+def test_missing_required_claim_is_refused() -> None:
+    c = codec()
+    payload = _payload(c)
+    del payload["jti"]
+    assert rejected(c, jwt.encode(payload, OLD.secret, headers={"kid": "old"})) == "token_invalid"
+
+
+@pytest.mark.parametrize("garbage", ["", "abc", "a.b.c", "x" * 5000, "eyJ.eyJ.sig"])
+def test_garbage_is_refused(garbage: str) -> None:
+    assert rejected(codec(), garbage) == "token_invalid"
+
+
+def test_keyset_parsing_and_errors() -> None:
+    keys = parse_keyset("new:" + "n" * 32 + "\n# comment\nold:" + "o" * 40, "env")
+    assert [k.kid for k in keys.keys] == ["new", "old"]
+    assert keys.active.kid == "new"
+    with pytest.raises(SigningKeyError, match="shorter than 32 bytes"):
+        parse_keyset("a:short", "env")
+    with pytest.raises(SigningKeyError, match="duplicate kid"):
+        parse_keyset(f"a:{'x' * 32},a:{'y' * 32}", "env")
+    with pytest.raises(SigningKeyError, match="expected 'kid:secret'"):
+        parse_keyset("no-colon-here", "env")
+
+
+def test_keyset_sources(tmp_path: object) -> None:
+    from pathlib import Path
+
+    assert isinstance(tmp_path, Path)
+    secret_file = tmp_path / "keys"
+    secret_file.write_text("filekey:" + "f" * 40 + "\n")
+    env_keys = {"GATEWAY_SIGNING_KEYS": "envkey:" + "e" * 40}
+    assert load_keyset(env_keys, secret_file, allow_generated=False).active.kid == "envkey"
+    assert load_keyset({}, secret_file, allow_generated=False).active.kid == "filekey"
+    file_env = {"GATEWAY_SIGNING_KEYS_FILE": str(secret_file)}
+    assert load_keyset(file_env, None, allow_generated=False).active.kid == "filekey"
+    assert load_keyset({}, None, allow_generated=True).generated
+    with pytest.raises(SigningKeyError, match="no token signing keys"):
+        load_keyset({}, None, allow_generated=False)
+
+
+def test_secret_shorter_than_the_algorithm_needs_is_refused() -> None:
+    with pytest.raises(SigningKeyError, match="HS512 needs at least 64"):
+        codec(OLD, algorithm="HS512")

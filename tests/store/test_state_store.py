@@ -1,0 +1,159 @@
+"""The state store contract, run against the memory store and a real Redis."""
+
+import asyncio
+import secrets
+
+import pytest
+
+from gateway.core.gcra import LimitSpec
+from gateway.store.base import AdmitRequest, PenaltyRule, StateStore, TokenUse, TokenVerdict
+from gateway.store.redis import RedisStore
+
+FP_A, FP_B, FP_C = "a" * 16, "b" * 16, "c" * 16
+
+
+def use(
+    jti: str,
+    fp: str,
+    *,
+    issued: str = "",
+    max_fps: int = 1,
+    revoke: bool = True,
+    ttl_ms: int = 60_000,
+) -> TokenUse:
+    return TokenUse(jti, fp, issued, max_fps, revoke, ttl_ms)
+
+
+async def verdict(store: StateStore, token: TokenUse) -> TokenVerdict | None:
+    return (await store.admit(AdmitRequest(token=token))).token
+
+
+def jti() -> str:
+    return secrets.token_urlsafe(16)
+
+
+async def test_first_use_binds_then_same_fingerprint_passes(store: StateStore) -> None:
+    t = jti()
+    assert await verdict(store, use(t, FP_A)) is TokenVerdict.BOUND
+    assert await verdict(store, use(t, FP_A)) is TokenVerdict.OK
+    assert await verdict(store, use(t, FP_A)) is TokenVerdict.OK
+
+
+async def test_other_fingerprint_is_reuse_and_revokes(store: StateStore) -> None:
+    t = jti()
+    await verdict(store, use(t, FP_A))
+    assert await verdict(store, use(t, FP_B)) is TokenVerdict.REUSE
+    # revoked for everyone, the original client included
+    assert await verdict(store, use(t, FP_A)) is TokenVerdict.REVOKED
+
+
+async def test_deny_action_refuses_without_revoking(store: StateStore) -> None:
+    t = jti()
+    await verdict(store, use(t, FP_A, revoke=False))
+    assert await verdict(store, use(t, FP_B, revoke=False)) is TokenVerdict.REUSE
+    assert await verdict(store, use(t, FP_A, revoke=False)) is TokenVerdict.OK
+
+
+async def test_several_fingerprints_allowed_up_to_the_limit(store: StateStore) -> None:
+    t = jti()
+    assert await verdict(store, use(t, FP_A, max_fps=2)) is TokenVerdict.BOUND
+    assert await verdict(store, use(t, FP_B, max_fps=2)) is TokenVerdict.BOUND
+    assert await verdict(store, use(t, FP_A, max_fps=2)) is TokenVerdict.OK
+    assert await verdict(store, use(t, FP_B, max_fps=2)) is TokenVerdict.OK
+    assert await verdict(store, use(t, FP_C, max_fps=2)) is TokenVerdict.REUSE
+
+
+async def test_bound_at_issue(store: StateStore) -> None:
+    t = jti()
+    assert await verdict(store, use(t, FP_A, issued=FP_A)) is TokenVerdict.BOUND
+    assert await verdict(store, use(t, FP_A, issued=FP_A)) is TokenVerdict.OK
+    other = jti()
+    assert await verdict(store, use(other, FP_B, issued=FP_A)) is TokenVerdict.REUSE
+    assert await verdict(store, use(other, FP_A, issued=FP_A)) is TokenVerdict.REVOKED
+
+
+async def test_binding_off_never_suspects(store: StateStore) -> None:
+    t = jti()
+    assert await verdict(store, use(t, "")) is TokenVerdict.OK
+    assert await verdict(store, use(t, "")) is TokenVerdict.OK
+
+
+async def test_explicit_revocation(store: StateStore) -> None:
+    t = jti()
+    await store.revoke_token(t, 60_000)
+    assert await verdict(store, use(t, FP_A)) is TokenVerdict.REVOKED
+    bound = jti()
+    await verdict(store, use(bound, FP_A))
+    await store.revoke_token(bound, 60_000)
+    assert await verdict(store, use(bound, FP_A)) is TokenVerdict.REVOKED
+
+
+async def test_records_expire_with_the_token(store: StateStore) -> None:
+    t = jti()
+    await verdict(store, use(t, FP_A, ttl_ms=1000))
+    if isinstance(store, RedisStore):
+        ttl = await store.redis.pttl(store.token_key(t))
+        assert 0 < ttl <= 1000
+    await asyncio.sleep(1.1)
+    # the record is gone: a new first use binds again (the token itself has expired by now
+    # and the codec refuses it before the store is asked)
+    assert await verdict(store, use(t, FP_B, ttl_ms=1000)) is TokenVerdict.BOUND
+
+
+async def test_limits_admit_burst_then_refuse_with_retry(store: StateStore) -> None:
+    spec = LimitSpec(f"burst:{jti()}", interval_ms=1000, burst=3)
+    results = [await store.admit(AdmitRequest(limits=(spec,))) for _ in range(4)]
+    assert [r.limits[0].allowed for r in results] == [True, True, True, False]
+    assert [r.limits[0].remaining for r in results[:3]] == [2, 1, 0]
+    assert 900 <= results[3].limits[0].retry_ms <= 1000
+
+
+async def test_a_denied_request_consumes_nothing(store: StateStore) -> None:
+    roomy = LimitSpec(f"roomy:{jti()}", interval_ms=1000, burst=10)
+    tight = LimitSpec(f"tight:{jti()}", interval_ms=60_000, burst=1)
+    first = await store.admit(AdmitRequest(limits=(roomy, tight)))
+    assert first.denied_limits((roomy, tight)) == []
+    for _ in range(3):
+        denied = await store.admit(AdmitRequest(limits=(roomy, tight)))
+        assert denied.denied_limits((roomy, tight)) == [1]
+    alone = await store.admit(AdmitRequest(limits=(roomy,)))
+    assert alone.limits[0].remaining == 8  # only the first request was counted
+
+
+async def test_denied_request_does_not_bind_the_token(store: StateStore) -> None:
+    tight = LimitSpec(f"tight:{jti()}", interval_ms=60_000, burst=1)
+    await store.admit(AdmitRequest(limits=(tight,)))
+    t = jti()
+    denied = await store.admit(AdmitRequest(token=use(t, FP_A), limits=(tight,)))
+    assert denied.denied_limits((tight,)) == [0]
+    # not bound by the refused request: another fingerprint may still be first
+    assert await verdict(store, use(t, FP_B)) is TokenVerdict.BOUND
+
+
+async def test_shadow_limits_never_deny(store: StateStore) -> None:
+    shadow = LimitSpec(f"shadow:{jti()}", interval_ms=60_000, burst=1, shadow=True)
+    results = [await store.admit(AdmitRequest(limits=(shadow,))) for _ in range(3)]
+    assert [r.limits[0].allowed for r in results] == [True, False, False]
+    assert all(r.denied_limits((shadow,)) == [] for r in results)
+
+
+async def test_penalty_box(store: StateStore) -> None:
+    rule = PenaltyRule(window_ms=10_000, threshold=3, cooldown_ms=1500)
+    subject = f"203.0.113.0/24#{jti()}"
+    assert await store.record_failure(subject, rule) == 0
+    assert await store.record_failure(subject, rule) == 0
+    assert await store.record_failure(subject, rule) == 1500
+    boxed = await store.admit(AdmitRequest(penalty_subject=subject))
+    assert 1000 < boxed.penalized_ms <= 1500
+    assert (await store.admit(AdmitRequest(penalty_subject="someone-else"))).penalized_ms == 0
+    await asyncio.sleep(1.6)
+    assert (await store.admit(AdmitRequest(penalty_subject=subject))).penalized_ms == 0
+
+
+@pytest.mark.parametrize("store_kind", ["redis"])
+async def test_redis_memory_per_live_token_is_small(store: StateStore) -> None:
+    assert isinstance(store, RedisStore)
+    t = secrets.token_urlsafe(16)
+    await verdict(store, use(t, FP_A))
+    usage = await store.redis.memory_usage(store.token_key(t))
+    assert usage is not None and usage <= 120

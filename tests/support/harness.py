@@ -1,0 +1,141 @@
+"""Start real gateways and upstreams on real sockets for tests."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from gateway.config import Config
+from gateway.keystore.admin import create_key
+from gateway.web.app import create_app
+from gateway.web.state import SERVICES, Services
+
+SIGNING_KEY = "k1:" + "s" * 48
+SIGNING_ENV = {"GATEWAY_SIGNING_KEYS": SIGNING_KEY}
+#: real argon2id, at a cost that keeps the suite fast
+FAST_ARGON2 = {"time_cost": 1, "memory_kib": 8192, "parallelism": 1}
+
+TOKEN_URL = "/v1/chat/conversation/public/message/token/{model}"
+MESSAGES_URL = "/v1/chat/conversation/public/messages/{token}"
+SEND_URL = "/v1/chat/conversation/public/message"
+
+
+def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def config_data(
+    tmp_path: Path, upstream_url: str, *, redis_url: str | None = None, **sections: Any
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": 0},
+        "admin": {"enabled": False},
+        "store": {"type": "redis" if redis_url else "memory"},
+        "keys": {"type": "file", "path": str(tmp_path / "keys.yaml"), "argon2": FAST_ARGON2},
+        "models": {"demo": {}, "other": {}},
+        "upstream": {
+            "url": upstream_url,
+            "timeouts": {"connect": 1, "read": 5, "stream_idle": 5},
+        },
+    }
+    if redis_url:
+        data["store"]["url"] = redis_url
+        data["store"]["timeout_ms"] = 1000
+    return deep_merge(data, sections)
+
+
+def make_config(
+    tmp_path: Path, upstream_url: str, *, redis_url: str | None = None, **sections: Any
+) -> Config:
+    return Config.model_validate(
+        config_data(tmp_path, upstream_url, redis_url=redis_url, **sections)
+    )
+
+
+@dataclass
+class Gateway:
+    """A running gateway with an HTTP client pointed at it."""
+
+    server: TestServer
+    config: Config
+    http: aiohttp.ClientSession
+    user_agent: str = "pytest-browser/1.0"
+    keys: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+    @property
+    def app(self) -> web.Application:
+        return self.server.app
+
+    @property
+    def services(self) -> Services:
+        return self.server.app[SERVICES]
+
+    async def create_key(
+        self, models: tuple[str, ...] = ("demo",), origins: tuple[str, ...] = ()
+    ) -> str:
+        key, record = await create_key(self.config, models, origins)
+        await self.services.keys.store.refresh()
+        self.keys[record.key_id] = key
+        return key
+
+    def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+        return {"User-Agent": self.user_agent, **(extra or {})}
+
+    async def get_token(self, key: str, model: str = "demo", **headers: str) -> str:
+        async with self.http.get(
+            self.url + TOKEN_URL.format(model=model),
+            headers=self.headers({"Authorization": f"Bearer {key}", **headers}),
+        ) as resp:
+            body = await resp.json()
+            assert resp.status == 200, body
+            return str(body["token"])
+
+    async def new_token(self, model: str = "demo") -> str:
+        key = await self.create_key((model,))
+        return await self.get_token(key, model)
+
+    def send(
+        self, token: str, message: str = "hello", *, stream: bool = False, **headers: str
+    ) -> Any:
+        return self.http.post(
+            self.url + SEND_URL,
+            json={"client_token": token, "message": message, "stream": stream},
+            headers=self.headers(headers),
+        )
+
+    def messages(self, token: str, **headers: str) -> Any:
+        return self.http.get(
+            self.url + MESSAGES_URL.format(token=token), headers=self.headers(headers)
+        )
+
+
+async def start_gateway(
+    config: Config, environ: Mapping[str, str] | None = None, **app_kwargs: Any
+) -> Gateway:
+    app = create_app(config, environ=SIGNING_ENV if environ is None else environ, **app_kwargs)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    http = aiohttp.ClientSession()
+    return Gateway(server=server, config=config, http=http)
+
+
+async def stop_gateway(gateway: Gateway) -> None:
+    await gateway.http.close()
+    await gateway.server.close()

@@ -1,0 +1,91 @@
+"""Token binding to the client fingerprint, through trusted proxies or not."""
+
+from typing import Any
+
+from tests.support.harness import Gateway
+
+
+async def status_and_code(resp: Any) -> tuple[int, str | None]:
+    body = await resp.json(content_type=None)
+    return resp.status, body.get("code") if resp.status >= 400 else None
+
+
+async def test_reuse_from_another_user_agent_is_refused_and_revokes(gateway: Gateway) -> None:
+    token = await gateway.new_token()
+    async with gateway.send(token) as resp:
+        assert resp.status == 200
+    async with gateway.messages(token, **{"User-Agent": "curl/8"}) as resp:
+        assert await status_and_code(resp) == (403, "token_reuse_suspected")
+    async with gateway.messages(token) as resp:  # the original client is cut off too
+        assert await status_and_code(resp) == (403, "token_revoked")
+
+
+async def test_deny_action_keeps_the_token_for_its_owner(gateway_factory: Any) -> None:
+    gw: Gateway = await gateway_factory(binding={"action": "deny"})
+    token = await gw.new_token()
+    async with gw.send(token) as resp:
+        assert resp.status == 200
+    async with gw.send(token, **{"User-Agent": "other"}) as resp:
+        assert await status_and_code(resp) == (403, "token_reuse_suspected")
+    async with gw.send(token) as resp:
+        assert resp.status == 200
+
+
+async def test_same_prefix_passes_other_prefix_is_reuse(gateway_factory: Any) -> None:
+    gw: Gateway = await gateway_factory(server={"trusted_proxies": ["127.0.0.0/8"]})
+    token = await gw.new_token()
+    async with gw.send(token, **{"X-Forwarded-For": "203.0.113.10"}) as resp:
+        assert resp.status == 200
+    async with gw.messages(token, **{"X-Forwarded-For": "203.0.113.99"}) as resp:
+        assert resp.status == 200  # same /24
+    async with gw.messages(token, **{"X-Forwarded-For": "198.51.100.1"}) as resp:
+        assert await status_and_code(resp) == (403, "token_reuse_suspected")
+
+
+async def test_forwarded_for_from_an_untrusted_peer_is_ignored(gateway: Gateway) -> None:
+    token = await gateway.new_token()
+    async with gateway.send(token, **{"X-Forwarded-For": "203.0.113.10"}) as resp:
+        assert resp.status == 200
+    # a client cannot change its apparent address by sending the header itself
+    async with gateway.messages(token, **{"X-Forwarded-For": "198.51.100.1"}) as resp:
+        assert resp.status == 200
+
+
+async def test_malformed_forwarded_for_from_a_trusted_proxy_is_400(gateway_factory: Any) -> None:
+    gw: Gateway = await gateway_factory(server={"trusted_proxies": ["127.0.0.0/8"]})
+    token = await gw.new_token()
+    async with gw.messages(token, **{"X-Forwarded-For": "definitely-not-an-ip"}) as resp:
+        assert await status_and_code(resp) == (400, "invalid_request")
+
+
+async def test_bound_at_issue(gateway_factory: Any) -> None:
+    gw: Gateway = await gateway_factory(binding={"bind_at": "issue"})
+    key = await gw.create_key()
+    token = await gw.get_token(key)
+    # someone else got hold of the token before its owner used it
+    async with gw.send(token, **{"User-Agent": "thief"}) as resp:
+        assert await status_and_code(resp) == (403, "token_reuse_suspected")
+    async with gw.send(token) as resp:
+        assert await status_and_code(resp) == (403, "token_revoked")
+    fresh = await gw.get_token(key)
+    async with gw.send(fresh) as resp:
+        assert resp.status == 200
+
+
+async def test_binding_can_be_switched_off(gateway_factory: Any) -> None:
+    gw: Gateway = await gateway_factory(binding={"components": []})
+    token = await gw.new_token()
+    for agent in ("a", "b", "c"):
+        async with gw.send(token, **{"User-Agent": agent}) as resp:
+            assert resp.status == 200
+
+
+async def test_trusted_proxy_may_pass_a_request_id(gateway_factory: Any) -> None:
+    gw: Gateway = await gateway_factory(server={"trusted_proxies": ["127.0.0.0/8"]})
+    async with gw.http.get(gw.url + "/nope", headers={"X-Request-Id": "edge-123"}) as resp:
+        assert resp.headers["X-Request-Id"] == "edge-123"
+
+
+async def test_untrusted_clients_cannot_choose_the_request_id(gateway: Gateway) -> None:
+    async with gateway.http.get(gateway.url + "/nope", headers={"X-Request-Id": "mine"}) as resp:
+        assert resp.headers["X-Request-Id"] != "mine"

@@ -1,0 +1,145 @@
+"""Forwarding: the upstream contract's headers, credential hygiene, failures mapped."""
+
+import socket
+from typing import Any
+
+import pytest
+
+from tests.support.harness import Gateway
+from tests.support.upstreams import Script
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def code_of(resp: Any) -> str:
+    return str((await resp.json(content_type=None))["code"])
+
+
+async def test_contract_headers_and_no_client_credentials(gateway: Gateway, backend: Any) -> None:
+    from chat_backend.app import STATS
+
+    token = await gateway.new_token()
+    key = next(iter(gateway.keys.values()))
+    async with gateway.send(
+        token,
+        Authorization=f"Bearer {key}",
+        Cookie="session=secret-cookie",
+        **{"X-Client-Header": "nope", "Proxy-Authorization": "Basic eA=="},
+    ) as resp:
+        assert resp.status == 200
+    seen = backend.app[STATS].recent_headers[-1]
+    lowered = {k.lower(): v for k, v in seen.items()}
+    for name in ("x-conversation-id", "x-model-id", "x-agent-key-id", "x-request-id"):
+        assert lowered[name]
+    assert lowered["x-forwarded-for"] == "127.0.0.1"
+    assert lowered["x-model-id"] == "demo"
+    assert lowered["x-request-id"] == resp.headers["X-Request-Id"]
+    for forbidden in ("authorization", "cookie", "x-client-header", "proxy-authorization"):
+        assert forbidden not in lowered
+    values = " ".join(seen.values())
+    assert token not in values and key not in values and "secret-cookie" not in values
+
+
+async def test_hop_by_hop_and_cookies_are_not_relayed(
+    gateway_factory: Any, scripted: tuple[Script, str]
+) -> None:
+    script, url = scripted
+    script.body = b'{"message": {"role": "assistant", "content": "hi"}}'
+    script.extra_headers = {
+        "Connection": "X-Internal-Hop",
+        "X-Internal-Hop": "1",
+        "Keep-Alive": "timeout=5",
+        "Set-Cookie": "upstream=1",
+        "X-Upstream-Version": "7",
+    }
+    gw: Gateway = await gateway_factory(upstream={"url": url})
+    token = await gw.new_token()
+    async with gw.send(token) as resp:
+        assert resp.status == 200
+        for header in ("X-Internal-Hop", "Keep-Alive", "Set-Cookie"):
+            assert header not in resp.headers
+        assert resp.headers["X-Upstream-Version"] == "7"
+        assert resp.headers["Server"] == "agent-gateway"
+
+
+async def test_upstream_down_is_502(gateway_factory: Any) -> None:
+    gw: Gateway = await gateway_factory(upstream={"url": f"http://127.0.0.1:{closed_port()}"})
+    token = await gw.new_token()
+    for request in (gw.send(token), gw.send(token, stream=True), gw.messages(token)):
+        async with request as resp:
+            assert resp.status == 502
+            assert await code_of(resp) == "upstream_unavailable"
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_slow_upstream_is_504(
+    gateway_factory: Any, scripted: tuple[Script, str], stream: bool
+) -> None:
+    script, url = scripted
+    script.headers_delay = 2.0
+    gw: Gateway = await gateway_factory(upstream={"url": url, "timeouts": {"read": 0.4}})
+    token = await gw.new_token()
+    async with gw.send(token, stream=stream) as resp:
+        assert resp.status == 504
+        assert await code_of(resp) == "upstream_timeout"
+    async with gw.messages(token) as resp:
+        assert resp.status == 504
+
+
+@pytest.mark.parametrize(
+    ("upstream_status", "status", "code"),
+    [
+        (500, 502, "upstream_error"),
+        (503, 502, "upstream_error"),
+        (400, 502, "upstream_error"),
+        (404, 404, "conversation_not_found"),
+    ],
+)
+async def test_upstream_errors_are_mapped(
+    gateway_factory: Any,
+    scripted: tuple[Script, str],
+    upstream_status: int,
+    status: int,
+    code: str,
+) -> None:
+    script, url = scripted
+    script.status = upstream_status
+    script.body = b'{"internal": "stack trace with secrets"}'
+    gw: Gateway = await gateway_factory(upstream={"url": url})
+    token = await gw.new_token()
+    for request in (gw.send(token), gw.messages(token)):
+        async with request as resp:
+            assert resp.status == status
+            body = await resp.text()
+            assert code in body and "stack trace" not in body
+
+
+async def test_oversized_upstream_answer_is_refused(
+    gateway_factory: Any, scripted: tuple[Script, str]
+) -> None:
+    script, url = scripted
+    script.body = b'{"x": "' + b"y" * 5000 + b'"}'
+    gw: Gateway = await gateway_factory(upstream={"url": url, "max_response_bytes": 1024})
+    token = await gw.new_token()
+    async with gw.messages(token) as resp:
+        assert resp.status == 502
+        assert await code_of(resp) == "upstream_error"
+
+
+async def test_connections_to_the_upstream_are_pooled(
+    gateway_factory: Any, scripted: tuple[Script, str]
+) -> None:
+    _script, url = scripted
+    gw: Gateway = await gateway_factory(upstream={"url": url})
+    token = await gw.new_token()
+    for _ in range(5):
+        async with gw.messages(token) as resp:
+            assert resp.status == 200
+    connector = gw.services.upstream._session.connector
+    assert connector is not None
+    # one idle keep-alive connection serves every sequential request
+    assert sum(len(conns) for conns in connector._conns.values()) == 1
