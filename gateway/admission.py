@@ -1,27 +1,36 @@
-"""Deciding whether a request may proceed: token checks and the single store call.
+"""Deciding whether a request may proceed: penalty box, token checks, rate limits.
 
-Handlers call :meth:`Admissions.use_token` with the presented client token; it verifies
-the signature and claims (no I/O), computes the client fingerprint, then asks the store
-once whether the token is revoked, bound elsewhere or over a limit.
+Each request is decided by one store call (:meth:`StateStore.admit`) that covers the
+penalty box, the token's record (revocation and binding) and every rate limit that
+applies, all or nothing. Around it, this module does the cheap local work (token
+signature, fingerprint, policy matching) and turns the answer into a refusal or the
+``RateLimit`` headers of the response.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
-from redis.exceptions import RedisError
 
-from gateway.config import BindingSettings
-from gateway.core.fingerprint import FingerprintRule, fingerprint
+from gateway.core.fingerprint import fingerprint
+from gateway.core.policy import (
+    AppliedLimit,
+    PolicySet,
+    RequestFacts,
+    rate_limit_headers,
+    retry_after_seconds,
+)
 from gateway.core.token_codec import ClientToken, TokenCodec, TokenRejected
 from gateway.errors import ProblemError
+from gateway.policies.reloader import PolicyStore
 from gateway.store.base import (
     Admission,
     AdmitRequest,
+    PenaltyRule,
     StateStore,
     StoreUnavailable,
     TokenUse,
@@ -29,6 +38,9 @@ from gateway.store.base import (
 )
 
 log = structlog.get_logger("gateway.security")
+store_log = structlog.get_logger("gateway.store")
+
+MAX_LOCAL_PENALTIES = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +51,38 @@ class Client:
     user_agent: str
 
 
-def rule_of(binding: BindingSettings) -> FingerprintRule:
-    return FingerprintRule(
-        components=tuple(binding.components),
-        ipv4_prefix=binding.ipv4_prefix,
-        ipv6_prefix=binding.ipv6_prefix,
+class PenaltyCache:
+    """Subjects known to be in the penalty box, so every replica that has seen one boxed
+    refuses it before any signature or argon2 work. The store stays authoritative."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._until: OrderedDict[str, float] = OrderedDict()
+
+    def remember(self, subject: str, ms: int) -> None:
+        self._until[subject] = self._clock() + ms / 1000
+        self._until.move_to_end(subject)
+        while len(self._until) > MAX_LOCAL_PENALTIES:
+            self._until.popitem(last=False)
+
+    def remaining_ms(self, subject: str) -> int:
+        until = self._until.get(subject)
+        if until is None:
+            return 0
+        left = until - self._clock()
+        if left <= 0:
+            del self._until[subject]
+            return 0
+        return max(int(left * 1000), 1)
+
+
+def _rate_limited(
+    detail: str, retry_ms: int, headers: dict[str, str] | None = None
+) -> ProblemError:
+    return ProblemError(
+        "rate_limited",
+        detail,
+        {"Retry-After": str(retry_after_seconds(retry_ms)), **(headers or {})},
     )
 
 
@@ -52,34 +91,139 @@ class Admissions:
         self,
         codec: TokenCodec,
         store: StateStore,
-        binding: BindingSettings,
+        policies: PolicyStore,
         *,
-        store_timeout: float,
+        fallback: StateStore,
+        key_active: Callable[[str], bool],
         max_token_chars: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.codec = codec
         self.store = store
-        self.binding = binding
-        self.rule = rule_of(binding)
-        self._store_timeout = store_timeout
+        self.policies = policies
+        #: local limits used while the shared store is down and the policy set fails open
+        self.fallback = fallback
+        self._key_active = key_active
         self._max_token_chars = max_token_chars
         self._clock = clock
+        self.penalties = PenaltyCache()
+        self.failing_open = False
 
     def now(self) -> float:
         return self._clock()
 
-    def fingerprint(self, client: Client) -> str:
-        if not self.rule.enabled:
+    # -- fingerprints ------------------------------------------------------------------
+    def fingerprint(self, client: Client, policies: PolicySet | None = None) -> str:
+        rule = (policies or self.policies.current).binding.rule
+        if not rule.enabled:
             return ""
-        return fingerprint(self.rule, client.ip, client.user_agent)
+        return fingerprint(rule, client.ip, client.user_agent)
 
     def issue_fingerprint(self, client: Client) -> str | None:
-        """The fingerprint to embed at issue when tokens are bound at issue."""
-        if self.binding.bind_at != "issue" or not self.rule.enabled:
+        """The fingerprint to sign into the token when tokens are bound at issue."""
+        policies = self.policies.current
+        if policies.binding.bind_at != "issue" or not policies.binding.rule.enabled:
             return None
-        return self.fingerprint(client)
+        return self.fingerprint(client, policies)
 
+    # -- the penalty box ---------------------------------------------------------------
+    def refuse_if_penalized(self, client: Client) -> None:
+        """Local check, before any signature or argon2 work."""
+        subject = self.policies.current.penalty_subject(client.ip)
+        if subject is None:
+            return
+        left = self.penalties.remaining_ms(subject)
+        if left:
+            raise _rate_limited("too many failed attempts from this client", left)
+
+    async def failed(self, client: Client, reason: str) -> None:
+        """Count a failure (``invalid_key``, ``invalid_token``, ``reuse``) for the box."""
+        policies = self.policies.current
+        penalty = policies.penalty
+        subject = policies.penalty_subject(client.ip)
+        if penalty is None or subject is None or reason not in penalty.count:
+            return
+        rule = PenaltyRule(penalty.window_ms, penalty.threshold, penalty.cooldown_ms)
+        try:
+            boxed_ms = await self.store.record_failure(subject, rule)
+        except StoreUnavailable:
+            boxed_ms = await self.fallback.record_failure(subject, rule)
+        if boxed_ms:
+            self.penalties.remember(subject, boxed_ms)
+            log.warning(
+                "penalty_box",
+                subject=subject,
+                reason=reason,
+                cooldown_seconds=boxed_ms / 1000,
+            )
+
+    async def check_penalty(self, client: Client) -> None:
+        """The authoritative penalty check, alone: before an argon2 verification."""
+        subject = self.policies.current.penalty_subject(client.ip)
+        if subject is None:
+            return
+        admission = await self._admit(AdmitRequest(penalty_subject=subject), self.policies.current)
+        self._refuse_penalized(admission, subject)
+
+    def _refuse_penalized(self, admission: Admission, subject: str | None) -> None:
+        if admission.penalized_ms and subject is not None:
+            self.penalties.remember(subject, admission.penalized_ms)
+            raise _rate_limited("too many failed attempts from this client", admission.penalized_ms)
+
+    # -- the store call ----------------------------------------------------------------
+    async def _admit(self, request: AdmitRequest, policies: PolicySet) -> Admission:
+        try:
+            admission = await self.store.admit(request)
+        except StoreUnavailable as exc:
+            if policies.on_store_error != "fail_open":
+                raise ProblemError(
+                    "store_unavailable", "the state store is unavailable", {"Retry-After": "1"}
+                ) from exc
+            if not self.failing_open:
+                self.failing_open = True
+                store_log.error("store_fail_open", detail="enforcing local limits only")
+            return await self.fallback.admit(request)
+        if self.failing_open:
+            self.failing_open = False
+            store_log.warning("store_recovered", detail="shared limits enforced again")
+        return admission
+
+    def _limits_outcome(
+        self, admission: Admission, applied: tuple[AppliedLimit, ...], key_id: str | None
+    ) -> dict[str, str]:
+        headers = rate_limit_headers(applied, admission.limits)
+        denied: list[AppliedLimit] = []
+        retry_ms = 0
+        for item, state in zip(applied, admission.limits, strict=True):
+            if state.allowed:
+                continue
+            if item.spec.shadow:
+                log.info("shadow_limit_exceeded", policy=item.policy, key_id=key_id)
+                continue
+            denied.append(item)
+            retry_ms = max(retry_ms, state.retry_ms)
+        if denied:
+            names = ", ".join(d.policy for d in denied)
+            raise _rate_limited(f"rate limited by policy {names}", retry_ms, headers)
+        return headers
+
+    # -- the token route ---------------------------------------------------------------
+    async def admit_token_request(
+        self, client: Client, key_id: str, model: str, method: str = "GET"
+    ) -> dict[str, str]:
+        """Penalty box and token-creation limits; the response's RateLimit headers."""
+        policies = self.policies.current
+        facts = RequestFacts("token", method, client.ip, key_id=key_id, model=model)
+        applied = policies.applicable(facts)
+        subject = policies.penalty_subject(client.ip)
+        request = AdmitRequest(limits=tuple(a.spec for a in applied), penalty_subject=subject)
+        if not request.limits and subject is None:
+            return {}
+        admission = await self._admit(request, policies)
+        self._refuse_penalized(admission, subject)
+        return self._limits_outcome(admission, applied, key_id)
+
+    # -- message routes ----------------------------------------------------------------
     def decode(self, token: str) -> ClientToken:
         if not token or len(token) > self._max_token_chars:
             raise ProblemError("token_invalid", "the token is malformed")
@@ -88,32 +232,46 @@ class Admissions:
         except TokenRejected as exc:
             raise ProblemError(exc.code, exc.detail) from None
 
-    async def _admit(self, request: AdmitRequest) -> Admission:
-        try:
-            async with asyncio.timeout(self._store_timeout):
-                return await self.store.admit(request)
-        except (TimeoutError, RedisError, StoreUnavailable, OSError) as exc:
-            log.error("store_error", error=type(exc).__name__)
-            raise ProblemError("store_unavailable", "the state store is unavailable") from exc
-
-    async def use_token(self, claims: ClientToken, client: Client) -> None:
-        """Admit one use of a decoded token, or raise the matching 403/503 problem."""
+    async def use_token(
+        self, claims: ClientToken, client: Client, route: str, method: str
+    ) -> dict[str, str]:
+        """Admit one use of a decoded token: the response's RateLimit headers, or the
+        matching 403/429/503 problem."""
+        if not self._key_active(claims.key_id):
+            raise ProblemError("token_revoked", "the agent key behind this token was revoked")
+        policies = self.policies.current
+        binding = policies.binding
         now = self._clock()
         use = TokenUse(
             jti=claims.jti,
-            fingerprint=self.fingerprint(client),
+            fingerprint=self.fingerprint(client, policies),
             issued_fingerprint=claims.fingerprint or "",
-            max_fingerprints=self.binding.max_fingerprints,
-            revoke_on_reuse=self.binding.action == "revoke",
+            max_fingerprints=binding.max_fingerprints,
+            on_reuse=binding.action,
             ttl_ms=int(claims.remaining(now) * 1000),
         )
-        admission = await self._admit(AdmitRequest(token=use))
+        facts = RequestFacts(
+            route,
+            method,
+            client.ip,
+            key_id=claims.key_id,
+            model=claims.model_id,
+            token=claims.jti,
+            conversation=claims.conversation_id,
+        )
+        applied = policies.applicable(facts)
+        subject = policies.penalty_subject(client.ip)
+        request = AdmitRequest(
+            token=use, limits=tuple(a.spec for a in applied), penalty_subject=subject
+        )
+        admission = await self._admit(request, policies)
+        self._refuse_penalized(admission, subject)
         if admission.token is TokenVerdict.REVOKED:
             raise ProblemError("token_revoked", "the token has been revoked")
         if admission.token is TokenVerdict.REUSE:
-            log.warning(
-                "token_reuse_suspected",
-                key_id=claims.key_id,
-                action=self.binding.action,
-            )
+            log.warning("token_reuse_suspected", key_id=claims.key_id, action=binding.action)
+            await self.failed(client, "reuse")
             raise ProblemError("token_reuse_suspected", "the token was used from another client")
+        if admission.token is TokenVerdict.FLAGGED:
+            log.warning("token_reuse_flagged", key_id=claims.key_id)
+        return self._limits_outcome(admission, applied, claims.key_id)

@@ -12,11 +12,18 @@ from pathlib import Path
 
 from gateway.config import Config, default_config_path, load_config
 from gateway.core import agent_keys
+from gateway.core.policy import RequestFacts
 from gateway.core.signing_keys import SigningKeyError
 from gateway.keystore.admin import KeySpecError, create_key
 from gateway.keystore.base import KeyRecord, KeyStoreError, utcnow
 from gateway.keystore.factory import open_keystore
+from gateway.policies.lint import lint
+from gateway.policies.loader import load_policies
+from gateway.policies.report import effective_table, explain_lines
+from gateway.policies.schema import ROUTES
 from gateway.redis_connect import RedisUrlError
+from gateway.store.base import AdmitRequest, StoreUnavailable
+from gateway.store.factory import open_store
 from gateway.yaml_source import SourceError
 
 EXIT_USAGE = 2
@@ -101,6 +108,73 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+EXIT_INVALID_POLICIES = 1
+
+
+def cmd_policies_check(args: argparse.Namespace) -> int:
+    known_models = None
+    try:
+        config: Config | None = _config(args)
+    except SourceError:
+        if args.path is None:
+            raise
+        config = None  # checking a policy path alone; model names cannot be checked
+    if config is not None:
+        known_models = set(config.models)
+    path = args.path or (config.policies.path if config else None)
+    assert path is not None
+    try:
+        loaded = load_policies(path)
+    except SourceError as exc:
+        print(f"gateway: invalid policies:\n{exc}", file=sys.stderr)
+        return EXIT_INVALID_POLICIES
+    files = ", ".join(str(f) for f in loaded.files) or "(no files)"
+    print(f"{len(loaded.policies.policies)} policies from {files}")
+    print("\n".join(effective_table(loaded.policies)))
+    findings = lint(loaded, known_models)
+    for finding in findings:
+        print(f"warning: {finding}", file=sys.stderr)
+    return EXIT_INVALID_POLICIES if findings and args.strict else 0
+
+
+async def _explain(config: Config, args: argparse.Namespace) -> list[str]:
+    policies = load_policies(config.policies.path).policies
+    facts = RequestFacts(
+        route=args.route,
+        method=args.method or ("GET" if args.route in ("token", "messages") else "POST"),
+        client_ip=args.ip,
+        key_id=args.key_id,
+        model=args.model,
+        token=args.token,
+        conversation=args.conversation,
+    )
+    applied = policies.applicable(facts)
+    if config.store.type == "memory":
+        lines = explain_lines(applied, None)
+        lines.append("(store: memory: the counters live inside the running gateway)")
+        return lines
+    store = open_store(config.store)
+    try:
+        states = await store.peek(tuple(a.spec for a in applied))
+        lines = explain_lines(applied, states)
+        subject = policies.penalty_subject(args.ip)
+        if subject is not None:
+            boxed = (await store.admit(AdmitRequest(penalty_subject=subject))).penalized_ms
+            status = f"refused for {boxed} ms more" if boxed else "not boxed"
+            lines.append(f"penalty box ({subject}): {status}")
+    except StoreUnavailable as exc:
+        raise CommandError(f"the store at {config.store.url} did not answer: {exc}") from None
+    finally:
+        await store.close()
+    return lines
+
+
+def cmd_policies_explain(args: argparse.Namespace) -> int:
+    config = _config(args)
+    print("\n".join(asyncio.run(_explain(config, args))))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -131,6 +205,28 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = key_commands.add_parser("revoke", parents=[common], help="revoke a key")
     revoke.add_argument("key_id")
     revoke.set_defaults(func=cmd_keys_revoke)
+
+    policies = commands.add_parser("policies", help="check and explain rate-limit policies")
+    policy_commands = policies.add_subparsers(
+        dest="policies_command", required=True, metavar="ACTION"
+    )
+    check = policy_commands.add_parser(
+        "check", parents=[common], help="validate, print the effective policies, lint"
+    )
+    check.add_argument("path", nargs="?", type=Path, help="policy file or directory")
+    check.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    check.set_defaults(func=cmd_policies_check)
+    explain = policy_commands.add_parser(
+        "explain", parents=[common], help="which policies apply to a request, and their state"
+    )
+    explain.add_argument("--route", required=True, choices=list(ROUTES))
+    explain.add_argument("--ip", required=True, help="client IP address")
+    explain.add_argument("--key-id")
+    explain.add_argument("--model")
+    explain.add_argument("--method")
+    explain.add_argument("--token", help="the token's jti (never the token itself)")
+    explain.add_argument("--conversation")
+    explain.set_defaults(func=cmd_policies_explain)
     return parser
 
 

@@ -60,6 +60,9 @@ class StoreSettings(_Section):
     prefix: str = Field("gw", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     timeout_ms: int = Field(50, ge=1, le=10_000)
     max_connections: int = Field(64, ge=1, le=10_000)
+    #: consecutive failures that open the circuit, and how long it stays open
+    breaker_failures: int = Field(3, ge=1, le=1000)
+    breaker_open_seconds: float = Field(1.0, gt=0, le=300)
 
     @model_validator(mode="before")
     @classmethod
@@ -101,28 +104,11 @@ class TokenSettings(_Section):
     signing_keys_file: Path | None = None
 
 
-FingerprintComponent = Literal["ip_prefix", "client_ip", "user_agent"]
-DEFAULT_COMPONENTS: tuple[FingerprintComponent, ...] = ("ip_prefix", "user_agent")
-
-
-class BindingSettings(_Section):
-    bind_at: Literal["first_use", "issue"] = "first_use"
-    #: fingerprint parts; an empty list disables binding
-    components: list[FingerprintComponent] = Field(default_factory=lambda: list(DEFAULT_COMPONENTS))
-    ipv4_prefix: int = Field(24, ge=8, le=32)
-    ipv6_prefix: int = Field(64, ge=16, le=128)
-    #: distinct fingerprints a token may show before the next one is suspicious
-    max_fingerprints: int = Field(1, ge=1, le=16)
-    action: Literal["revoke", "deny"] = "revoke"
-
-    @field_validator("components")
-    @classmethod
-    def _unique(cls, value: list[str]) -> list[str]:
-        if len(set(value)) != len(value):
-            raise ValueError("components must not repeat")
-        if "ip_prefix" in value and "client_ip" in value:
-            raise ValueError("use either ip_prefix or client_ip, not both")
-        return value
+class PolicySettings(_Section):
+    #: a policy file or a directory of ``*.yaml`` policy files (see docs/policies.md)
+    path: Path = Path("policies")
+    #: reload on file change (SIGHUP always reloads)
+    watch: bool = True
 
 
 class ModelSettings(_Section):
@@ -171,7 +157,7 @@ class Config(_Section):
     store: StoreSettings = Field(default_factory=StoreSettings)
     keys: KeyStoreSettings = Field(default_factory=KeyStoreSettings)
     tokens: TokenSettings = Field(default_factory=TokenSettings)
-    binding: BindingSettings = Field(default_factory=BindingSettings)
+    policies: PolicySettings = Field(default_factory=PolicySettings)
     models: dict[ModelId, ModelSettings] = Field(min_length=1)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
@@ -179,12 +165,13 @@ class Config(_Section):
     def resolve_paths(self, base: Path) -> Config:
         """Relative file paths are relative to the configuration file's directory."""
         keys = self.keys.model_copy(update={"path": _under(base, self.keys.path)})
+        policies = self.policies.model_copy(update={"path": _under(base, self.policies.path)})
         tokens = self.tokens
         if tokens.signing_keys_file is not None:
             tokens = tokens.model_copy(
                 update={"signing_keys_file": _under(base, tokens.signing_keys_file)}
             )
-        return self.model_copy(update={"keys": keys, "tokens": tokens})
+        return self.model_copy(update={"keys": keys, "tokens": tokens, "policies": policies})
 
     @property
     def key_store_redis_url(self) -> str:

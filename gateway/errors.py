@@ -38,6 +38,7 @@ KINDS: dict[str, ProblemKind] = {
     "upstream_unavailable": ProblemKind(502, "Upstream unavailable"),
     "upstream_error": ProblemKind(502, "Upstream error"),
     "store_unavailable": ProblemKind(503, "State store unavailable"),
+    "overloaded": ProblemKind(503, "Overloaded"),
     "upstream_timeout": ProblemKind(504, "Upstream timeout"),
 }
 

@@ -3,6 +3,8 @@
 Order of refusal, cheapest first: malformed or bad checksum (no lookup), unknown or
 revoked key id (no hashing), then argon2id verification off the event loop, skipped when
 the same key verified recently (see :class:`gateway.core.key_hash.VerifiedKeyCache`).
+The verification queue is bounded: past ``max_pending`` waiting verifications, new ones
+are refused at once instead of piling up behind a flood.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 
@@ -27,6 +30,19 @@ class KeyRejected(Exception):
         self.key_id = key_id
 
 
+class VerifierBusy(Exception):
+    """Too many argon2 verifications are already waiting."""
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A well-formed key with an active record; ``verified`` when the cache vouches."""
+
+    key: agent_keys.ParsedKey
+    record: KeyRecord
+    verified: bool
+
+
 class KeyVerifier:
     def __init__(
         self,
@@ -35,22 +51,25 @@ class KeyVerifier:
         *,
         hasher: PasswordHasher | None = None,
         workers: int = 2,
+        max_pending: int = 64,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.cache = cache
         self._hasher = hasher or PasswordHasher()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="argon2")
+        self._max_pending = max_pending
+        self._pending = 0
         self._clock = clock
         #: argon2 verifications run (cache misses), for metrics and tests
         self.hash_verifications = 0
 
-    @staticmethod
-    def key_id_of(presented: str) -> str | None:
-        parsed = agent_keys.parse(presented)
-        return parsed.key_id if parsed else None
+    def key_active(self, key_id: str) -> bool:
+        record = self.store.lookup(key_id)
+        return record is not None and record.active
 
-    async def verify(self, presented: str) -> KeyRecord:
+    def candidate(self, presented: str) -> Candidate:
+        """No I/O: format, checksum, record lookup, cache."""
         parsed = agent_keys.parse(presented)
         if parsed is None:
             raise KeyRejected("malformed")
@@ -59,17 +78,32 @@ class KeyVerifier:
             raise KeyRejected("unknown", parsed.key_id)
         if not record.active:
             raise KeyRejected("revoked", parsed.key_id)
-        if self.cache.hit(parsed.key, parsed.key_id, record.hash, self._clock()):
-            return record
+        verified = self.cache.hit(parsed.key, parsed.key_id, record.hash, self._clock())
+        return Candidate(parsed, record, verified)
+
+    async def confirm(self, candidate: Candidate) -> KeyRecord:
+        """argon2id unless the cache already vouched; raises :class:`KeyRejected`."""
+        if candidate.verified:
+            return candidate.record
+        if self._pending >= self._max_pending:
+            raise VerifierBusy
+        key, record = candidate.key, candidate.record
         loop = asyncio.get_running_loop()
         self.hash_verifications += 1
-        ok = await loop.run_in_executor(
-            self._executor, key_hash.verify, self._hasher, record.hash, parsed.key
-        )
+        self._pending += 1
+        try:
+            ok = await loop.run_in_executor(
+                self._executor, key_hash.verify, self._hasher, record.hash, key.key
+            )
+        finally:
+            self._pending -= 1
         if not ok:
-            raise KeyRejected("wrong_secret", parsed.key_id)
-        self.cache.remember(parsed.key, parsed.key_id, record.hash, self._clock())
+            raise KeyRejected("wrong_secret", key.key_id)
+        self.cache.remember(key.key, key.key_id, record.hash, self._clock())
         return record
+
+    async def verify(self, presented: str) -> KeyRecord:
+        return await self.confirm(self.candidate(presented))
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

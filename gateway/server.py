@@ -11,6 +11,7 @@ from aiohttp import web
 
 from gateway.config import Config
 from gateway.web.app import create_app
+from gateway.web.state import SERVICES
 
 log = structlog.get_logger("gateway")
 
@@ -38,6 +39,8 @@ async def serve(config: Config, environ: Mapping[str, str]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    policies = app[SERVICES].admissions.policies
+    loop.add_signal_handler(signal.SIGHUP, policies.reload, "sighup")
     try:
         await stop.wait()
         log.info("shutting_down", grace_seconds=config.server.shutdown_grace_seconds)

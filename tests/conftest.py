@@ -14,7 +14,7 @@ from pytest_redis.executor import RedisExecutor
 
 from chat_backend.app import create_app as create_backend
 from chat_backend.models import EchoModel
-from tests.support.harness import Gateway, make_config, start_gateway, stop_gateway
+from tests.support.harness import NO_LIMITS, Gateway, make_config, start_gateway, stop_gateway
 
 # one Redis for the session (flushed before each test), started by the tests themselves
 redis_server = factories.redis_proc(port=None)
@@ -55,16 +55,25 @@ GatewayFactory = Callable[..., Awaitable[Gateway]]
 async def gateway_factory(
     tmp_path: Path, backend_url: str, request: pytest.FixtureRequest
 ) -> AsyncIterator[GatewayFactory]:
-    """``await gateway_factory(store="redis", binding={...})`` starts a configured gateway."""
+    """``await gateway_factory(store="redis", policies="...", server={...})`` starts a
+    configured gateway (each in its own directory)."""
     started: list[Gateway] = []
 
     async def factory(
-        *, store: str = "memory", environ: dict[str, str] | None = None, **sections: Any
+        *,
+        store: str = "memory",
+        environ: dict[str, str] | None = None,
+        policies: str = NO_LIMITS,
+        **sections: Any,
     ) -> Gateway:
         redis_url = request.getfixturevalue("redis_url") if store == "redis" else None
         sections.setdefault("upstream", {})
         sections["upstream"] = {"url": backend_url, **sections["upstream"]}
-        config = make_config(tmp_path, backend_url, redis_url=redis_url, **sections)
+        room = tmp_path / f"gw{len(started)}"
+        room.mkdir()
+        # replicas of one deployment share the key store; each has its own policy files
+        sections["keys"] = {"path": str(tmp_path / "keys.yaml"), **sections.get("keys", {})}
+        config = make_config(room, backend_url, redis_url=redis_url, policies=policies, **sections)
         gateway = await start_gateway(config, environ)
         started.append(gateway)
         return gateway
@@ -90,3 +99,23 @@ async def scripted() -> AsyncIterator[tuple[Any, str]]:
     await server.start_server()
     yield script, str(server.make_url("")).rstrip("/")
     await server.close()
+
+
+@pytest.fixture(scope="session")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A three-master Redis Cluster started from redis-server for this test session."""
+    from tests.support.redis_servers import redis_cluster
+
+    with redis_cluster(tmp_path_factory.mktemp("cluster")) as ports:
+        yield "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
+
+
+@pytest.fixture
+def backend_process() -> Iterator[str]:
+    """The reference backend as its own process (for tests whose gateways are processes)."""
+    from tests.support.processes import BIN, free_port, running
+
+    port = free_port()
+    argv = [str(BIN / "chat-backend"), "--port", str(port), "--word-delay", "0"]
+    with running(argv, f"http://127.0.0.1:{port}/healthz"):
+        yield f"http://127.0.0.1:{port}"

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Literal, Protocol
 
 from gateway.core.gcra import LimitSpec, LimitState
+
+ReuseAction = Literal["deny", "revoke", "flag"]
+REUSE_ACTION_CODES: dict[ReuseAction, int] = {"deny": 0, "revoke": 1, "flag": 2}
 
 
 class TokenVerdict(StrEnum):
@@ -21,6 +24,8 @@ class TokenVerdict(StrEnum):
     BOUND = "bound"
     REVOKED = "revoked"
     REUSE = "reuse"
+    #: another fingerprint, admitted because the reuse action is ``flag``
+    FLAGGED = "flagged"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +36,8 @@ class TokenUse:
     #: the fingerprint the token was bound to at issue; empty when bound at first use
     issued_fingerprint: str
     max_fingerprints: int
-    revoke_on_reuse: bool
+    #: what a new fingerprint past the limit does: deny, revoke (and deny) or flag
+    on_reuse: ReuseAction
     #: the token's remaining life: its record expires with it
     ttl_ms: int
 
@@ -53,7 +59,7 @@ class Admission:
 
     @property
     def token_ok(self) -> bool:
-        return self.token in (None, TokenVerdict.OK, TokenVerdict.BOUND)
+        return self.token in (None, TokenVerdict.OK, TokenVerdict.BOUND, TokenVerdict.FLAGGED)
 
     def denied_limits(self, specs: tuple[LimitSpec, ...]) -> list[int]:
         """Indexes of enforced limits that refused the request."""
@@ -80,11 +86,17 @@ class StateStore(Protocol):
 
     async def revoke_token(self, jti: str, ttl_ms: int) -> None: ...
 
+    async def peek(self, specs: tuple[LimitSpec, ...]) -> tuple[LimitState, ...]:
+        """The limits' current state, consuming nothing (for operators)."""
+
     async def record_failure(self, subject: str, rule: PenaltyRule) -> int:
         """Count one failure (bad key, bad token, reuse); the cool-down in ms once the
         threshold is reached, else 0."""
 
     async def ping(self) -> None: ...
+
+    async def start(self) -> None:
+        """Connect and load scripts ahead of the first request (best effort)."""
 
     async def close(self) -> None: ...
 

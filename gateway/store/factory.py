@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
 from gateway.config import StoreSettings
+from gateway.core.breaker import CircuitBreaker
 from gateway.redis_connect import connect
 from gateway.store.base import StateStore
+from gateway.store.guarded import GuardedStore
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 
 
 def open_store(settings: StoreSettings) -> StateStore:
+    """The memory store, or a Redis store behind a deadline and a circuit breaker."""
     if settings.type == "memory":
         return MemoryStore()
     client = connect(
         settings.url,
         socket_timeout=max(settings.timeout_ms / 1000, 0.5),
         max_connections=settings.max_connections,
+        # the deadline and the breaker decide; a retry would only make requests wait
+        retry=Retry(NoBackoff(), 0),
     )
-    return RedisStore(client, prefix=settings.prefix)
+    return GuardedStore(
+        RedisStore(client, prefix=settings.prefix),
+        timeout=settings.timeout_ms / 1000,
+        breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_open_seconds),
+    )

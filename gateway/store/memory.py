@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from gateway.core.gcra import LimitState, evaluate
+from gateway.core.gcra import LimitSpec, LimitState, evaluate
 from gateway.store.base import (
     Admission,
     AdmitRequest,
@@ -106,7 +106,9 @@ class MemoryStore:
             return TokenVerdict.OK, None
         if len(known) < use.max_fingerprints:
             return TokenVerdict.BOUND, [*known, fp]
-        if use.revoke_on_reuse:
+        if use.on_reuse == "flag":
+            return TokenVerdict.FLAGGED, None
+        if use.on_reuse == "revoke":
             self._revoke(use.jti, known, now, use.ttl_ms)
         return TokenVerdict.REUSE, None
 
@@ -146,6 +148,10 @@ class MemoryStore:
             self.tokens.set(use.jti, _TokenRecord(bind), expires)
         return Admission(0, verdict, tuple(states))
 
+    async def peek(self, specs: tuple[LimitSpec, ...]) -> tuple[LimitState, ...]:
+        now = self._clock()
+        return tuple(evaluate(spec, self.tats.get(spec.key, now), now) for spec in specs)
+
     async def revoke_token(self, jti: str, ttl_ms: int) -> None:
         now = self._clock()
         record = self.tokens.get(jti, now)
@@ -164,6 +170,9 @@ class MemoryStore:
         return 0
 
     async def ping(self) -> None:
+        return None
+
+    async def start(self) -> None:
         return None
 
     async def close(self) -> None:

@@ -11,11 +11,13 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
-from gateway.core.gcra import LimitState
+from gateway.core.gcra import LimitSpec, LimitState, evaluate
 from gateway.redis_connect import AnyRedis
 from gateway.store.base import (
+    REUSE_ACTION_CODES,
     Admission,
     AdmitRequest,
     PenaltyRule,
@@ -35,6 +37,7 @@ class RedisStore:
         self._admit: AsyncScript = client.register_script(_lua("admit.lua"))
         self._failure: AsyncScript = client.register_script(_lua("failure.lua"))
         self._revoke: AsyncScript = client.register_script(_lua("revoke.lua"))
+        self._peek: AsyncScript = client.register_script(_lua("peek.lua"))
 
     # key names -----------------------------------------------------------------------
     def token_key(self, jti: str) -> str:
@@ -66,7 +69,7 @@ class RedisStore:
                 use.fingerprint,
                 use.issued_fingerprint,
                 use.max_fingerprints,
-                1 if use.revoke_on_reuse else 0,
+                REUSE_ACTION_CODES[use.on_reuse],
                 record_ttl_ms(use.ttl_ms),
             ]
         else:
@@ -90,6 +93,16 @@ class RedisStore:
         )
         return Admission(penalized, verdict, states)
 
+    async def peek(self, specs: tuple[LimitSpec, ...]) -> tuple[LimitState, ...]:
+        if not specs:
+            return ()
+        reply = await self._peek(keys=[self.limit_key(spec.key) for spec in specs])
+        now = float(reply[0])
+        return tuple(
+            evaluate(spec, float(raw) if raw else None, now)
+            for spec, raw in zip(specs, reply[1:], strict=True)
+        )
+
     async def revoke_token(self, jti: str, ttl_ms: int) -> None:
         await self._revoke(keys=[self.token_key(jti)], args=[record_ttl_ms(ttl_ms)])
 
@@ -102,6 +115,15 @@ class RedisStore:
 
     async def ping(self) -> None:
         await self.redis.ping()
+
+    async def start(self) -> None:
+        """Learn the cluster layout, open a connection and load every script, so the
+        first requests do not pay for it inside their deadline."""
+        if isinstance(self.redis, RedisCluster):
+            await self.redis.initialize()
+        await self.redis.ping()
+        for script in (self._admit, self._failure, self._revoke, self._peek):
+            script.sha = await self.redis.script_load(script.script)
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -18,8 +18,10 @@ from gateway.core.token_codec import TokenCodec
 from gateway.key_verifier import KeyVerifier
 from gateway.keystore.base import KeyStore
 from gateway.keystore.factory import open_keystore
+from gateway.policies.reloader import PolicyStore
 from gateway.store.base import StateStore
 from gateway.store.factory import open_store
+from gateway.store.memory import MemoryStore
 from gateway.upstream import UpstreamClient
 from gateway.web import public
 from gateway.web.middlewares import add_request_id, make_context_middleware, problem_middleware
@@ -54,6 +56,7 @@ def create_app(
     environ: Mapping[str, str] | None = None,
     store: StateStore | None = None,
     keystore: KeyStore | None = None,
+    policies: PolicyStore | None = None,
 ) -> web.Application:
     """The public application. ``store``/``keystore`` replace the configured ones (the
     caller then owns them); everything else is built here and closed on cleanup."""
@@ -65,11 +68,14 @@ def create_app(
         key_store,
         VerifiedKeyCache(config.keys.verified_cache_seconds, config.keys.verified_cache_size),
     )
+    policy_store = policies if policies is not None else PolicyStore(config.policies.path)
+    policy_store.load()  # an invalid policy set stops the start with a precise error
     admissions = Admissions(
         codec,
         state_store,
-        config.binding,
-        store_timeout=config.store.timeout_ms / 1000,
+        policy_store,
+        fallback=MemoryStore(),
+        key_active=verifier.key_active,
         max_token_chars=config.server.max_token_chars,
     )
 
@@ -82,8 +88,11 @@ def create_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await key_store.refresh()
+        await state_store.start()
         stop = asyncio.Event()
-        watcher = asyncio.create_task(key_store.run(stop), name="keystore-sync")
+        tasks = [asyncio.create_task(key_store.run(stop), name="keystore-sync")]
+        if config.policies.watch:
+            tasks.append(asyncio.create_task(policy_store.run(stop), name="policy-watch"))
         session = UpstreamClient.new_session(config.upstream)
         app[SERVICES] = Services(
             config=config,
@@ -95,8 +104,9 @@ def create_app(
             yield
         finally:
             stop.set()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(watcher, timeout=5)
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(task, timeout=5)
             await session.close()
             verifier.close()
             if keystore is None:

@@ -12,7 +12,7 @@ from aiohttp import ClientResponse, web
 from gateway.admission import Client
 from gateway.core.token_codec import ClientToken
 from gateway.errors import ProblemError
-from gateway.key_verifier import KeyRejected
+from gateway.key_verifier import KeyRejected, VerifierBusy
 from gateway.upstream import ForwardContext, relayable_headers, upstream_errors
 from gateway.web.payloads import bearer_credential, parse_send_message, read_json_object
 from gateway.web.state import CLIENT_IP, KEY_ID, REQUEST_ID, SERVICES, TOKEN_HASH
@@ -43,42 +43,65 @@ def json_response(data: object, status: int = 200) -> web.Response:
 
 async def issue_token(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
+    admissions, keys = services.admissions, services.keys
     model_id = request.match_info["model_id"]
+    client = client_of(request)
+    admissions.refuse_if_penalized(client)
     presented = bearer_credential(request)
     try:
-        record = await services.keys.verify(presented)
+        candidate = keys.candidate(presented)
+        request[KEY_ID] = candidate.record.key_id
+        if not candidate.verified:
+            await admissions.check_penalty(client)  # before paying for argon2
+        record = await keys.confirm(candidate)
     except KeyRejected as exc:
         if exc.key_id:
             request[KEY_ID] = exc.key_id
         security_log.warning("invalid_key", reason=exc.reason, key_id=exc.key_id)
+        await admissions.failed(client, "invalid_key")
         raise ProblemError("key_not_found", "no active agent key matches") from None
-    request[KEY_ID] = record.key_id
+    except VerifierBusy:
+        raise ProblemError(
+            "overloaded", "too many key verifications in progress", {"Retry-After": "1"}
+        ) from None
     if model_id not in record.models or model_id not in services.config.models:
         raise ProblemError("model_not_found", f"this key has no model {model_id!r}")
-    admissions = services.admissions
+    headers = await admissions.admit_token_request(client, record.key_id, model_id)
     issued = admissions.codec.issue(
         key_id=record.key_id,
         model_id=model_id,
         now=admissions.now(),
-        fingerprint=admissions.issue_fingerprint(client_of(request)),
+        fingerprint=admissions.issue_fingerprint(client),
     )
     expires_at = datetime.fromtimestamp(issued.claims.expires_at, UTC)
-    return json_response(
+    response = json_response(
         {
             "token": issued.token,
             "expires_in": admissions.codec.ttl_seconds,
             "expires_at": expires_at.isoformat().replace("+00:00", "Z"),
         }
     )
+    response.headers.update(headers)
+    return response
 
 
-async def _admit_token(request: web.Request, token: str) -> ClientToken:
+async def _admit_token(
+    request: web.Request, token: str, route: str
+) -> tuple[ClientToken, dict[str, str]]:
+    """Decode and admit the client token; the claims and the RateLimit headers."""
     request[TOKEN_HASH] = short_hash(token)
     admissions = request.app[SERVICES].admissions
-    claims = admissions.decode(token)
+    client = client_of(request)
+    admissions.refuse_if_penalized(client)
+    try:
+        claims = admissions.decode(token)
+    except ProblemError as err:
+        if err.code == "token_invalid":
+            await admissions.failed(client, "invalid_token")
+        raise
     request[KEY_ID] = claims.key_id
-    await admissions.use_token(claims, client_of(request))
-    return claims
+    headers = await admissions.use_token(claims, client, route, request.method)
+    return claims, headers
 
 
 def _forward_context(request: web.Request, claims: ClientToken) -> ForwardContext:
@@ -100,11 +123,12 @@ def _check_upstream_status(status: int) -> None:
 
 async def read_messages(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    claims = await _admit_token(request, request.match_info["token"])
+    claims, limits = await _admit_token(request, request.match_info["token"], "messages")
     answer = await services.upstream.get_messages(_forward_context(request, claims))
     _check_upstream_status(answer.status)
     response = web.Response(status=answer.status, body=answer.body, headers=answer.headers)
     response.headers.update(NO_STORE)
+    response.headers.update(limits)
     return response
 
 
@@ -113,7 +137,7 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     settings = services.config.server
     data = await read_json_object(request, settings.max_body_bytes)
     message = parse_send_message(data, settings.max_message_chars)
-    claims = await _admit_token(request, message.client_token)
+    claims, limits = await _admit_token(request, message.client_token, "send")
     model = services.config.models.get(claims.model_id)
     if model is None:
         raise ProblemError("model_not_found", "the token's model is no longer served")
@@ -126,15 +150,19 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     async with upstream.send_message(_forward_context(request, claims), payload) as resp:
         _check_upstream_status(resp.status)
         if resp.content_type == "text/event-stream":
-            return await _relay_stream(request, resp)
+            return await _relay_stream(request, resp, limits)
         answer = await upstream.buffer(resp)
         response = web.Response(status=answer.status, body=answer.body, headers=answer.headers)
         response.headers.update(NO_STORE)
+        response.headers.update(limits)
         return response
 
 
-async def _relay_stream(request: web.Request, upstream: ClientResponse) -> web.StreamResponse:
+async def _relay_stream(
+    request: web.Request, upstream: ClientResponse, limits: dict[str, str]
+) -> web.StreamResponse:
     out = web.StreamResponse(status=upstream.status, headers=relayable_headers(upstream.headers))
+    out.headers.update(limits)
     out.headers["Cache-Control"] = "no-cache, no-store"
     out.headers["X-Accel-Buffering"] = "no"
     await out.prepare(request)

@@ -25,6 +25,7 @@ def write_config(tmp_path: Path, **changes: Any) -> Path:
     data["keys"]["path"] = str(tmp_path / "keys.yaml")
     data["keys"]["argon2"] = FAST_ARGON2
     data["admin"] = {"enabled": False}
+    data["policies"]["path"] = str(ROOT / "policies")  # the shipped defaults
     for section, values in changes.items():
         if isinstance(values, dict) and isinstance(data.get(section), dict):
             data[section].update(values)
@@ -36,12 +37,13 @@ def write_config(tmp_path: Path, **changes: Any) -> Path:
 
 
 def eventually(check: Callable[[], bool], timeout: float = 5.0) -> float:
-    """Seconds until ``check()`` held; fails after ``timeout``."""
+    """Seconds until ``check()`` held; fails after ``timeout``. Polls gently: each refused
+    key counts towards the default penalty box (20 failures a minute)."""
     started = time.monotonic()
     while time.monotonic() - started < timeout:
         if check():
             return time.monotonic() - started
-        time.sleep(0.05)
+        time.sleep(0.3)
     raise AssertionError(f"not true within {timeout}s")
 
 

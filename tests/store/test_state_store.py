@@ -6,7 +6,14 @@ import secrets
 import pytest
 
 from gateway.core.gcra import LimitSpec
-from gateway.store.base import AdmitRequest, PenaltyRule, StateStore, TokenUse, TokenVerdict
+from gateway.store.base import (
+    AdmitRequest,
+    PenaltyRule,
+    ReuseAction,
+    StateStore,
+    TokenUse,
+    TokenVerdict,
+)
 from gateway.store.redis import RedisStore
 
 FP_A, FP_B, FP_C = "a" * 16, "b" * 16, "c" * 16
@@ -18,10 +25,10 @@ def use(
     *,
     issued: str = "",
     max_fps: int = 1,
-    revoke: bool = True,
+    action: ReuseAction = "revoke",
     ttl_ms: int = 60_000,
 ) -> TokenUse:
-    return TokenUse(jti, fp, issued, max_fps, revoke, ttl_ms)
+    return TokenUse(jti, fp, issued, max_fps, action, ttl_ms)
 
 
 async def verdict(store: StateStore, token: TokenUse) -> TokenVerdict | None:
@@ -49,9 +56,9 @@ async def test_other_fingerprint_is_reuse_and_revokes(store: StateStore) -> None
 
 async def test_deny_action_refuses_without_revoking(store: StateStore) -> None:
     t = jti()
-    await verdict(store, use(t, FP_A, revoke=False))
-    assert await verdict(store, use(t, FP_B, revoke=False)) is TokenVerdict.REUSE
-    assert await verdict(store, use(t, FP_A, revoke=False)) is TokenVerdict.OK
+    await verdict(store, use(t, FP_A, action="deny"))
+    assert await verdict(store, use(t, FP_B, action="deny")) is TokenVerdict.REUSE
+    assert await verdict(store, use(t, FP_A, action="deny")) is TokenVerdict.OK
 
 
 async def test_several_fingerprints_allowed_up_to_the_limit(store: StateStore) -> None:
@@ -157,3 +164,21 @@ async def test_redis_memory_per_live_token_is_small(store: StateStore) -> None:
     await verdict(store, use(t, FP_A))
     usage = await store.redis.memory_usage(store.token_key(t))
     assert usage is not None and usage <= 120
+
+
+async def test_flag_action_admits_without_binding(store: StateStore) -> None:
+    t = jti()
+    await verdict(store, use(t, FP_A, action="flag"))
+    assert await verdict(store, use(t, FP_B, action="flag")) is TokenVerdict.FLAGGED
+    assert await verdict(store, use(t, FP_A, action="flag")) is TokenVerdict.OK
+    assert await verdict(store, use(t, FP_B, action="flag")) is TokenVerdict.FLAGGED
+
+
+async def test_peek_reads_without_consuming(store: StateStore) -> None:
+    spec = LimitSpec(f"peek:{jti()}", interval_ms=1000, burst=3)
+    assert (await store.peek((spec,)))[0].remaining == 2
+    await store.admit(AdmitRequest(limits=(spec,)))
+    for _ in range(3):
+        state = (await store.peek((spec,)))[0]
+        assert state.allowed
+        assert state.remaining == 1

@@ -37,8 +37,28 @@ def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]
     return out
 
 
+#: the policies tests run under unless they bring their own: binding on, no limits
+NO_LIMITS = """
+binding:
+  bind_at: first_use
+  components: [ip_prefix, user_agent]
+"""
+
+
+def write_policies(tmp_path: Path, text: str) -> Path:
+    directory = tmp_path / "policies"
+    directory.mkdir(exist_ok=True)
+    (directory / "test.yaml").write_text(text)
+    return directory
+
+
 def config_data(
-    tmp_path: Path, upstream_url: str, *, redis_url: str | None = None, **sections: Any
+    tmp_path: Path,
+    upstream_url: str,
+    *,
+    redis_url: str | None = None,
+    policies: str = NO_LIMITS,
+    **sections: Any,
 ) -> dict[str, Any]:
     data: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0},
@@ -46,6 +66,7 @@ def config_data(
         "store": {"type": "redis" if redis_url else "memory"},
         "keys": {"type": "file", "path": str(tmp_path / "keys.yaml"), "argon2": FAST_ARGON2},
         "models": {"demo": {}, "other": {}},
+        "policies": {"path": str(write_policies(tmp_path, policies)), "watch": True},
         "upstream": {
             "url": upstream_url,
             "timeouts": {"connect": 1, "read": 5, "stream_idle": 5},
@@ -58,10 +79,15 @@ def config_data(
 
 
 def make_config(
-    tmp_path: Path, upstream_url: str, *, redis_url: str | None = None, **sections: Any
+    tmp_path: Path,
+    upstream_url: str,
+    *,
+    redis_url: str | None = None,
+    policies: str = NO_LIMITS,
+    **sections: Any,
 ) -> Config:
     return Config.model_validate(
-        config_data(tmp_path, upstream_url, redis_url=redis_url, **sections)
+        config_data(tmp_path, upstream_url, redis_url=redis_url, policies=policies, **sections)
     )
 
 

@@ -21,7 +21,7 @@ async def test_reuse_from_another_user_agent_is_refused_and_revokes(gateway: Gat
 
 
 async def test_deny_action_keeps_the_token_for_its_owner(gateway_factory: Any) -> None:
-    gw: Gateway = await gateway_factory(binding={"action": "deny"})
+    gw: Gateway = await gateway_factory(policies="binding: {action: deny}\n")
     token = await gw.new_token()
     async with gw.send(token) as resp:
         assert resp.status == 200
@@ -59,7 +59,7 @@ async def test_malformed_forwarded_for_from_a_trusted_proxy_is_400(gateway_facto
 
 
 async def test_bound_at_issue(gateway_factory: Any) -> None:
-    gw: Gateway = await gateway_factory(binding={"bind_at": "issue"})
+    gw: Gateway = await gateway_factory(policies="binding: {bind_at: issue}\n")
     key = await gw.create_key()
     token = await gw.get_token(key)
     # someone else got hold of the token before its owner used it
@@ -73,7 +73,7 @@ async def test_bound_at_issue(gateway_factory: Any) -> None:
 
 
 async def test_binding_can_be_switched_off(gateway_factory: Any) -> None:
-    gw: Gateway = await gateway_factory(binding={"components": []})
+    gw: Gateway = await gateway_factory(policies="binding: {components: []}\n")
     token = await gw.new_token()
     for agent in ("a", "b", "c"):
         async with gw.send(token, **{"User-Agent": agent}) as resp:
@@ -89,3 +89,24 @@ async def test_trusted_proxy_may_pass_a_request_id(gateway_factory: Any) -> None
 async def test_untrusted_clients_cannot_choose_the_request_id(gateway: Gateway) -> None:
     async with gateway.http.get(gateway.url + "/nope", headers={"X-Request-Id": "mine"}) as resp:
         assert resp.headers["X-Request-Id"] != "mine"
+
+
+async def test_flag_action_admits_and_keeps_the_token(gateway_factory: Any) -> None:
+    gw: Gateway = await gateway_factory(policies="binding: {action: flag}\n")
+    token = await gw.new_token()
+    async with gw.send(token) as resp:
+        assert resp.status == 200
+    async with gw.send(token, **{"User-Agent": "other"}) as resp:
+        assert resp.status == 200
+    async with gw.send(token) as resp:
+        assert resp.status == 200
+
+
+async def test_several_fingerprints_per_token(gateway_factory: Any) -> None:
+    gw: Gateway = await gateway_factory(policies="binding: {max_fingerprints: 2}\n")
+    token = await gw.new_token()
+    for agent in ("phone", "laptop", "phone"):
+        async with gw.send(token, **{"User-Agent": agent}) as resp:
+            assert resp.status == 200
+    async with gw.send(token, **{"User-Agent": "third"}) as resp:
+        assert await status_and_code(resp) == (403, "token_reuse_suspected")

@@ -5,11 +5,12 @@
 -- ARGV[1] has_penalty (0/1)   ARGV[2] has_token (0/1)   ARGV[3] number of limits
 -- token (when has_token): ARGV[4] fingerprint ('' = binding off), ARGV[5] fingerprint
 --   bound at issue ('' = bind at first use), ARGV[6] max fingerprints,
---   ARGV[7] revoke on reuse (0/1), ARGV[8] record ttl ms
+--   ARGV[7] reuse action (0 deny, 1 revoke, 2 flag), ARGV[8] record ttl ms
 -- then per limit i (from ARGV[9]): interval ms, burst, shadow (0/1)
 --
 -- Returns {penalized_ms, token_verdict, allowed_1, remaining_1, reset_1, retry_1, ...}
--- token_verdict: '' (no token), 'ok', 'bound', 'revoked', 'reuse'.
+-- token_verdict: '' (no token), 'ok', 'bound', 'flagged', 'revoked', 'reuse'.
+-- Rate-limit state is the theoretical arrival time (TAT) in milliseconds (3 decimals).
 -- Token records hold 16-character fingerprints back to back; '!' first means revoked.
 
 local FP = 16
@@ -36,7 +37,7 @@ if has_token then
   token_key = KEYS[k]
   k = k + 1
   local fp, issued = ARGV[4], ARGV[5]
-  local max_fps, revoke, ttl = tonumber(ARGV[6]), ARGV[7] == '1', ARGV[8]
+  local max_fps, action, ttl = tonumber(ARGV[6]), ARGV[7], ARGV[8]
   local rec = redis.call('GET', token_key)
   if rec and string.sub(rec, 1, 1) == '!' then
     return {0, 'revoked'}
@@ -60,8 +61,10 @@ if has_token then
     elseif found or #known / FP < max_fps then
       verdict = 'bound'
       if found then bind = known else bind = known .. fp end
+    elseif action == '2' then
+      verdict = 'flagged'
     else
-      if revoke then
+      if action == '1' then
         if rec then
           redis.call('SET', token_key, '!' .. known, 'KEEPTTL')
         else

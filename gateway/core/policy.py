@@ -1,0 +1,202 @@
+"""Compiled policies: which limits apply to a request, and under which partition key.
+
+Pure: built from validated YAML by :mod:`gateway.policies.loader`, evaluated per request
+with the facts the handler knows. A :class:`PolicySet` is immutable; hot reload swaps
+the whole object, so a request in flight keeps the set it started with.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gateway.core.fingerprint import FingerprintRule, ip_prefix
+from gateway.core.gcra import LimitSpec, LimitState
+
+Mode = Literal["enforce", "shadow"]
+ReuseAction = Literal["deny", "revoke", "flag"]
+MAX_RAW_PARTITION = 40
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What is known about a request when its limits are decided."""
+
+    route: str
+    method: str
+    client_ip: str
+    key_id: str | None = None
+    model: str | None = None
+    token: str | None = None  # the token's jti, never the token
+    conversation: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    rate: int
+    per_seconds: float
+    burst: int
+
+    @property
+    def interval_ms(self) -> float:
+        return self.per_seconds * 1000.0 / self.rate
+
+
+@dataclass(frozen=True, slots=True)
+class Override:
+    key_ids: frozenset[str]
+    limit: Limit | None
+    mode: Mode | None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    name: str
+    routes: frozenset[str]
+    partition: tuple[str, ...]
+    limit: Limit
+    mode: Mode = "enforce"
+    models: frozenset[str] | None = None
+    key_ids: frozenset[str] | None = None
+    methods: frozenset[str] | None = None
+    overrides: tuple[Override, ...] = ()
+
+    def matches(self, facts: RequestFacts) -> bool:
+        return (
+            facts.route in self.routes
+            and (self.methods is None or facts.method in self.methods)
+            and (self.models is None or facts.model in self.models)
+            and (self.key_ids is None or facts.key_id in self.key_ids)
+        )
+
+    def effective(self, key_id: str | None) -> tuple[Limit, Mode]:
+        """The limit and mode after the first override naming ``key_id``."""
+        if key_id is not None:
+            for override in self.overrides:
+                if key_id in override.key_ids:
+                    return override.limit or self.limit, override.mode or self.mode
+        return self.limit, self.mode
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    rule: FingerprintRule = field(default_factory=FingerprintRule)
+    bind_at: Literal["first_use", "issue"] = "first_use"
+    max_fingerprints: int = 1
+    action: ReuseAction = "revoke"
+
+
+@dataclass(frozen=True, slots=True)
+class Penalty:
+    subject: Literal["client_ip", "ip_prefix"]
+    window_ms: int
+    threshold: int
+    cooldown_ms: int
+    count: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedLimit:
+    """One policy's limit for one request: the policy for headers, the spec for the store."""
+
+    policy: str
+    limit: Limit
+    spec: LimitSpec
+
+
+def _partition_value(facts: RequestFacts, parts: tuple[str, ...], v4: int, v6: int) -> str:
+    values: list[str] = []
+    for part in parts:
+        if part == "global":
+            values.append("*")
+        elif part == "client_ip":
+            values.append(facts.client_ip)
+        elif part == "ip_prefix":
+            values.append(ip_prefix(facts.client_ip, v4, v6))
+        elif part == "api_key":
+            values.append(facts.key_id or "-")
+        elif part == "model":
+            values.append(facts.model or "-")
+        elif part == "token":
+            values.append(facts.token or "-")
+        elif part == "conversation":
+            values.append(facts.conversation or "-")
+        else:  # pragma: no cover - validated by the schema
+            raise ValueError(f"unknown partition component {part!r}")
+    raw = "|".join(values)
+    if len(raw) <= MAX_RAW_PARTITION:
+        return raw
+    digest = hashlib.blake2b(raw.encode(), digest_size=12).digest()
+    return "h" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    policies: tuple[Policy, ...] = ()
+    binding: Binding = field(default_factory=Binding)
+    penalty: Penalty | None = None
+    ipv4_prefix: int = 24
+    ipv6_prefix: int = 64
+    on_store_error: Literal["fail_closed", "fail_open"] = "fail_closed"
+    #: where each part came from, for ``gateway policies check``
+    sources: tuple[str, ...] = ()
+    _by_route: dict[str, tuple[Policy, ...]] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        routes = {r for p in self.policies for r in p.routes}
+        for route in routes:
+            self._by_route[route] = tuple(p for p in self.policies if route in p.routes)
+
+    def applicable(self, facts: RequestFacts) -> tuple[AppliedLimit, ...]:
+        out = []
+        for policy in self._by_route.get(facts.route, ()):
+            if not policy.matches(facts):
+                continue
+            limit, mode = policy.effective(facts.key_id)
+            value = _partition_value(facts, policy.partition, self.ipv4_prefix, self.ipv6_prefix)
+            spec = LimitSpec(
+                key=f"{policy.name}:{value}",
+                interval_ms=limit.interval_ms,
+                burst=limit.burst,
+                shadow=mode == "shadow",
+            )
+            out.append(AppliedLimit(policy.name, limit, spec))
+        return tuple(out)
+
+    def penalty_subject(self, client_ip: str) -> str | None:
+        if self.penalty is None:
+            return None
+        if self.penalty.subject == "ip_prefix":
+            return ip_prefix(client_ip, self.ipv4_prefix, self.ipv6_prefix)
+        return client_ip
+
+
+def _sf_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def rate_limit_headers(
+    applied: tuple[AppliedLimit, ...], states: tuple[LimitState, ...]
+) -> dict[str, str]:
+    """IETF ``RateLimit-Policy`` and ``RateLimit`` fields (draft-ietf-httpapi-ratelimit-
+    headers) for the enforced limits: ``q`` is the rate per window ``w`` seconds, ``r``
+    what the burst allowance has left and ``t`` the seconds until it is full again."""
+    policies, current = [], []
+    for item, state in zip(applied, states, strict=True):
+        if item.spec.shadow:
+            continue
+        name = _sf_string(item.policy)
+        window = max(round(item.limit.per_seconds), 1)
+        policies.append(f"{name};q={item.limit.rate};w={window}")
+        reset = math.ceil(state.reset_ms / 1000) if state.reset_ms > 0 else 0
+        current.append(f"{name};r={max(state.remaining, 0)};t={reset}")
+    if not policies:
+        return {}
+    return {"RateLimit-Policy": ", ".join(policies), "RateLimit": ", ".join(current)}
+
+
+def retry_after_seconds(ms: int) -> int:
+    return max(math.ceil(ms / 1000), 1)

@@ -1,0 +1,1 @@
+"""Rate-limit and abuse policies: the YAML language, loading, linting, hot reload."""

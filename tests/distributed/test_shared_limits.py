@@ -1,0 +1,110 @@
+"""Limits hold across replicas: three gateway processes share one Redis (or a Cluster)."""
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from tests.support.replicas import burst, replicas
+
+N = 10
+#: what admit.lua itself calls inside Redis
+SCRIPT_COMMANDS = {"time", "pttl", "get", "set", "exists"}
+PER_TOKEN = f"""
+policies:
+  - name: send-per-token
+    match: {{routes: [send]}}
+    partition: [token]
+    limit: {{rate: {N}, per: 1h, burst: {N}}}
+"""
+PER_IP = f"""
+policies:
+  - name: send-per-ip
+    match: {{routes: [send]}}
+    partition: [client_ip]
+    limit: {{rate: {N}, per: 1h, burst: {N}}}
+"""
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def shared_store(request: pytest.FixtureRequest) -> str:
+    name = "redis_url" if request.param == "redis" else "cluster_url"
+    return str(request.getfixturevalue(name))
+
+
+async def test_exactly_n_of_5n_for_one_token(
+    tmp_path: Path, shared_store: str, backend_process: str
+) -> None:
+    with replicas(
+        tmp_path, 3, store_url=shared_store, upstream=backend_process, policies=PER_TOKEN
+    ) as group:
+        token = group.token(group.create_key())
+        targets = [(group.urls[i % 3], token) for i in range(5 * N)]
+        statuses = await burst(targets)
+    assert statuses.count(200) == N, statuses
+    assert statuses.count(429) == 4 * N, statuses
+
+
+async def test_exactly_n_of_5n_per_ip_across_tokens(
+    tmp_path: Path, shared_store: str, backend_process: str
+) -> None:
+    with replicas(
+        tmp_path, 3, store_url=shared_store, upstream=backend_process, policies=PER_IP
+    ) as group:
+        key = group.create_key()
+        tokens = [group.token(key, i % 3) for i in range(5)]
+        targets = [(group.urls[i % 3], tokens[i % 5]) for i in range(5 * N)]
+        statuses = await burst(targets)
+    assert statuses.count(200) == N, statuses
+    assert statuses.count(429) == 4 * N, statuses
+
+
+async def test_one_script_call_per_admitted_request(
+    tmp_path: Path, redis_url: str, backend_process: str
+) -> None:
+    policies = (
+        PER_TOKEN
+        + """
+  - {name: send-per-ip, match: {routes: [send]}, partition: [client_ip], limit: {rate: 1000, per: 1m, burst: 1000}}
+  - {name: send-per-key, match: {routes: [send]}, partition: [api_key, model], limit: {rate: 1000, per: 1m, burst: 1000}}
+penalty_box: {threshold: 100}
+"""
+    )
+    with replicas(
+        tmp_path, 1, store_url=redis_url, upstream=backend_process, policies=policies
+    ) as group:
+        token = group.token(group.create_key())
+        assert await burst([(group.urls[0], token)]) == [200]  # warm: script loaded, bound
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        client.config_resetstat()
+        statuses = [s for _ in range(N - 1) for s in await burst([(group.urls[0], token)])]
+        stats = client.info("commandstats")
+        client.close()
+    assert statuses == [200] * (N - 1)
+    calls = {name.removeprefix("cmdstat_"): value["calls"] for name, value in stats.items()}
+    calls.pop("config|resetstat", None)
+    calls.pop("info", None)
+    # commandstats also counts the commands a script runs inside Redis: those are part of
+    # the one round trip. Every script calls TIME exactly once, so any client-side
+    # command would show up as a name outside the script's own, or as extra TIME calls.
+    assert calls.pop("evalsha") == N - 1, calls
+    assert calls.get("time") == N - 1, calls
+    assert set(calls) <= SCRIPT_COMMANDS, calls
+
+
+async def test_refused_requests_cost_one_call_too(
+    tmp_path: Path, redis_url: str, backend_process: str
+) -> None:
+    with replicas(
+        tmp_path, 1, store_url=redis_url, upstream=backend_process, policies=PER_TOKEN
+    ) as group:
+        token = group.token(group.create_key())
+        await burst([(group.urls[0], token)] * N)
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        client.config_resetstat()
+        statuses = await burst([(group.urls[0], token)] * 5)
+        stats: dict[str, Any] = client.info("commandstats")
+        client.close()
+    assert statuses == [429] * 5
+    assert stats["cmdstat_evalsha"]["calls"] == 5

@@ -1,0 +1,123 @@
+"""Killing Redis under traffic: fail closed quickly, or fail open to local limits; then
+recover shared enforcement when Redis returns, without restarting the gateways."""
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from pytest_redis.executor import RedisExecutor
+
+from tests.support.redis_servers import dedicated_redis
+from tests.support.replicas import SEND, Replicas, burst, replicas
+
+N = 5
+POLICIES = f"""
+on_store_error: {{mode}}
+policies:
+  - name: send-per-token
+    match: {{{{routes: [send]}}}}
+    partition: [token]
+    limit: {{{{rate: {N}, per: 1h, burst: {N}}}}}
+"""
+
+
+@pytest.fixture
+def dedicated(tmp_path: Path) -> Iterator[RedisExecutor]:
+    datadir = tmp_path / "redis"
+    datadir.mkdir()
+    executor = dedicated_redis(datadir)
+    yield executor
+    if executor.running():
+        executor.stop()
+
+
+async def timed_send(client: httpx.AsyncClient, url: str, token: str) -> tuple[int, float, str]:
+    started = time.monotonic()
+    resp = await client.post(url + SEND, json={"client_token": token, "message": "hi"})
+    code = resp.json().get("code", "") if resp.status_code >= 400 else ""
+    return resp.status_code, time.monotonic() - started, code
+
+
+async def wait_until_shared_again(group: Replicas, timeout: float = 10.0) -> None:
+    """Send traffic (a new token each time, so no limit is spent) until every replica has
+    closed its circuit to the store again; a fail-open replica answers 200 either way, so
+    its log is what tells."""
+    key = group.create_key()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        statuses = await burst([(url, group.token(key, i)) for i, url in enumerate(group.urls)])
+        closed = all("store_circuit_closed" in log.read_text() for log in group.logs)
+        if closed and statuses == [200] * len(group.urls):
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError("the gateways did not use the store again after it returned")
+
+
+async def assert_exactly_n_shared(group: Replicas) -> None:
+    token = group.token(group.create_key())
+    statuses = await burst([(group.urls[i % 2], token) for i in range(5 * N)])
+    assert statuses.count(200) == N, statuses
+    assert statuses.count(429) == 4 * N, statuses
+
+
+async def test_fail_closed_refuses_fast_then_recovers(
+    tmp_path: Path, dedicated: RedisExecutor, backend_process: str
+) -> None:
+    url = f"redis://127.0.0.1:{dedicated.port}/0"
+    with replicas(
+        tmp_path,
+        2,
+        store_url=url,
+        upstream=backend_process,
+        policies=POLICIES.format(mode="fail_closed"),
+        store={"timeout_ms": 50},
+    ) as group:
+        key = group.create_key()
+        tokens = [group.token(key, i) for i in range(2)]
+        assert await burst(list(zip(group.urls, tokens, strict=True))) == [200, 200]
+
+        dedicated.kill()
+        async with httpx.AsyncClient(timeout=10) as client:
+            results = [
+                await timed_send(client, group.urls[i % 2], tokens[i % 2]) for i in range(20)
+            ]
+        assert {(status, code) for status, _, code in results} == {(503, "store_unavailable")}
+        slowest = max(elapsed for _, elapsed, _ in results)
+        assert slowest < 0.5, f"a request waited {slowest:.3f}s for a dead store"
+
+        dedicated.start()
+        await wait_until_shared_again(group)
+        await assert_exactly_n_shared(group)
+
+
+async def test_fail_open_keeps_flowing_under_local_limits_then_recovers(
+    tmp_path: Path, dedicated: RedisExecutor, backend_process: str
+) -> None:
+    url = f"redis://127.0.0.1:{dedicated.port}/0"
+    with replicas(
+        tmp_path,
+        2,
+        store_url=url,
+        upstream=backend_process,
+        policies=POLICIES.format(mode="fail_open"),
+        store={"timeout_ms": 50},
+    ) as group:
+        token = group.token(group.create_key())
+        assert await burst([(group.urls[0], token)]) == [200]
+
+        dedicated.kill()
+        async with httpx.AsyncClient(timeout=10) as client:
+            results = [await timed_send(client, group.urls[i % 2], token) for i in range(5 * N)]
+        statuses = [status for status, _, _ in results]
+        assert set(statuses) <= {200, 429}, statuses
+        # each replica now limits on its own: N each, from a fresh local count
+        assert statuses.count(200) == 2 * N, statuses
+        assert "store_fail_open" in group.log_text()
+
+        dedicated.start()
+        await wait_until_shared_again(group)
+        await assert_exactly_n_shared(group)
+        assert "store_recovered" in group.log_text()

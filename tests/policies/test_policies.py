@@ -1,0 +1,180 @@
+"""The policy language: loading, errors with file/line/field, matching, linting."""
+
+from pathlib import Path
+
+import pytest
+
+from gateway.core.gcra import LimitState
+from gateway.core.policy import RequestFacts, rate_limit_headers
+from gateway.policies.lint import lint
+from gateway.policies.loader import load_policies
+from gateway.yaml_source import SourceError
+
+ROOT = Path(__file__).resolve().parents[2]
+BAD = sorted((Path(__file__).parents[1] / "fixtures" / "bad_policies").glob("*.yaml"))
+KEY_A, KEY_B = "AAAAAAAAAAAA", "BBBBBBBBBBBB"
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])
+def test_each_bad_policy_file_names_file_line_and_field(path: Path) -> None:
+    expected = path.read_text().splitlines()[0].removeprefix("# expect: ")
+    with pytest.raises(SourceError) as info:
+        load_policies(path)
+    assert expected in str(info.value), str(info.value)
+
+
+def test_the_shipped_defaults_load_and_lint_clean() -> None:
+    loaded = load_policies(ROOT / "policies")
+    names = [p.name for p in loaded.policies.policies]
+    assert {
+        "token-per-ip",
+        "token-per-key",
+        "send-per-token",
+        "send-per-conversation",
+        "send-per-ip",
+        "reads-per-token",
+    } <= set(names)
+    assert loaded.policies.penalty is not None
+    assert loaded.policies.on_store_error == "fail_closed"
+    assert lint(loaded, {"demo"}) == []
+
+
+def test_errors_across_files_are_all_reported(tmp_path: Path) -> None:
+    one = "policies:\n  - {name: p, match: {routes: [send]}, partition: [token], limit: {rate: 1, per: 1s, burst: 1}}\nbinding: {action: deny}\n"
+    write(tmp_path, "a.yaml", one)
+    write(tmp_path, "b.yaml", one)
+    write(tmp_path, "c.yaml", "policies: [{name: q}]\n")
+    with pytest.raises(SourceError) as info:
+        load_policies(tmp_path)
+    message = str(info.value)
+    assert "b.yaml:2: policies[0].name: duplicate policy name 'p' (first defined at" in message
+    assert "b.yaml:3: binding: defined twice (first at" in message
+    assert "c.yaml:1: policies[0].match: Field required" in message
+
+
+def test_matching_overrides_and_partitions(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "p.yaml",
+        f"""
+ip_prefix: {{ipv4: 16}}
+policies:
+  - name: per-prefix
+    match: {{routes: [send], models: [demo], methods: [POST]}}
+    partition: [ip_prefix]
+    limit: {{rate: 60, per: 1m, burst: 10}}
+    overrides:
+      - key_ids: [{KEY_A}]
+        limit: {{rate: 600, per: 1m, burst: 100}}
+      - key_ids: [{KEY_B}]
+        mode: shadow
+  - name: per-key-model
+    match: {{routes: [token, send]}}
+    partition: [api_key, model]
+    limit: {{rate: 2, per: 1s, burst: 2}}
+""",
+    )
+    policies = load_policies(path).policies
+    facts = RequestFacts("send", "POST", "203.0.113.7", key_id=KEY_A, model="demo", token="j")
+    applied = policies.applicable(facts)
+    assert [a.policy for a in applied] == ["per-prefix", "per-key-model"]
+    assert applied[0].spec.key == "per-prefix:203.0.0.0/16"
+    assert applied[0].limit.rate == 600 and not applied[0].spec.shadow
+    assert applied[1].spec.key == f"per-key-model:{KEY_A}|demo"
+    assert applied[1].spec.interval_ms == 500 and applied[1].spec.burst == 2
+    shadowed = policies.applicable(RequestFacts("send", "POST", "1.2.3.4", KEY_B, "demo"))
+    assert shadowed[0].spec.shadow and shadowed[0].limit.rate == 60
+    assert [
+        a.policy
+        for a in policies.applicable(RequestFacts("send", "POST", "1.2.3.4", KEY_B, "other"))
+    ] == ["per-key-model"]
+    assert [
+        a.policy
+        for a in policies.applicable(RequestFacts("token", "GET", "1.2.3.4", KEY_B, "demo"))
+    ] == ["per-key-model"]
+    assert policies.applicable(RequestFacts("messages", "GET", "1.2.3.4", KEY_B, "demo")) == ()
+
+
+def test_long_partition_values_are_hashed(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "p.yaml",
+        """
+policies:
+  - name: per-conversation
+    match: {routes: [send]}
+    partition: [conversation, client_ip]
+    limit: {rate: 1, per: 1s, burst: 1}
+""",
+    )
+    policies = load_policies(path).policies
+    facts = RequestFacts("send", "POST", "2001:db8::1", conversation="c" * 36)
+    key = policies.applicable(facts)[0].spec.key
+    assert key.startswith("per-conversation:h") and len(key) < 45
+    other = policies.applicable(RequestFacts("send", "POST", "2001:db8::2", conversation="c" * 36))
+    assert other[0].spec.key != key
+
+
+def test_lint_finds_overlaps_and_unreachable_rules(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "p.yaml",
+        f"""
+policies:
+  - name: a
+    match: {{routes: [send]}}
+    partition: [token]
+    limit: {{rate: 10, per: 1m, burst: 5}}
+  - name: b
+    match: {{routes: [send]}}
+    partition: [token]
+    limit: {{rate: 5, per: 1m, burst: 5}}
+  - name: c
+    match: {{routes: [send], models: [gpt-9]}}
+    partition: [token]
+    limit: {{rate: 5, per: 1m, burst: 5}}
+  - name: d
+    match: {{routes: [send], key_ids: [{KEY_A}]}}
+    partition: [token]
+    limit: {{rate: 5, per: 1m, burst: 5}}
+    overrides:
+      - {{key_ids: [{KEY_B}], mode: shadow}}
+      - {{key_ids: [{KEY_A}], mode: shadow}}
+      - {{key_ids: [{KEY_A}], limit: {{rate: 1, per: 1s, burst: 1}}}}
+""",
+    )
+    findings = lint(load_policies(path), {"demo"})
+    text = "\n".join(findings)
+    assert "policy 'b' limits the same requests by the same partition as 'a'" in text
+    assert "only the tighter 'b' ever decides" in text
+    assert "policy 'c' never applies: no configured model gpt-9" in text
+    assert "policy 'd' overrides[0] never applies: its keys are outside" in text
+    assert "policy 'd' overrides[2] never applies: an earlier override" in text
+    assert all(":" in f.split(" ")[0] for f in findings)  # each names file:line
+
+
+def test_ratelimit_headers_follow_the_ietf_draft(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "p.yaml",
+        """
+policies:
+  - {name: per-token, match: {routes: [send]}, partition: [token], limit: {rate: 10, per: 1m, burst: 5}}
+  - {name: trial, match: {routes: [send]}, partition: [token], limit: {rate: 1, per: 1h, burst: 1}, mode: shadow}
+""",
+    )
+    applied = load_policies(path).policies.applicable(
+        RequestFacts("send", "POST", "1.1.1.1", token="t")
+    )
+    states = (LimitState(True, 3, 12_300, 0, 0.0), LimitState(False, 0, 1, 5, 0.0))
+    headers = rate_limit_headers(applied, states)
+    assert headers == {
+        "RateLimit-Policy": '"per-token";q=10;w=60',
+        "RateLimit": '"per-token";r=3;t=13',
+    }

@@ -1,0 +1,148 @@
+"""Redis servers the tests start themselves: a dedicated one to kill, and a cluster."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import redis
+from pytest_redis.executor import RedisExecutor
+
+from tests.support.processes import free_port
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+
+
+def dedicated_redis(datadir: Path) -> RedisExecutor:
+    """A Redis on its own port that a test may kill and start again (same port)."""
+    executor = RedisExecutor(
+        executable=REDIS_SERVER,
+        databases=1,
+        redis_timeout=30,
+        loglevel="warning",
+        host="127.0.0.1",
+        port=free_port(),
+        datadir=datadir,
+        save="",
+    )
+    return executor.start()
+
+
+def _wait_ok(ports: list[int], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = []
+        for port in ports:
+            try:
+                with redis.Redis(
+                    host="127.0.0.1", port=port, socket_timeout=1, decode_responses=True
+                ) as client:
+                    info = client.execute_command("CLUSTER INFO")
+                    states.append(info.get("cluster_state") if isinstance(info, dict) else None)
+            except redis.RedisError:
+                states.append(None)
+        if all(state == "ok" for state in states):
+            return
+        time.sleep(0.2)
+    raise AssertionError("the test cluster did not reach cluster_state:ok")
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    for _ in range(200):
+        port = random.randint(20000, 40000)
+        if all(_is_free(p) for p in (port, port + 10000)):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@contextmanager
+def redis_cluster(datadir: Path, masters: int = 3) -> Iterator[list[int]]:
+    """``masters`` Redis servers in cluster mode on 127.0.0.1; yields their ports."""
+    ports: list[int] = []
+    while len(ports) < masters:
+        port = _cluster_port()
+        if port not in ports:
+            ports.append(port)
+    procs = []
+    try:
+        for port in ports:
+            node_dir = datadir / str(port)
+            node_dir.mkdir(parents=True, exist_ok=True)
+            procs.append(
+                subprocess.Popen(
+                    [
+                        REDIS_SERVER,
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        str(node_dir),
+                        "--logfile",
+                        str(node_dir / "redis.log"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        for port in ports:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    with redis.Redis(host="127.0.0.1", port=port, socket_timeout=1) as client:
+                        client.ping()
+                    break
+                except redis.RedisError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+        subprocess.run(
+            [
+                REDIS_CLI,
+                "--cluster",
+                "create",
+                *[f"127.0.0.1:{p}" for p in ports],
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        _wait_ok(ports)
+        yield ports
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
