@@ -22,6 +22,7 @@ from gateway.store.base import StateStore
 from gateway.store.factory import open_store
 from gateway.upstream import UpstreamClient
 from gateway.web import public
+from gateway.web.cors import setup_public_cors
 from gateway.web.middlewares import add_request_id, make_context_middleware, problem_middleware
 from gateway.web.state import SERVICES, Services
 
@@ -79,6 +80,8 @@ def create_app(
     )
     public.add_routes(app)
     app.on_response_prepare.append(add_request_id)
+    # browsers: per-key CORS on the public API (docs/browser.md)
+    setup_public_cors(app, public.PATHS, key_store)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await key_store.refresh()
