@@ -21,7 +21,7 @@ from gateway.keystore.factory import open_keystore
 from gateway.store.base import StateStore
 from gateway.store.factory import open_store
 from gateway.upstream import UpstreamClient
-from gateway.web import public
+from gateway.web import public, widget
 from gateway.web.cors import setup_public_cors
 from gateway.web.middlewares import add_request_id, make_context_middleware, problem_middleware
 from gateway.web.state import SERVICES, Services
@@ -82,6 +82,7 @@ def create_app(
     app.on_response_prepare.append(add_request_id)
     # browsers: per-key CORS on the public API (docs/browser.md)
     setup_public_cors(app, public.PATHS, key_store)
+    widget.add_routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await key_store.refresh()
