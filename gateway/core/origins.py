@@ -24,7 +24,7 @@ def normalise_origin(value: str) -> str | None:
     ``HTTPS://Shop.Example:443/`` -> ``https://shop.example``; ``null``, paths, user
     info, other schemes and out-of-range ports give None.
     """
-    match = _ORIGIN.match(value.strip().lower())
+    match = _ORIGIN.fullmatch(value.strip().lower())
     if match is None:
         return None
     scheme, host, port = match["scheme"], match["host"], match["port"]

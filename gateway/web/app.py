@@ -24,6 +24,7 @@ from gateway.upstream import UpstreamClient
 from gateway.web import public, widget
 from gateway.web.cors import setup_public_cors
 from gateway.web.middlewares import add_request_id, make_context_middleware, problem_middleware
+from gateway.web.private import setup_private_routes
 from gateway.web.state import SERVICES, Services
 
 log = structlog.get_logger("gateway")
@@ -109,4 +110,6 @@ def create_app(
                 await state_store.close()
 
     app.cleanup_ctx.append(lifecycle)
+    if config.oauth is not None:  # OAuth2-protected private routes (docs/oauth.md)
+        setup_private_routes(app, config.oauth)
     return app
