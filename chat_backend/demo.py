@@ -45,7 +45,8 @@ PAGE = """<!doctype html>
   main {{ max-width: 720px; padding: 24px 48px; }}
   .card {{ background: #fff; border-radius: 10px; padding: 16px 20px; margin: 16px 0;
            box-shadow: 0 1px 3px rgba(0,0,0,.08); }}
-  code {{ font-size: 13px; background: #ebe8df; padding: 1px 4px; border-radius: 4px; }}
+  code {{ font-size: 13px; background: #ebe8df; padding: 1px 4px; border-radius: 4px;
+          overflow-wrap: anywhere; }}
   .warn {{ border-left: 4px solid #b45309; }}
 </style>
 </head>

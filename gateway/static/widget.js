@@ -166,6 +166,7 @@
     this.stale = false;
     this.sent = false;
     this.busy = false;
+    this.edits = 0; // bumped by every message added, so a late history load cannot wipe it
     this.blockedUntil = 0;
     this.render();
   }
@@ -239,8 +240,15 @@
       });
     }
     this.reloadButton.addEventListener("click", function () {
-      if (self.stale || !self.token) self.open();
-      else self.loadHistory();
+      if (self.busy) return; // never under an answer being written
+      if (self.stale || !self.token) {
+        self.open();
+        return;
+      }
+      self.setBusy(true);
+      self.loadHistory().catch(function (err) { self.showError(err); }).then(function () {
+        self.setBusy(false);
+      });
     });
     form.addEventListener("submit", function (event) {
       event.preventDefault();
@@ -264,13 +272,17 @@
   Chat.prototype.open = async function () {
     this.panel.hidden = false;
     if (this.launcher) this.launcher.setAttribute("aria-expanded", "true");
-    this.input.focus();
+    if (this.busy) return;
+    this.setBusy(true); // nothing is sent before the conversation is loaded
     try {
       await this.ensureToken();
       await this.loadHistory();
     } catch (err) {
       this.showError(err);
+    } finally {
+      this.setBusy(false);
     }
+    this.input.focus();
   };
 
   Chat.prototype.close = function () {
@@ -343,6 +355,7 @@
   };
 
   Chat.prototype.loadHistory = async function () {
+    var edits = this.edits;
     var token = await this.ensureToken();
     var resp;
     try {
@@ -356,13 +369,14 @@
     if (resp.status === 404) {
       var problem = await resp.json().catch(function () { return {}; });
       if (problem.code === "conversation_not_found") {
-        this.replaceLog([]); // nothing said yet
+        if (edits === this.edits) this.replaceLog([]); // nothing said yet
         return;
       }
       throw new ChatError("The conversation could not be loaded.", 404, problem.code);
     }
     if (!resp.ok) throw await refusal(resp);
     var body = await resp.json();
+    if (edits !== this.edits) return; // a message was sent meanwhile: keep what is shown
     this.replaceLog(Array.isArray(body.messages) ? body.messages : []);
   };
 
@@ -405,6 +419,7 @@
     try {
       var token = await this.ensureToken();
       this.input.value = "";
+      this.edits += 1;
       this.bubble("user", text);
       answer = this.bubble("assistant", "");
       answer.setAttribute("data-state", "streaming");
