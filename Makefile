@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench clean
+.PHONY: run test lint typecheck bench screenshot clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
@@ -26,6 +26,10 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# refresh docs/widget-demo.png from the browser test (needs Debian's chromium)
+screenshot: $(STAMP)
+	WIDGET_SCREENSHOT=docs/widget-demo.png $(BIN)/python -m pytest -q tests/browser -k streams
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

@@ -13,6 +13,7 @@ import aiohttp
 from aiohttp import web
 
 from chat_backend.app import create_app
+from chat_backend.demo import DemoSettings
 from chat_backend.models import EchoModel, Model, OpenAIChatModel
 
 
@@ -36,6 +37,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="PUBLIC=UPSTREAM",
         help="model id sent to the completions server (repeatable)",
     )
+    demo = parser.add_argument_group("demo page (/demo)")
+    demo.add_argument(
+        "--demo-gateway", default="http://127.0.0.1:8080", help="gateway base URL for /demo"
+    )
+    demo.add_argument(
+        "--demo-key",
+        default=os.environ.get("DEMO_AGENT_KEY", ""),
+        help="public agent key for /demo (default: $DEMO_AGENT_KEY; or ?key= in the URL)",
+    )
+    demo.add_argument("--demo-model", default="demo", help="model id for /demo")
     return parser.parse_args(argv)
 
 
@@ -53,12 +64,17 @@ async def serve(args: argparse.Namespace) -> None:
         )
     else:
         model = EchoModel(args.word_delay)
-    runner = web.AppRunner(create_app(model), handler_cancellation=True, access_log=None)
+    demo = DemoSettings(args.demo_gateway.rstrip("/"), args.demo_key, args.demo_model)
+    app = create_app(model, demo_settings=demo)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, args.host, args.port, shutdown_timeout=5).start()
     kind = f"OpenAI-compatible at {args.openai_base_url}" if args.openai_base_url else "echo"
     print(
-        f"chat-backend: http://{args.host}:{args.port} ({kind} model)", file=sys.stderr, flush=True
+        f"chat-backend: http://{args.host}:{args.port} ({kind} model); "
+        f"demo page http://{args.host}:{args.port}/demo",
+        file=sys.stderr,
+        flush=True,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

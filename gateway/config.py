@@ -24,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.oauth.settings import OAuthSettings
 from gateway.yaml_source import Loc, SourceError, YamlDocument, read_yaml, validate_model
 
 ENV_PREFIX = "GATEWAY__"
@@ -161,6 +162,8 @@ class Config(_Section):
     models: dict[ModelId, ModelSettings] = Field(min_length=1)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    #: OAuth2-protected private routes (docs/oauth.md); none when absent
+    oauth: OAuthSettings | None = None
 
     def resolve_paths(self, base: Path) -> Config:
         """Relative file paths are relative to the configuration file's directory."""

@@ -21,11 +21,13 @@ class ProblemKind:
 KINDS: dict[str, ProblemKind] = {
     "invalid_request": ProblemKind(400, "Invalid request"),
     "missing_credentials": ProblemKind(401, "Missing credentials"),
+    "invalid_token": ProblemKind(401, "Invalid access token"),
     "token_invalid": ProblemKind(403, "Invalid token"),
     "token_expired": ProblemKind(403, "Expired token"),
     "token_revoked": ProblemKind(403, "Revoked token"),
     "token_reuse_suspected": ProblemKind(403, "Suspicious token reuse"),
     "origin_not_allowed": ProblemKind(403, "Origin not allowed"),
+    "insufficient_scope": ProblemKind(403, "Insufficient scope"),
     "key_not_found": ProblemKind(404, "Key not found"),
     "model_not_found": ProblemKind(404, "Model not found"),
     "conversation_not_found": ProblemKind(404, "Conversation not found"),
@@ -39,6 +41,7 @@ KINDS: dict[str, ProblemKind] = {
     "upstream_error": ProblemKind(502, "Upstream error"),
     "store_unavailable": ProblemKind(503, "State store unavailable"),
     "overloaded": ProblemKind(503, "Overloaded"),
+    "identity_provider_unavailable": ProblemKind(503, "Identity provider unavailable"),
     "upstream_timeout": ProblemKind(504, "Upstream timeout"),
 }
 

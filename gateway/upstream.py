@@ -18,6 +18,7 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from gateway.config import UpstreamSettings
 from gateway.errors import ProblemError
@@ -162,6 +163,26 @@ class UpstreamClient:
                     data=orjson.dumps(payload),
                     headers=headers,
                     timeout=self._stream_timeout if stream else self._buffered_timeout,
+                )
+        try:
+            yield resp
+        finally:
+            if resp.content.at_eof():
+                resp.release()
+            else:
+                resp.close()
+
+    @asynccontextmanager
+    async def forward(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes | None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Any request to ``path`` (percent-encoded, with its query, sent as is): the
+        response with headers read, to be relayed like :meth:`send_message`'s."""
+        url = URL(self._base + path, encoded=True)
+        with upstream_errors():
+            async with asyncio.timeout(self._headers_timeout):
+                resp = await self._session.request(
+                    method, url, data=body, headers=headers, timeout=self._stream_timeout
                 )
         try:
             yield resp

@@ -37,7 +37,10 @@ def main() -> int:
         procs.append(gateway)
         print(
             "run_local: gateway on http://127.0.0.1:8080, reference "
-            "backend on http://127.0.0.1:8081. Ctrl-C stops both.",
+            "backend on http://127.0.0.1:8081. Ctrl-C stops both.\n"
+            "run_local: the chat widget demo needs a key that allows the demo page's origin:\n"
+            "    .venv/bin/gateway keys create --model demo --origin http://127.0.0.1:8081\n"
+            "  then open http://127.0.0.1:8081/demo?key=<that key> in a browser.",
             file=sys.stderr,
             flush=True,
         )

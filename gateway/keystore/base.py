@@ -8,6 +8,7 @@ key created or revoked from the command line reaches every running gateway withi
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -59,6 +60,11 @@ class KeyStoreError(Exception):
 class KeyStore(Protocol):
     def lookup(self, key_id: str) -> KeyRecord | None:
         """The record from the local snapshot; no I/O."""
+
+    def snapshot(self) -> Mapping[str, KeyRecord]:
+        """Every record of the local snapshot by key id; no I/O. A change of the snapshot
+        gives a new mapping (never one mutated in place), so callers may cache what they
+        derive from it for as long as the same object comes back."""
 
     async def refresh(self) -> None:
         """Reload the snapshot now (raises :class:`KeyStoreError` if unreadable)."""

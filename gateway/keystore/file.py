@@ -15,7 +15,7 @@ import fcntl
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,9 @@ class FileKeyStore:
 
     def lookup(self, key_id: str) -> KeyRecord | None:
         return self._records.get(key_id)
+
+    def snapshot(self) -> Mapping[str, KeyRecord]:
+        return self._records
 
     async def refresh(self) -> None:
         digest, records = self._read()

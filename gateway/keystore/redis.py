@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from datetime import datetime
 
 import structlog
@@ -45,6 +46,9 @@ class RedisKeyStore:
 
     def lookup(self, key_id: str) -> KeyRecord | None:
         return self._records.get(key_id)
+
+    def snapshot(self) -> Mapping[str, KeyRecord]:
+        return self._records
 
     async def _load_all(self) -> dict[str, KeyRecord]:
         members = await self._redis.smembers(self._ids)

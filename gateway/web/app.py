@@ -23,8 +23,10 @@ from gateway.store.base import StateStore
 from gateway.store.factory import open_store
 from gateway.store.memory import MemoryStore
 from gateway.upstream import UpstreamClient
-from gateway.web import public
+from gateway.web import public, widget
+from gateway.web.cors import setup_public_cors
 from gateway.web.middlewares import add_request_id, make_context_middleware, problem_middleware
+from gateway.web.private import setup_private_routes
 from gateway.web.state import SERVICES, Services
 
 log = structlog.get_logger("gateway")
@@ -85,6 +87,9 @@ def create_app(
     )
     public.add_routes(app)
     app.on_response_prepare.append(add_request_id)
+    # browsers: per-key CORS on the public API (docs/browser.md)
+    setup_public_cors(app, public.PATHS, key_store)
+    widget.add_routes(app)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await key_store.refresh()
@@ -115,4 +120,6 @@ def create_app(
                 await state_store.close()
 
     app.cleanup_ctx.append(lifecycle)
+    if config.oauth is not None:  # OAuth2-protected private routes (docs/oauth.md)
+        setup_private_routes(app, config.oauth)
     return app

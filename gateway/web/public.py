@@ -14,12 +14,14 @@ from gateway.core.token_codec import ClientToken
 from gateway.errors import ProblemError
 from gateway.key_verifier import KeyRejected, VerifierBusy
 from gateway.upstream import ForwardContext, relayable_headers, upstream_errors
+from gateway.web.cors import admit_origin
 from gateway.web.payloads import bearer_credential, parse_send_message, read_json_object
 from gateway.web.state import CLIENT_IP, KEY_ID, REQUEST_ID, SERVICES, TOKEN_HASH
 
 TOKEN_PATH = "/v1/chat/conversation/public/message/token/{model_id}"
 MESSAGES_PATH = "/v1/chat/conversation/public/messages/{token}"
 SEND_PATH = "/v1/chat/conversation/public/message"
+PATHS = (TOKEN_PATH, MESSAGES_PATH, SEND_PATH)
 
 NO_STORE = {"Cache-Control": "no-store"}
 security_log = structlog.get_logger("gateway.security")
@@ -64,6 +66,7 @@ async def issue_token(request: web.Request) -> web.Response:
         raise ProblemError(
             "overloaded", "too many key verifications in progress", {"Retry-After": "1"}
         ) from None
+    admit_origin(request, record.origins)
     if model_id not in record.models or model_id not in services.config.models:
         raise ProblemError("model_not_found", f"this key has no model {model_id!r}")
     headers = await admissions.admit_token_request(client, record.key_id, model_id)
@@ -100,6 +103,8 @@ async def _admit_token(
             await admissions.failed(client, "invalid_token")
         raise
     request[KEY_ID] = claims.key_id
+    record = request.app[SERVICES].keys.store.lookup(claims.key_id)
+    admit_origin(request, record.origins if record is not None else ())
     headers = await admissions.use_token(claims, client, route, request.method)
     return claims, headers
 

@@ -98,4 +98,4 @@ async def test_unknown_routes_and_methods_are_problems(gateway: Gateway) -> None
     async with gateway.http.delete(gateway.url + TOKEN_URL.format(model="demo")) as resp:
         body = await resp.json(content_type=None)
         assert resp.status == 405 and body["code"] == "method_not_allowed"
-        assert resp.headers["Allow"] == "GET"
+        assert resp.headers["Allow"] == "GET,OPTIONS"  # OPTIONS: CORS preflights

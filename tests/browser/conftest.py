@@ -1,0 +1,66 @@
+"""Real Chromium (Debian's package) driven by Playwright, against a real gateway and the
+reference backend on two different origins."""
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestServer
+from playwright.async_api import BrowserContext, async_playwright
+
+from chat_backend.app import create_app as create_backend
+from chat_backend.models import EchoModel
+
+#: Debian's chromium; Playwright never downloads a browser here
+CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+#: pace of the echo model: slow enough to watch an answer grow word by word
+WORD_DELAY = 0.12
+
+
+def _require_chromium() -> None:
+    if os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK):
+        return
+    message = (
+        f"Chromium not found at {CHROMIUM}: THE BROWSER TESTS DID NOT RUN. "
+        "Install it with 'apt-get install chromium' (.ci/run does)."
+    )
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[TestServer]:
+    """The reference backend (serving /demo), slower than the suite's default."""
+    server = TestServer(create_backend(EchoModel(word_delay=WORD_DELAY)), host="127.0.0.1")
+    await server.start_server()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
+    _require_chromium()
+    async with async_playwright() as playwright:
+        context = await playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=FLAGS,
+            viewport={"width": 1100, "height": 720},
+        )
+        try:
+            yield context
+        finally:
+            await context.close()
