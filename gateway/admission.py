@@ -19,6 +19,7 @@ from gateway.config import BindingSettings
 from gateway.core.fingerprint import FingerprintRule, fingerprint
 from gateway.core.token_codec import ClientToken, TokenCodec, TokenRejected
 from gateway.errors import ProblemError
+from gateway.observability.metrics import Metrics
 from gateway.store.base import (
     Admission,
     AdmitRequest,
@@ -57,7 +58,9 @@ class Admissions:
         store_timeout: float,
         max_token_chars: int,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics if metrics is not None else Metrics()
         self.codec = codec
         self.store = store
         self.binding = binding
@@ -90,8 +93,9 @@ class Admissions:
 
     async def _admit(self, request: AdmitRequest) -> Admission:
         try:
-            async with asyncio.timeout(self._store_timeout):
-                return await self.store.admit(request)
+            with self.metrics.store_call("admit"):  # latency and errors, by operation
+                async with asyncio.timeout(self._store_timeout):
+                    return await self.store.admit(request)
         except (TimeoutError, RedisError, StoreUnavailable, OSError) as exc:
             log.error("store_error", error=type(exc).__name__)
             raise ProblemError("store_unavailable", "the state store is unavailable") from exc

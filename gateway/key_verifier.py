@@ -16,6 +16,7 @@ from argon2 import PasswordHasher
 
 from gateway.core import agent_keys, key_hash
 from gateway.keystore.base import KeyRecord, KeyStore
+from gateway.observability.metrics import Metrics
 
 
 class KeyRejected(Exception):
@@ -36,8 +37,10 @@ class KeyVerifier:
         hasher: PasswordHasher | None = None,
         workers: int = 2,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics if metrics is not None else Metrics()
         self.cache = cache
         self._hasher = hasher or PasswordHasher()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="argon2")
@@ -51,6 +54,17 @@ class KeyVerifier:
         return parsed.key_id if parsed else None
 
     async def verify(self, presented: str) -> KeyRecord:
+        """The active record of ``presented``, or :class:`KeyRejected`; every outcome is
+        counted in ``gateway_key_verifications_total``."""
+        try:
+            record, result = await self._verify(presented)
+        except KeyRejected as exc:
+            self.metrics.key_verification(exc.reason)
+            raise
+        self.metrics.key_verification(result)
+        return record
+
+    async def _verify(self, presented: str) -> tuple[KeyRecord, str]:
         parsed = agent_keys.parse(presented)
         if parsed is None:
             raise KeyRejected("malformed")
@@ -60,7 +74,7 @@ class KeyVerifier:
         if not record.active:
             raise KeyRejected("revoked", parsed.key_id)
         if self.cache.hit(parsed.key, parsed.key_id, record.hash, self._clock()):
-            return record
+            return record, "cache_hit"
         loop = asyncio.get_running_loop()
         self.hash_verifications += 1
         ok = await loop.run_in_executor(
@@ -69,7 +83,7 @@ class KeyVerifier:
         if not ok:
             raise KeyRejected("wrong_secret", parsed.key_id)
         self.cache.remember(parsed.key, parsed.key_id, record.hash, self._clock())
-        return record
+        return record, "verified"
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
