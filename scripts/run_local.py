@@ -36,8 +36,9 @@ def main() -> int:
         gateway = subprocess.Popen([str(BIN / "gateway"), "serve", "--config", config], cwd=ROOT)
         procs.append(gateway)
         print(
-            "run_local: gateway on http://127.0.0.1:8080, reference "
-            "backend on http://127.0.0.1:8081. Ctrl-C stops both.",
+            "run_local: gateway on http://127.0.0.1:8080 (admin: metrics, health on "
+            "http://127.0.0.1:9090), reference backend on http://127.0.0.1:8081. "
+            "Ctrl-C stops both.",
             file=sys.stderr,
             flush=True,
         )

@@ -46,7 +46,7 @@ LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
 StreamOutcome = Literal["completed", "upstream_error", "truncated", "client_disconnected"]
 RateLimitOutcome = Literal["allowed", "limited", "shadow_limited"]
 PenaltyEvent = Literal["entered", "refused"]
-ReloadKind = Literal["policies", "keys", "config"]
+ReloadKind = Literal["policies", "config"]
 
 #: label values created at zero, so alerts on ``increase()`` see the very first event
 KNOWN_SUSPICIOUS = ("token_reuse", "invalid_key", "invalid_token", "penalty_box")
@@ -223,7 +223,7 @@ class Metrics:
         # -- configuration, health, process --------------------------------------------
         self.config_reloads = Counter(
             "gateway_config_reloads",
-            "Reloads of policies, keys or configuration, by result.",
+            "Loads and reloads of the configuration and policies, by result.",
             ["kind", "result"],
             registry=registry,
         )
@@ -265,7 +265,7 @@ class Metrics:
             self.streams.labels(outcome)
         for event in ("entered", "refused"):
             self.penalty_box.labels(event)
-        for kind in ("policies", "keys", "config"):
+        for kind in ("policies", "config"):
             for result in ("success", "failure"):
                 self.config_reloads.labels(kind, result)
 
