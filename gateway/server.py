@@ -68,10 +68,10 @@ async def serve(config: Config, environ: Mapping[str, str]) -> None:
         access_log=None,
         shutdown_timeout=server.shutdown_grace_seconds,
     )
+    await public.setup()  # runs the application's startup: services are built here
     admin: web.AppRunner | None = None
     lag = asyncio.create_task(watch_loop_lag(metrics), name="loop-lag")
     try:
-        await public.setup()  # runs the application's startup: services are built here
         if config.admin.enabled:
             admin = web.AppRunner(create_admin_app(app), access_log=None, shutdown_timeout=1)
             await admin.setup()

@@ -27,7 +27,14 @@ def wait_for(url: str, proc: subprocess.Popen[bytes], name: str, timeout: float 
     sys.exit(f"run_local: {name} did not answer on {url} within {timeout:.0f}s")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # SIGTERM (and SIGINT even when started in the background) stops both children
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     config = os.environ.get("GATEWAY_CONFIG", str(ROOT / "config.yaml"))
     backend = subprocess.Popen([str(BIN / "chat-backend"), "--port", "8081"], cwd=ROOT)
     procs = [backend]

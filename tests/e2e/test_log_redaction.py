@@ -110,6 +110,10 @@ def test_no_key_token_or_secret_reaches_the_logs_or_metrics(tmp_path: Path) -> N
         assert secret not in output, "a secret reached the logs"
         assert secret not in metrics, "a secret reached the metrics"
     assert "127.0.0.1" not in metrics
+    # the process-level series of `gateway serve` are there too
+    assert "process_resident_memory_bytes" in metrics
+    assert "gateway_event_loop_lag_seconds_count" in metrics
+    assert "_created" not in metrics
 
     # every line is one JSON object, and the events operators need are there
     events = [json.loads(line) for line in output.splitlines() if line.strip()]
