@@ -6,14 +6,13 @@ with the process collectors and serves it on the admin port.
 
 Labels are bounded by construction: routes are templates, statuses are numbers or
 classes, and every free-form word (reason, policy, outcome) goes through a
-:class:`Vocabulary` that accepts only ``snake_case`` words and at most a fixed number of
-distinct values, so a key, a token, an IP address or a conversation id can never become a
-label value. See docs/metrics.md for the catalogue.
+:class:`~gateway.observability.labels.Vocabulary` that accepts only ``snake_case`` words
+and at most a fixed number of distinct values, so a key, a token, an IP address or a
+conversation id can never become a label value. See docs/metrics.md for the catalogue.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,11 +31,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import __version__
+from gateway.observability.labels import OTHER, Vocabulary, method_label, status_class
 from gateway.store.base import StoreUnavailable
-
-OTHER = "other"
-WORD = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
-METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
@@ -61,31 +57,6 @@ KNOWN_TOKEN_REFUSALS = (
 )
 KNOWN_UPSTREAM_ERRORS = ("timeout", "unavailable", "bad_response", "status_5xx")
 KNOWN_STORE_ERRORS = ("timeout", "connection", "other")
-
-
-class Vocabulary:
-    """Turns a free-form word into a safe label value: ``snake_case`` only, and at most
-    ``limit`` distinct values (later newcomers become ``other``)."""
-
-    def __init__(self, limit: int = 64, known: tuple[str, ...] = ()) -> None:
-        self._limit = limit
-        self._seen: set[str] = set(known)
-
-    def __call__(self, word: str) -> str:
-        if word in self._seen:
-            return word
-        if not WORD.match(word) or len(self._seen) >= self._limit:
-            return OTHER
-        self._seen.add(word)
-        return word
-
-
-def status_class(status: int) -> str:
-    return f"{status // 100}xx" if 100 <= status <= 599 else OTHER
-
-
-def method_label(method: str) -> str:
-    return method if method in METHODS else OTHER
 
 
 class Metrics:

@@ -9,7 +9,8 @@ import pytest
 from httpx_sse import aconnect_sse
 from prometheus_client import generate_latest
 
-from gateway.observability.metrics import OTHER, Metrics, Vocabulary, status_class
+from gateway.observability.labels import OTHER, Vocabulary, status_class
+from gateway.observability.metrics import Metrics
 from tests.support.harness import (
     SEND_URL,
     TOKEN_URL,
