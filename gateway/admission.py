@@ -26,6 +26,7 @@ from gateway.core.policy import (
 )
 from gateway.core.token_codec import ClientToken, TokenCodec, TokenRejected
 from gateway.errors import ProblemError
+from gateway.observability.metrics import Metrics
 from gateway.policies.reloader import PolicyStore
 from gateway.store.base import (
     Admission,
@@ -97,7 +98,9 @@ class Admissions:
         key_active: Callable[[str], bool],
         max_token_chars: int,
         clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics if metrics is not None else Metrics()
         self.codec = codec
         self.store = store
         self.policies = policies
@@ -134,6 +137,7 @@ class Admissions:
             return
         left = self.penalties.remaining_ms(subject)
         if left:
+            self.metrics.penalty_box_event("refused")
             raise _rate_limited("too many failed attempts from this client", left)
 
     async def failed(self, client: Client, reason: str) -> None:
@@ -145,10 +149,12 @@ class Admissions:
             return
         rule = PenaltyRule(penalty.window_ms, penalty.threshold, penalty.cooldown_ms)
         try:
-            boxed_ms = await self.store.record_failure(subject, rule)
+            with self.metrics.store_call("record_failure"):
+                boxed_ms = await self.store.record_failure(subject, rule)
         except StoreUnavailable:
             boxed_ms = await self.fallback.record_failure(subject, rule)
         if boxed_ms:
+            self.metrics.penalty_box_event("entered")
             self.penalties.remember(subject, boxed_ms)
             log.warning(
                 "penalty_box",
@@ -167,18 +173,21 @@ class Admissions:
 
     def _refuse_penalized(self, admission: Admission, subject: str | None) -> None:
         if admission.penalized_ms and subject is not None:
+            self.metrics.penalty_box_event("refused")
             self.penalties.remember(subject, admission.penalized_ms)
             raise _rate_limited("too many failed attempts from this client", admission.penalized_ms)
 
     # -- the store call ----------------------------------------------------------------
     async def _admit(self, request: AdmitRequest, policies: PolicySet) -> Admission:
         try:
-            admission = await self.store.admit(request)
+            with self.metrics.store_call("admit"):  # latency and errors, by operation
+                admission = await self.store.admit(request)
         except StoreUnavailable as exc:
             if policies.on_store_error != "fail_open":
                 raise ProblemError(
                     "store_unavailable", "the state store is unavailable", {"Retry-After": "1"}
                 ) from exc
+            self.metrics.store_failed_open("admit")
             if not self.failing_open:
                 self.failing_open = True
                 store_log.error("store_fail_open", detail="enforcing local limits only")
@@ -196,10 +205,13 @@ class Admissions:
         retry_ms = 0
         for item, state in zip(applied, admission.limits, strict=True):
             if state.allowed:
+                self.metrics.ratelimit_decision(item.policy, "allowed")
                 continue
             if item.spec.shadow:
+                self.metrics.ratelimit_decision(item.policy, "shadow_limited")
                 log.info("shadow_limit_exceeded", policy=item.policy, key_id=key_id)
                 continue
+            self.metrics.ratelimit_decision(item.policy, "limited")
             denied.append(item)
             retry_ms = max(retry_ms, state.retry_ms)
         if denied:

@@ -44,6 +44,10 @@ class ServerSettings(_Section):
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     max_message_chars: int = Field(8000, ge=1, le=1_000_000)
     max_token_chars: int = Field(4096, ge=256, le=16384)
+    #: on SIGTERM: time spent not ready but still serving, so load balancers stop
+    #: sending new connections before the listener closes
+    drain_seconds: float = Field(0.0, ge=0, le=300)
+    #: then: time given to in-flight requests and streams before they are cancelled
     shutdown_grace_seconds: float = Field(20.0, ge=0, le=3600)
 
 
@@ -133,6 +137,8 @@ class UpstreamSettings(_Section):
     timeouts: UpstreamTimeouts = Field(default_factory=UpstreamTimeouts)
     max_connections: int = Field(100, ge=1, le=10_000)
     max_response_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    #: readiness: GET this path on the upstream (2xx/3xx is up); unset, a TCP connect
+    health_path: str | None = Field(None, pattern=r"^/[^\s?#]*(\?[^\s#]*)?$")
 
     @field_validator("messages_path", "send_path")
     @classmethod

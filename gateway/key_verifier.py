@@ -19,6 +19,7 @@ from argon2 import PasswordHasher
 
 from gateway.core import agent_keys, key_hash
 from gateway.keystore.base import KeyRecord, KeyStore
+from gateway.observability.metrics import Metrics
 
 
 class KeyRejected(Exception):
@@ -53,8 +54,11 @@ class KeyVerifier:
         workers: int = 2,
         max_pending: int = 64,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        #: every outcome is counted in ``gateway_key_verifications_total``
+        self.metrics = metrics if metrics is not None else Metrics()
         self.cache = cache
         self._hasher = hasher or PasswordHasher()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="argon2")
@@ -70,6 +74,13 @@ class KeyVerifier:
 
     def candidate(self, presented: str) -> Candidate:
         """No I/O: format, checksum, record lookup, cache."""
+        try:
+            return self._candidate(presented)
+        except KeyRejected as exc:
+            self.metrics.key_verification(exc.reason)
+            raise
+
+    def _candidate(self, presented: str) -> Candidate:
         parsed = agent_keys.parse(presented)
         if parsed is None:
             raise KeyRejected("malformed")
@@ -84,6 +95,7 @@ class KeyVerifier:
     async def confirm(self, candidate: Candidate) -> KeyRecord:
         """argon2id unless the cache already vouched; raises :class:`KeyRejected`."""
         if candidate.verified:
+            self.metrics.key_verification("cache_hit")
             return candidate.record
         if self._pending >= self._max_pending:
             raise VerifierBusy
@@ -98,8 +110,10 @@ class KeyVerifier:
         finally:
             self._pending -= 1
         if not ok:
+            self.metrics.key_verification("wrong_secret")
             raise KeyRejected("wrong_secret", key.key_id)
         self.cache.remember(key.key, key.key_id, record.hash, self._clock())
+        self.metrics.key_verification("verified")
         return record
 
     async def verify(self, presented: str) -> KeyRecord:

@@ -1,51 +1,113 @@
-"""Running the gateway: listeners, signals, shutdown."""
+"""Running the gateway: the public and admin listeners, signals, graceful shutdown.
+
+On SIGTERM (or SIGINT):
+
+1. readiness turns false (``/readyz`` answers 503) and answers carry
+   ``Connection: close``, while the public listener keeps accepting for
+   ``server.drain_seconds`` so load balancers notice and stop sending new connections
+   (a second signal ends this wait early);
+2. the public listener closes and idle keep-alive connections are closed; in-flight
+   requests and streams get ``server.shutdown_grace_seconds`` to finish, then are
+   cancelled (aiohttp ``AppRunner.cleanup``: sites stop, then each connection's
+   handler is awaited up to the runner's ``shutdown_timeout``);
+3. the application's resources (upstream pool, store, key store) close, then the admin
+   listener, which answers probes and scrapes until the end; the process exits 0.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import Mapping
 
 import structlog
 from aiohttp import web
+from prometheus_client import disable_created_metrics
 
 from gateway.config import Config
+from gateway.observability.health import Health
+from gateway.observability.metrics import Metrics
+from gateway.web.admin import create_admin_app
 from gateway.web.app import create_app
 from gateway.web.state import SERVICES
 
 log = structlog.get_logger("gateway")
+LAG_INTERVAL = 0.5
+
+
+async def watch_loop_lag(metrics: Metrics, interval: float = LAG_INTERVAL) -> None:
+    """Observe how late a periodic timer fires: blocking work on the loop shows here."""
+    loop = asyncio.get_running_loop()
+    while True:
+        due = loop.time() + interval
+        await asyncio.sleep(interval)
+        metrics.loop_lag.observe(max(0.0, loop.time() - due))
+
+
+def _in_flight(metrics: Metrics) -> dict[str, float]:
+    sample = metrics.registry.get_sample_value
+    return {
+        "requests": sample("gateway_http_requests_in_flight") or 0.0,
+        "streams": sample("gateway_streams_in_flight") or 0.0,
+    }
 
 
 async def serve(config: Config, environ: Mapping[str, str]) -> None:
-    app = create_app(config, environ=environ)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(
-        runner,
-        config.server.host,
-        config.server.port,
-        shutdown_timeout=config.server.shutdown_grace_seconds,
-        backlog=1024,
-    )
-    await site.start()
-    log.info(
-        "listening",
-        public=f"http://{config.server.host}:{config.server.port}",
-        store=config.store.type,
-        keys=config.keys.type,
-        upstream=config.upstream.url,
-    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    server = config.server
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
+    metrics = Metrics(process=True)
+    health = Health(metrics)
+    app = create_app(config, environ=environ, metrics=metrics, health=health)
+    public = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=server.shutdown_grace_seconds,
+    )
+    await public.setup()  # runs the application's startup: services are built here
     policies = app[SERVICES].admissions.policies
     loop.add_signal_handler(signal.SIGHUP, policies.reload, "sighup")
+    admin: web.AppRunner | None = None
+    lag = asyncio.create_task(watch_loop_lag(metrics), name="loop-lag")
     try:
+        if config.admin.enabled:
+            admin = web.AppRunner(create_admin_app(app), access_log=None, shutdown_timeout=1)
+            await admin.setup()
+            await web.TCPSite(admin, config.admin.host, config.admin.port).start()
+        await web.TCPSite(public, server.host, server.port, backlog=1024).start()
+        log.info(
+            "listening",
+            public=f"http://{server.host}:{server.port}",
+            admin=f"http://{config.admin.host}:{config.admin.port}" if admin else None,
+            store=config.store.type,
+            keys=config.keys.type,
+            upstream=config.upstream.url,
+        )
         await stop.wait()
-        log.info("shutting_down", grace_seconds=config.server.shutdown_grace_seconds)
+        health.start_draining()
+        log.info(
+            "draining",
+            drain_seconds=server.drain_seconds,
+            grace_seconds=server.shutdown_grace_seconds,
+            **_in_flight(metrics),
+        )
+        if server.drain_seconds > 0:
+            stop.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), server.drain_seconds)
+        log.info("shutting_down", **_in_flight(metrics))
     finally:
-        await runner.cleanup()
+        await public.cleanup()
+        if admin is not None:
+            await admin.cleanup()
+        lag.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lag
         log.info("stopped")
 
 

@@ -9,6 +9,7 @@ chunk by chunk as they arrive.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from yarl import URL
 
 from gateway.config import UpstreamSettings
 from gateway.errors import ProblemError
+from gateway.observability.health import CheckFailed
+from gateway.observability.metrics import Metrics
 
 HOP_BY_HOP = frozenset(
     {
@@ -86,10 +89,28 @@ class BufferedAnswer:
     body: bytes
 
 
+#: metrics reason for each upstream problem code
+ERROR_REASONS = {
+    "upstream_timeout": "timeout",
+    "upstream_unavailable": "unavailable",
+    "upstream_error": "bad_response",
+}
+
+
+def error_reason(code: str) -> str:
+    return ERROR_REASONS.get(code, "bad_response")
+
+
 class UpstreamClient:
-    def __init__(self, settings: UpstreamSettings, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self,
+        settings: UpstreamSettings,
+        session: aiohttp.ClientSession,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._settings = settings
         self._session = session
+        self.metrics = metrics if metrics is not None else Metrics()
         self._base = settings.url.rstrip("/")
         timeouts = settings.timeouts
         self._buffered_timeout = aiohttp.ClientTimeout(
@@ -119,13 +140,37 @@ class UpstreamClient:
     def _url(self, template: str, conversation_id: str) -> str:
         return self._base + template.format(conversation_id=quote(conversation_id, safe=""))
 
+    @contextmanager
+    def _observed(self, operation: str) -> Iterator[list[int]]:
+        """Times one upstream exchange and counts its failure; the caller appends the
+        response status to the yielded list once the headers are in."""
+        started = time.perf_counter()
+        status: list[int] = []
+        cancelled = False
+        try:
+            yield status
+        except ProblemError as err:
+            self.metrics.upstream_error(operation, error_reason(err.code))
+            raise
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+        finally:
+            self.metrics.observe_upstream(
+                operation,
+                status[0] if status else None,
+                time.perf_counter() - started,
+                cancelled=cancelled,
+            )
+
     async def get_messages(self, ctx: ForwardContext) -> BufferedAnswer:
         url = self._url(self._settings.messages_path, ctx.conversation_id)
         headers = {**ctx.headers(), "Accept": "application/json"}
-        with upstream_errors():
+        with self._observed("get_messages") as status, upstream_errors():
             async with self._session.get(
                 url, headers=headers, timeout=self._buffered_timeout
             ) as resp:
+                status.append(resp.status)
                 return await self._buffer(resp)
 
     async def _buffer(self, resp: aiohttp.ClientResponse) -> BufferedAnswer:
@@ -155,7 +200,7 @@ class UpstreamClient:
             "Content-Type": "application/json",
             "Accept": "text/event-stream" if stream else "application/json",
         }
-        with upstream_errors():
+        with self._observed("send_message") as status, upstream_errors():
             # the stream timeout has no total: bound the wait for the headers ourselves
             async with asyncio.timeout(self._headers_timeout):
                 resp = await self._session.post(
@@ -164,6 +209,7 @@ class UpstreamClient:
                     headers=headers,
                     timeout=self._stream_timeout if stream else self._buffered_timeout,
                 )
+            status.append(resp.status)
         try:
             yield resp
         finally:
@@ -193,8 +239,26 @@ class UpstreamClient:
                 resp.close()
 
     async def buffer(self, resp: aiohttp.ClientResponse) -> BufferedAnswer:
-        with upstream_errors():
-            return await self._buffer(resp)
+        try:
+            with upstream_errors():
+                return await self._buffer(resp)
+        except ProblemError as err:
+            self.metrics.upstream_error("send_message", error_reason(err.code))
+            raise
+
+    async def probe(self) -> None:
+        """Readiness: GET ``health_path`` (2xx/3xx is up) or, unset, a TCP connect."""
+        if self._settings.health_path:
+            async with self._session.get(
+                self._base + self._settings.health_path, allow_redirects=False
+            ) as resp:
+                if resp.status >= 400:
+                    raise CheckFailed(f"status_{resp.status}")
+            return
+        url = URL(self._base)
+        _reader, writer = await asyncio.open_connection(url.host, url.port)
+        writer.close()
+        await writer.wait_closed()
 
 
 @contextmanager

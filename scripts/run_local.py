@@ -27,7 +27,14 @@ def wait_for(url: str, proc: subprocess.Popen[bytes], name: str, timeout: float 
     sys.exit(f"run_local: {name} did not answer on {url} within {timeout:.0f}s")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
+    # SIGTERM (and SIGINT even when started in the background) stops both children
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     config = os.environ.get("GATEWAY_CONFIG", str(ROOT / "config.yaml"))
     backend = subprocess.Popen([str(BIN / "chat-backend"), "--port", "8081"], cwd=ROOT)
     procs = [backend]
@@ -36,8 +43,9 @@ def main() -> int:
         gateway = subprocess.Popen([str(BIN / "gateway"), "serve", "--config", config], cwd=ROOT)
         procs.append(gateway)
         print(
-            "run_local: gateway on http://127.0.0.1:8080, reference "
-            "backend on http://127.0.0.1:8081. Ctrl-C stops both.\n"
+            "run_local: gateway on http://127.0.0.1:8080 (admin: metrics, health on "
+            "http://127.0.0.1:9090), reference backend on http://127.0.0.1:8081. "
+            "Ctrl-C stops both.\n"
             "run_local: the chat widget demo needs a key that allows the demo page's origin:\n"
             "    .venv/bin/gateway keys create --model demo --origin http://127.0.0.1:8081\n"
             "  then open http://127.0.0.1:8081/demo?key=<that key> in a browser.",

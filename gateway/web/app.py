@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
@@ -18,6 +19,9 @@ from gateway.core.token_codec import TokenCodec
 from gateway.key_verifier import KeyVerifier
 from gateway.keystore.base import KeyStore
 from gateway.keystore.factory import open_keystore
+from gateway.observability.health import Health
+from gateway.observability.metrics import Metrics
+from gateway.observability.redaction import register_secret
 from gateway.policies.reloader import PolicyStore
 from gateway.store.base import StateStore
 from gateway.store.factory import open_store
@@ -27,9 +31,10 @@ from gateway.web import public, widget
 from gateway.web.cors import setup_public_cors
 from gateway.web.middlewares import add_request_id, make_context_middleware, problem_middleware
 from gateway.web.private import setup_private_routes
-from gateway.web.state import SERVICES, Services
+from gateway.web.state import HEALTH, METRICS, SERVICES, Services
 
 log = structlog.get_logger("gateway")
+ResponseHook = Callable[[web.BaseRequest, web.StreamResponse], Awaitable[None]]
 
 
 def build_codec(config: Config, environ: Mapping[str, str]) -> TokenCodec:
@@ -41,6 +46,8 @@ def build_codec(config: Config, environ: Mapping[str, str]) -> TokenCodec:
             "signing_key_generated",
             detail="tokens will not survive a restart; set GATEWAY_SIGNING_KEYS to keep them",
         )
+    for key in keyset.keys:
+        register_secret(key.secret)
     tokens = config.tokens
     return TokenCodec(
         keyset,
@@ -52,6 +59,27 @@ def build_codec(config: Config, environ: Mapping[str, str]) -> TokenCodec:
     )
 
 
+def register_url_passwords(config: Config) -> None:
+    """Store URLs may carry a password: never log it."""
+    for url in (config.store.url, config.key_store_redis_url):
+        with contextlib.suppress(ValueError):
+            password = urlsplit(url).password
+            if password:
+                register_secret(password)
+
+
+def close_when_draining(health: Health) -> ResponseHook:
+    """While draining, answers end their connection, so clients and load balancers
+    reconnect to another replica instead of reusing this one."""
+
+    async def hook(request: web.BaseRequest, response: web.StreamResponse) -> None:
+        if health.draining:
+            response.force_close()  # the connection ends after this answer
+            response.headers["Connection"] = "close"  # and the client is told so
+
+    return hook
+
+
 def create_app(
     config: Config,
     *,
@@ -59,19 +87,34 @@ def create_app(
     store: StateStore | None = None,
     keystore: KeyStore | None = None,
     policies: PolicyStore | None = None,
+    metrics: Metrics | None = None,
+    health: Health | None = None,
 ) -> web.Application:
     """The public application. ``store``/``keystore`` replace the configured ones (the
-    caller then owns them); everything else is built here and closed on cleanup."""
+    caller then owns them); everything else is built here and closed on cleanup.
+    ``metrics`` defaults to a fresh registry per application."""
     environ = os.environ if environ is None else environ
+    metrics = metrics if metrics is not None else Metrics()
+    health = health if health is not None else Health(metrics)
+    register_url_passwords(config)
     codec = build_codec(config, environ)
     state_store = store if store is not None else open_store(config.store)
     key_store = keystore if keystore is not None else open_keystore(config)
     verifier = KeyVerifier(
         key_store,
         VerifiedKeyCache(config.keys.verified_cache_seconds, config.keys.verified_cache_size),
+        metrics=metrics,
     )
-    policy_store = policies if policies is not None else PolicyStore(config.policies.path)
+    policy_store = (
+        policies
+        if policies is not None
+        else PolicyStore(
+            config.policies.path,
+            on_reload=lambda result: metrics.config_reload("policies", result == "success"),
+        )
+    )
     policy_store.load()  # an invalid policy set stops the start with a precise error
+    metrics.config_reload("policies", ok=True)
     admissions = Admissions(
         codec,
         state_store,
@@ -79,14 +122,21 @@ def create_app(
         fallback=MemoryStore(),
         key_active=verifier.key_active,
         max_token_chars=config.server.max_token_chars,
+        metrics=metrics,
     )
 
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
-        middlewares=[make_context_middleware(config.server.trusted_proxies), problem_middleware],
+        middlewares=[
+            make_context_middleware(config.server.trusted_proxies, metrics),
+            problem_middleware,
+        ],
     )
+    app[METRICS] = metrics
+    app[HEALTH] = health
     public.add_routes(app)
     app.on_response_prepare.append(add_request_id)
+    app.on_response_prepare.append(close_when_draining(health))
     # browsers: per-key CORS on the public API (docs/browser.md)
     setup_public_cors(app, public.PATHS, key_store)
     widget.add_routes(app)
@@ -94,6 +144,7 @@ def create_app(
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await key_store.refresh()
         await state_store.start()
+        metrics.config_reload("config", ok=True)
         stop = asyncio.Event()
         tasks = [asyncio.create_task(key_store.run(stop), name="keystore-sync")]
         if config.policies.watch:
@@ -103,7 +154,8 @@ def create_app(
             config=config,
             keys=verifier,
             admissions=admissions,
-            upstream=UpstreamClient(config.upstream, session),
+            upstream=UpstreamClient(config.upstream, session, metrics),
+            metrics=metrics,
         )
         try:
             yield

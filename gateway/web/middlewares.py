@@ -1,13 +1,16 @@
-"""Middlewares: request context, problem+json errors, the access log.
+"""Middlewares: request context, problem+json errors, the access log and request metrics.
 
 Order (outermost first): :func:`context_middleware` gives every request an id and a
-client IP and writes the access event; :func:`problem_middleware` turns every error into
+client IP, writes the access event and records the request's metrics (a request the
+client abandons, or that shutdown cancels, is logged with status 499);
+:func:`problem_middleware` turns every error into
 ``application/problem+json``. ``X-Request-Id`` is added by an ``on_response_prepare``
 signal, so streamed and error responses carry it too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import time
@@ -20,10 +23,21 @@ from aiohttp import web
 
 from gateway.core.client_ip import ForwardedForError, Network, resolve_client_ip
 from gateway.errors import ProblemError
-from gateway.web.state import CLIENT_IP, ERROR_CODE, KEY_ID, REQUEST_ID, ROUTE, TOKEN_HASH
+from gateway.observability.metrics import Metrics
+from gateway.web.state import (
+    CLIENT_IP,
+    ERROR_CODE,
+    KEY_ID,
+    REQUEST_ID,
+    REQUEST_STARTED,
+    ROUTE,
+    TOKEN_HASH,
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: the status logged for a request whose handler was cancelled (client gone, shutdown)
+CLIENT_CLOSED = 499
 
 access_log = structlog.get_logger("gateway.access")
 log = structlog.get_logger("gateway")
@@ -58,11 +72,13 @@ def _is_trusted(peer: str | None, trusted: Sequence[Network]) -> bool:
 
 
 def make_context_middleware(
-    trusted: Sequence[Network],
+    trusted: Sequence[Network], metrics: Metrics
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
     @web.middleware
     async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
+        request[REQUEST_STARTED] = started
+        metrics.http_in_flight.inc()
         peer = request.remote
         incoming = request.headers.get("X-Request-Id", "")
         if incoming and _is_trusted(peer, trusted) and REQUEST_ID_PATTERN.match(incoming):
@@ -90,15 +106,23 @@ def make_context_middleware(
         except web.HTTPException as exc:
             status = exc.status
             raise
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED
+            raise
         finally:
             structlog.contextvars.unbind_contextvars("request_id")
+            elapsed = time.perf_counter() - started
+            metrics.http_in_flight.dec()
+            metrics.observe_request(
+                request[ROUTE], request.method, status, elapsed, request.get(ERROR_CODE)
+            )
             access_log.info(
                 "request",
                 request_id=request_id,
                 method=request.method,
                 route=request[ROUTE],
                 status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round(elapsed * 1000, 2),
                 client_ip=request.get(CLIENT_IP),
                 key_id=request.get(KEY_ID),
                 token_hash=request.get(TOKEN_HASH),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import UTC, datetime
 
 import orjson
@@ -13,10 +14,18 @@ from gateway.admission import Client
 from gateway.core.token_codec import ClientToken
 from gateway.errors import ProblemError
 from gateway.key_verifier import KeyRejected, VerifierBusy
-from gateway.upstream import ForwardContext, relayable_headers, upstream_errors
+from gateway.observability.metrics import StreamOutcome
+from gateway.upstream import ForwardContext, error_reason, relayable_headers, upstream_errors
 from gateway.web.cors import admit_origin
 from gateway.web.payloads import bearer_credential, parse_send_message, read_json_object
-from gateway.web.state import CLIENT_IP, KEY_ID, REQUEST_ID, SERVICES, TOKEN_HASH
+from gateway.web.state import (
+    CLIENT_IP,
+    KEY_ID,
+    REQUEST_ID,
+    REQUEST_STARTED,
+    SERVICES,
+    TOKEN_HASH,
+)
 
 TOKEN_PATH = "/v1/chat/conversation/public/message/token/{model_id}"
 MESSAGES_PATH = "/v1/chat/conversation/public/messages/{token}"
@@ -24,6 +33,8 @@ SEND_PATH = "/v1/chat/conversation/public/message"
 PATHS = (TOKEN_PATH, MESSAGES_PATH, SEND_PATH)
 
 NO_STORE = {"Cache-Control": "no-store"}
+#: token refusals that are security events (expired tokens are ordinary)
+SUSPICIOUS_TOKEN_CODES = {"token_reuse_suspected": "token_reuse", "token_invalid": "invalid_token"}
 security_log = structlog.get_logger("gateway.security")
 log = structlog.get_logger("gateway")
 
@@ -44,8 +55,17 @@ def json_response(data: object, status: int = 200) -> web.Response:
 
 
 async def issue_token(request: web.Request) -> web.Response:
+    try:
+        return await _issue_token(request)
+    except ProblemError as err:
+        if err.code != "key_not_found":  # counted with its precise reason below
+            request.app[SERVICES].metrics.token_refused(err.code)
+        raise
+
+
+async def _issue_token(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    admissions, keys = services.admissions, services.keys
+    admissions, keys, metrics = services.admissions, services.keys, services.metrics
     model_id = request.match_info["model_id"]
     client = client_of(request)
     admissions.refuse_if_penalized(client)
@@ -60,6 +80,8 @@ async def issue_token(request: web.Request) -> web.Response:
         if exc.key_id:
             request[KEY_ID] = exc.key_id
         security_log.warning("invalid_key", reason=exc.reason, key_id=exc.key_id)
+        metrics.token_refused(exc.reason)
+        metrics.suspicious_event("invalid_key")
         await admissions.failed(client, "invalid_key")
         raise ProblemError("key_not_found", "no active agent key matches") from None
     except VerifierBusy:
@@ -76,6 +98,7 @@ async def issue_token(request: web.Request) -> web.Response:
         now=admissions.now(),
         fingerprint=admissions.issue_fingerprint(client),
     )
+    metrics.token_issued(model_id)
     expires_at = datetime.fromtimestamp(issued.claims.expires_at, UTC)
     response = json_response(
         {
@@ -93,19 +116,26 @@ async def _admit_token(
 ) -> tuple[ClientToken, dict[str, str]]:
     """Decode and admit the client token; the claims and the RateLimit headers."""
     request[TOKEN_HASH] = short_hash(token)
-    admissions = request.app[SERVICES].admissions
+    services = request.app[SERVICES]
+    admissions = services.admissions
     client = client_of(request)
-    admissions.refuse_if_penalized(client)
     try:
+        admissions.refuse_if_penalized(client)
         claims = admissions.decode(token)
+        request[KEY_ID] = claims.key_id
+        record = services.keys.store.lookup(claims.key_id)
+        admit_origin(request, record.origins if record is not None else ())
+        headers = await admissions.use_token(claims, client, route, request.method)
     except ProblemError as err:
+        if err.code.startswith("token_"):
+            services.metrics.token_use_refused(err.code)
+        if err.code in SUSPICIOUS_TOKEN_CODES:
+            services.metrics.suspicious_event(SUSPICIOUS_TOKEN_CODES[err.code])
+        if err.code in ("token_invalid", "token_revoked"):
+            security_log.warning("token_refused", code=err.code, key_id=request.get(KEY_ID))
         if err.code == "token_invalid":
             await admissions.failed(client, "invalid_token")
         raise
-    request[KEY_ID] = claims.key_id
-    record = request.app[SERVICES].keys.store.lookup(claims.key_id)
-    admit_origin(request, record.origins if record is not None else ())
-    headers = await admissions.use_token(claims, client, route, request.method)
     return claims, headers
 
 
@@ -166,28 +196,51 @@ async def send_message(request: web.Request) -> web.StreamResponse:
 async def _relay_stream(
     request: web.Request, upstream: ClientResponse, limits: dict[str, str]
 ) -> web.StreamResponse:
+    metrics = request.app[SERVICES].metrics
     out = web.StreamResponse(status=upstream.status, headers=relayable_headers(upstream.headers))
     out.headers.update(limits)
     out.headers["Cache-Control"] = "no-cache, no-store"
     out.headers["X-Accel-Buffering"] = "no"
-    await out.prepare(request)
+    outcome: StreamOutcome = "client_disconnected"  # unless the relay gets further
+    with metrics.stream():
+        try:
+            await out.prepare(request)
+            outcome = await _relay_chunks(request, upstream, out)
+            if outcome != "truncated":
+                await out.write_eof()
+        finally:
+            metrics.stream_ended(outcome)
+    return out
+
+
+async def _relay_chunks(
+    request: web.Request, upstream: ClientResponse, out: web.StreamResponse
+) -> StreamOutcome:
+    """Copy the upstream's chunks as they arrive; on an upstream failure, end with an
+    ``error`` event when between events, else cut the connection."""
+    metrics = request.app[SERVICES].metrics
     tail = b"\n\n"
+    first = True
     try:
         with upstream_errors():
             async for chunk in upstream.content.iter_any():
                 await out.write(chunk)
+                if first:
+                    first = False
+                    metrics.stream_first_byte(time.perf_counter() - request[REQUEST_STARTED])
                 tail = (tail + chunk)[-2:]
     except ProblemError as err:
         log.warning("upstream_stream_failed", code=err.code)
+        metrics.upstream_error("send_message", error_reason(err.code))
         if tail.endswith(b"\n\n") or tail.endswith(b"\r\n"):
             event = orjson.dumps({"code": err.code, "detail": err.detail})
             await out.write(b"event: error\ndata: " + event + b"\n\n")
-        else:  # mid-event: a truncated response is the only honest signal
-            if request.transport is not None:
-                request.transport.close()
-            return out
-    await out.write_eof()
-    return out
+            return "upstream_error"
+        # mid-event: a truncated response is the only honest signal
+        if request.transport is not None:
+            request.transport.close()
+        return "truncated"
+    return "completed"
 
 
 def add_routes(app: web.Application) -> None:

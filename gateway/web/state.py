@@ -9,6 +9,8 @@ from aiohttp import web
 from gateway.admission import Admissions
 from gateway.config import Config
 from gateway.key_verifier import KeyVerifier
+from gateway.observability.health import Health
+from gateway.observability.metrics import Metrics
 from gateway.upstream import UpstreamClient
 
 
@@ -20,12 +22,18 @@ class Services:
     keys: KeyVerifier
     admissions: Admissions
     upstream: UpstreamClient
+    metrics: Metrics
 
 
 SERVICES = web.AppKey("services", Services)
+#: built with the application (before startup), for middlewares and the admin listener
+METRICS = web.AppKey("metrics", Metrics)
+HEALTH = web.AppKey("health", Health)
 
 # per-request values set by middlewares and handlers, read by the access log
 REQUEST_ID = web.RequestKey("request_id", str)
+#: ``time.perf_counter()`` at the request's arrival
+REQUEST_STARTED = web.RequestKey("request_started", float)
 CLIENT_IP = web.RequestKey("client_ip", str)
 ROUTE = web.RequestKey("route", str)
 KEY_ID = web.RequestKey("key_id", str)

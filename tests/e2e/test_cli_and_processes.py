@@ -8,32 +8,14 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
-from tests.support.harness import FAST_ARGON2, SIGNING_ENV
+from tests.support.harness import SIGNING_ENV
 from tests.support.processes import BIN, free_port, run_cli, running
+from tests.support.stack import write_config
 
-ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "/v1/chat/conversation/public/message/token/{model}"
 SEND = "/v1/chat/conversation/public/message"
 MESSAGES = "/v1/chat/conversation/public/messages/{token}"
-
-
-def write_config(tmp_path: Path, **changes: Any) -> Path:
-    """The embedded default config.yaml, with ports and paths moved into the test's room."""
-    data = yaml.safe_load((ROOT / "config.yaml").read_text())
-    data["keys"]["path"] = str(tmp_path / "keys.yaml")
-    data["keys"]["argon2"] = FAST_ARGON2
-    data["admin"] = {"enabled": False}
-    data["policies"]["path"] = str(ROOT / "policies")  # the shipped defaults
-    for section, values in changes.items():
-        if isinstance(values, dict) and isinstance(data.get(section), dict):
-            data[section].update(values)
-        else:
-            data[section] = values
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def eventually(check: Callable[[], bool], timeout: float = 5.0) -> float:

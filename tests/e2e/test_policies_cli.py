@@ -8,9 +8,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.test_cli_and_processes import ROOT, TOKEN, write_config
+from tests.e2e.test_cli_and_processes import TOKEN
 from tests.support.harness import SIGNING_ENV
 from tests.support.processes import BIN, free_port, run_cli, running
+from tests.support.stack import ROOT, write_config
 
 SEND = "/v1/chat/conversation/public/message"
 

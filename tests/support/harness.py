@@ -14,8 +14,10 @@ from aiohttp.test_utils import TestServer
 
 from gateway.config import Config
 from gateway.keystore.admin import create_key
+from gateway.observability.metrics import Metrics
+from gateway.web.admin import create_admin_app
 from gateway.web.app import create_app
-from gateway.web.state import SERVICES, Services
+from gateway.web.state import METRICS, SERVICES, Services
 
 SIGNING_KEY = "k1:" + "s" * 48
 SIGNING_ENV = {"GATEWAY_SIGNING_KEYS": SIGNING_KEY}
@@ -113,6 +115,14 @@ class Gateway:
     def services(self) -> Services:
         return self.server.app[SERVICES]
 
+    @property
+    def metrics(self) -> Metrics:
+        return self.server.app[METRICS]
+
+    def sample(self, name: str, **labels: str) -> float:
+        """The current value of one metric sample (0 when it does not exist yet)."""
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
     async def create_key(
         self, models: tuple[str, ...] = ("demo",), origins: tuple[str, ...] = ()
     ) -> str:
@@ -165,3 +175,10 @@ async def start_gateway(
 async def stop_gateway(gateway: Gateway) -> None:
     await gateway.http.close()
     await gateway.server.close()
+
+
+async def start_admin(gateway: Gateway) -> TestServer:
+    """The admin listener of ``gateway`` on its own socket (the caller closes it)."""
+    server = TestServer(create_admin_app(gateway.app), host="127.0.0.1")
+    await server.start_server()
+    return server

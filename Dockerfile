@@ -1,0 +1,43 @@
+# syntax=docker/dockerfile:1
+# agent-gateway: a multi-stage build. The builder makes wheels (compilers live only
+# there); the runtime stage installs them into a slim Python with no build tools and
+# runs as an unprivileged user. Kubernetes probes use the admin port (9090).
+#   docker build -t agent-gateway:0.1.0 .
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends build-essential \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+COPY chat_backend ./chat_backend
+# the project and every pinned dependency as wheels, nothing else
+RUN pip wheel --wheel-dir /wheels .
+
+FROM ${PYTHON_IMAGE} AS runtime
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    GATEWAY_CONFIG=/etc/agent-gateway/config.yaml
+RUN groupadd --system --gid 10001 gateway \
+    && useradd --system --uid 10001 --gid gateway --no-create-home --home-dir /nonexistent \
+       --shell /usr/sbin/nologin gateway \
+    && mkdir -p /etc/agent-gateway/policies
+COPY --from=builder /wheels /wheels
+RUN pip install --no-index --find-links=/wheels agent-gateway \
+    && rm -rf /wheels \
+    && pip uninstall -y pip setuptools wheel
+COPY --chown=root:root deploy/k8s/base/config.yaml /etc/agent-gateway/config.yaml
+USER 10001:10001
+EXPOSE 8080 9090
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:9090/healthz', timeout=2)"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["gateway"]
+CMD ["serve"]

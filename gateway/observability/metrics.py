@@ -1,0 +1,359 @@
+"""Every Prometheus metric of the gateway, defined once, with the helpers that feed them.
+
+One :class:`Metrics` object per application, each with its own ``CollectorRegistry``, so
+several gateways in one process (the tests) never collide; ``gateway serve`` creates one
+with the process collectors and serves it on the admin port.
+
+Labels are bounded by construction: routes are templates, statuses are numbers or
+classes, and every free-form word (reason, policy, outcome) goes through a
+:class:`~gateway.observability.labels.Vocabulary` that accepts only ``snake_case`` words
+and at most a fixed number of distinct values, so a key, a token, an IP address or a
+conversation id can never become a label value. See docs/metrics.md for the catalogue.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Literal
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+from prometheus_client.gc_collector import GCCollector
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from gateway import __version__
+from gateway.observability.labels import OTHER, Vocabulary, method_label, status_class
+from gateway.store.base import StoreUnavailable
+
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+TTFB_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
+
+StreamOutcome = Literal["completed", "upstream_error", "truncated", "client_disconnected"]
+RateLimitOutcome = Literal["allowed", "limited", "shadow_limited"]
+PenaltyEvent = Literal["entered", "refused"]
+ReloadKind = Literal["policies", "config"]
+
+#: label values created at zero, so alerts on ``increase()`` see the very first event
+KNOWN_SUSPICIOUS = ("token_reuse", "invalid_key", "invalid_token", "penalty_box")
+KNOWN_TOKEN_REFUSALS = (
+    "missing_credentials",
+    "malformed",
+    "unknown",
+    "revoked",
+    "wrong_secret",
+    "model_not_found",
+    "rate_limited",
+)
+KNOWN_UPSTREAM_ERRORS = ("timeout", "unavailable", "bad_response", "status_5xx")
+KNOWN_STORE_ERRORS = ("timeout", "connection", "circuit_open", "other")
+
+
+class Metrics:
+    """The gateway's metrics and the only way code records them."""
+
+    def __init__(self, *, process: bool = False) -> None:
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        if process:
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+        self._words = Vocabulary()
+        self._policies = Vocabulary(limit=128)
+
+        info = Gauge(
+            "gateway_build_info", "Always 1; the running version.", ["version"], registry=registry
+        )
+        info.labels(__version__).set(1)
+
+        # -- public HTTP ---------------------------------------------------------------
+        self.http_requests = Counter(
+            "gateway_http_requests",
+            "Requests answered, by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.http_duration = Histogram(
+            "gateway_http_request_duration_seconds",
+            "Time from request to the end of the response (whole stream for streams).",
+            ["route", "method", "status_class"],
+            buckets=HTTP_BUCKETS,
+            registry=registry,
+        )
+        self.http_in_flight = Gauge(
+            "gateway_http_requests_in_flight", "Requests being handled.", registry=registry
+        )
+        self.http_problems = Counter(
+            "gateway_http_problems",
+            "Error answers by route template and problem code.",
+            ["route", "code"],
+            registry=registry,
+        )
+
+        # -- upstream and streams ------------------------------------------------------
+        self.upstream_duration = Histogram(
+            "gateway_upstream_request_duration_seconds",
+            "Time until the upstream's response headers (whole body when buffered).",
+            ["operation", "status_class"],
+            buckets=HTTP_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors",
+            "Upstream failures by operation and reason.",
+            ["operation", "reason"],
+            registry=registry,
+        )
+        self.stream_ttfb = Histogram(
+            "gateway_stream_time_to_first_byte_seconds",
+            "From the request's arrival to the first streamed byte sent to the client.",
+            buckets=TTFB_BUCKETS,
+            registry=registry,
+        )
+        self.streams_in_flight = Gauge(
+            "gateway_streams_in_flight", "Streamed answers being relayed.", registry=registry
+        )
+        self.streams = Counter(
+            "gateway_streams", "Streamed answers by outcome.", ["outcome"], registry=registry
+        )
+
+        # -- keys and tokens -----------------------------------------------------------
+        self.tokens_issued = Counter(
+            "gateway_tokens_issued", "Client tokens issued, by model.", ["model"], registry=registry
+        )
+        self.tokens_refused = Counter(
+            "gateway_tokens_refused",
+            "Token requests refused, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.token_uses_refused = Counter(
+            "gateway_token_uses_refused",
+            "Uses of a client token refused, by problem code.",
+            ["reason"],
+            registry=registry,
+        )
+        self.key_verifications = Counter(
+            "gateway_key_verifications",
+            "Agent key checks by result (cache_hit and verified are successes).",
+            ["result"],
+            registry=registry,
+        )
+        self.suspicious = Counter(
+            "gateway_suspicious_events",
+            "Security events worth a look, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+
+        # -- rate limits and abuse defence ---------------------------------------------
+        self.ratelimit_decisions = Counter(
+            "gateway_ratelimit_decisions",
+            "Rate-limit decisions by policy and outcome (shadow_limited: would have limited).",
+            ["policy", "outcome"],
+            registry=registry,
+        )
+        self.penalty_box = Counter(
+            "gateway_penalty_box_events",
+            "Clients put in the penalty box (entered) and requests refused there (refused).",
+            ["event"],
+            registry=registry,
+        )
+
+        # -- state store ---------------------------------------------------------------
+        self.store_duration = Histogram(
+            "gateway_store_operation_duration_seconds",
+            "State store call latency by operation (errors included).",
+            ["operation"],
+            buckets=STORE_BUCKETS,
+            registry=registry,
+        )
+        self.store_errors = Counter(
+            "gateway_store_errors",
+            "State store calls that failed, by operation and error kind.",
+            ["operation", "error"],
+            registry=registry,
+        )
+        self.store_fail_open = Counter(
+            "gateway_store_fail_open",
+            "Requests let through without the store because it failed (fail-open).",
+            ["operation"],
+            registry=registry,
+        )
+
+        # -- configuration, health, process --------------------------------------------
+        self.config_reloads = Counter(
+            "gateway_config_reloads",
+            "Loads and reloads of the configuration and policies, by result.",
+            ["kind", "result"],
+            registry=registry,
+        )
+        self.config_last_success = Gauge(
+            "gateway_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last successful load, by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.dependency_up = Gauge(
+            "gateway_dependency_up",
+            "1 when the last readiness check reached the dependency, else 0.",
+            ["dependency"],
+            registry=registry,
+        )
+        self.draining = Gauge(
+            "gateway_draining", "1 while shutting down (not ready).", registry=registry
+        )
+        self.loop_lag = Histogram(
+            "gateway_event_loop_lag_seconds",
+            "How late the event loop ran a timer; high values mean blocking work.",
+            buckets=LAG_BUCKETS,
+            registry=registry,
+        )
+        self._initialise_series()
+
+    def _initialise_series(self) -> None:
+        for reason in KNOWN_SUSPICIOUS:
+            self.suspicious.labels(reason)
+        for reason in KNOWN_TOKEN_REFUSALS:
+            self.tokens_refused.labels(reason)
+        for operation in ("get_messages", "send_message"):
+            for reason in KNOWN_UPSTREAM_ERRORS:
+                self.upstream_errors.labels(operation, reason)
+        for error in KNOWN_STORE_ERRORS:
+            self.store_errors.labels("admit", error)
+        self.store_fail_open.labels("admit")
+        for outcome in ("completed", "upstream_error", "truncated", "client_disconnected"):
+            self.streams.labels(outcome)
+        for event in ("entered", "refused"):
+            self.penalty_box.labels(event)
+        for kind in ("policies", "config"):
+            for result in ("success", "failure"):
+                self.config_reloads.labels(kind, result)
+
+    # -- public HTTP -----------------------------------------------------------------------
+    def observe_request(
+        self, route: str, method: str, status: int, seconds: float, code: str | None
+    ) -> None:
+        """Called once per request by the context middleware; ``route`` is a template."""
+        method = method_label(method)
+        self.http_requests.labels(route, method, str(status)).inc()
+        self.http_duration.labels(route, method, status_class(status)).observe(seconds)
+        if code:
+            self.http_problems.labels(route, self._words(code)).inc()
+
+    # -- upstream --------------------------------------------------------------------------
+    def observe_upstream(
+        self, operation: str, status: int | None, seconds: float, *, cancelled: bool = False
+    ) -> None:
+        """``status`` None means no response: an error (see :meth:`upstream_error`) or,
+        with ``cancelled``, the client went away first."""
+        if status is not None:
+            label = status_class(status)
+        else:
+            label = "cancelled" if cancelled else "error"
+        self.upstream_duration.labels(operation, label).observe(seconds)
+        if status is not None and status >= 500:
+            self.upstream_errors.labels(operation, "status_5xx").inc()
+
+    def upstream_error(self, operation: str, reason: str) -> None:
+        """``reason``: timeout, unavailable or bad_response."""
+        self.upstream_errors.labels(operation, self._words(reason)).inc()
+
+    # -- streams ---------------------------------------------------------------------------
+    @contextmanager
+    def stream(self) -> Iterator[None]:
+        """Counts a stream in flight for the duration of the block."""
+        self.streams_in_flight.inc()
+        try:
+            yield
+        finally:
+            self.streams_in_flight.dec()
+
+    def stream_first_byte(self, seconds: float) -> None:
+        self.stream_ttfb.observe(seconds)
+
+    def stream_ended(self, outcome: StreamOutcome) -> None:
+        self.streams.labels(outcome).inc()
+
+    # -- keys and tokens -------------------------------------------------------------------
+    def token_issued(self, model: str) -> None:
+        """``model`` must be a configured model id (a bounded set)."""
+        self.tokens_issued.labels(model).inc()
+
+    def token_refused(self, reason: str) -> None:
+        self.tokens_refused.labels(self._words(reason)).inc()
+
+    def token_use_refused(self, code: str) -> None:
+        self.token_uses_refused.labels(self._words(code)).inc()
+
+    def key_verification(self, result: str) -> None:
+        self.key_verifications.labels(self._words(result)).inc()
+
+    def suspicious_event(self, reason: str) -> None:
+        """One security event (token reuse, invalid key, penalty box, ...)."""
+        self.suspicious.labels(self._words(reason)).inc()
+
+    # -- rate limits and abuse defence (fed by the policy engine) --------------------------
+    def ratelimit_decision(self, policy: str, outcome: RateLimitOutcome) -> None:
+        """One limit's decision for one request. ``policy`` is the policy's configured
+        name (never a key, IP or other per-client value); ``shadow_limited`` is a shadow
+        policy that would have refused the request."""
+        self.ratelimit_decisions.labels(self._policies(policy), outcome).inc()
+
+    def penalty_box_event(self, event: PenaltyEvent) -> None:
+        """``entered``: a client was put in the penalty box (also a suspicious event);
+        ``refused``: a request was refused because its client sits there."""
+        self.penalty_box.labels(event).inc()
+        if event == "entered":
+            self.suspicious_event("penalty_box")
+
+    # -- state store -----------------------------------------------------------------------
+    @contextmanager
+    def store_call(self, operation: str) -> Iterator[None]:
+        """Times a store call and counts its failure (re-raised unchanged). Wrap it
+        *outside* any ``asyncio.timeout`` so a timeout is seen as ``TimeoutError``."""
+        started = time.perf_counter()
+        try:
+            yield
+        except Exception as exc:
+            self.store_errors.labels(operation, store_error_kind(exc)).inc()
+            raise
+        finally:
+            self.store_duration.labels(operation).observe(time.perf_counter() - started)
+
+    def store_failed_open(self, operation: str = "admit") -> None:
+        """A request was let through although the store failed (fail-open mode)."""
+        self.store_fail_open.labels(self._words(operation)).inc()
+
+    # -- configuration and health ----------------------------------------------------------
+    def config_reload(self, kind: ReloadKind, ok: bool) -> None:
+        """One load or reload of ``kind``; a success also stamps the time."""
+        self.config_reloads.labels(kind, "success" if ok else "failure").inc()
+        if ok:
+            self.config_last_success.labels(kind).set(time.time())
+
+    def dependency(self, name: str, up: bool) -> None:
+        self.dependency_up.labels(self._words(name)).set(1 if up else 0)
+
+
+def store_error_kind(exc: BaseException) -> str:
+    """A bounded word for a store failure (the guarded store's cause when it has one)."""
+    if isinstance(exc, StoreUnavailable) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if isinstance(exc, StoreUnavailable) and str(exc) == "circuit open":
+        return "circuit_open"
+    if isinstance(exc, TimeoutError | RedisTimeoutError):
+        return "timeout"
+    if isinstance(exc, RedisConnectionError | StoreUnavailable | OSError):
+        return "connection"
+    return OTHER

@@ -1,0 +1,110 @@
+"""The Dockerfile, read statically (no container engine is needed): a multi-stage build
+whose final stage is slim, unprivileged and without build tools, and whose ports,
+health check and user agree with the configuration and the Kubernetes manifests."""
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from gateway.config import load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD_TOOLS = re.compile(r"\b(build-essential|gcc|g\+\+|make|clang|python3-dev|libc6-dev)\b")
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str | None
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, keyword: str) -> list[str]:
+        return [args for kw, args in self.instructions if kw == keyword]
+
+
+def parse(path: Path) -> tuple[dict[str, str], list[Stage]]:
+    """Global ARGs and the stages, with line continuations joined and comments dropped."""
+    logical: list[str] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        logical.append(pending + line)
+        pending = ""
+    args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in logical:
+        keyword, _, rest = line.partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            parts = rest.split()
+            name = parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None
+            base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], parts[0])
+            stages.append(Stage(base, name))
+        elif keyword == "ARG" and not stages:
+            key, _, value = rest.partition("=")
+            args[key] = value
+        elif stages:
+            stages[-1].instructions.append((keyword, rest.strip()))
+    return args, stages
+
+
+def k8s_config() -> object:
+    return load_config(ROOT / "deploy" / "k8s" / "base" / "config.yaml", environ={})
+
+
+def test_multi_stage_build_with_a_slim_runtime() -> None:
+    _args, stages = parse(ROOT / "Dockerfile")
+    assert len(stages) >= 2
+    builder, final = stages[0], stages[-1]
+    assert final.base.startswith("python:3.11-slim")
+    assert any("--from=" + (builder.name or "0") in c for c in final.all("COPY"))
+    assert any("pip wheel" in r for r in builder.all("RUN"))
+
+
+def test_the_final_stage_has_no_build_tools_and_installs_offline() -> None:
+    _args, stages = parse(ROOT / "Dockerfile")
+    final = stages[-1]
+    for command in final.all("RUN"):
+        assert not BUILD_TOOLS.search(command), command
+        assert "apt-get install" not in command
+        if "pip install" in command:
+            assert "--no-index" in command  # only the wheels built in the builder
+
+
+def test_it_runs_unprivileged_as_the_manifests_expect() -> None:
+    _args, stages = parse(ROOT / "Dockerfile")
+    users = stages[-1].all("USER")
+    assert users, "the final stage must set USER"
+    uid, _, gid = users[-1].partition(":")
+    assert uid.isdigit() and int(uid) != 0, "a numeric non-root UID (runAsNonRoot checks it)"
+    deployment = yaml.safe_load((ROOT / "deploy" / "k8s" / "base" / "deployment.yaml").read_text())
+    context = deployment["spec"]["template"]["spec"]["securityContext"]
+    assert (int(uid), int(gid)) == (context["runAsUser"], context["runAsGroup"])
+
+
+def test_ports_health_check_and_entry_point_agree_with_the_configuration() -> None:
+    _args, stages = parse(ROOT / "Dockerfile")
+    final = stages[-1]
+    config = k8s_config()
+    exposed = {int(p) for line in final.all("EXPOSE") for p in line.split()}
+    assert exposed == {config.server.port, config.admin.port}  # type: ignore[attr-defined]
+    (check,) = final.all("HEALTHCHECK")
+    assert f":{config.admin.port}/healthz" in check  # type: ignore[attr-defined]
+    assert json.loads(final.all("ENTRYPOINT")[-1]) == ["gateway"]
+    assert json.loads(final.all("CMD")[-1]) == ["serve"]
+    env = " ".join(final.all("ENV"))
+    assert "PYTHONDONTWRITEBYTECODE=1" in env  # the root filesystem is read-only
+    assert "GATEWAY_CONFIG=/etc/agent-gateway/config.yaml" in env
+
+
+def test_the_build_context_leaves_out_local_state() -> None:
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {".git", ".venv", "var", "tests"} <= ignored

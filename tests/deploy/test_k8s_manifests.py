@@ -1,0 +1,413 @@
+"""deploy/k8s: every rendered object is valid offline against the Kubernetes schemas, the
+custom resources are well formed, and ports, probes, labels, names and the
+configuration agree across files."""
+
+import copy
+import re
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from prometheus_client.registry import CollectorRegistry
+
+from gateway.config import Config, load_config
+from gateway.observability.metrics import Metrics
+from gateway.web.admin import create_admin_app
+from gateway.web.app import create_app
+from tests.support.harness import SIGNING_ENV
+from tests.support.kustomize import build, kubectl, render
+from tests.support.processes import run_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = ("dev", "prod")
+#: the oldest and newest Kubernetes minor versions the manifests are checked against
+K8S_VERSIONS = ("1.29", "1.37")
+CRD_GROUPS = ("monitoring.coreos.com/",)
+Objects = dict[tuple[str, str], dict[str, Any]]
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def overlay(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+_RENDERED: dict[str, Objects] = {}
+
+
+def objects(name: str) -> Objects:
+    if name not in _RENDERED:
+        _RENDERED[name] = {
+            (o["kind"], o["metadata"]["name"]): o for o in render(K8S / "overlays" / name)
+        }
+    return _RENDERED[name]
+
+
+def one(objs: Objects, kind: str, name: str) -> dict[str, Any]:
+    """The object named ``name``, or ``name-<content hash>`` for generated ones."""
+    pattern = re.compile(re.escape(name) + r"(-[a-z0-9]{10})?")
+    found = [o for (k, n), o in objs.items() if k == kind and pattern.fullmatch(n)]
+    assert len(found) == 1, (kind, name, list(objs))
+    return found[0]
+
+
+def match_labels(obj: dict[str, Any]) -> dict[str, str]:
+    return dict(obj["spec"]["selector"]["matchLabels"])
+
+
+def gateway_config(objs: Objects, tmp_path: Path) -> Config:
+    """The rendered ConfigMap's config.yaml, loaded as the pod would load it."""
+    data = one(objs, "ConfigMap", "agent-gateway-config")["data"]["config.yaml"]
+    path = tmp_path / "config.yaml"
+    path.write_text(data)
+    return load_config(path, environ={"GATEWAY__STORE__URL": "redis://redis:6379/0"})
+
+
+def pod_spec(deployment: dict[str, Any]) -> dict[str, Any]:
+    return dict(deployment["spec"]["template"]["spec"])
+
+
+def container(objs: Objects, deployment: str = "agent-gateway") -> dict[str, Any]:
+    return dict(pod_spec(one(objs, "Deployment", deployment))["containers"][0])
+
+
+def pod_labels(objs: Objects, deployment: str = "agent-gateway") -> dict[str, str]:
+    return dict(one(objs, "Deployment", deployment)["spec"]["template"]["metadata"]["labels"])
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+# -- schemas ------------------------------------------------------------------------------
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_every_core_object_is_valid_against_the_kubernetes_schemas(
+    overlay: str, version: str
+) -> None:
+    checked = 0
+    for obj in objects(overlay).values():
+        if obj["apiVersion"].startswith(CRD_GROUPS):
+            continue
+        kubernetes_validate.validate(obj, version, strict=True)
+        checked += 1
+    assert checked >= 10
+
+
+def test_the_validator_works_offline_and_catches_mistakes() -> None:
+    deployment = copy.deepcopy(one(objects("prod"), "Deployment", "agent-gateway"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenessprobe"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSIONS[-1], strict=True)
+
+
+def test_the_fallback_renderer_agrees_with_kubectl(overlay: str) -> None:
+    if kubectl() is None:
+        pytest.skip(
+            "kubectl is not installed: manifests are rendered by tests/support/kustomize.py"
+        )
+    ours = {(o["kind"], o["metadata"]["name"]): o for o in build(K8S / "overlays" / overlay)}
+    assert ours == objects(overlay)
+
+
+# -- configuration ------------------------------------------------------------------------
+def test_the_configmap_config_is_valid_and_fits_the_deployment(
+    overlay: str, tmp_path: Path
+) -> None:
+    objs = objects(overlay)
+    config = gateway_config(objs, tmp_path)
+    gateway = container(objs)
+    assert config.server.host == "0.0.0.0" and config.admin.host == "0.0.0.0"
+    assert config.admin.enabled and config.store.type == "redis" and config.keys.type == "redis"
+    ports = {p["name"]: p["containerPort"] for p in gateway["ports"]}
+    assert ports == {"http": config.server.port, "admin": config.admin.port}
+
+    mounts = {m["name"]: m for m in gateway["volumeMounts"]}
+    assert gateway["args"] == ["serve", "--config", mounts["config"]["mountPath"]]
+    assert mounts["config"]["subPath"] == "config.yaml"
+    signing = config.tokens.signing_keys_file
+    assert signing is not None
+    assert signing.parent == Path(mounts["signing-keys"]["mountPath"])
+    config_dir = Path(mounts["config"]["mountPath"]).parent
+    assert mounts["policies"]["mountPath"] == str(config_dir / "policies")
+
+    volumes = {v["name"]: v for v in pod_spec(one(objs, "Deployment", "agent-gateway"))["volumes"]}
+    config_map = volumes["config"]["configMap"]["name"]
+    assert config_map != "agent-gateway-config", "config.yaml changes must roll the pods"
+    assert (("ConfigMap", config_map)) in objs
+    policies = volumes["policies"]["configMap"]["name"]
+    assert policies == "agent-gateway-policies", "policy edits must update pods in place"
+    assert ("ConfigMap", policies) in objs
+    assert signing.name == "keys"  # the key of the signing Secret (see operations.md)
+    env = {e["name"]: e for e in gateway["env"]}
+    assert env["GATEWAY__STORE__URL"]["valueFrom"]["secretKeyRef"]["key"] == "url"
+
+    spec = pod_spec(one(objs, "Deployment", "agent-gateway"))
+    drain_and_grace = config.server.drain_seconds + config.server.shutdown_grace_seconds
+    assert spec["terminationGracePeriodSeconds"] >= drain_and_grace + 5
+
+
+def test_secrets_are_generated_for_dev_and_only_referenced_in_prod() -> None:
+    for overlay in OVERLAYS:
+        objs = objects(overlay)
+        spec = pod_spec(one(objs, "Deployment", "agent-gateway"))
+        names = {v["secret"]["secretName"] for v in spec["volumes"] if "secret" in v}
+        names |= {
+            e["valueFrom"]["secretKeyRef"]["name"]
+            for e in spec["containers"][0]["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
+        present = {n for (k, n) in objs if k == "Secret"}
+        if overlay == "dev":
+            assert names <= present
+            assert set(one(objs, "Secret", "agent-gateway-signing-keys")["data"]) == {"keys"}
+            assert set(one(objs, "Secret", "agent-gateway-store")["data"]) == {"url"}
+        else:
+            assert not present, "production secrets never live in git"
+            assert names == {"agent-gateway-signing-keys", "agent-gateway-store"}
+            docs = (ROOT / "docs" / "operations.md").read_text()
+            assert all(name in docs for name in names)
+
+
+def test_dev_store_url_and_egress_reach_the_bundled_redis(tmp_path: Path) -> None:
+    import base64
+
+    objs = objects("dev")
+    store = one(objs, "Secret", "agent-gateway-store")
+    url = base64.b64decode(store["data"]["url"]).decode()
+    redis_service = one(objs, "Service", "redis")
+    assert url == f"redis://redis:{redis_service['spec']['ports'][0]['port']}/0"
+    redis_pods = pod_labels(objs, "redis")
+    assert selects(redis_service["spec"]["selector"], redis_pods)
+    egress = one(objs, "NetworkPolicy", "agent-gateway")["spec"]["egress"]
+    to_redis = egress_rules_to(egress, redis_pods)
+    assert to_redis and to_redis[0]["ports"][0]["port"] == 6379
+    # Redis itself accepts the gateway's pods only
+    redis_policy = one(objs, "NetworkPolicy", "redis")["spec"]
+    assert selects(redis_policy["podSelector"]["matchLabels"], redis_pods)
+    sources = redis_policy["ingress"][0]["from"]
+    assert [s["podSelector"]["matchLabels"] for s in sources] == [
+        match_labels(one(objs, "Deployment", "agent-gateway"))
+    ]
+    # and the upstream named by the configuration is the reference backend, allowed too
+    config = gateway_config(objs, tmp_path)
+    backend = one(objs, "Service", "chat-backend")
+    assert config.upstream.url == f"http://chat-backend:{backend['spec']['ports'][0]['port']}"
+    to_backend = egress_rules_to(egress, pod_labels(objs, "chat-backend"))
+    assert to_backend and to_backend[0]["ports"][0]["port"] == backend["spec"]["ports"][0]["port"]
+
+
+def egress_rules_to(egress: list[dict[str, Any]], labels: dict[str, str]) -> list[Any]:
+    """The egress rules whose pod selector picks pods with ``labels``."""
+    return [
+        rule
+        for rule in egress
+        for peer in rule["to"]
+        if "podSelector" in peer
+        and "namespaceSelector" not in peer
+        and selects(peer["podSelector"]["matchLabels"], labels)
+    ]
+
+
+def test_the_configmap_policies_pass_gateway_policies_check(overlay: str, tmp_path: Path) -> None:
+    objs = objects(overlay)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(one(objs, "ConfigMap", "agent-gateway-config")["data"]["config.yaml"])
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    for name, text in one(objs, "ConfigMap", "agent-gateway-policies")["data"].items():
+        (policies / name).write_text(text)
+    env = {**SIGNING_ENV, "GATEWAY__STORE__URL": "redis://redis:6379/0"}
+    result = run_cli(
+        "policies", "check", str(policies), "--strict", "--config", str(config_path), env=env
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_policies_in_the_base_are_the_repository_policies() -> None:
+    repository = ROOT / "policies"
+    base = K8S / "base" / "policies"
+    ours = {p.name: p.read_text() for p in base.glob("*.yaml")}
+    theirs = {p.name: p.read_text() for p in repository.glob("*.yaml")}
+    assert ours == theirs, "copy policies/*.yaml into deploy/k8s/base/policies/"
+    listed = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+    generators = {g["name"]: g for g in listed["configMapGenerator"]}
+    generator = generators["agent-gateway-policies"]
+    assert sorted(generator["files"]) == sorted(f"policies/{name}" for name in theirs)
+
+
+# -- probes, ports, labels ----------------------------------------------------------------
+def admin_routes() -> set[str]:
+    app = create_app(
+        Config.model_validate({"models": {"demo": {}}, "store": "memory"}), environ=SIGNING_ENV
+    )
+    return {r.canonical for r in create_admin_app(app).router.resources()}
+
+
+def test_probes_point_at_the_admin_listener(overlay: str) -> None:
+    gateway = container(objects(overlay))
+    routes = admin_routes()
+    for probe, path in (
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ):
+        check = gateway[probe]["httpGet"]
+        assert (check["path"], check["port"]) == (path, "admin")
+        assert path in routes
+    # readiness may wait for the upstream check (connect timeout 2 s) before answering
+    assert gateway["readinessProbe"]["timeoutSeconds"] > 2
+
+
+def test_services_select_the_pods_and_keep_admin_private(overlay: str) -> None:
+    objs = objects(overlay)
+    labels = pod_labels(objs)
+    ports = {p["name"] for p in container(objs)["ports"]}
+    public = one(objs, "Service", "agent-gateway")
+    admin = one(objs, "Service", "agent-gateway-admin")
+    for service in (public, admin):
+        assert selects(service["spec"]["selector"], labels)
+        assert {p["targetPort"] for p in service["spec"]["ports"]} <= ports
+    assert [p["targetPort"] for p in public["spec"]["ports"]] == ["http"]
+    assert [p["targetPort"] for p in admin["spec"]["ports"]] == ["admin"]
+    assert public["spec"]["type"] == "ClusterIP"
+
+    deployment = one(objs, "Deployment", "agent-gateway")
+    assert selects(deployment["spec"]["selector"]["matchLabels"], labels)
+    for constraint in pod_spec(deployment)["topologySpreadConstraints"]:
+        assert constraint["labelSelector"]["matchLabels"] == match_labels(deployment)
+    assert selects(match_labels(one(objs, "PodDisruptionBudget", "agent-gateway")), labels)
+    hpa = one(objs, "HorizontalPodAutoscaler", "agent-gateway")["spec"]
+    target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "agent-gateway"}
+    assert hpa["scaleTargetRef"] == target
+    assert "replicas" not in deployment["spec"], "the autoscaler owns the replica count"
+    assert hpa["minReplicas"] >= (3 if overlay == "prod" else 1)
+
+
+def test_network_policy_admits_the_public_port_and_monitoring_only(overlay: str) -> None:
+    objs = objects(overlay)
+    policy = one(objs, "NetworkPolicy", "agent-gateway")["spec"]
+    assert selects(policy["podSelector"]["matchLabels"], pod_labels(objs))
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    open_rules = [r for r in policy["ingress"] if "from" not in r]
+    assert [[p["port"] for p in r["ports"]] for r in open_rules] == [["http"]]
+    restricted = [r for r in policy["ingress"] if "from" in r]
+    for rule in restricted:
+        assert [p["port"] for p in rule["ports"]] == ["admin"]
+        assert rule["from"] == [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+        ]
+    assert bool(restricted) == (overlay == "prod")  # the monitoring component adds it
+    dns = policy["egress"][0]
+    assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
+
+
+def test_every_container_is_locked_down(overlay: str) -> None:
+    objs = objects(overlay)
+    deployments = [o for (k, _), o in objs.items() if k == "Deployment"]
+    assert deployments
+    for deployment in deployments:
+        spec = pod_spec(deployment)
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        assert spec["automountServiceAccountToken"] is False
+        for c in spec["containers"]:
+            security = c["securityContext"]
+            assert security["readOnlyRootFilesystem"] is True
+            assert security["allowPrivilegeEscalation"] is False
+            assert security["capabilities"]["drop"] == ["ALL"]
+            assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
+            assert ":" in c["image"] and not c["image"].endswith(":latest")
+
+
+# -- monitoring ---------------------------------------------------------------------------
+def exported_names() -> set[str]:
+    """Every series name the gateway can export (labelled families have no samples
+    until first use, so names are derived from the family type)."""
+    registry: CollectorRegistry = Metrics(process=True).registry
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+    names = {"up"}
+    for family in registry.collect():
+        names |= {family.name + suffix for suffix in suffixes.get(family.type, ("",))}
+    return names
+
+
+METRIC_NAME = re.compile(r"\b((?:gateway|process)_[a-z0-9_]+|up)\b(?=\s*[{\[)])")
+
+
+def referenced_metrics(expr: str) -> set[str]:
+    return set(METRIC_NAME.findall(expr))
+
+
+def test_service_monitor_scrapes_the_admin_service() -> None:
+    objs = objects("prod")
+    monitor = one(objs, "ServiceMonitor", "agent-gateway")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    admin = one(objs, "Service", "agent-gateway-admin")
+    assert selects(monitor["spec"]["selector"]["matchLabels"], admin["metadata"]["labels"])
+    public = one(objs, "Service", "agent-gateway")
+    assert not selects(monitor["spec"]["selector"]["matchLabels"], public["metadata"]["labels"])
+    port_names = {p["name"] for p in admin["spec"]["ports"]}
+    for endpoint in monitor["spec"]["endpoints"]:
+        assert endpoint["port"] in port_names and endpoint["path"] == "/metrics"
+        assert endpoint["path"] in admin_routes()
+    # the job label the alerts and dashboard use
+    job_label = monitor["spec"]["jobLabel"]
+    assert admin["metadata"]["labels"][job_label] == "agent-gateway"
+
+
+def test_alerts_are_well_formed_and_use_real_metrics() -> None:
+    rule = one(objects("prod"), "PrometheusRule", "agent-gateway")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    exported = exported_names()
+    docs = (ROOT / "docs" / "operations.md").read_text().lower()
+    alerts = [r for group in rule["spec"]["groups"] for r in group["rules"]]
+    names = [a["alert"] for a in alerts]
+    assert len(names) == len(set(names))
+    for required in (
+        "AgentGatewayRateLimitSurge",
+        "AgentGatewaySuspiciousReuseSurge",
+        "AgentGatewayUpstreamErrors",
+        "AgentGatewayStoreErrors",
+        "AgentGatewayStoreFailOpen",
+    ):
+        assert required in names
+    for alert in alerts:
+        assert alert["labels"]["severity"] in ("warning", "critical")
+        assert {"summary", "description", "runbook"} <= set(alert["annotations"])
+        anchor = alert["annotations"]["runbook"].split("#")[1]
+        assert f"### {alert['alert'].lower()}" in docs, f"{anchor}: no section in operations.md"
+        used = referenced_metrics(alert["expr"])
+        assert used and used <= exported, used - exported
+        assert alert["expr"].count("(") == alert["expr"].count(")")
+
+
+def test_grafana_dashboard_uses_real_metrics() -> None:
+    import json
+
+    dashboard_map = one(objects("prod"), "ConfigMap", "agent-gateway-dashboard")
+    assert dashboard_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(dashboard_map["data"]["agent-gateway.json"])
+    panels = dashboard["panels"]
+    assert len({p["id"] for p in panels}) == len(panels)
+    exported = exported_names()
+    exprs = [t["expr"] for p in panels for t in p.get("targets", [])]
+    assert len(exprs) >= 20
+    for expr in exprs:
+        used = referenced_metrics(expr)
+        assert used and used <= exported, (expr, used - exported)
+
+
+def test_every_metric_is_on_the_dashboard_and_documented() -> None:
+    import json
+
+    dashboard = (K8S / "components" / "monitoring" / "grafana-dashboard.json").read_text()
+    docs = (ROOT / "docs" / "metrics.md").read_text()
+    registry = Metrics().registry
+    for family in registry.collect():
+        if family.name == "gateway_build_info":
+            continue
+        name = family.name + ("_total" if family.type == "counter" else "")
+        assert name in docs, f"{name} is not in docs/metrics.md"
+        assert family.name in json.dumps(json.loads(dashboard)), f"{family.name}: no panel"

@@ -1,0 +1,306 @@
+"""Metrics: what each path records, with bounded labels and never a secret."""
+
+import asyncio
+import socket
+from typing import Any
+
+import httpx
+import pytest
+from httpx_sse import aconnect_sse
+from prometheus_client import generate_latest
+
+from gateway.observability.labels import OTHER, Vocabulary, status_class
+from gateway.observability.metrics import Metrics
+from tests.support.harness import (
+    SEND_URL,
+    TOKEN_URL,
+    Gateway,
+    make_config,
+    start_gateway,
+    stop_gateway,
+)
+from tests.support.upstreams import Script
+
+TOKEN_ROUTE = "/v1/chat/conversation/public/message/token/{model_id}"
+MESSAGES_ROUTE = "/v1/chat/conversation/public/messages/{token}"
+SEND_ROUTE = "/v1/chat/conversation/public/message"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def exposition(gw: Gateway) -> str:
+    return generate_latest(gw.metrics.registry).decode()
+
+
+async def test_requests_are_counted_by_route_template_and_status(gateway_factory: Any) -> None:
+    gw: Gateway = await gateway_factory()
+    key = await gw.create_key()
+    token = await gw.get_token(key)
+    async with gw.send(token) as resp:
+        assert resp.status == 200
+    async with gw.messages(token) as resp:
+        assert resp.status == 200
+    async with gw.http.get(gw.url + "/nowhere/" + token) as resp:
+        assert resp.status == 404
+
+    assert gw.sample("gateway_http_requests_total", route=TOKEN_ROUTE, method="GET", status="200")
+    assert gw.sample("gateway_http_requests_total", route=SEND_ROUTE, method="POST", status="200")
+    assert gw.sample(
+        "gateway_http_requests_total", route=MESSAGES_ROUTE, method="GET", status="200"
+    )
+    assert gw.sample("gateway_http_requests_total", route="unmatched", method="GET", status="404")
+    assert gw.sample(
+        "gateway_http_request_duration_seconds_count",
+        route=SEND_ROUTE,
+        method="POST",
+        status_class="2xx",
+    )
+    assert gw.sample("gateway_http_problems_total", route="unmatched", code="not_found") == 1
+    assert gw.sample("gateway_http_requests_in_flight") == 0
+    assert gw.sample("gateway_tokens_issued_total", model="demo") == 1
+    assert gw.sample("gateway_store_operation_duration_seconds_count", operation="admit") == 2
+    assert gw.sample(
+        "gateway_upstream_request_duration_seconds_count",
+        operation="send_message",
+        status_class="2xx",
+    )
+
+    text = exposition(gw)
+    for secret in (key, token, key.split("_")[2], "127.0.0.1", gw.services.config.models["demo"]):
+        if isinstance(secret, str):
+            assert secret not in text
+
+
+async def test_token_refusals_by_reason_and_suspicious_keys(gateway_factory: Any) -> None:
+    gw: Gateway = await gateway_factory()
+    key = await gw.create_key(("demo",))
+    url = gw.url + TOKEN_URL.format(model="demo")
+    attempts = [
+        ({}, "missing_credentials"),
+        ({"Authorization": "Bearer pak_nope"}, "malformed"),
+        ({"Authorization": f"Bearer {key[:-1]}{'A' if key[-1] != 'A' else 'B'}"}, "malformed"),
+    ]
+    for headers, _ in attempts:
+        async with gw.http.get(url, headers=gw.headers(headers)) as resp:
+            assert resp.status in (401, 404)
+    async with gw.http.get(
+        gw.url + TOKEN_URL.format(model="other"),
+        headers=gw.headers({"Authorization": f"Bearer {key}"}),
+    ) as resp:
+        assert resp.status == 404
+    await gw.get_token(key)
+    await gw.get_token(key)
+
+    assert gw.sample("gateway_tokens_refused_total", reason="missing_credentials") == 1
+    assert gw.sample("gateway_tokens_refused_total", reason="malformed") == 2
+    assert gw.sample("gateway_tokens_refused_total", reason="model_not_found") == 1
+    assert gw.sample("gateway_suspicious_events_total", reason="invalid_key") == 2
+    assert gw.sample("gateway_key_verifications_total", result="malformed") == 2
+    # one argon2 verification, then the verified-key cache
+    assert gw.sample("gateway_key_verifications_total", result="verified") == 1
+    assert gw.sample("gateway_key_verifications_total", result="cache_hit") == 2
+    assert gw.sample("gateway_tokens_issued_total", model="demo") == 2
+
+
+async def test_reuse_and_revocation_are_counted(gateway_factory: Any) -> None:
+    gw: Gateway = await gateway_factory()
+    token = await gw.new_token()
+    async with gw.send(token) as resp:
+        assert resp.status == 200
+    async with gw.messages(token, **{"User-Agent": "curl/8"}) as resp:
+        assert resp.status == 403
+    async with gw.messages(token) as resp:
+        assert resp.status == 403
+    async with gw.messages(token[:-4] + "AAAA") as resp:
+        assert resp.status == 403
+
+    refused = "gateway_token_uses_refused_total"
+    assert gw.sample(refused, reason="token_reuse_suspected") == 1
+    assert gw.sample(refused, reason="token_revoked") == 1
+    assert gw.sample(refused, reason="token_invalid") == 1
+    assert gw.sample("gateway_suspicious_events_total", reason="token_reuse") == 1
+    assert gw.sample("gateway_suspicious_events_total", reason="invalid_token") == 1
+    assert gw.sample(
+        "gateway_http_problems_total", route=MESSAGES_ROUTE, code="token_reuse_suspected"
+    )
+
+
+async def test_streams_time_to_first_byte_and_outcome(gateway_factory: Any) -> None:
+    gw: Gateway = await gateway_factory()
+    token = await gw.new_token()
+    async with gw.send(token, "one two three", stream=True) as resp:
+        assert resp.status == 200
+        assert b"event: done" in await resp.read()
+    assert gw.sample("gateway_streams_total", outcome="completed") == 1
+    assert gw.sample("gateway_stream_time_to_first_byte_seconds_count") == 1
+    assert gw.sample("gateway_streams_in_flight") == 0
+
+
+async def test_a_stream_the_client_abandons_is_499_and_client_disconnected(
+    gateway_factory: Any, scripted: tuple[Script, str]
+) -> None:
+    script, url = scripted
+    script.chunks = [(0.1, b'data: {"delta": "x"}\n\n') for _ in range(50)]
+    gw: Gateway = await gateway_factory(upstream={"url": url})
+    token = await gw.new_token()
+    async with (
+        httpx.AsyncClient(timeout=10, headers={"User-Agent": gw.user_agent}) as client,
+        aconnect_sse(
+            client,
+            "POST",
+            gw.url + SEND_URL,
+            json={"client_token": token, "message": "long", "stream": True},
+        ) as source,
+    ):
+        async for _event in source.aiter_sse():
+            assert gw.sample("gateway_streams_in_flight") == 1
+            break
+    await asyncio.wait_for(script.cancelled.wait(), timeout=3)
+    for _ in range(100):
+        if gw.sample("gateway_streams_total", outcome="client_disconnected"):
+            break
+        await asyncio.sleep(0.02)
+    assert gw.sample("gateway_streams_total", outcome="client_disconnected") == 1
+    assert gw.sample("gateway_streams_in_flight") == 0
+    assert gw.sample("gateway_http_requests_total", route=SEND_ROUTE, method="POST", status="499")
+
+
+async def test_upstream_failures_by_reason(
+    gateway_factory: Any, scripted: tuple[Script, str]
+) -> None:
+    down: Gateway = await gateway_factory(upstream={"url": f"http://127.0.0.1:{closed_port()}"})
+    token = await down.new_token()
+    async with down.messages(token) as resp:
+        assert resp.status == 502
+    errors = "gateway_upstream_errors_total"
+    assert down.sample(errors, operation="get_messages", reason="unavailable") == 1
+    assert down.sample(
+        "gateway_upstream_request_duration_seconds_count",
+        operation="get_messages",
+        status_class="error",
+    )
+
+    script, url = scripted
+    script.status = 500
+    failing: Gateway = await gateway_factory(upstream={"url": url})
+    token = await failing.new_token()
+    async with failing.send(token) as resp:
+        assert resp.status == 502
+    assert failing.sample(errors, operation="send_message", reason="status_5xx") == 1
+
+    script.status = 200
+    script.headers_delay = 1.0
+    slow: Gateway = await gateway_factory(upstream={"url": url, "timeouts": {"read": 0.2}})
+    token = await slow.new_token()
+    async with slow.send(token) as resp:
+        assert resp.status == 504
+    assert slow.sample(errors, operation="send_message", reason="timeout") == 1
+
+
+async def test_store_failures_are_counted(tmp_path: Any, backend_url: str) -> None:
+    dead = f"redis://127.0.0.1:{closed_port()}/0"
+    config = make_config(tmp_path, backend_url, redis_url=dead)
+    gw = await start_gateway(config)
+    try:
+        token = await gw.new_token()
+        async with gw.send(token) as resp:
+            assert resp.status == 503
+        assert gw.sample("gateway_store_errors_total", operation="admit", error="connection") == 1
+        assert gw.sample("gateway_store_operation_duration_seconds_count", operation="admit") == 1
+        assert gw.sample("gateway_http_problems_total", route=SEND_ROUTE, code="store_unavailable")
+    finally:
+        await stop_gateway(gw)
+
+
+async def test_two_applications_in_one_process_keep_their_own_counts(
+    gateway_factory: Any,
+) -> None:
+    first: Gateway = await gateway_factory()
+    second: Gateway = await gateway_factory()
+    await first.new_token()
+    assert first.sample("gateway_tokens_issued_total", model="demo") == 1
+    assert second.sample("gateway_tokens_issued_total", model="demo") == 0
+
+
+def test_counters_for_alerts_exist_at_zero() -> None:
+    text = generate_latest(Metrics().registry).decode()
+    for line in (
+        'gateway_suspicious_events_total{reason="token_reuse"} 0.0',
+        'gateway_store_errors_total{error="timeout",operation="admit"} 0.0',
+        'gateway_store_fail_open_total{operation="admit"} 0.0',
+        'gateway_upstream_errors_total{operation="send_message",reason="unavailable"} 0.0',
+        'gateway_build_info{version="0.1.0"} 1.0',
+    ):
+        assert line in text
+
+
+def test_helpers_for_policies_and_reloads() -> None:
+    metrics = Metrics()
+    metrics.ratelimit_decision("token-per-ip", "allowed")
+    metrics.ratelimit_decision("per_key_send", "shadow_limited")
+    metrics.penalty_box_event("entered")
+    metrics.penalty_box_event("refused")
+    metrics.store_failed_open()
+    metrics.config_reload("policies", ok=True)
+    metrics.config_reload("policies", ok=False)
+    value = metrics.registry.get_sample_value
+    # a policy name that is not a snake_case word cannot become a label
+    assert value("gateway_ratelimit_decisions_total", {"policy": OTHER, "outcome": "allowed"})
+    assert value(
+        "gateway_ratelimit_decisions_total", {"policy": "per_key_send", "outcome": "shadow_limited"}
+    )
+    assert value("gateway_penalty_box_events_total", {"event": "entered"}) == 1
+    assert value("gateway_suspicious_events_total", {"reason": "penalty_box"}) == 1
+    assert value("gateway_store_fail_open_total", {"operation": "admit"}) == 1
+    assert value("gateway_config_reloads_total", {"kind": "policies", "result": "failure"}) == 1
+    assert value("gateway_config_last_reload_success_timestamp_seconds", {"kind": "policies"})
+
+
+async def test_store_call_classifies_errors() -> None:
+    metrics = Metrics()
+    with pytest.raises(TimeoutError), metrics.store_call("admit"):
+        async with asyncio.timeout(0.01):
+            await asyncio.sleep(1)
+    with pytest.raises(ConnectionRefusedError), metrics.store_call("admit"):
+        raise ConnectionRefusedError
+    with pytest.raises(ValueError, match="odd"), metrics.store_call("admit"):
+        raise ValueError("odd reply")
+    value = metrics.registry.get_sample_value
+    for error in ("timeout", "connection", "other"):
+        assert value("gateway_store_errors_total", {"operation": "admit", "error": error}) == 1
+    assert value("gateway_store_operation_duration_seconds_count", {"operation": "admit"}) == 3
+
+
+@pytest.mark.parametrize(
+    ("word", "label"),
+    [
+        ("token_reuse", "token_reuse"),
+        ("203.0.113.7", OTHER),
+        ("pak_0123456789AB_secret", OTHER),
+        ("eyJhbGciOiJIUzI1NiJ9", OTHER),
+        ("Upper", OTHER),
+        ("x" * 60, OTHER),
+        ("", OTHER),
+    ],
+)
+def test_vocabulary_accepts_only_short_snake_case_words(word: str, label: str) -> None:
+    assert Vocabulary()(word) == label
+
+
+def test_vocabulary_caps_distinct_values() -> None:
+    words = Vocabulary(limit=3, known=("a",))
+    assert [words(w) for w in ("b", "c", "d", "a", "b")] == ["b", "c", OTHER, "a", "b"]
+
+
+def test_status_class() -> None:
+    assert [status_class(s) for s in (200, 404, 499, 503, 42)] == [
+        "2xx",
+        "4xx",
+        "4xx",
+        "5xx",
+        OTHER,
+    ]
