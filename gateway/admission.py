@@ -219,13 +219,19 @@ class Admissions:
             raise _rate_limited(f"rate limited by policy {names}", retry_ms, headers)
         return headers
 
-    # -- the token route ---------------------------------------------------------------
-    async def admit_token_request(
-        self, client: Client, key_id: str, model: str, method: str = "GET"
+    # -- routes without a client token (token creation, private routes) ----------------
+    async def admit_request(
+        self,
+        route: str,
+        client: Client,
+        method: str,
+        *,
+        key_id: str | None = None,
+        model: str | None = None,
     ) -> dict[str, str]:
-        """Penalty box and token-creation limits; the response's RateLimit headers."""
+        """Penalty box and the route's limits; the response's RateLimit headers."""
         policies = self.policies.current
-        facts = RequestFacts("token", method, client.ip, key_id=key_id, model=model)
+        facts = RequestFacts(route, method, client.ip, key_id=key_id, model=model)
         applied = policies.applicable(facts)
         subject = policies.penalty_subject(client.ip)
         request = AdmitRequest(limits=tuple(a.spec for a in applied), penalty_subject=subject)

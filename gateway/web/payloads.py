@@ -8,10 +8,17 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from gateway.admission import Client
 from gateway.errors import ProblemError
+from gateway.web.state import CLIENT_IP
 
 JSON_TYPES = frozenset({"application/json"})
 SEND_FIELDS = frozenset({"client_token", "message", "stream"})
+
+
+def client_of(request: web.Request) -> Client:
+    """The requester: its address (through trusted proxies) and its User-Agent."""
+    return Client(ip=request[CLIENT_IP], user_agent=request.headers.get("User-Agent", ""))
 
 
 def bearer_credential(request: web.Request) -> str:

@@ -29,6 +29,7 @@ from gateway.oauth.authenticator import Authenticator
 from gateway.oauth.jwks import JwksCache, JwksUnavailable
 from gateway.oauth.settings import OAuthSettings, PrivateRoute
 from gateway.upstream import relayable_headers, upstream_errors
+from gateway.web.payloads import client_of
 from gateway.web.state import CLIENT_IP, REQUEST_ID, SERVICES
 
 REALM = "agent-gateway"
@@ -119,7 +120,15 @@ class PrefixHandler:
             raise ProblemError(
                 "method_not_allowed", f"{request.method} is not routed here", {"Allow": allowed}
             )
-        caller = await authenticate(request)
+        admissions = request.app[SERVICES].admissions
+        client = client_of(request)
+        admissions.refuse_if_penalized(client)
+        try:
+            caller = await authenticate(request)
+        except ProblemError as err:
+            if err.code == "invalid_token":
+                await admissions.failed(client, "invalid_token")
+            raise
         missing = [scope for scope in route.scopes if scope not in caller.scopes]
         if missing:
             needed = " ".join(route.scopes)
@@ -128,6 +137,7 @@ class PrefixHandler:
                 f"this route needs the scopes: {needed}",
                 {"WWW-Authenticate": challenge("insufficient_scope", scope=needed)},
             )
+        limits = await admissions.admit_request("private", client, request.method)
         path = upstream_path(request, route)
         body = await request.read() if request.body_exists else None
         headers = {
@@ -145,11 +155,14 @@ class PrefixHandler:
             headers["X-Auth-Client-Id"] = caller.client_id
         upstream = request.app[SERVICES].upstream
         async with upstream.forward(request.method, path, headers, body) as resp:
-            return await relay(request, resp)
+            return await relay(request, resp, limits)
 
 
-async def relay(request: web.Request, upstream: ClientResponse) -> web.StreamResponse:
+async def relay(
+    request: web.Request, upstream: ClientResponse, limits: dict[str, str]
+) -> web.StreamResponse:
     out = web.StreamResponse(status=upstream.status, headers=relayable_headers(upstream.headers))
+    out.headers.update(limits)
     out.headers.setdefault("Cache-Control", "private, no-store")
     if upstream.content_type == "text/event-stream":
         out.headers["X-Accel-Buffering"] = "no"

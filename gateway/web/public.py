@@ -10,14 +10,18 @@ import orjson
 import structlog
 from aiohttp import ClientResponse, web
 
-from gateway.admission import Client
 from gateway.core.token_codec import ClientToken
 from gateway.errors import ProblemError
 from gateway.key_verifier import KeyRejected, VerifierBusy
 from gateway.observability.metrics import StreamOutcome
 from gateway.upstream import ForwardContext, error_reason, relayable_headers, upstream_errors
 from gateway.web.cors import admit_origin
-from gateway.web.payloads import bearer_credential, parse_send_message, read_json_object
+from gateway.web.payloads import (
+    bearer_credential,
+    client_of,
+    parse_send_message,
+    read_json_object,
+)
 from gateway.web.state import (
     CLIENT_IP,
     KEY_ID,
@@ -42,10 +46,6 @@ log = structlog.get_logger("gateway")
 def short_hash(token: str) -> str:
     """What logs show instead of a token: enough to correlate, useless to replay."""
     return hashlib.sha256(token.encode()).hexdigest()[:12]
-
-
-def client_of(request: web.Request) -> Client:
-    return Client(ip=request[CLIENT_IP], user_agent=request.headers.get("User-Agent", ""))
 
 
 def json_response(data: object, status: int = 200) -> web.Response:
@@ -91,7 +91,9 @@ async def _issue_token(request: web.Request) -> web.Response:
     admit_origin(request, record.origins)
     if model_id not in record.models or model_id not in services.config.models:
         raise ProblemError("model_not_found", f"this key has no model {model_id!r}")
-    headers = await admissions.admit_token_request(client, record.key_id, model_id)
+    headers = await admissions.admit_request(
+        "token", client, request.method, key_id=record.key_id, model=model_id
+    )
     issued = admissions.codec.issue(
         key_id=record.key_id,
         model_id=model_id,

@@ -230,3 +230,28 @@ async def test_the_token_is_renewed_before_it_expires(
     await expect(page.locator(".note")).to_have_text("A new conversation has started.")
     await send(page, "still here")
     await expect(page.locator(".assistant").last).to_have_text("You said: still here")
+
+
+async def test_a_rate_limited_message_shows_when_to_retry(
+    browser: BrowserContext, gateway_factory: Any, backend: TestServer
+) -> None:
+    gateway: Gateway = await gateway_factory(
+        policies="""
+policies:
+  - {name: send-per-token, match: {routes: [send]}, partition: [token], limit: {rate: 1, per: 3s, burst: 1}}
+"""
+    )
+    key = await gateway.create_key(origins=(origin_of(backend),))
+    page, _ = await open_demo(browser, demo_url(backend, gateway, key))
+    await send(page, "first")
+    await expect(page.locator(".assistant").last).to_have_attribute("data-state", "done")
+    await send(page, "second, too soon")
+    status = page.locator(".status")
+    await expect(status).to_have_attribute("data-status", "429")
+    await expect(status).to_have_attribute("data-code", "rate_limited")
+    # Retry-After crossed the origin boundary (an exposed header): the page says when
+    await expect(status).to_contain_text("Please wait 3 seconds")
+    await asyncio.sleep(3.1)
+    await send(page, "third, after waiting")
+    await expect(page.locator(".assistant").last).to_have_text("You said: third, after waiting")
+    await expect(status).to_be_hidden()

@@ -275,3 +275,35 @@ async def test_public_routes_and_widget_stay_public(private_gateway: Gateway) ->
         assert resp.status == 200
     async with private_gateway.http.get(private_gateway.url + "/widget.js") as resp:
         assert resp.status == 200
+
+
+async def test_private_routes_have_rate_limits_and_a_penalty_box(
+    gateway_factory: Any, idp: IdentityProvider
+) -> None:
+    gateway = await gateway_factory(
+        oauth=oauth_section(idp),
+        policies="""
+penalty_box: {threshold: 3, window: 1m, cooldown: 1m}
+policies:
+  - {name: private-per-ip, match: {routes: [private]}, partition: [client_ip], limit: {rate: 2, per: 1m, burst: 2}}
+""",
+    )
+    token = idp.sign()
+    for remaining in (1, 0):
+        resp, _ = await call(gateway, "GET", "/v1/whoami", token)
+        assert resp.status == 200
+        assert (
+            resp.headers["RateLimit"] == f'"private-per-ip";r={remaining};t={30 * (2 - remaining)}'
+        )
+    resp, body = await call(gateway, "GET", "/v1/whoami", token)
+    assert resp.status == 429
+    assert body["code"] == "rate_limited"
+    # forged tokens count towards the penalty box like forged client tokens
+    other = await gateway_factory(
+        oauth=oauth_section(idp), policies="penalty_box: {threshold: 3}\n"
+    )
+    for _ in range(3):
+        resp, _ = await call(other, "GET", "/v1/whoami", tampered(token, sub="admin"))
+        assert resp.status == 401
+    resp, _ = await call(other, "GET", "/v1/whoami", token)
+    assert resp.status == 429
