@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -200,23 +200,12 @@ class UpstreamClient:
             "Content-Type": "application/json",
             "Accept": "text/event-stream" if stream else "application/json",
         }
-        with self._observed("send_message") as status, upstream_errors():
-            # the stream timeout has no total: bound the wait for the headers ourselves
-            async with asyncio.timeout(self._headers_timeout):
-                resp = await self._session.post(
-                    url,
-                    data=orjson.dumps(payload),
-                    headers=headers,
-                    timeout=self._stream_timeout if stream else self._buffered_timeout,
-                )
-            status.append(resp.status)
-        try:
+        timeout = self._stream_timeout if stream else self._buffered_timeout
+        async with self._opened(
+            "send_message",
+            self._session.post(url, data=orjson.dumps(payload), headers=headers, timeout=timeout),
+        ) as resp:
             yield resp
-        finally:
-            if resp.content.at_eof():
-                resp.release()
-            else:
-                resp.close()
 
     @asynccontextmanager
     async def forward(
@@ -225,11 +214,23 @@ class UpstreamClient:
         """Any request to ``path`` (percent-encoded, with its query, sent as is): the
         response with headers read, to be relayed like :meth:`send_message`'s."""
         url = URL(self._base + path, encoded=True)
-        with upstream_errors():
+        request = self._session.request(
+            method, url, data=body, headers=headers, timeout=self._stream_timeout
+        )
+        async with self._opened("forward", request) as resp:
+            yield resp
+
+    @asynccontextmanager
+    async def _opened(
+        self, operation: str, request: Awaitable[aiohttp.ClientResponse]
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send ``request`` and wait for its headers (bounded by the read timeout, since
+        streaming timeouts have no total); on leaving, return the connection to the pool
+        when the body was read to the end, else close it, which cancels the upstream."""
+        with self._observed(operation) as status, upstream_errors():
             async with asyncio.timeout(self._headers_timeout):
-                resp = await self._session.request(
-                    method, url, data=body, headers=headers, timeout=self._stream_timeout
-                )
+                resp = await request
+            status.append(resp.status)
         try:
             yield resp
         finally:

@@ -1,8 +1,7 @@
 """A key store in one YAML file: hashes only, reviewable, GitOps friendly.
 
 Writers (the ``gateway keys`` commands) take an exclusive lock and replace the file
-atomically. Gateways watch the file's directory (watchfiles, with a periodic stat as a
-fallback for filesystems without notifications, such as some volume mounts) and reload it
+atomically. Gateways watch the file's directory (:mod:`gateway.watching`) and reload it
 when its content changes; a file that fails to parse keeps the last good snapshot and is
 reported with its line and field.
 """
@@ -23,9 +22,9 @@ from typing import Any
 import structlog
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
-from watchfiles import awatch
 
 from gateway.keystore.base import KeyRecord, KeyStoreError
+from gateway.watching import changes
 from gateway.yaml_source import SourceError, parse_yaml, validate_model
 
 log = structlog.get_logger("gateway.keystore")
@@ -44,7 +43,7 @@ class _KeyFile(BaseModel):
 class FileKeyStore:
     def __init__(self, path: Path, *, poll_seconds: float = 1.0) -> None:
         self.path = path
-        self._poll_ms = max(int(poll_seconds * 1000), 50)
+        self._poll_seconds = poll_seconds
         self._records: dict[str, KeyRecord] = {}
         self._digest: bytes | None = None
         self.loaded = False
@@ -93,16 +92,7 @@ class FileKeyStore:
         self.loaded = True
 
     async def run(self, stop: asyncio.Event) -> None:
-        directory = self.path.parent
-        directory.mkdir(parents=True, exist_ok=True)
-        async for _changes in awatch(
-            directory,
-            stop_event=stop,
-            yield_on_timeout=True,
-            rust_timeout=self._poll_ms,
-            debounce=100,
-            step=20,
-        ):
+        async for _ in changes(self.path.parent, stop, self._poll_seconds):
             try:
                 await self.refresh()
             except KeyStoreError as exc:

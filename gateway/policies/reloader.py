@@ -15,10 +15,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import structlog
-from watchfiles import awatch
 
 from gateway.core.policy import PolicySet
 from gateway.policies.loader import LoadedPolicies, load_policies, policy_files
+from gateway.watching import changes
 from gateway.yaml_source import SourceError
 
 log = structlog.get_logger("gateway.policies")
@@ -44,7 +44,7 @@ class PolicyStore:
         on_reload: Callable[[str], None] | None = None,
     ) -> None:
         self.path = path
-        self._poll_ms = int(poll_seconds * 1000)
+        self._poll_seconds = poll_seconds
         self._on_reload = on_reload
         self._loaded: LoadedPolicies | None = None
         self._digest = b""
@@ -94,13 +94,6 @@ class PolicyStore:
     async def run(self, stop: asyncio.Event) -> None:
         """Reload whenever the files' content changes, until ``stop`` is set."""
         watched = self.path if self.path.is_dir() else self.path.parent
-        async for _changes in awatch(
-            watched,
-            stop_event=stop,
-            yield_on_timeout=True,
-            rust_timeout=self._poll_ms,
-            debounce=200,
-            step=50,
-        ):
+        async for _ in changes(watched, stop, self._poll_seconds):
             if _digest(self.path) != self._digest:
                 self.reload("file_change")
