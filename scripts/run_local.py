@@ -28,6 +28,10 @@ def wait_for(url: str, proc: subprocess.Popen[bytes], name: str, timeout: float 
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    # once: a second signal (make and the terminal often both send one) must not cut
+    # the children's shutdown short
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 

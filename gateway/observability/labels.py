@@ -10,6 +10,8 @@ import re
 
 OTHER = "other"
 WORD = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+#: policy names, as the policy language allows them (operator-chosen, never per client)
+POLICY_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,47}$")
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
@@ -17,14 +19,17 @@ class Vocabulary:
     """Turns a free-form word into a safe label value: ``snake_case`` only, and at most
     ``limit`` distinct values (later newcomers become ``other``)."""
 
-    def __init__(self, limit: int = 64, known: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, limit: int = 64, known: tuple[str, ...] = (), pattern: re.Pattern[str] = WORD
+    ) -> None:
         self._limit = limit
+        self._pattern = pattern
         self._seen: set[str] = set(known)
 
     def __call__(self, word: str) -> str:
         if word in self._seen:
             return word
-        if not WORD.match(word) or len(self._seen) >= self._limit:
+        if not self._pattern.match(word) or len(self._seen) >= self._limit:
             return OTHER
         self._seen.add(word)
         return word

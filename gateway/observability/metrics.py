@@ -31,7 +31,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import __version__
-from gateway.observability.labels import OTHER, Vocabulary, method_label, status_class
+from gateway.observability.labels import (
+    OTHER,
+    POLICY_NAME,
+    Vocabulary,
+    method_label,
+    status_class,
+)
 from gateway.store.base import StoreUnavailable
 
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -69,7 +75,7 @@ class Metrics:
             PlatformCollector(registry=registry)
             GCCollector(registry=registry)
         self._words = Vocabulary()
-        self._policies = Vocabulary(limit=128)
+        self._policies = Vocabulary(limit=128, pattern=POLICY_NAME)
 
         info = Gauge(
             "gateway_build_info", "Always 1; the running version.", ["version"], registry=registry

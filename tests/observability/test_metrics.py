@@ -242,14 +242,18 @@ def test_helpers_for_policies_and_reloads() -> None:
     metrics = Metrics()
     metrics.ratelimit_decision("token-per-ip", "allowed")
     metrics.ratelimit_decision("per_key_send", "shadow_limited")
+    metrics.ratelimit_decision("Not A Policy Name 203.0.113.7", "limited")
     metrics.penalty_box_event("entered")
     metrics.penalty_box_event("refused")
     metrics.store_failed_open()
     metrics.config_reload("policies", ok=True)
     metrics.config_reload("policies", ok=False)
     value = metrics.registry.get_sample_value
-    # a policy name that is not a snake_case word cannot become a label
-    assert value("gateway_ratelimit_decisions_total", {"policy": OTHER, "outcome": "allowed"})
+    # policy names as the policy language spells them; anything else is "other"
+    assert value(
+        "gateway_ratelimit_decisions_total", {"policy": "token-per-ip", "outcome": "allowed"}
+    )
+    assert value("gateway_ratelimit_decisions_total", {"policy": OTHER, "outcome": "limited"})
     assert value(
         "gateway_ratelimit_decisions_total", {"policy": "per_key_send", "outcome": "shadow_limited"}
     )

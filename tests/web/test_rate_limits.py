@@ -39,6 +39,9 @@ async def test_burst_then_429_with_headers_then_admitted_after_retry_after(
     await asyncio.sleep(retry_after)
     async with gw.send(token) as resp:
         assert resp.status == 200
+    decisions = "gateway_ratelimit_decisions_total"
+    assert gw.sample(decisions, policy="send-per-token", outcome="allowed") == 3
+    assert gw.sample(decisions, policy="send-per-token", outcome="limited") == 1
 
 
 async def test_streamed_answers_carry_ratelimit_headers(gateway_factory: Any) -> None:
@@ -83,6 +86,10 @@ policies:
             assert resp.status == 200
             assert "RateLimit" not in resp.headers
     assert capsys.readouterr().out.count("shadow_limit_exceeded") == 3
+    assert (
+        gw.sample("gateway_ratelimit_decisions_total", policy="trial", outcome="shadow_limited")
+        == 3
+    )
 
 
 async def test_token_creation_limits_per_ip_and_per_key(
