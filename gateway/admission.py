@@ -266,7 +266,9 @@ class Admissions:
             issued_fingerprint=claims.fingerprint or "",
             max_fingerprints=binding.max_fingerprints,
             on_reuse=binding.action,
-            ttl_ms=int(claims.remaining(now) * 1000),
+            # the record (revocation, binding) must outlive every moment the codec still
+            # accepts the token, expiry leeway included
+            ttl_ms=int((claims.remaining(now) + self.codec.leeway_seconds + 1) * 1000),
         )
         facts = RequestFacts(
             route,

@@ -50,6 +50,16 @@ class ServerSettings(_Section):
     #: then: time given to in-flight requests and streams before they are cancelled
     shutdown_grace_seconds: float = Field(20.0, ge=0, le=3600)
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _not_everyone(cls, value: list[Any]) -> list[Any]:
+        for network in value:
+            if network.prefixlen == 0:
+                raise ValueError(
+                    f"{network} trusts every address: any client could name its own IP"
+                )
+        return value
+
 
 class AdminSettings(_Section):
     enabled: bool = True

@@ -47,7 +47,7 @@ DROPPED_RESPONSE_HEADERS = (
 
 def relayable_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """The upstream's response headers minus hop-by-hop ones (and those the Connection
-    header names), cookies and those the gateway sets itself."""
+    header names), cookies, CORS fields and those the gateway sets itself."""
     named = {
         token.strip().lower()
         for value in headers.getall("Connection", [])
@@ -57,6 +57,8 @@ def relayable_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     for name, value in headers.items():
         lowered = name.lower()
         if lowered in DROPPED_RESPONSE_HEADERS or lowered in named:
+            continue
+        if lowered.startswith("access-control-"):  # CORS is the gateway's decision, per key
             continue
         out.add(name, value)
     return out

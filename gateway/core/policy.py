@@ -107,13 +107,21 @@ class AppliedLimit:
     spec: LimitSpec
 
 
+def client_key(address: str, ipv6_prefix: int) -> str:
+    """One client's address for counting: IPv4 as is, IPv6 reduced to its prefix (a /64 by
+    default), since one host holds a whole /64 and could rotate through it."""
+    if ":" not in address:
+        return address
+    return ip_prefix(address, 32, ipv6_prefix)
+
+
 def _partition_value(facts: RequestFacts, parts: tuple[str, ...], v4: int, v6: int) -> str:
     values: list[str] = []
     for part in parts:
         if part == "global":
             values.append("*")
         elif part == "client_ip":
-            values.append(facts.client_ip)
+            values.append(client_key(facts.client_ip, v6))
         elif part == "ip_prefix":
             values.append(ip_prefix(facts.client_ip, v4, v6))
         elif part == "api_key":
@@ -171,7 +179,7 @@ class PolicySet:
             return None
         if self.penalty.subject == "ip_prefix":
             return ip_prefix(client_ip, self.ipv4_prefix, self.ipv6_prefix)
-        return client_ip
+        return client_key(client_ip, self.ipv6_prefix)
 
 
 def _sf_string(value: str) -> str:

@@ -83,6 +83,10 @@ class TokenCodec:
             "verify_nbf": False,
         }
 
+    @property
+    def leeway_seconds(self) -> int:
+        return self._leeway
+
     def issue(
         self, *, key_id: str, model_id: str, now: float, fingerprint: str | None = None
     ) -> IssuedToken:

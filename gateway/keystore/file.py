@@ -83,7 +83,8 @@ class FileKeyStore:
         return self._records
 
     async def refresh(self) -> None:
-        digest, records = self._read()
+        # parsing and validating thousands of records takes a while: off the event loop
+        digest, records = await asyncio.to_thread(self._read)
         if digest != self._digest:
             changed = self.loaded
             self._digest, self._records = digest, records
@@ -97,6 +98,8 @@ class FileKeyStore:
                 await self.refresh()
             except KeyStoreError as exc:
                 log.error("keystore_reload_failed", error=str(exc), kept_keys=len(self._records))
+            except Exception:  # never let the watcher die: revocations must keep arriving
+                log.exception("keystore_reload_failed", kept_keys=len(self._records))
 
     # -- writing -----------------------------------------------------------------------
     @contextlib.contextmanager

@@ -16,12 +16,13 @@ from datetime import datetime
 
 import structlog
 from pydantic import ValidationError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.keystore.base import KeyRecord, KeyStoreError
 from gateway.redis_connect import AnyRedis
 
 log = structlog.get_logger("gateway.keystore")
+STORE_FAILURES = (RedisError, RedisClusterException, OSError)
 
 
 class RedisKeyStore:
@@ -72,7 +73,7 @@ class RedisKeyStore:
             if self.loaded and version == self._version:
                 return
             records = await self._load_all()
-        except RedisError as exc:
+        except STORE_FAILURES as exc:
             raise KeyStoreError(f"redis key store: {exc}") from None
         if self.loaded:
             log.info("keystore_reloaded", keys=len(records))
@@ -88,6 +89,8 @@ class RedisKeyStore:
                 await self.refresh()
             except KeyStoreError as exc:
                 log.warning("keystore_sync_failed", error=str(exc), kept_keys=len(self._records))
+            except Exception:  # never let the sync die: revocations must keep arriving
+                log.exception("keystore_sync_failed", kept_keys=len(self._records))
 
     async def create(self, record: KeyRecord) -> None:
         try:
@@ -96,7 +99,7 @@ class RedisKeyStore:
                 pipe.sadd(self._ids, record.key_id)
                 pipe.incr(self._version_key)
                 created, _, _ = await pipe.execute()
-        except RedisError as exc:
+        except STORE_FAILURES as exc:
             raise KeyStoreError(f"redis key store: {exc}") from None
         if not created:
             raise KeyStoreError(f"key id {record.key_id} already exists")
@@ -118,7 +121,7 @@ class RedisKeyStore:
                     pipe.set(self._key(key_id), record.model_dump_json(), xx=True)
                     pipe.incr(self._version_key)
                     await pipe.execute()
-        except RedisError as exc:
+        except STORE_FAILURES as exc:
             raise KeyStoreError(f"redis key store: {exc}") from None
         await self.refresh()
         return record

@@ -95,5 +95,8 @@ class PolicyStore:
         """Reload whenever the files' content changes, until ``stop`` is set."""
         watched = self.path if self.path.is_dir() else self.path.parent
         async for _ in changes(watched, stop, self._poll_seconds):
-            if _digest(self.path) != self._digest:
-                self.reload("file_change")
+            try:
+                if _digest(self.path) != self._digest:
+                    self.reload("file_change")
+            except Exception:  # never let the watcher die
+                log.exception("policies_reload_failed", reason="file_change")

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.core.breaker import BreakerState, CircuitBreaker
 from gateway.core.gcra import LimitSpec, LimitState
@@ -22,7 +22,9 @@ from gateway.store.base import Admission, AdmitRequest, PenaltyRule, StateStore,
 
 log = structlog.get_logger("gateway.store")
 T = TypeVar("T")
-FAILURES = (TimeoutError, RedisError, OSError, ConnectionError)
+#: what a store failure looks like: redis-py's cluster client raises the plain
+#: RedisClusterException (not a RedisError) when no node answers
+FAILURES = (TimeoutError, RedisError, RedisClusterException, OSError, ConnectionError)
 
 
 class GuardedStore:
@@ -60,7 +62,8 @@ class GuardedStore:
             if self.breaker.failure(self._clock()):
                 self._changed()
             raise StoreUnavailable(type(exc).__name__) from exc
-        except asyncio.CancelledError:
+        except BaseException:
+            # cancelled, or a bug: whatever it was, a half-open probe is over
             self.breaker.probing = False
             raise
         if self.breaker.success():

@@ -285,20 +285,25 @@ def test_services_select_the_pods_and_keep_admin_private(overlay: str) -> None:
     assert hpa["minReplicas"] >= (3 if overlay == "prod" else 1)
 
 
-def test_network_policy_admits_the_public_port_and_monitoring_only(overlay: str) -> None:
+def namespace_peer(name: str) -> list[dict[str, Any]]:
+    return [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": name}}}]
+
+
+def test_network_policy_admits_the_ingress_controller_and_monitoring_only(
+    overlay: str,
+) -> None:
     objs = objects(overlay)
     policy = one(objs, "NetworkPolicy", "agent-gateway")["spec"]
     assert selects(policy["podSelector"]["matchLabels"], pod_labels(objs))
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
-    open_rules = [r for r in policy["ingress"] if "from" not in r]
-    assert [[p["port"] for p in r["ports"]] for r in open_rules] == [["http"]]
-    restricted = [r for r in policy["ingress"] if "from" in r]
-    for rule in restricted:
-        assert [p["port"] for p in rule["ports"]] == ["admin"]
-        assert rule["from"] == [
-            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
-        ]
-    assert bool(restricted) == (overlay == "prod")  # the monitoring component adds it
+    # every ingress rule names its peers: no other workload can claim a client address
+    # through X-Forwarded-For (the config trusts the proxies' network)
+    assert all("from" in rule for rule in policy["ingress"])
+    public = [r for r in policy["ingress"] if [p["port"] for p in r["ports"]] == ["http"]]
+    assert [r["from"] for r in public] == [namespace_peer("ingress-nginx")]
+    admin = [r for r in policy["ingress"] if [p["port"] for p in r["ports"]] == ["admin"]]
+    assert [r["from"] for r in admin] == ([namespace_peer("monitoring")] if overlay == "prod" else [])
+    assert len(public) + len(admin) == len(policy["ingress"])
     dns = policy["egress"][0]
     assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
 

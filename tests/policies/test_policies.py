@@ -117,7 +117,7 @@ policies:
     facts = RequestFacts("send", "POST", "2001:db8::1", conversation="c" * 36)
     key = policies.applicable(facts)[0].spec.key
     assert key.startswith("per-conversation:h") and len(key) < 45
-    other = policies.applicable(RequestFacts("send", "POST", "2001:db8::2", conversation="c" * 36))
+    other = policies.applicable(RequestFacts("send", "POST", "2001:db8:0:1::2", conversation="c" * 36))
     assert other[0].spec.key != key
 
 
@@ -178,3 +178,26 @@ policies:
         "RateLimit-Policy": '"per-token";q=10;w=60',
         "RateLimit": '"per-token";r=3;t=13',
     }
+
+
+def test_ipv6_clients_are_counted_by_their_prefix(tmp_path: Path) -> None:
+    """A host holds a whole /64: rotating addresses inside it must not reset its limits."""
+    path = write(
+        tmp_path,
+        "p.yaml",
+        """
+penalty_box: {subject: client_ip}
+policies:
+  - {name: per-ip, match: {routes: [send]}, partition: [client_ip], limit: {rate: 1, per: 1s, burst: 1}}
+""",
+    )
+    policies = load_policies(path).policies
+
+    def key(ip: str) -> str:
+        return policies.applicable(RequestFacts("send", "POST", ip))[0].spec.key
+
+    assert key("2001:db8:1:2::1") == key("2001:db8:1:2:ffff::9") == "per-ip:2001:db8:1:2::/64"
+    assert key("2001:db8:1:3::1") != key("2001:db8:1:2::1")
+    assert key("203.0.113.7") == "per-ip:203.0.113.7"  # IPv4 addresses stay whole
+    assert policies.penalty_subject("2001:db8:1:2::1") == policies.penalty_subject("2001:db8:1:2::2")
+    assert policies.penalty_subject("203.0.113.7") != policies.penalty_subject("203.0.113.8")

@@ -110,3 +110,27 @@ async def test_several_fingerprints_per_token(gateway_factory: Any) -> None:
             assert resp.status == 200
     async with gw.send(token, **{"User-Agent": "third"}) as resp:
         assert await status_and_code(resp) == (403, "token_reuse_suspected")
+
+
+async def test_a_revoked_token_stays_revoked_through_the_expiry_leeway(
+    gateway_factory: Any, store_kind: str
+) -> None:
+    gw: Gateway = await gateway_factory(
+        store=store_kind, tokens={"ttl_seconds": 30, "leeway_seconds": 30}
+    )
+    token = await gw.new_token()
+    async with gw.send(token) as resp:
+        assert resp.status == 200
+    async with gw.send(token, **{"User-Agent": "thief"}) as resp:
+        assert resp.status == 403
+    claims = gw.services.admissions.decode(token)
+    use_ttl_ms = (claims.remaining(gw.services.admissions.now()) + 30 + 1) * 1000
+    store = gw.services.admissions.store
+    if store_kind == "redis":
+        inner = store.inner  # type: ignore[attr-defined]
+        pttl = await inner.redis.pttl(inner.token_key(claims.jti))
+        assert pttl > 55_000  # past exp + leeway, not just exp
+        assert pttl <= use_ttl_ms + 1000
+    else:
+        expires = store.tokens.expires_at(claims.jti)  # type: ignore[attr-defined]
+        assert expires - store._clock() > 55_000  # type: ignore[attr-defined]

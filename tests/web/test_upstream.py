@@ -143,3 +143,33 @@ async def test_connections_to_the_upstream_are_pooled(
     assert connector is not None
     # one idle keep-alive connection serves every sequential request
     assert sum(len(conns) for conns in connector._conns.values()) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_upstream_cors_headers_never_reach_browsers(
+    gateway_factory: Any, scripted: tuple[Script, str], stream: bool
+) -> None:
+    """A backend with its own CORS middleware must not widen (or break) the gateway's
+    per-key decision."""
+    script, url = scripted
+    if stream:
+        script.chunks = [(0, b'data: {"delta": "hi"}\n\n')]
+    script.extra_headers = {
+        "Access-Control-Allow-Origin": "*",
+        "Access-Control-Allow-Credentials": "true",
+        "Access-Control-Expose-Headers": "X-Secret",
+    }
+    gw: Gateway = await gateway_factory(upstream={"url": url})
+    origin = "https://shop.example"
+    key = await gw.create_key(origins=(origin,))
+    token = await gw.get_token(key, Origin=origin)
+    async with gw.send(token, stream=stream, Origin=origin) as resp:
+        assert resp.status == 200
+        await resp.read()
+        assert resp.headers["Access-Control-Allow-Origin"] == origin
+        assert "Access-Control-Allow-Credentials" not in resp.headers
+        assert "X-Secret" not in resp.headers.get("Access-Control-Expose-Headers", "")
+    async with gw.send(token, stream=stream) as resp:  # no Origin: no CORS fields at all
+        assert resp.status == 200
+        await resp.read()
+        assert not [h for h in resp.headers if h.lower().startswith("access-control-")]
