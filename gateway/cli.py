@@ -21,7 +21,7 @@ from gateway.policies.lint import lint
 from gateway.policies.loader import load_policies
 from gateway.policies.report import effective_table, explain_lines
 from gateway.policies.schema import ROUTES
-from gateway.redis_connect import RedisUrlError
+from gateway.redis_connect import RedisUrlError, safe_url
 from gateway.store.base import AdmitRequest, StoreUnavailable
 from gateway.store.factory import open_store
 from gateway.yaml_source import SourceError
@@ -163,7 +163,9 @@ async def _explain(config: Config, args: argparse.Namespace) -> list[str]:
             status = f"refused for {boxed} ms more" if boxed else "not boxed"
             lines.append(f"penalty box ({subject}): {status}")
     except StoreUnavailable as exc:
-        raise CommandError(f"the store at {config.store.url} did not answer: {exc}") from None
+        raise CommandError(
+            f"the store at {safe_url(config.store.url)} did not answer: {exc}"
+        ) from None
     finally:
         await store.close()
     return lines

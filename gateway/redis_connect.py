@@ -21,6 +21,25 @@ class RedisUrlError(ValueError):
     pass
 
 
+def safe_url(url: str) -> str:
+    """``url`` with any password masked, for messages and logs."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    auth, _, hosts = parts.netloc.rpartition("@")
+    user = auth.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{hosts}").geturl()
+
+
+def url_password(url: str) -> str | None:
+    """The (decoded) password of ``url``, if any."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return None
+    auth = parts.netloc.rpartition("@")[0]
+    return unquote(auth.split(":", 1)[1] if ":" in auth else auth) or None
+
+
 def _hosts(netloc: str, url: str) -> tuple[str | None, list[tuple[str, int]]]:
     password = None
     if "@" in netloc:
@@ -30,7 +49,7 @@ def _hosts(netloc: str, url: str) -> tuple[str | None, list[tuple[str, int]]]:
     for part in netloc.split(","):
         host, _, port = part.rpartition(":")
         if not host or not port.isdigit():
-            raise RedisUrlError(f"{url!r}: expected host:port, got {part!r}")
+            raise RedisUrlError(f"{safe_url(url)!r}: expected host:port, got {part!r}")
         hosts.append((host.strip("[]"), int(port)))
     return password, hosts
 
@@ -60,7 +79,7 @@ def connect(url: str, *, socket_timeout: float, max_connections: int, **kwargs: 
         password, hosts = _hosts(parts.netloc, url)
         path = [p for p in parts.path.split("/") if p]
         if not path:
-            raise RedisUrlError(f"{url!r}: the path must name the sentinel service")
+            raise RedisUrlError(f"{safe_url(url)!r}: the path must name the sentinel service")
         db = int(path[1]) if len(path) > 1 and path[1].isdigit() else 0
         sentinel = Sentinel(  # type: ignore[no-untyped-call]
             hosts,
@@ -74,6 +93,6 @@ def connect(url: str, *, socket_timeout: float, max_connections: int, **kwargs: 
         master: Redis = sentinel.master_for(path[0], max_connections=max_connections)
         return master
     raise RedisUrlError(
-        f"{url!r}: unsupported scheme {scheme!r} (redis, rediss, unix, redis+cluster, "
+        f"{safe_url(url)!r}: unsupported scheme {scheme!r} (redis, rediss, unix, redis+cluster, "
         "redis+sentinel)"
     )

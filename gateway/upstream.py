@@ -170,7 +170,7 @@ class UpstreamClient:
         headers = {**ctx.headers(), "Accept": "application/json"}
         with self._observed("get_messages") as status, upstream_errors():
             async with self._session.get(
-                url, headers=headers, timeout=self._buffered_timeout
+                url, headers=headers, timeout=self._buffered_timeout, allow_redirects=False
             ) as resp:
                 status.append(resp.status)
                 return await self._buffer(resp)
@@ -205,7 +205,13 @@ class UpstreamClient:
         timeout = self._stream_timeout if stream else self._buffered_timeout
         async with self._opened(
             "send_message",
-            self._session.post(url, data=orjson.dumps(payload), headers=headers, timeout=timeout),
+            self._session.post(
+                url,
+                data=orjson.dumps(payload),
+                headers=headers,
+                timeout=timeout,
+                allow_redirects=False,  # identity headers must not follow a Location elsewhere
+            ),
         ) as resp:
             yield resp
 
@@ -217,7 +223,12 @@ class UpstreamClient:
         response with headers read, to be relayed like :meth:`send_message`'s."""
         url = URL(self._base + path, encoded=True)
         request = self._session.request(
-            method, url, data=body, headers=headers, timeout=self._stream_timeout
+            method,
+            url,
+            data=body,
+            headers=headers,
+            timeout=self._stream_timeout,
+            allow_redirects=False,  # a 3xx is the client's to follow, with its own token
         )
         async with self._opened("forward", request) as resp:
             yield resp
@@ -262,6 +273,17 @@ class UpstreamClient:
         _reader, writer = await asyncio.open_connection(url.host, url.port)
         writer.close()
         await writer.wait_closed()
+
+
+async def body_chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    """The upstream body's chunks as they arrive. Only reading is mapped to upstream
+    problems: a failure writing to the client is the client's, not the upstream's."""
+    while True:
+        with upstream_errors():
+            chunk = await resp.content.readany()
+        if not chunk:
+            return
+        yield chunk
 
 
 @contextmanager

@@ -29,6 +29,10 @@ class TokenInvalid(Exception):
     """The access token is not acceptable; ``str()`` is safe to show its bearer."""
 
 
+class TokenOutOfTime(TokenInvalid):
+    """A genuine token used too late or too early: ordinary, not an attack."""
+
+
 @dataclass(frozen=True, slots=True)
 class TokenHeader:
     alg: str
@@ -115,9 +119,9 @@ def verify(
     expires_at = _number(claims.get("exp"), "exp")
     leeway = policy.leeway_seconds
     if now >= expires_at + leeway:
-        raise TokenInvalid("the access token has expired")
+        raise TokenOutOfTime("the access token has expired")
     if "nbf" in claims and now + leeway < _number(claims["nbf"], "nbf"):
-        raise TokenInvalid("the access token is not valid yet")
+        raise TokenOutOfTime("the access token is not valid yet")
     return AccessToken(
         subject=_header_safe(claims.get("sub"), "sub"),
         scopes=_scopes(claims),

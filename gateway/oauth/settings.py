@@ -7,6 +7,8 @@ shadow the public API or escape their upstream prefix, RFC 6749 scope syntax.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import re
 from typing import Any, Literal
 
@@ -108,6 +110,17 @@ class OAuthSettings(_Section):
     jwks_min_refresh_seconds: float = Field(30, ge=1, le=3600)
     jwks_timeout_seconds: float = Field(5, gt=0, le=60)
     routes: tuple[PrivateRoute, ...] = Field(min_length=1)
+
+    @field_validator("jwks_url")
+    @classmethod
+    def _tls_unless_local(cls, value: str) -> str:
+        host = urlsplit(value).hostname or ""
+        if value.startswith("http://") and host not in ("localhost", "127.0.0.1", "::1"):
+            raise ValueError(
+                "the key set must come over https: whoever can alter it can forge every "
+                "access token (plain http only for a provider on this host)"
+            )
+        return value
 
     @field_validator("audience", mode="before")
     @classmethod

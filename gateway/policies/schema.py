@@ -30,7 +30,7 @@ AVAILABLE: dict[str, frozenset[str]] = {
     ),
     "private": frozenset({"client_ip", "ip_prefix", "global"}),
 }
-METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -78,7 +78,7 @@ class MatchModel(_Strict):
     routes: list[Route] = Field(min_length=1)
     models: list[ModelId] | None = None
     key_ids: list[KeyId] | None = None
-    methods: list[Literal["GET", "POST", "PUT", "PATCH", "DELETE"]] | None = None
+    methods: list[Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]] | None = None
 
 
 class OverrideModel(_Strict):

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
@@ -23,6 +22,7 @@ from gateway.observability.health import Health
 from gateway.observability.metrics import Metrics
 from gateway.observability.redaction import register_secret
 from gateway.policies.reloader import PolicyStore
+from gateway.redis_connect import url_password
 from gateway.store.base import StateStore
 from gateway.store.factory import open_store
 from gateway.store.memory import MemoryStore
@@ -63,7 +63,7 @@ def register_url_passwords(config: Config) -> None:
     """Store URLs may carry a password: never log it."""
     for url in (config.store.url, config.key_store_redis_url):
         with contextlib.suppress(ValueError):
-            password = urlsplit(url).password
+            password = url_password(url)
             if password:
                 register_secret(password)
 

@@ -24,11 +24,11 @@ import structlog
 from aiohttp import ClientResponse, web
 
 from gateway.errors import ProblemError
-from gateway.oauth.access_token import AccessToken, TokenInvalid
+from gateway.oauth.access_token import AccessToken, TokenInvalid, TokenOutOfTime
 from gateway.oauth.authenticator import Authenticator
 from gateway.oauth.jwks import JwksCache, JwksUnavailable
 from gateway.oauth.settings import OAuthSettings, PrivateRoute
-from gateway.upstream import relayable_headers, upstream_errors
+from gateway.upstream import body_chunks, relayable_headers
 from gateway.web.payloads import client_of
 from gateway.web.state import CLIENT_IP, REQUEST_ID, SERVICES
 
@@ -78,6 +78,8 @@ async def authenticate(request: web.Request) -> AccessToken:
         return await request.app[OAUTH].authenticate(token)
     except TokenInvalid as exc:
         security_log.info("access_token_refused", reason=str(exc), route=request.path)
+        if not isinstance(exc, TokenOutOfTime):  # expired tokens are ordinary, forged are not
+            await request.app[SERVICES].admissions.failed(client_of(request), "invalid_token")
         raise ProblemError(
             "invalid_token", str(exc), {"WWW-Authenticate": challenge("invalid_token", str(exc))}
         ) from None
@@ -123,12 +125,7 @@ class PrefixHandler:
         admissions = request.app[SERVICES].admissions
         client = client_of(request)
         admissions.refuse_if_penalized(client)
-        try:
-            caller = await authenticate(request)
-        except ProblemError as err:
-            if err.code == "invalid_token":
-                await admissions.failed(client, "invalid_token")
-            raise
+        caller = await authenticate(request)
         missing = [scope for scope in route.scopes if scope not in caller.scopes]
         if missing:
             needed = " ".join(route.scopes)
@@ -168,9 +165,8 @@ async def relay(
         out.headers["X-Accel-Buffering"] = "no"
     await out.prepare(request)
     try:
-        with upstream_errors():
-            async for chunk in upstream.content.iter_any():
-                await out.write(chunk)
+        async for chunk in body_chunks(upstream):
+            await out.write(chunk)
     except ProblemError as err:  # mid-answer: a truncated response is the honest signal
         log.warning("upstream_stream_failed", code=err.code)
         if request.transport is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from datetime import UTC, datetime
@@ -12,9 +13,10 @@ from aiohttp import ClientResponse, web
 
 from gateway.core.token_codec import ClientToken
 from gateway.errors import ProblemError
-from gateway.key_verifier import KeyRejected, VerifierBusy
+from gateway.key_verifier import Candidate, KeyRejected, VerifierBusy
+from gateway.keystore.base import KeyRecord
 from gateway.observability.metrics import StreamOutcome
-from gateway.upstream import ForwardContext, error_reason, relayable_headers, upstream_errors
+from gateway.upstream import ForwardContext, body_chunks, error_reason, relayable_headers
 from gateway.web.cors import admit_origin
 from gateway.web.payloads import (
     bearer_credential,
@@ -70,19 +72,31 @@ async def _issue_token(request: web.Request) -> web.Response:
     client = client_of(request)
     admissions.refuse_if_penalized(client)
     presented = bearer_credential(request)
+    async def verified(candidate: Candidate) -> KeyRecord:
+        """argon2 (unless cached) and, on a wrong secret, the penalty-box count: one unit
+        that a client hanging up cannot interrupt (it runs shielded)."""
+        try:
+            return await keys.confirm(candidate)
+        except KeyRejected:
+            await admissions.failed(client, "invalid_key")
+            raise
+
     try:
-        candidate = keys.candidate(presented)
+        try:
+            candidate = keys.candidate(presented)
+        except KeyRejected:
+            await admissions.failed(client, "invalid_key")
+            raise
         request[KEY_ID] = candidate.record.key_id
         if not candidate.verified:
             await admissions.check_penalty(client)  # before paying for argon2
-        record = await keys.confirm(candidate)
+        record = await asyncio.shield(verified(candidate))
     except KeyRejected as exc:
         if exc.key_id:
             request[KEY_ID] = exc.key_id
         security_log.warning("invalid_key", reason=exc.reason, key_id=exc.key_id)
         metrics.token_refused(exc.reason)
         metrics.suspicious_event("invalid_key")
-        await admissions.failed(client, "invalid_key")
         raise ProblemError("key_not_found", "no active agent key matches") from None
     except VerifierBusy:
         raise ProblemError(
@@ -224,13 +238,12 @@ async def _relay_chunks(
     tail = b"\n\n"
     first = True
     try:
-        with upstream_errors():
-            async for chunk in upstream.content.iter_any():
-                await out.write(chunk)
-                if first:
-                    first = False
-                    metrics.stream_first_byte(time.perf_counter() - request[REQUEST_STARTED])
-                tail = (tail + chunk)[-2:]
+        async for chunk in body_chunks(upstream):
+            await out.write(chunk)
+            if first:
+                first = False
+                metrics.stream_first_byte(time.perf_counter() - request[REQUEST_STARTED])
+            tail = (tail + chunk)[-2:]
     except ProblemError as err:
         log.warning("upstream_stream_failed", code=err.code)
         metrics.upstream_error("send_message", error_reason(err.code))

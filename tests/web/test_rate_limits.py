@@ -3,6 +3,8 @@
 import asyncio
 from typing import Any
 
+import pytest
+
 from tests.support.harness import TOKEN_URL, Gateway
 
 SEND_LIMIT = """
@@ -184,4 +186,37 @@ async def test_other_replicas_learn_the_box_from_the_store(gateway_factory: Any)
         async with one.send("garbage") as resp:
             assert resp.status == 403
     async with two.send(token) as resp:  # two never saw the failures
+        assert resp.status == 429
+
+
+async def test_a_client_hanging_up_during_argon2_is_still_counted(gateway_factory: Any) -> None:
+    """The failure count must not depend on the attacker waiting for the answer."""
+    import aiohttp
+
+    from gateway.core import agent_keys
+
+    slow_argon2 = {"time_cost": 6, "memory_kib": 65536, "parallelism": 1}
+    gw: Gateway = await gateway_factory(
+        keys={"argon2": slow_argon2},
+        policies="penalty_box: {subject: client_ip, window: 1m, threshold: 2, cooldown: 1m}\n",
+    )
+    key = await gw.create_key()
+    body = key[:20] + ("x" if key[20] != "x" else "y") + key[21 : -agent_keys.CHECKSUM_LEN]
+    wrong_secret = body + agent_keys._checksum(body)  # well formed: reaches argon2
+    impatient = aiohttp.ClientTimeout(total=0.02)
+    for _ in range(2):
+        with pytest.raises(TimeoutError):
+            async with gw.http.get(
+                gw.url + TOKEN_URL.format(model="demo"),
+                headers={"Authorization": f"Bearer {wrong_secret}"},
+                timeout=impatient,
+            ):
+                pass
+    for _ in range(100):  # the verifications finish in the background
+        if gw.services.admissions.penalties.remaining_ms("127.0.0.1"):
+            break
+        await asyncio.sleep(0.05)
+    async with gw.http.get(
+        gw.url + TOKEN_URL.format(model="demo"), headers={"Authorization": f"Bearer {key}"}
+    ) as resp:
         assert resp.status == 429
