@@ -55,7 +55,9 @@ def test_url_errors_never_show_the_password(url: str) -> None:
 def test_the_command_line_never_prints_a_store_password(tmp_path: Path) -> None:
     url = f"redis+sentinel://:{SECRET}@127.0.0.1:26379"
     config = write_config(tmp_path, store={"type": "redis", "url": url})
-    result = run_cli("serve", "--config", str(config), env={"GATEWAY_SIGNING_KEYS": "k:" + "s" * 40})
+    result = run_cli(
+        "serve", "--config", str(config), env={"GATEWAY_SIGNING_KEYS": "k:" + "s" * 40}
+    )
     assert result.returncode == 2
     assert "the path must name the sentinel service" in result.stderr
     assert SECRET not in result.stdout + result.stderr

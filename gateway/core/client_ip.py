@@ -34,6 +34,16 @@ def _trusted(ip: IPv4Address | IPv6Address, networks: Sequence[Network]) -> bool
     return any(ip in net for net in networks)
 
 
+def is_trusted_peer(peer: str | None, trusted: Sequence[Network]) -> bool:
+    """Is the TCP peer one of the trusted proxies (IPv4-mapped addresses included)?"""
+    if not peer or not trusted:
+        return False
+    try:
+        return _trusted(_parse(peer), trusted)
+    except ValueError:
+        return False
+
+
 def resolve_client_ip(
     peer: str | None, forwarded_for: Sequence[str], trusted: Sequence[Network]
 ) -> str:

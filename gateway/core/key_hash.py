@@ -93,9 +93,5 @@ class VerifiedKeyCache:
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
 
-    def drop_key_id(self, key_id: str) -> None:
-        for mac in [m for m, e in self._entries.items() if e.key_id == key_id]:
-            del self._entries[mac]
-
     def __len__(self) -> int:
         return len(self._entries)

@@ -7,10 +7,9 @@ shadow the public API or escape their upstream prefix, RFC 6749 scope syntax.
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 import re
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 

@@ -15,13 +15,17 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from ipaddress import ip_address
 
 import orjson
 import structlog
 from aiohttp import web
 
-from gateway.core.client_ip import ForwardedForError, Network, resolve_client_ip
+from gateway.core.client_ip import (
+    ForwardedForError,
+    Network,
+    is_trusted_peer,
+    resolve_client_ip,
+)
 from gateway.errors import ProblemError
 from gateway.observability.metrics import Metrics
 from gateway.web.state import (
@@ -61,16 +65,6 @@ _HTTP_CODES = {
 }
 
 
-def _is_trusted(peer: str | None, trusted: Sequence[Network]) -> bool:
-    if not peer or not trusted:
-        return False
-    try:
-        ip = ip_address(peer)
-    except ValueError:
-        return False
-    return any(ip in net for net in trusted)
-
-
 def make_context_middleware(
     trusted: Sequence[Network], metrics: Metrics
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -81,7 +75,7 @@ def make_context_middleware(
         metrics.http_in_flight.inc()
         peer = request.remote
         incoming = request.headers.get("X-Request-Id", "")
-        if incoming and _is_trusted(peer, trusted) and REQUEST_ID_PATTERN.match(incoming):
+        if incoming and is_trusted_peer(peer, trusted) and REQUEST_ID_PATTERN.match(incoming):
             request_id = incoming
         else:
             request_id = secrets.token_hex(12)

@@ -72,6 +72,7 @@ async def _issue_token(request: web.Request) -> web.Response:
     client = client_of(request)
     admissions.refuse_if_penalized(client)
     presented = bearer_credential(request)
+
     async def verified(candidate: Candidate) -> KeyRecord:
         """argon2 (unless cached) and, on a wrong secret, the penalty-box count: one unit
         that a client hanging up cannot interrupt (it runs shielded)."""

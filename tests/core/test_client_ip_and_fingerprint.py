@@ -51,3 +51,13 @@ def test_fingerprint_components() -> None:
     exact = FingerprintRule(components=("client_ip",))
     assert fingerprint(exact, "203.0.113.7", "a") != fingerprint(exact, "203.0.113.8", "a")
     assert fingerprint(exact, "203.0.113.7", "a") == fingerprint(exact, "203.0.113.7", "b")
+
+
+def test_trusted_peers_include_ipv4_mapped_addresses() -> None:
+    from gateway.core.client_ip import is_trusted_peer
+
+    assert is_trusted_peer("::ffff:10.1.2.3", PROXIES)
+    assert is_trusted_peer("10.1.2.3", PROXIES)
+    assert not is_trusted_peer("::ffff:198.51.100.1", PROXIES)
+    assert not is_trusted_peer("garbage", PROXIES)
+    assert not is_trusted_peer("10.1.2.3", [])

@@ -302,7 +302,9 @@ def test_network_policy_admits_the_ingress_controller_and_monitoring_only(
     public = [r for r in policy["ingress"] if [p["port"] for p in r["ports"]] == ["http"]]
     assert [r["from"] for r in public] == [namespace_peer("ingress-nginx")]
     admin = [r for r in policy["ingress"] if [p["port"] for p in r["ports"]] == ["admin"]]
-    assert [r["from"] for r in admin] == ([namespace_peer("monitoring")] if overlay == "prod" else [])
+    assert [r["from"] for r in admin] == (
+        [namespace_peer("monitoring")] if overlay == "prod" else []
+    )
     assert len(public) + len(admin) == len(policy["ingress"])
     dns = policy["egress"][0]
     assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}

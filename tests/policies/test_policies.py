@@ -117,7 +117,9 @@ policies:
     facts = RequestFacts("send", "POST", "2001:db8::1", conversation="c" * 36)
     key = policies.applicable(facts)[0].spec.key
     assert key.startswith("per-conversation:h") and len(key) < 45
-    other = policies.applicable(RequestFacts("send", "POST", "2001:db8:0:1::2", conversation="c" * 36))
+    other = policies.applicable(
+        RequestFacts("send", "POST", "2001:db8:0:1::2", conversation="c" * 36)
+    )
     assert other[0].spec.key != key
 
 
@@ -199,5 +201,7 @@ policies:
     assert key("2001:db8:1:2::1") == key("2001:db8:1:2:ffff::9") == "per-ip:2001:db8:1:2::/64"
     assert key("2001:db8:1:3::1") != key("2001:db8:1:2::1")
     assert key("203.0.113.7") == "per-ip:203.0.113.7"  # IPv4 addresses stay whole
-    assert policies.penalty_subject("2001:db8:1:2::1") == policies.penalty_subject("2001:db8:1:2::2")
+    assert policies.penalty_subject("2001:db8:1:2::1") == policies.penalty_subject(
+        "2001:db8:1:2::2"
+    )
     assert policies.penalty_subject("203.0.113.7") != policies.penalty_subject("203.0.113.8")

@@ -62,7 +62,7 @@ async def test_bad_keys_get_the_same_404(gateway: Gateway) -> None:
     assert len(set(bodies)) == 1  # never says which part was wrong
 
 
-async def test_revoked_key_gets_404_and_drops_the_cache(gateway: Gateway) -> None:
+async def test_revoked_key_gets_404_even_with_a_cached_verification(gateway: Gateway) -> None:
     key = await gateway.create_key()
     assert (await get(gateway, Authorization=f"Bearer {key}"))[0] == 200
     assert len(gateway.services.keys.cache) == 1
