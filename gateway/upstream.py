@@ -201,13 +201,20 @@ class UpstreamClient:
             "Accept": "text/event-stream" if stream else "application/json",
         }
         with self._observed("send_message") as status, upstream_errors():
-            # the stream timeout has no total: bound the wait for the headers ourselves
-            async with asyncio.timeout(self._headers_timeout):
+            if stream:  # the stream timeout has no total: bound the wait for the headers
+                async with asyncio.timeout(self._headers_timeout):
+                    resp = await self._session.post(
+                        url,
+                        data=orjson.dumps(payload),
+                        headers=headers,
+                        timeout=self._stream_timeout,
+                    )
+            else:  # the buffered timeout's total bounds headers and body alike
                 resp = await self._session.post(
                     url,
                     data=orjson.dumps(payload),
                     headers=headers,
-                    timeout=self._stream_timeout if stream else self._buffered_timeout,
+                    timeout=self._buffered_timeout,
                 )
             status.append(resp.status)
         try:
