@@ -19,6 +19,11 @@ from gateway.core.gcra import LimitSpec, LimitState
 Mode = Literal["enforce", "shadow"]
 ReuseAction = Literal["deny", "revoke", "flag"]
 MAX_RAW_PARTITION = 40
+#: partition components that belong to one token: a limit partitioned by any of these
+#: keeps its state with the token (a conversation has exactly one token)
+TOKEN_SCOPED = frozenset({"token", "conversation"})
+#: components whose value is the same for every request of one token
+TOKEN_FIXED = frozenset({"token", "conversation", "api_key", "model", "global"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,12 +161,19 @@ class PolicySet:
             if not policy.matches(facts):
                 continue
             limit, mode = policy.effective(facts.key_id)
-            value = _partition_value(facts, policy.partition, self.ipv4_prefix, self.ipv6_prefix)
+            parts = frozenset(policy.partition)
+            scope = facts.token if not TOKEN_SCOPED.isdisjoint(parts) else None
+            if scope is not None and parts <= TOKEN_FIXED:
+                key = policy.name  # the token's own state: its name is enough
+            else:
+                v4, v6 = self.ipv4_prefix, self.ipv6_prefix
+                key = f"{policy.name}:{_partition_value(facts, policy.partition, v4, v6)}"
             spec = LimitSpec(
-                key=f"{policy.name}:{value}",
+                key=key,
                 interval_ms=limit.interval_ms,
                 burst=limit.burst,
                 shadow=mode == "shadow",
+                scope=scope,
             )
             out.append(AppliedLimit(policy.name, limit, spec))
         return tuple(out)

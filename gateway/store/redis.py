@@ -1,5 +1,9 @@
 """The shared store: every decision is one Lua script call (one round trip).
 
+Each live token has one small hash (``{prefix}:t:<jti>``) holding its record and the state
+of the limits partitioned by it or its conversation, expiring with it (see admit.lua);
+other limits, the penalty box and failure counts are keys of their own.
+
 All keys carry the same hash tag ``{prefix}``, so a script that touches a token record,
 the penalty box and several rate-limit counters is valid on Redis Cluster (the keys of
 one deployment share a slot; see docs/operations.md for the trade-off). Scripts are
@@ -54,6 +58,13 @@ class RedisStore:
     def limit_key(self, key: str) -> str:
         return f"{self._tag}:rl:{key}"
 
+    def limit_location(self, spec: LimitSpec) -> tuple[str, str]:
+        """(key, field): a limit of its own is a string key (field ''), a token-scoped
+        one a field of the token's state hash."""
+        if spec.scope is None:
+            return self.limit_key(spec.key), ""
+        return self.token_key(spec.scope), spec.key
+
     def penalty_key(self, subject: str) -> str:
         return f"{self._tag}:pb:{subject}"
 
@@ -83,8 +94,9 @@ class RedisStore:
         else:
             args += ["", "", 0, 0, 0]
         for spec in request.limits:
-            keys.append(self.limit_key(spec.key))
-            args += [repr(float(spec.interval_ms)), spec.burst, 1 if spec.shadow else 0]
+            key, field = self.limit_location(spec)
+            keys.append(key)
+            args += [repr(float(spec.interval_ms)), spec.burst, 1 if spec.shadow else 0, field]
         if self.pipe is not None:
             reply = await self.pipe.evalsha(self._admit.sha, self._admit.script, keys, args)
         else:
@@ -107,7 +119,8 @@ class RedisStore:
     async def peek(self, specs: tuple[LimitSpec, ...]) -> tuple[LimitState, ...]:
         if not specs:
             return ()
-        reply = await self._peek(keys=[self.limit_key(spec.key) for spec in specs])
+        locations = [self.limit_location(spec) for spec in specs]
+        reply = await self._peek(keys=[k for k, _ in locations], args=[f for _, f in locations])
         now = float(reply[0])
         return tuple(
             evaluate(spec, float(raw) if raw else None, now)
