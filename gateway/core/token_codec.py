@@ -5,12 +5,14 @@ Claims: ``iss``, ``aud``, ``iat``, ``nbf``, ``exp``, ``jti`` (128 random bits), 
 ``fph`` (the client fingerprint). The header carries ``kid``; decoding pins the algorithm
 and the issuer/audience, and takes ``now`` from the caller.
 
-Decoding has a fast path for the tokens this codec issues (the hot path of every message):
-when the header segment is exactly one this codec writes, the HMAC over the first two
-segments matches in canonical base64url, and the payload passes the claim checks that
-``jwt.decode`` applies, the claims are taken without going through pyjwt. Anything else
-(any other header, a bad signature, a malformed payload) goes to ``jwt.decode``, whose
-verdict stands, so the fast path accepts nothing that pyjwt would refuse.
+Both directions skip pyjwt's generic machinery on the hot path. Signing writes the header
+segment pyjwt writes, compact JSON claims and the HMAC (pyjwt reads the result; the tests
+check it). Decoding has a fast path for the tokens this codec issues: when the header
+segment is exactly one this codec writes, the HMAC over the first two segments matches in
+canonical base64url, and the payload passes the claim checks that ``jwt.decode`` applies,
+the claims are taken as they are. Anything else (any other header, a bad signature, a
+malformed payload) goes to ``jwt.decode``, whose verdict stands, so the fast path accepts
+nothing that pyjwt would refuse.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import jwt
 import orjson
 from jwt.utils import base64url_decode, base64url_encode
 
-from gateway.core.signing_keys import KeySet, SigningKeyError
+from gateway.core.signing_keys import KeySet, SigningKey, SigningKeyError
 
 MIN_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 REQUIRED_CLAIMS = ("iss", "aud", "iat", "exp", "jti", "cid", "mid", "akid")
@@ -101,12 +103,13 @@ class TokenCodec:
         }
         self._digest = DIGESTS[algorithm]
         #: the exact header segment this codec writes for each key -> that key's secret
-        self._own_headers = {
-            jwt.encode({}, key.secret, algorithm=algorithm, headers={"kid": key.kid}).split(".", 1)[
-                0
-            ]: key.secret
-            for key in keyset.keys
-        }
+        self._own_headers = {self._header_segment(key): key.secret for key in keyset.keys}
+        self._active_header = (self._header_segment(keyset.active).encode(), keyset.active.secret)
+
+    def _header_segment(self, key: SigningKey) -> str:
+        """The exact first segment pyjwt writes for ``key`` (computed once)."""
+        token = jwt.encode({}, key.secret, algorithm=self._algorithm, headers={"kid": key.kid})
+        return token.split(".", 1)[0]
 
     def issue(
         self, *, key_id: str, model_id: str, now: float, fingerprint: str | None = None
@@ -134,11 +137,16 @@ class TokenCodec:
         }
         if fingerprint is not None:
             payload["fph"] = fingerprint
-        active = self._keyset.active
-        token = jwt.encode(
-            payload, active.secret, algorithm=self._algorithm, headers={"kid": active.kid}
-        )
-        return IssuedToken(token=token, claims=claims)
+        return IssuedToken(token=self._sign(payload), claims=claims)
+
+    def _sign(self, payload: dict[str, Any]) -> str:
+        """What ``jwt.encode`` writes for the active key (the same header segment, compact
+        JSON claims, HMAC signature), without its generic machinery."""
+        header, secret = self._active_header
+        body = base64url_encode(orjson.dumps(payload))
+        signing_input = header + b"." + body
+        signature = base64url_encode(hmac.new(secret, signing_input, self._digest).digest())
+        return (signing_input + b"." + signature).decode()
 
     def decode(self, token: str, now: float) -> ClientToken:
         claims = self._own_claims(token)

@@ -245,3 +245,18 @@ def test_fast_path_takes_the_codecs_own_tokens() -> None:
     assert c._own_claims(c.issue(key_id="K" * 12, model_id="demo", now=NOW).token) is not None
     assert c._own_claims(_with(c)) is not None  # signed by the older key of the set
     assert c._own_claims(FAST_PATH_CASES["extra header field"](c)) is None
+
+
+def test_issued_tokens_are_what_pyjwt_writes_and_reads() -> None:
+    c = codec(NEW, OLD)
+    issued = c.issue(key_id="K" * 12, model_id="demo", now=NOW, fingerprint="f" * 16)
+    assert jwt.get_unverified_header(issued.token) == {"alg": "HS256", "kid": "new", "typ": "JWT"}
+    claims = jwt.decode(
+        issued.token, NEW.secret, algorithms=["HS256"], audience="public-agent-api",
+        options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
+    )  # fmt: skip
+    assert claims["jti"] == issued.claims.jti and claims["fph"] == "f" * 16
+    assert (
+        issued.token.split(".")[0]
+        == jwt.encode({}, NEW.secret, headers={"kid": "new"}).split(".")[0]
+    )
