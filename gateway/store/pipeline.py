@@ -8,6 +8,7 @@ out. Replies are parsed by hiredis, error replies become ``redis.exceptions`` er
 a lost connection fails every waiter with ``ConnectionError`` (a ``RedisError``), as
 redis-py would.
 
+Commands written during one turn of the event loop leave in one write at its end.
 Callers bound their own wait (the guarded store's deadline); a reply that arrives after
 its caller gave up is read and dropped. When the oldest reply is overdue by
 ``stale_after`` seconds the connection is presumed dead: it is dropped, its waiters
@@ -50,6 +51,8 @@ class _Protocol(asyncio.Protocol):
         #: (reply future, time sent), in the order the commands were written
         self._waiting: deque[tuple[asyncio.Future[Any], float]] = deque()
         self._transport: asyncio.Transport | None = None
+        #: commands written during this turn of the event loop, sent together at its end
+        self._out: list[bytes] = []
         self.alive = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -90,6 +93,7 @@ class _Protocol(asyncio.Protocol):
 
     def abort(self, error: Exception) -> None:
         self.alive = False
+        self._out.clear()
         self._fail(error)
         if self._transport is not None:
             self._transport.abort()
@@ -98,9 +102,18 @@ class _Protocol(asyncio.Protocol):
         if not self.alive or self._transport is None:
             raise RedisConnectionError("the connection to Redis is closed")
         future = self._loop.create_future()
-        self._transport.write(packed)
+        if not self._out:
+            self._loop.call_soon(self._flush)
+        self._out.append(packed)
         self._waiting.append((future, now))
         return future
+
+    def _flush(self) -> None:
+        """One write for every command of the loop turn: under load, one system call
+        carries the script calls of many requests."""
+        out, self._out = self._out, []
+        if out and self.alive and self._transport is not None:
+            self._transport.write(b"".join(out))
 
     def oldest_sent(self) -> float | None:
         return self._waiting[0][1] if self._waiting else None
