@@ -149,11 +149,16 @@ class PolicySet:
     #: where each part came from, for ``gateway policies check``
     sources: tuple[str, ...] = ()
     _by_route: dict[str, tuple[Policy, ...]] = field(default_factory=dict, compare=False)
+    #: policy name -> (partitioned by a token or its conversation, by that token alone)
+    _token_parts: dict[str, tuple[bool, bool]] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         routes = {r for p in self.policies for r in p.routes}
         for route in routes:
             self._by_route[route] = tuple(p for p in self.policies if route in p.routes)
+        for p in self.policies:
+            parts = frozenset(p.partition)
+            self._token_parts[p.name] = (not TOKEN_SCOPED.isdisjoint(parts), parts <= TOKEN_FIXED)
 
     def applicable(self, facts: RequestFacts) -> tuple[AppliedLimit, ...]:
         out = []
@@ -161,9 +166,9 @@ class PolicySet:
             if not policy.matches(facts):
                 continue
             limit, mode = policy.effective(facts.key_id)
-            parts = frozenset(policy.partition)
-            scope = facts.token if not TOKEN_SCOPED.isdisjoint(parts) else None
-            if scope is not None and parts <= TOKEN_FIXED:
+            by_token, token_only = self._token_parts[policy.name]
+            scope = facts.token if by_token else None
+            if scope is not None and token_only:
                 key = policy.name  # the token's own state: its name is enough
             else:
                 v4, v6 = self.ipv4_prefix, self.ipv6_prefix
