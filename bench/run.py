@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 
 from bench import probes
 from bench.gateway_setup import RAISED_LIMIT, mint_tokens, raised_policies, shipped_policies
-from bench.load import LoadGenerator
+from bench.load import LoadGenerator, Request
 from bench.machine import cpus, describe, ensure_tools
 from bench.probes import SEND_PATH
 from bench.report import Results, Row, markdown
@@ -44,6 +45,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", nargs="*", default=None, help="scenarios: send read token")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the POST run on Redis, load the gateway again under py-spy and write "
+        "a flame graph to the results directory (needs py-spy, the bench extra)",
+    )
     return parser.parse_args(argv)
 
 
@@ -162,6 +169,26 @@ def run(args: argparse.Namespace, work: Path, pins: Cpus) -> Results:
         say("Redis memory per live token (shipped policies) ...")
         results.memory = _memory(stack, upstream, keys_path, hot.key_id, args.memory_tokens)
     return results
+
+
+def _profile(
+    target: Target, requests: list[Request], generator: LoadGenerator, args: argparse.Namespace,
+    work: Path,
+) -> None:  # fmt: skip
+    """A flame graph of the gateway under the same load (a separate, unmeasured run)."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists() or target.proc is None:
+        say("no py-spy (pip install -e '.[bench]'): no profile")
+        return
+    out = args.out / "profile-post-redis.svg"
+    args.out.mkdir(parents=True, exist_ok=True)
+    argv = [str(spy), "record", "-p", str(target.proc.pid), "-d", str(args.seconds), "-r", "200",
+            "-o", str(out)]  # fmt: skip
+    with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT) as spying:
+        time.sleep(0.5)
+        generator.run(target.port, requests, args.seconds, work)
+        spying.wait(timeout=args.seconds + 60)
+    say(f"  profile of the gateway (Redis) under POST load: {out}")
 
 
 def _memory(
