@@ -65,15 +65,16 @@ def ttfb_probe(
     ]
 
 
-def _stream_request(kind: str, port: int, token: str) -> bytes:
+def _stream_request(kind: str, port: int, token: str, stream: bool = True) -> bytes:
     json_type = "Content-Type: application/json"
+    accept = "Accept: text/event-stream" if stream else "Accept: application/json"
     if kind == "direct":
-        body = orjson.dumps({"model_id": "demo", "message": "hello", "stream": True})
-        return http_request("POST", INTERNAL, port, body, (json_type, "Accept: text/event-stream"))
-    headers = [json_type, "Accept: text/event-stream"]
+        body = orjson.dumps({"model_id": "demo", "message": "hello", "stream": stream})
+        return http_request("POST", INTERNAL, port, body, (json_type, accept))
+    headers = [json_type, accept]
     if kind == "envoy":
         headers.append(f"Authorization: Bearer {token}")
-    return http_request("POST", SEND_PATH, port, send_body(token, True), headers)
+    return http_request("POST", SEND_PATH, port, send_body(token, stream), headers)
 
 
 # -- a cold argon2id verification -----------------------------------------------------------
@@ -259,3 +260,22 @@ def _kind(key: str) -> str:
     if len(parts) > 2 and parts[1] == "rl":
         return f"rl:{parts[2]}"
     return parts[1] if len(parts) > 1 else key
+
+
+# -- the checks are on -----------------------------------------------------------------------
+def refuses_forgery(port: int, kind: str, token: str) -> tuple[bool, str]:
+    """A valid request is admitted and the same request with a forged signature is
+    refused: proof that each target really checks what the table says it does."""
+    head, body, signature = token.split(".")
+    forged = f"{head}.{body}.{signature[:-4]}{'AAAA' if signature[-4:] != 'AAAA' else 'BBBB'}"
+    statuses = []
+    for candidate in (token, forged):
+        request = _stream_request(kind, port, candidate, stream=False)
+        conn = Connection(port)
+        try:
+            status, _, _, _ = conn.exchange(request)
+        finally:
+            conn.close()
+        statuses.append(status)
+    ok = statuses[0] == 200 and statuses[1] in (401, 403)
+    return ok, f"valid token {statuses[0]}, forged signature {statuses[1]}"

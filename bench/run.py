@@ -124,6 +124,14 @@ def run(args: argparse.Namespace, work: Path, pins: Cpus) -> Results:
             skipped=skipped,
         )
 
+        # -- every target checks what it should ------------------------------------------
+        for kind, label, target in targets:
+            if kind in ("gateway", "envoy"):
+                ok, seen = probes.refuses_forgery(target.port, kind, probes_tokens[-1])
+                results.setup.append(f"checked before the run, {label}: {seen}")
+                if not ok:
+                    raise RuntimeError(f"{label} does not check tokens as expected: {seen}")
+
         # -- throughput, every target side by side ------------------------------------
         wanted = [s for s in SCENARIOS if args.only is None or s.name in args.only]
         for scenario in wanted:
