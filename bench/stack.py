@@ -134,8 +134,11 @@ class Stack:
         return Target(name, port, proc, redis_port, admin)
 
     def keys(self, count: int) -> tuple[Path, list[AgentKey]]:
-        """A key file with ``count`` keys (argon2id, default cost)."""
-        path = self.work / "keys.yaml"
+        """A key file with ``count`` keys (argon2id, default cost), in a directory of its
+        own: gateways watch the key file's directory, which must not be the busy one where
+        the logs are written."""
+        (self.work / "keys").mkdir(exist_ok=True)
+        path = self.work / "keys" / "keys.yaml"
         config = gateway_setup.write_config(
             self.work, "keys-admin", port=0, admin_port=0, upstream="http://127.0.0.1:1",
             keys_path=path, policies=self.work,
