@@ -279,3 +279,16 @@ def refuses_forgery(port: int, kind: str, token: str) -> tuple[bool, str]:
         statuses.append(status)
     ok = statuses[0] == 200 and statuses[1] in (401, 403)
     return ok, f"valid token {statuses[0]}, forged signature {statuses[1]}"
+
+
+def warm_key(port: int, key: str) -> None:
+    """One token request: the key's argon2id verification is then cached (the token
+    scenario measures the warm path; the cold one is :func:`cold_key_probe`)."""
+    conn = Connection(port)
+    try:
+        auth = [f"Authorization: Bearer {key}"]
+        status, _, _, _ = conn.exchange(http_request("GET", TOKEN_PATH, port, headers=auth))
+    finally:
+        conn.close()
+    if status != 200:
+        raise RuntimeError(f"token request answered {status}")

@@ -131,6 +131,8 @@ def run(args: argparse.Namespace, work: Path, pins: Cpus) -> Results:
                 results.setup.append(f"checked before the run, {label}: {seen}")
                 if not ok:
                     raise RuntimeError(f"{label} does not check tokens as expected: {seen}")
+            if kind == "gateway":
+                probes.warm_key(target.port, hot.key)
 
         # -- throughput, every target side by side ------------------------------------
         wanted = [s for s in SCENARIOS if args.only is None or s.name in args.only]
