@@ -241,6 +241,9 @@ def _setup_lines(args: argparse.Namespace, pins: Cpus) -> list[str]:
         "and no shared state",
         "bare proxy: bench/passthrough.py, aiohttp server and client on uvloop, forwards "
         "everything unchanged",
+        "client tokens for the message runs are issued by the gateway's own codec with the "
+        "run's signing key (what the token route returns, without spending its limits); "
+        "each is bound to the load generator's fingerprint at its first use",
         "ratios compare targets of the same scenario in the same run",
     ]
 
