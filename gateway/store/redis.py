@@ -1,6 +1,6 @@
 """The shared store: every decision is one Lua script call (one round trip).
 
-Each live token has one small hash (``{prefix}:t:<jti>``) holding its record and the state
+Each live token has one small hash (``{prefix}:ts:<jti>``) holding its record and the state
 of the limits partitioned by it or its conversation, expiring with it (see admit.lua);
 other limits, the penalty box and failure counts are keys of their own.
 
@@ -53,6 +53,12 @@ class RedisStore:
 
     # key names -----------------------------------------------------------------------
     def token_key(self, jti: str) -> str:
+        """The token's state: a hash of its record and its token-scoped limits."""
+        return f"{self._tag}:ts:{jti}"
+
+    def legacy_token_key(self, jti: str) -> str:
+        """Where a token's record lived before token state hashes (a string): still read
+        while such records live, one token lifetime after an upgrade."""
         return f"{self._tag}:t:{jti}"
 
     def limit_key(self, key: str) -> str:
@@ -83,7 +89,7 @@ class RedisStore:
             keys.append(self.penalty_key(request.penalty_subject))
         if request.token is not None:
             use = request.token
-            keys.append(self.token_key(use.jti))
+            keys += [self.token_key(use.jti), self.legacy_token_key(use.jti)]
             args += [
                 use.fingerprint,
                 use.issued_fingerprint,
@@ -128,7 +134,8 @@ class RedisStore:
         )
 
     async def revoke_token(self, jti: str, ttl_ms: int) -> None:
-        await self._revoke(keys=[self.token_key(jti)], args=[record_ttl_ms(ttl_ms)])
+        keys = [self.token_key(jti), self.legacy_token_key(jti)]
+        await self._revoke(keys=keys, args=[record_ttl_ms(ttl_ms)])
 
     async def record_failure(self, subject: str, rule: PenaltyRule) -> int:
         reply = await self._failure(

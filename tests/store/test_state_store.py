@@ -255,3 +255,20 @@ async def test_one_small_hash_per_live_token(store: StateStore) -> None:
     assert sorted(fields) == [b"r", b"send-per-conversation", b"send-per-token"]
     usage = await store.redis.memory_usage(store.token_key(t))
     assert usage is not None and usage <= 200
+
+
+@pytest.mark.parametrize("store_kind", ["redis", "cluster"])
+async def test_records_written_before_token_state_hashes_still_hold(store: StateStore) -> None:
+    """Upgrading: a binding or a revocation stored the earlier way (a string per token)
+    is honoured until it expires with its token."""
+    assert isinstance(store, RedisStore)
+    bound, revoked, later = jti(), jti(), jti()
+    await store.redis.set(store.legacy_token_key(bound), FP_A, px=60_000)
+    await store.redis.set(store.legacy_token_key(revoked), "!" + FP_A, px=60_000)
+    await store.redis.set(store.legacy_token_key(later), FP_A, px=60_000)
+    assert await verdict(store, use(bound, FP_A)) is TokenVerdict.OK
+    assert await verdict(store, use(bound, FP_B)) is TokenVerdict.REUSE
+    assert await verdict(store, use(bound, FP_A)) is TokenVerdict.REVOKED
+    assert await verdict(store, use(revoked, FP_A)) is TokenVerdict.REVOKED
+    await store.revoke_token(later, 60_000)
+    assert await verdict(store, use(later, FP_A)) is TokenVerdict.REVOKED

@@ -1,7 +1,7 @@
 -- One request's admission, atomically: penalty box, token record, every rate limit.
 -- A denied request writes nothing (except the revocation of a token caught in reuse).
 --
--- KEYS: [penalty block key] [token state key] limit keys...
+-- KEYS: [penalty block key] [token state key, legacy token record key] limit keys...
 -- ARGV[1] has_penalty (0/1)   ARGV[2] has_token (0/1)   ARGV[3] number of limits
 -- token (when has_token): ARGV[4] fingerprint ('' = binding off), ARGV[5] fingerprint
 --   bound at issue ('' = bind at first use), ARGV[6] max fingerprints,
@@ -14,6 +14,9 @@
 -- limits partitioned by that token or its conversation, and expires when the last of
 -- them would: a stale TAT reads as no TAT, so the limits behave as with one key each.
 -- The record holds 16-character fingerprints back to back; '!' first means revoked.
+-- Before token state hashes, the record was a string key of its own (the legacy key):
+-- while such records live (one token lifetime after an upgrade), a token without a record
+-- in its hash reads that one, so earlier bindings and revocations still hold.
 --
 -- Returns {penalized_ms, token_verdict, allowed_1, remaining_1, reset_1, retry_1, ...}
 -- token_verdict: '' (no token), 'ok', 'bound', 'flagged', 'revoked', 'reuse'.
@@ -47,10 +50,14 @@ local bind = nil
 local token_key = nil
 if has_token then
   token_key = KEYS[k]
-  k = k + 1
+  local legacy_key = KEYS[k + 1]
+  k = k + 2
   local fp, issued = ARGV[4], ARGV[5]
   local max_fps, action, ttl = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
   local rec = redis.call('HGET', token_key, 'r')
+  if not rec then
+    rec = redis.call('GET', legacy_key)
+  end
   if rec and string.sub(rec, 1, 1) == '!' then
     return {0, 'revoked'}
   end
