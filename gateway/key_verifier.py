@@ -4,7 +4,9 @@ Order of refusal, cheapest first: malformed or bad checksum (no lookup), unknown
 revoked key id (no hashing), then argon2id verification off the event loop, skipped when
 the same key verified recently (see :class:`gateway.core.key_hash.VerifiedKeyCache`).
 The verification queue is bounded: past ``max_pending`` waiting verifications, new ones
-are refused at once instead of piling up behind a flood.
+are refused at once instead of piling up behind a flood. Concurrent requests presenting
+the same key (a page opened by many visitors at once, before the cache knows the key)
+share one verification instead of running argon2 each.
 """
 
 from __future__ import annotations
@@ -64,6 +66,8 @@ class KeyVerifier:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="argon2")
         self._max_pending = max_pending
         self._pending = 0
+        #: verifications running, by (HMAC of the key, stored hash): joined, not repeated
+        self._running: dict[tuple[bytes, str], asyncio.Future[bool]] = {}
         self._clock = clock
         #: argon2 verifications run (cache misses), for metrics and tests
         self.hash_verifications = 0
@@ -97,24 +101,35 @@ class KeyVerifier:
         if candidate.verified:
             self.metrics.key_verification("cache_hit")
             return candidate.record
-        if self._pending >= self._max_pending:
-            raise VerifierBusy
         key, record = candidate.key, candidate.record
-        loop = asyncio.get_running_loop()
-        self.hash_verifications += 1
-        self._pending += 1
-        try:
-            ok = await loop.run_in_executor(
-                self._executor, key_hash.verify, self._hasher, record.hash, key.key
-            )
-        finally:
-            self._pending -= 1
+        running = (self.cache.mac(key.key), record.hash)
+        check = self._running.get(running)
+        if check is None:
+            check = self._start(key.key, record.hash)
+            self._running[running] = check
+            check.add_done_callback(lambda _: self._running.pop(running, None))
+        ok = await asyncio.shield(check)  # a client that leaves does not cancel it for others
         if not ok:
             self.metrics.key_verification("wrong_secret")
             raise KeyRejected("wrong_secret", key.key_id)
         self.cache.remember(key.key, key.key_id, record.hash, self._clock())
         self.metrics.key_verification("verified")
         return record
+
+    def _start(self, key: str, encoded_hash: str) -> asyncio.Future[bool]:
+        """argon2id in the executor; counted as pending until it is done."""
+        if self._pending >= self._max_pending:
+            raise VerifierBusy
+        self.hash_verifications += 1
+        self._pending += 1
+        check = asyncio.get_running_loop().run_in_executor(
+            self._executor, key_hash.verify, self._hasher, encoded_hash, key
+        )
+        check.add_done_callback(self._done)
+        return check
+
+    def _done(self, _: asyncio.Future[bool]) -> None:
+        self._pending -= 1
 
     async def verify(self, presented: str) -> KeyRecord:
         return await self.confirm(self.candidate(presented))

@@ -27,6 +27,7 @@ from prometheus_client import disable_created_metrics
 
 from gateway.config import Config
 from gateway.observability.health import Health
+from gateway.observability.logging import flush as flush_logs
 from gateway.observability.metrics import Metrics
 from gateway.web.admin import create_admin_app
 from gateway.web.app import create_app
@@ -112,6 +113,13 @@ async def serve(config: Config, environ: Mapping[str, str]) -> None:
 
 
 def run(config: Config, environ: Mapping[str, str]) -> None:
+    try:
+        _run(config, environ)
+    finally:
+        flush_logs()  # the lines of the last loop turn
+
+
+def _run(config: Config, environ: Mapping[str, str]) -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX

@@ -202,17 +202,25 @@ class UpstreamClient:
             "Content-Type": "application/json",
             "Accept": "text/event-stream" if stream else "application/json",
         }
-        timeout = self._stream_timeout if stream else self._buffered_timeout
-        async with self._opened(
-            "send_message",
-            self._session.post(
+        if stream:
+            request = self._session.post(
                 url,
                 data=orjson.dumps(payload),
                 headers=headers,
-                timeout=timeout,
+                timeout=self._stream_timeout,
                 allow_redirects=False,  # identity headers must not follow a Location elsewhere
-            ),
-        ) as resp:
+            )
+        else:
+            request = self._session.post(
+                url,
+                data=orjson.dumps(payload),
+                headers=headers,
+                timeout=self._buffered_timeout,
+                allow_redirects=False,
+            )
+        # a stream's timeout has no total: bound the wait for its headers; a buffered
+        # answer's total already bounds headers and body alike
+        async with self._opened("send_message", request, bound_headers=stream) as resp:
             yield resp
 
     @asynccontextmanager
@@ -230,18 +238,22 @@ class UpstreamClient:
             timeout=self._stream_timeout,
             allow_redirects=False,  # a 3xx is the client's to follow, with its own token
         )
-        async with self._opened("forward", request) as resp:
+        async with self._opened("forward", request, bound_headers=True) as resp:
             yield resp
 
     @asynccontextmanager
     async def _opened(
-        self, operation: str, request: Awaitable[aiohttp.ClientResponse]
+        self, operation: str, request: Awaitable[aiohttp.ClientResponse], *, bound_headers: bool
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send ``request`` and wait for its headers (bounded by the read timeout, since
-        streaming timeouts have no total); on leaving, return the connection to the pool
-        when the body was read to the end, else close it, which cancels the upstream."""
+        """Send ``request`` and wait for its headers (with ``bound_headers``, within the
+        read timeout: streaming timeouts have no total); on leaving, return the connection
+        to the pool when the body was read to the end, else close it, which cancels the
+        upstream."""
         with self._observed(operation) as status, upstream_errors():
-            async with asyncio.timeout(self._headers_timeout):
+            if bound_headers:
+                async with asyncio.timeout(self._headers_timeout):
+                    resp = await request
+            else:
                 resp = await request
             status.append(resp.status)
         try:

@@ -9,6 +9,7 @@ cannot choose its own address by sending the header itself.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 
 Network = IPv4Network | IPv6Network
@@ -18,6 +19,11 @@ class ForwardedForError(ValueError):
     """A trusted proxy passed a malformed ``X-Forwarded-For``."""
 
 
+#: parsing and printing addresses costs microseconds; the same peers come back all the time
+CACHED_ADDRESSES = 4096
+
+
+@lru_cache(maxsize=CACHED_ADDRESSES)
 def _parse(value: str) -> IPv4Address | IPv6Address:
     value = value.strip()
     if value.startswith("[") and "]" in value:  # "[2001:db8::1]:443"
@@ -28,6 +34,11 @@ def _parse(value: str) -> IPv4Address | IPv6Address:
     if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
+
+
+@lru_cache(maxsize=CACHED_ADDRESSES)
+def _text(ip: IPv4Address | IPv6Address) -> str:
+    return str(ip)
 
 
 def _trusted(ip: IPv4Address | IPv6Address, networks: Sequence[Network]) -> bool:
@@ -55,7 +66,7 @@ def resolve_client_ip(
     except ValueError:
         return peer
     if not trusted or not _trusted(current, trusted):
-        return str(current)
+        return _text(current)
     hops = [h for value in forwarded_for for h in value.split(",") if h.strip()]
     for hop in reversed(hops):
         try:
@@ -65,5 +76,5 @@ def resolve_client_ip(
                 f"malformed X-Forwarded-For entry {hop.strip()[:64]!r}"
             ) from None
         if not _trusted(current, trusted):
-            return str(current)
-    return str(current)
+            return _text(current)
+    return _text(current)

@@ -50,3 +50,26 @@ def fingerprint(rule: FingerprintRule, client_ip: str, user_agent: str) -> str:
             raise ValueError(f"unknown fingerprint component {component!r}")
     digest = hashlib.sha256("\x1f".join(parts).encode("utf-8", "replace")).hexdigest()
     return digest[:FINGERPRINT_CHARS]
+
+
+class FingerprintCache:
+    """Remembers fingerprints of recent clients: the same client sends many requests, and
+    parsing its address and hashing costs more than a lookup. Bounded (emptied when full);
+    long User-Agents are computed each time rather than kept."""
+
+    MAX_USER_AGENT = 512
+
+    def __init__(self, size: int = 10_000) -> None:
+        self._size = size
+        self._known: dict[tuple[FingerprintRule, str, str], str] = {}
+
+    def __call__(self, rule: FingerprintRule, client_ip: str, user_agent: str) -> str:
+        key = (rule, client_ip, user_agent)
+        found = self._known.get(key)
+        if found is None:
+            found = fingerprint(rule, client_ip, user_agent)
+            if len(user_agent) <= self.MAX_USER_AGENT:
+                if len(self._known) >= self._size:
+                    self._known.clear()
+                self._known[key] = found
+        return found

@@ -15,12 +15,17 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class LimitSpec:
-    """One limit to check for one request: where its state lives and its shape."""
+    """One limit to check for one request: where its state lives and its shape.
+
+    ``scope`` None: the state is the store's entry ``key``. Otherwise it is the ``jti``
+    of the token whose state holds this limit under the name ``key``, and the state lives
+    and expires with that token (limits partitioned by a token or its conversation)."""
 
     key: str
     interval_ms: float
     burst: int
     shadow: bool = False
+    scope: str | None = None
 
     @property
     def tolerance_ms(self) -> float:

@@ -64,6 +64,11 @@ class VerifiedKeyCache:
     def _mac(self, key: str) -> bytes:
         return hmac.new(self._secret, key.encode(), hashlib.sha256).digest()
 
+    def mac(self, key: str) -> bytes:
+        """What stands for ``key`` wherever it must be remembered: an HMAC under this
+        process's secret, never the key."""
+        return self._mac(key)
+
     @staticmethod
     def _digest(encoded_hash: str) -> bytes:
         return hashlib.sha256(encoded_hash.encode()).digest()

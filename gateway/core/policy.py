@@ -19,6 +19,11 @@ from gateway.core.gcra import LimitSpec, LimitState
 Mode = Literal["enforce", "shadow"]
 ReuseAction = Literal["deny", "revoke", "flag"]
 MAX_RAW_PARTITION = 40
+#: partition components that belong to one token: a limit partitioned by any of these
+#: keeps its state with the token (a conversation has exactly one token)
+TOKEN_SCOPED = frozenset({"token", "conversation"})
+#: components whose value is the same for every request of one token
+TOKEN_FIXED = frozenset({"token", "conversation", "api_key", "model", "global"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,11 +157,16 @@ class PolicySet:
     #: where each part came from, for ``gateway policies check``
     sources: tuple[str, ...] = ()
     _by_route: dict[str, tuple[Policy, ...]] = field(default_factory=dict, compare=False)
+    #: policy name -> (partitioned by a token or its conversation, by that token alone)
+    _token_parts: dict[str, tuple[bool, bool]] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         routes = {r for p in self.policies for r in p.routes}
         for route in routes:
             self._by_route[route] = tuple(p for p in self.policies if route in p.routes)
+        for p in self.policies:
+            parts = frozenset(p.partition)
+            self._token_parts[p.name] = (not TOKEN_SCOPED.isdisjoint(parts), parts <= TOKEN_FIXED)
 
     def applicable(self, facts: RequestFacts) -> tuple[AppliedLimit, ...]:
         out = []
@@ -164,12 +174,19 @@ class PolicySet:
             if not policy.matches(facts):
                 continue
             limit, mode = policy.effective(facts.key_id)
-            value = _partition_value(facts, policy.partition, self.ipv4_prefix, self.ipv6_prefix)
+            by_token, token_only = self._token_parts[policy.name]
+            scope = facts.token if by_token else None
+            if scope is not None and token_only:
+                key = policy.name  # the token's own state: its name is enough
+            else:
+                v4, v6 = self.ipv4_prefix, self.ipv6_prefix
+                key = f"{policy.name}:{_partition_value(facts, policy.partition, v4, v6)}"
             spec = LimitSpec(
-                key=f"{policy.name}:{value}",
+                key=key,
                 interval_ms=limit.interval_ms,
                 burst=limit.burst,
                 shadow=mode == "shadow",
+                scope=scope,
             )
             out.append(AppliedLimit(policy.name, limit, spec))
         return tuple(out)

@@ -4,21 +4,40 @@ Claims: ``iss``, ``aud``, ``iat``, ``nbf``, ``exp``, ``jti`` (128 random bits), 
 (conversation id), ``mid`` (model id), ``akid`` (agent key id) and, when bound at issue,
 ``fph`` (the client fingerprint). The header carries ``kid``; decoding pins the algorithm
 and the issuer/audience, and takes ``now`` from the caller.
+
+Both directions skip pyjwt's generic machinery on the hot path. Signing writes the header
+segment pyjwt writes, compact JSON claims and the HMAC (pyjwt reads the result; the tests
+check it). Decoding has a fast path for the tokens this codec issues: when the header
+segment is exactly one this codec writes, the HMAC over the first two segments matches in
+canonical base64url, and the payload passes the claim checks that ``jwt.decode`` applies,
+the claims are taken as they are. Anything else (any other header, a bad signature, a
+malformed payload) goes to ``jwt.decode``, whose verdict stands, so the fast path accepts
+nothing that pyjwt would refuse.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import jwt
+import orjson
+from jwt.utils import base64url_decode, base64url_encode
 
-from gateway.core.signing_keys import KeySet, SigningKeyError
+from gateway.core.signing_keys import KeySet, SigningKey, SigningKeyError
 
 MIN_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 REQUIRED_CLAIMS = ("iss", "aud", "iat", "exp", "jti", "cid", "mid", "akid")
+DIGESTS: dict[str, Callable[[], Any]] = {
+    "HS256": hashlib.sha256,
+    "HS384": hashlib.sha384,
+    "HS512": hashlib.sha512,
+}
 
 
 class TokenRejected(Exception):
@@ -82,6 +101,15 @@ class TokenCodec:
             "verify_iat": False,
             "verify_nbf": False,
         }
+        self._digest = DIGESTS[algorithm]
+        #: the exact header segment this codec writes for each key -> that key's secret
+        self._own_headers = {self._header_segment(key): key.secret for key in keyset.keys}
+        self._active_header = (self._header_segment(keyset.active).encode(), keyset.active.secret)
+
+    def _header_segment(self, key: SigningKey) -> str:
+        """The exact first segment pyjwt writes for ``key`` (computed once)."""
+        token = jwt.encode({}, key.secret, algorithm=self._algorithm, headers={"kid": key.kid})
+        return token.split(".", 1)[0]
 
     @property
     def leeway_seconds(self) -> int:
@@ -113,13 +141,61 @@ class TokenCodec:
         }
         if fingerprint is not None:
             payload["fph"] = fingerprint
-        active = self._keyset.active
-        token = jwt.encode(
-            payload, active.secret, algorithm=self._algorithm, headers={"kid": active.kid}
-        )
-        return IssuedToken(token=token, claims=claims)
+        return IssuedToken(token=self._sign(payload), claims=claims)
+
+    def _sign(self, payload: dict[str, Any]) -> str:
+        """What ``jwt.encode`` writes for the active key (the same header segment, compact
+        JSON claims, HMAC signature), without its generic machinery."""
+        header, secret = self._active_header
+        body = base64url_encode(orjson.dumps(payload))
+        signing_input = header + b"." + body
+        signature = base64url_encode(hmac.new(secret, signing_input, self._digest).digest())
+        return (signing_input + b"." + signature).decode()
 
     def decode(self, token: str, now: float) -> ClientToken:
+        claims = self._own_claims(token)
+        if claims is None:
+            claims = self._pyjwt_claims(token)
+        return self._parse(claims, now)
+
+    def _own_claims(self, token: str) -> dict[str, Any] | None:
+        """The claims of a token exactly as this codec issues it, or None (see the module
+        docstring). The checks mirror ``jwt.decode`` with this codec's options."""
+        header, _, rest = token.partition(".")
+        secret = self._own_headers.get(header)
+        if secret is None:
+            return None
+        payload, dot, signature = rest.partition(".")
+        if not dot or "." in signature:
+            return None
+        signing_input = token[: len(header) + 1 + len(payload)].encode()
+        expected = base64url_encode(hmac.new(secret, signing_input, self._digest).digest())
+        if not hmac.compare_digest(expected, signature.encode()):
+            return None
+        try:
+            claims = orjson.loads(base64url_decode(payload))
+        except (orjson.JSONDecodeError, ValueError):
+            return None
+        if not isinstance(claims, dict) or not self._claims_pass(claims):
+            return None
+        return claims
+
+    def _claims_pass(self, claims: dict[str, Any]) -> bool:
+        """``jwt.decode``'s claim checks: required claims not null, issuer, audience
+        (a string or a list of strings holding ours), ``sub`` and ``jti`` strings."""
+        if any(claims.get(name) is None for name in REQUIRED_CLAIMS):
+            return False
+        if not isinstance(claims["iss"], str) or claims["iss"] != self._issuer:
+            return False
+        audience = claims["aud"]
+        audiences = [audience] if isinstance(audience, str) else audience
+        if not audience or not isinstance(audiences, list):
+            return False
+        if any(not isinstance(a, str) for a in audiences) or self._audience not in audiences:
+            return False
+        return isinstance(claims["jti"], str) and isinstance(claims.get("sub", ""), str)
+
+    def _pyjwt_claims(self, token: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError:
@@ -139,6 +215,9 @@ class TokenCodec:
             )
         except jwt.InvalidTokenError:
             raise TokenRejected("token_invalid", "the token is not valid") from None
+        return claims
+
+    def _parse(self, claims: dict[str, Any], now: float) -> ClientToken:
         try:
             exp, iat = int(claims["exp"]), int(claims["iat"])
             nbf = int(claims.get("nbf", iat))

@@ -6,13 +6,20 @@ chains end with the redaction processor (:mod:`gateway.observability.redaction`)
 key, token, signing key or ``Authorization`` header can reach a line. Request context
 (the request id) travels through contextvars; tests capture events with
 ``structlog.testing.capture_logs`` or read a real process's output.
+
+Lines logged from the event loop are written once per turn of the loop (one system call
+for all the access lines of the requests answered in that turn, instead of one each);
+lines logged without a running loop, or from another thread, are written at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import logging
 import sys
-from typing import BinaryIO
+import threading
+from typing import Any, BinaryIO
 
 import orjson
 import structlog
@@ -24,6 +31,61 @@ from gateway.observability.redaction import redact
 render_exceptions = structlog.processors.ExceptionRenderer(
     ExceptionDictTransformer(show_locals=False)
 )
+
+
+class LoopBatchedLogger:
+    """A structlog logger for rendered bytes, like ``structlog.BytesLogger``, that keeps
+    the lines of one event-loop turn and writes them together at its end."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+        self._lines: list[bytes] = []
+        self._lock = threading.Lock()
+        self._owner: asyncio.AbstractEventLoop | None = None
+
+    def msg(self, message: bytes) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or (self._owner is not None and loop is not self._owner):
+            self._write([message])  # no loop here (or another one): at once
+            return
+        if not self._lines:
+            self._owner = loop
+            loop.call_soon(self.flush)
+        self._lines.append(message)
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+    def flush(self) -> None:
+        lines, self._lines = self._lines, []
+        self._owner = None
+        if lines:
+            self._write(lines)
+
+    def _write(self, lines: list[bytes]) -> None:
+        with self._lock:
+            self._file.write(b"\n".join(lines) + b"\n")
+            self._file.flush()
+
+
+class _BatchedLoggerFactory:
+    def __init__(self, file: BinaryIO) -> None:
+        self.logger = LoopBatchedLogger(file)
+        atexit.register(self.logger.flush)
+
+    def __call__(self, *args: Any) -> LoopBatchedLogger:
+        return self.logger
+
+
+_factory: _BatchedLoggerFactory | None = None
+
+
+def flush() -> None:
+    """Write any lines still waiting for the end of their loop turn (at shutdown)."""
+    if _factory is not None:
+        _factory.logger.flush()
 
 
 def _shared_processors() -> list[structlog.typing.Processor]:
@@ -50,14 +112,20 @@ def configure(level: str = "info", fmt: str = "json", *, out: BinaryIO | None = 
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=(
-            structlog.BytesLoggerFactory(out or sys.stdout.buffer)
-            if fmt == "json"
-            else structlog.PrintLoggerFactory(sys.stdout)
-        ),
+        logger_factory=_logger_factory(fmt, out),
         cache_logger_on_first_use=True,
     )
     _configure_stdlib(max(numeric, logging.WARNING), fmt)
+
+
+def _logger_factory(fmt: str, out: BinaryIO | None) -> Any:
+    global _factory
+    flush()
+    if fmt != "json":
+        _factory = None
+        return structlog.PrintLoggerFactory(sys.stdout)
+    _factory = _BatchedLoggerFactory(out or sys.stdout.buffer)
+    return _factory
 
 
 def _configure_stdlib(level: int, fmt: str) -> None:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Literal
+from types import TracebackType
+from typing import Any, Literal
 
 from prometheus_client import (
     CollectorRegistry,
@@ -63,6 +64,36 @@ KNOWN_TOKEN_REFUSALS = (
 )
 KNOWN_UPSTREAM_ERRORS = ("timeout", "unavailable", "bad_response", "status_5xx")
 KNOWN_STORE_ERRORS = ("timeout", "connection", "circuit_open", "other")
+#: label children remembered per metric and label values (the values are bounded already;
+#: this only spares the lookup on every request)
+MAX_CACHED_CHILDREN = 4096
+
+
+class _StoreCall:
+    """Times one store call; counts its failure by kind (see :meth:`Metrics.store_call`)."""
+
+    __slots__ = ("_metrics", "_operation", "_started")
+
+    def __init__(self, metrics: Metrics, operation: str) -> None:
+        self._metrics = metrics
+        self._operation = operation
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        metrics, operation = self._metrics, self._operation
+        if isinstance(exc, Exception):
+            metrics.store_errors.labels(operation, store_error_kind(exc)).inc()
+        metrics.child(metrics.store_duration, operation).observe(
+            time.perf_counter() - self._started
+        )
 
 
 class Metrics:
@@ -76,6 +107,7 @@ class Metrics:
             GCCollector(registry=registry)
         self._words = Vocabulary()
         self._policies = Vocabulary(limit=128, pattern=POLICY_NAME)
+        self._children: dict[tuple[Any, ...], Any] = {}
 
         info = Gauge(
             "gateway_build_info", "Always 1; the running version.", ["version"], registry=registry
@@ -246,14 +278,24 @@ class Metrics:
             for result in ("success", "failure"):
                 self.config_reloads.labels(kind, result)
 
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered: the lookup is not free on every request."""
+        key = (metric, *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = metric.labels(*labels)
+            if len(self._children) < MAX_CACHED_CHILDREN:
+                self._children[key] = found
+        return found
+
     # -- public HTTP -----------------------------------------------------------------------
     def observe_request(
         self, route: str, method: str, status: int, seconds: float, code: str | None
     ) -> None:
         """Called once per request by the context middleware; ``route`` is a template."""
         method = method_label(method)
-        self.http_requests.labels(route, method, str(status)).inc()
-        self.http_duration.labels(route, method, status_class(status)).observe(seconds)
+        self.child(self.http_requests, route, method, str(status)).inc()
+        self.child(self.http_duration, route, method, status_class(status)).observe(seconds)
         if code:
             self.http_problems.labels(route, self._words(code)).inc()
 
@@ -314,7 +356,7 @@ class Metrics:
         """One limit's decision for one request. ``policy`` is the policy's configured
         name (never a key, IP or other per-client value); ``shadow_limited`` is a shadow
         policy that would have refused the request."""
-        self.ratelimit_decisions.labels(self._policies(policy), outcome).inc()
+        self.child(self.ratelimit_decisions, self._policies(policy), outcome).inc()
 
     def penalty_box_event(self, event: PenaltyEvent) -> None:
         """``entered``: a client was put in the penalty box (also a suspicious event);
@@ -324,18 +366,10 @@ class Metrics:
             self.suspicious_event("penalty_box")
 
     # -- state store -----------------------------------------------------------------------
-    @contextmanager
-    def store_call(self, operation: str) -> Iterator[None]:
+    def store_call(self, operation: str) -> _StoreCall:
         """Times a store call and counts its failure (re-raised unchanged). Wrap it
         *outside* any ``asyncio.timeout`` so a timeout is seen as ``TimeoutError``."""
-        started = time.perf_counter()
-        try:
-            yield
-        except Exception as exc:
-            self.store_errors.labels(operation, store_error_kind(exc)).inc()
-            raise
-        finally:
-            self.store_duration.labels(operation).observe(time.perf_counter() - started)
+        return _StoreCall(self, operation)
 
     def store_failed_open(self, operation: str = "admit") -> None:
         """A request was let through although the store failed (fail-open mode)."""

@@ -36,9 +36,14 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
         r"\1" + REDACTED + "@",
     ),
 )
+#: a text in which none of these occurs holds nothing that PATTERNS would change, so it
+#: skips them; case-insensitive, so it errs on the safe side. Registered secrets join it.
+MAY_HOLD_SECRET = (r"pak_", r"eyJ", r"bearer", r"basic", r"://")
 #: shorter registered secrets are ignored (they would match ordinary words)
 MIN_SECRET_CHARS = 8
 _PLAIN = (int, float, bool, type(None), datetime, date)
+#: field names seen so far -> whether they name a credential (bounded: names are code)
+_FIELD_CACHE_SIZE = 4096
 
 
 class Redactor:
@@ -47,6 +52,8 @@ class Redactor:
     def __init__(self, secrets: Iterable[str] = ()) -> None:
         self._secrets: set[str] = set()
         self._secret_re: re.Pattern[str] | None = None
+        self._scan = re.compile("|".join(MAY_HOLD_SECRET), re.IGNORECASE)
+        self._sensitive: dict[str, bool] = {}
         for secret in secrets:
             self.add_secret(secret)
 
@@ -57,14 +64,27 @@ class Redactor:
             return
         self._secrets.add(secret)
         ordered = sorted(self._secrets, key=len, reverse=True)
-        self._secret_re = re.compile("|".join(re.escape(s) for s in ordered))
+        escaped = [re.escape(s) for s in ordered]
+        self._secret_re = re.compile("|".join(escaped))
+        self._scan = re.compile("|".join([*MAY_HOLD_SECRET, *escaped]), re.IGNORECASE)
 
     def text(self, value: str) -> str:
+        if self._scan.search(value) is None:  # one scan: nothing to redact in most texts
+            return value
         if self._secret_re is not None:
             value = self._secret_re.sub(REDACTED, value)
         for pattern, replacement in PATTERNS:
             value = pattern.sub(replacement, value)
         return value
+
+    def sensitive(self, name: str) -> bool:
+        """Whether a field called ``name`` holds a credential (remembered per name)."""
+        known = self._sensitive.get(name)
+        if known is None:
+            known = SENSITIVE_FIELD.search(name.replace("-", "_")) is not None
+            if len(self._sensitive) < _FIELD_CACHE_SIZE:
+                self._sensitive[name] = known
+        return known
 
     def value(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -83,7 +103,9 @@ class Redactor:
         out: dict[str, Any] = {}
         for name, value in data.items():
             key = str(name)
-            if SENSITIVE_FIELD.search(key.replace("-", "_")) and not isinstance(value, _PLAIN):
+            if isinstance(value, _PLAIN):  # numbers, booleans, None, dates: never redacted
+                out[key] = value
+            elif self.sensitive(key):
                 out[key] = REDACTED
             else:
                 out[key] = self.value(value)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -11,6 +13,7 @@ from gateway.redis_connect import connect
 from gateway.store.base import StateStore
 from gateway.store.guarded import GuardedStore
 from gateway.store.memory import MemoryStore
+from gateway.store.pipeline import SCHEMES, RedisPipe
 from gateway.store.redis import RedisStore
 
 
@@ -18,15 +21,21 @@ def open_store(settings: StoreSettings) -> StateStore:
     """The memory store, or a Redis store behind a deadline and a circuit breaker."""
     if settings.type == "memory":
         return MemoryStore()
+    socket_timeout = max(settings.timeout_ms / 1000, 0.5)
     client = connect(
         settings.url,
-        socket_timeout=max(settings.timeout_ms / 1000, 0.5),
+        socket_timeout=socket_timeout,
         max_connections=settings.max_connections,
         # the deadline and the breaker decide; a retry would only make requests wait
         retry=Retry(NoBackoff(), 0),
     )
+    pipe = None
+    if urlsplit(settings.url).scheme in SCHEMES:  # standalone: the per-request call pipelined
+        pipe = RedisPipe.from_url(
+            settings.url, connect_timeout=socket_timeout, stale_after=socket_timeout
+        )
     return GuardedStore(
-        RedisStore(client, prefix=settings.prefix),
+        RedisStore(client, prefix=settings.prefix, pipe=pipe),
         timeout=settings.timeout_ms / 1000,
         breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_open_seconds),
     )

@@ -7,6 +7,7 @@ dropped lazily on access and by an expiry heap swept on every call (amortised O(
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,9 +67,13 @@ class ExpiringMap(Generic[V]):
 
 
 @dataclass
-class _TokenRecord:
-    fingerprints: list[str] = field(default_factory=list)
+class _TokenState:
+    """A token's record (its fingerprints, None until it is bound) and the TATs of the limits
+    scoped to it, expiring together: the Redis store's token hash (see admit.lua)."""
+
+    fingerprints: list[str] | None = None
     revoked: bool = False
+    tats: dict[str, float] = field(default_factory=dict)
 
 
 def _now_ms() -> float:
@@ -78,7 +83,7 @@ def _now_ms() -> float:
 class MemoryStore:
     def __init__(self, clock_ms: Callable[[], float] = _now_ms) -> None:
         self._clock = clock_ms
-        self.tokens: ExpiringMap[_TokenRecord] = ExpiringMap()
+        self.tokens: ExpiringMap[_TokenState] = ExpiringMap()
         self.tats: ExpiringMap[float] = ExpiringMap()
         self.failures: ExpiringMap[int] = ExpiringMap()
         self.penalties: ExpiringMap[bool] = ExpiringMap()
@@ -87,16 +92,34 @@ class MemoryStore:
         for table in (self.tokens, self.tats, self.failures, self.penalties):
             table.sweep(now)
 
+    def _state(self, jti: str, now: float) -> _TokenState:
+        return self.tokens.get(jti, now) or _TokenState()
+
+    def _keep_for(self, jti: str, state: _TokenState, now: float, ms: float) -> None:
+        """Store ``state``, expiring at least ``ms`` from now (never sooner than before)."""
+        current = self.tokens.expires_at(jti)
+        until = now + ms
+        if current is not None and current > until:
+            until = current
+        self.tokens.set(jti, state, until)
+
+    def _tat(self, spec: LimitSpec, now: float) -> float | None:
+        if spec.scope is None:
+            return self.tats.get(spec.key, now)
+        state = self.tokens.get(spec.scope, now)
+        return None if state is None else state.tats.get(spec.key)
+
     def _check_token(self, use: TokenUse, now: float) -> tuple[TokenVerdict, list[str] | None]:
         """The verdict and, for BOUND, the fingerprints to record on admission."""
-        record = self.tokens.get(use.jti, now)
-        if record is not None and record.revoked:
+        state = self.tokens.get(use.jti, now)
+        record = state.fingerprints if state is not None else None
+        if state is not None and state.revoked:
             return TokenVerdict.REVOKED, None
         fp = use.fingerprint
         if not fp:
             return TokenVerdict.OK, None
         known = (
-            record.fingerprints
+            record
             if record is not None
             else ([use.issued_fingerprint] if use.issued_fingerprint else [])
         )
@@ -113,10 +136,9 @@ class MemoryStore:
         return TokenVerdict.REUSE, None
 
     def _revoke(self, jti: str, fingerprints: list[str], now: float, ttl_ms: int) -> None:
-        expires = self.tokens.expires_at(jti)
-        if expires is None or expires <= now:
-            expires = now + record_ttl_ms(ttl_ms)
-        self.tokens.set(jti, _TokenRecord(list(fingerprints), revoked=True), expires)
+        state = self._state(jti, now)
+        state.fingerprints, state.revoked = list(fingerprints), True
+        self._keep_for(jti, state, now, record_ttl_ms(ttl_ms))
 
     async def admit(self, request: AdmitRequest) -> Admission:
         now = self._clock()
@@ -132,30 +154,45 @@ class MemoryStore:
             if verdict in (TokenVerdict.REVOKED, TokenVerdict.REUSE):
                 return Admission(0, verdict, ())
         states: list[LimitState] = [
-            evaluate(spec, self.tats.get(spec.key, now), now) for spec in request.limits
+            evaluate(spec, self._tat(spec, now), now) for spec in request.limits
         ]
         if any(
             not s.allowed and not spec.shadow
             for spec, s in zip(request.limits, states, strict=True)
         ):
             return Admission(0, verdict, tuple(states))
+        keep: dict[str, tuple[_TokenState, float]] = {}  # jti -> state, ms to keep it
         for spec, state in zip(request.limits, states, strict=True):
-            if state.allowed:
+            if not state.allowed:
+                continue
+            if spec.scope is None:
                 self.tats.set(spec.key, state.new_tat, state.new_tat)
+                continue
+            token, ms = keep.get(spec.scope) or (self._state(spec.scope, now), 0.0)
+            token.tats[spec.key] = state.new_tat
+            keep[spec.scope] = token, max(ms, max(math.ceil(state.new_tat - now), 1))
         if bind is not None and request.token is not None:
             use = request.token
-            expires = self.tokens.expires_at(use.jti) or now + record_ttl_ms(use.ttl_ms)
-            self.tokens.set(use.jti, _TokenRecord(bind), expires)
+            token, ms = keep.get(use.jti) or (self._state(use.jti, now), 0.0)
+            token.fingerprints = bind
+            keep[use.jti] = token, max(ms, record_ttl_ms(use.ttl_ms))
+        for jti, (token, ms) in keep.items():
+            self._keep_for(jti, token, now, ms)
         return Admission(0, verdict, tuple(states))
 
     async def peek(self, specs: tuple[LimitSpec, ...]) -> tuple[LimitState, ...]:
         now = self._clock()
-        return tuple(evaluate(spec, self.tats.get(spec.key, now), now) for spec in specs)
+        return tuple(evaluate(spec, self._tat(spec, now), now) for spec in specs)
 
     async def revoke_token(self, jti: str, ttl_ms: int) -> None:
+        """As revoke.lua: a record keeps its fingerprints and expiry; a token without one
+        gets an empty revoked record kept at least ``ttl_ms``."""
         now = self._clock()
-        record = self.tokens.get(jti, now)
-        self._revoke(jti, record.fingerprints if record else [], now, ttl_ms)
+        state = self._state(jti, now)
+        if state.fingerprints is not None:
+            state.revoked = True  # in place: same entry, same expiry
+            return
+        self._revoke(jti, [], now, ttl_ms)
 
     async def record_failure(self, subject: str, rule: PenaltyRule) -> int:
         now = self._clock()

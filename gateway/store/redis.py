@@ -1,9 +1,17 @@
 """The shared store: every decision is one Lua script call (one round trip).
 
+Each live token has one small hash (``{prefix}:ts:<jti>``) holding its record and the state
+of the limits partitioned by it or its conversation, expiring with it (see admit.lua);
+other limits, the penalty box and failure counts are keys of their own.
+
 All keys carry the same hash tag ``{prefix}``, so a script that touches a token record,
 the penalty box and several rate-limit counters is valid on Redis Cluster (the keys of
 one deployment share a slot; see docs/operations.md for the trade-off). Scripts are
 shipped as files in the package, loaded once and called by SHA.
+
+The per-request ``admit`` call goes through a :class:`~gateway.store.pipeline.RedisPipe`
+when one is given (standalone Redis: one pipelined connection, far less CPU per call);
+otherwise, and for every other operation, through the redis-py client.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from gateway.store.base import (
     TokenVerdict,
     record_ttl_ms,
 )
+from gateway.store.pipeline import RedisPipe
 
 
 def _lua(name: str) -> str:
@@ -31,8 +40,11 @@ def _lua(name: str) -> str:
 
 
 class RedisStore:
-    def __init__(self, client: AnyRedis, *, prefix: str = "gw") -> None:
+    def __init__(
+        self, client: AnyRedis, *, prefix: str = "gw", pipe: RedisPipe | None = None
+    ) -> None:
         self.redis = client
+        self.pipe = pipe
         self._tag = "{" + prefix + "}"
         self._admit: AsyncScript = client.register_script(_lua("admit.lua"))
         self._failure: AsyncScript = client.register_script(_lua("failure.lua"))
@@ -41,10 +53,23 @@ class RedisStore:
 
     # key names -----------------------------------------------------------------------
     def token_key(self, jti: str) -> str:
+        """The token's state: a hash of its record and its token-scoped limits."""
+        return f"{self._tag}:ts:{jti}"
+
+    def legacy_token_key(self, jti: str) -> str:
+        """Where a token's record lived before token state hashes (a string): still read
+        while such records live, one token lifetime after an upgrade."""
         return f"{self._tag}:t:{jti}"
 
     def limit_key(self, key: str) -> str:
         return f"{self._tag}:rl:{key}"
+
+    def limit_location(self, spec: LimitSpec) -> tuple[str, str]:
+        """(key, field): a limit of its own is a string key (field ''), a token-scoped
+        one a field of the token's state hash."""
+        if spec.scope is None:
+            return self.limit_key(spec.key), ""
+        return self.token_key(spec.scope), spec.key
 
     def penalty_key(self, subject: str) -> str:
         return f"{self._tag}:pb:{subject}"
@@ -64,7 +89,7 @@ class RedisStore:
             keys.append(self.penalty_key(request.penalty_subject))
         if request.token is not None:
             use = request.token
-            keys.append(self.token_key(use.jti))
+            keys += [self.token_key(use.jti), self.legacy_token_key(use.jti)]
             args += [
                 use.fingerprint,
                 use.issued_fingerprint,
@@ -75,9 +100,13 @@ class RedisStore:
         else:
             args += ["", "", 0, 0, 0]
         for spec in request.limits:
-            keys.append(self.limit_key(spec.key))
-            args += [repr(float(spec.interval_ms)), spec.burst, 1 if spec.shadow else 0]
-        reply = await self._admit(keys=keys, args=args)
+            key, field = self.limit_location(spec)
+            keys.append(key)
+            args += [repr(float(spec.interval_ms)), spec.burst, 1 if spec.shadow else 0, field]
+        if self.pipe is not None:
+            reply = await self.pipe.evalsha(self._admit.sha, self._admit.script, keys, args)
+        else:
+            reply = await self._admit(keys=keys, args=args)
         penalized = int(reply[0])
         raw_verdict = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
         verdict = TokenVerdict(raw_verdict) if raw_verdict else None
@@ -96,7 +125,8 @@ class RedisStore:
     async def peek(self, specs: tuple[LimitSpec, ...]) -> tuple[LimitState, ...]:
         if not specs:
             return ()
-        reply = await self._peek(keys=[self.limit_key(spec.key) for spec in specs])
+        locations = [self.limit_location(spec) for spec in specs]
+        reply = await self._peek(keys=[k for k, _ in locations], args=[f for _, f in locations])
         now = float(reply[0])
         return tuple(
             evaluate(spec, float(raw) if raw else None, now)
@@ -104,7 +134,8 @@ class RedisStore:
         )
 
     async def revoke_token(self, jti: str, ttl_ms: int) -> None:
-        await self._revoke(keys=[self.token_key(jti)], args=[record_ttl_ms(ttl_ms)])
+        keys = [self.token_key(jti), self.legacy_token_key(jti)]
+        await self._revoke(keys=keys, args=[record_ttl_ms(ttl_ms)])
 
     async def record_failure(self, subject: str, rule: PenaltyRule) -> int:
         reply = await self._failure(
@@ -126,4 +157,6 @@ class RedisStore:
             script.sha = await self.redis.script_load(script.script)
 
     async def close(self) -> None:
+        if self.pipe is not None:
+            await self.pipe.close()
         await self.redis.aclose()

@@ -152,6 +152,9 @@ async def vary_on_origin(request: web.Request, response: web.StreamResponse) -> 
     resource = request.match_info.route.resource
     if resource is None or resource not in request.app[CORS_RESOURCES]:
         return
+    if request.method != hdrs.METH_OPTIONS and hdrs.VARY not in response.headers:
+        response.headers[hdrs.VARY] = hdrs.ORIGIN  # the usual case, without parsing
+        return
     wanted = [hdrs.ORIGIN]
     if request.method == hdrs.METH_OPTIONS:
         wanted += [hdrs.ACCESS_CONTROL_REQUEST_METHOD, hdrs.ACCESS_CONTROL_REQUEST_HEADERS]

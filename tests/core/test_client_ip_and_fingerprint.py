@@ -53,6 +53,20 @@ def test_fingerprint_components() -> None:
     assert fingerprint(exact, "203.0.113.7", "a") == fingerprint(exact, "203.0.113.7", "b")
 
 
+def test_fingerprint_cache_gives_the_same_answers() -> None:
+    from gateway.core.fingerprint import FingerprintCache, FingerprintRule, fingerprint
+
+    cache = FingerprintCache(size=2)
+    rules = [FingerprintRule(), FingerprintRule(components=("client_ip",))]
+    agents = ["curl/8", "x" * 600]
+    for _ in range(2):
+        for rule in rules:
+            for ip in ("203.0.113.7", "203.0.113.9", "2001:db8::1"):
+                for agent in agents:
+                    assert cache(rule, ip, agent) == fingerprint(rule, ip, agent)
+    assert len(cache._known) <= 2
+
+
 def test_trusted_peers_include_ipv4_mapped_addresses() -> None:
     from gateway.core.client_ip import is_trusted_peer
 

@@ -1,4 +1,6 @@
 import base64
+import hashlib
+import hmac
 import json
 
 import jwt
@@ -182,3 +184,79 @@ def test_keyset_sources(tmp_path: object) -> None:
 def test_secret_shorter_than_the_algorithm_needs_is_refused() -> None:
     with pytest.raises(SigningKeyError, match="HS512 needs at least 64"):
         codec(OLD, algorithm="HS512")
+
+
+# -- the fast path for the codec's own tokens agrees with pyjwt ---------------------------
+def _signed(c: TokenCodec, payload_json: bytes, key: SigningKey = OLD) -> str:
+    """A token with the codec's own header and any payload bytes, validly signed."""
+    head = c.issue(key_id="K" * 12, model_id="demo", now=NOW).token.split(".")[0]
+    body = base64.urlsafe_b64encode(payload_json).rstrip(b"=").decode()
+    sig = hmac.new(key.secret, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{base64.urlsafe_b64encode(sig).rstrip(b'=').decode()}"
+
+
+def _with(c: TokenCodec, **change: object) -> str:
+    return jwt.encode({**_payload(c), **change}, OLD.secret, headers={"kid": "old"})
+
+
+def _outcome(c: TokenCodec, decode: object, token: str) -> tuple[str, object]:
+    try:
+        return "ok", decode(token, NOW)  # type: ignore[operator]
+    except TokenRejected as exc:
+        return "rejected", exc.code
+
+
+FAST_PATH_CASES = {
+    "issued": lambda c: c.issue(key_id="K" * 12, model_id="demo", now=NOW).token,
+    "aud list with ours": lambda c: _with(c, aud=["x", "public-agent-api"]),
+    "aud list without ours": lambda c: _with(c, aud=["x"]),
+    "aud empty": lambda c: _with(c, aud=""),
+    "aud list with a number": lambda c: _with(c, aud=["public-agent-api", 3]),
+    "iss not a string": lambda c: _signed(c, json.dumps({**_payload(c), "iss": 7}).encode()),
+    "sub a string": lambda c: _with(c, sub="someone"),
+    "sub a number": lambda c: _with(c, sub=7),
+    "jti a number": lambda c: _with(c, jti=7),
+    "null claim": lambda c: _with(c, cid=None),
+    "huge number": lambda c: _with(c, iat=10**30),
+    "payload not an object": lambda c: _signed(c, b"[1, 2]"),
+    "payload not json": lambda c: _signed(c, b"{nope"),
+    "signature padded": lambda c: c.issue(key_id="K" * 12, model_id="demo", now=NOW).token + "=",
+    "four segments": lambda c: c.issue(key_id="K" * 12, model_id="demo", now=NOW).token + ".x",
+    "extra header field": lambda c: jwt.encode(
+        _payload(c), OLD.secret, headers={"kid": "old", "x": 1}
+    ),
+    "wrong key": lambda c: jwt.encode(_payload(c), b"w" * 40, headers={"kid": "old"}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAST_PATH_CASES))
+def test_fast_path_and_pyjwt_agree(case: str) -> None:
+    c = codec(NEW, OLD)
+    token = FAST_PATH_CASES[case](c)
+
+    def pyjwt_only(token: str, now: float) -> object:
+        return c._parse(c._pyjwt_claims(token), now)
+
+    assert _outcome(c, c.decode, token) == _outcome(c, pyjwt_only, token)
+
+
+def test_fast_path_takes_the_codecs_own_tokens() -> None:
+    c = codec(NEW, OLD)
+    assert c._own_claims(c.issue(key_id="K" * 12, model_id="demo", now=NOW).token) is not None
+    assert c._own_claims(_with(c)) is not None  # signed by the older key of the set
+    assert c._own_claims(FAST_PATH_CASES["extra header field"](c)) is None
+
+
+def test_issued_tokens_are_what_pyjwt_writes_and_reads() -> None:
+    c = codec(NEW, OLD)
+    issued = c.issue(key_id="K" * 12, model_id="demo", now=NOW, fingerprint="f" * 16)
+    assert jwt.get_unverified_header(issued.token) == {"alg": "HS256", "kid": "new", "typ": "JWT"}
+    claims = jwt.decode(
+        issued.token, NEW.secret, algorithms=["HS256"], audience="public-agent-api",
+        options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
+    )  # fmt: skip
+    assert claims["jti"] == issued.claims.jti and claims["fph"] == "f" * 16
+    assert (
+        issued.token.split(".")[0]
+        == jwt.encode({}, NEW.secret, headers={"kid": "new"}).split(".")[0]
+    )

@@ -10,7 +10,7 @@ from tests.support.replicas import burst, replicas
 
 N = 10
 #: what admit.lua itself calls inside Redis
-SCRIPT_COMMANDS = {"time", "pttl", "get", "set", "exists"}
+SCRIPT_COMMANDS = {"time", "pttl", "get", "set", "hget", "hset", "pexpire"}
 PER_TOKEN = f"""
 policies:
   - name: send-per-token

@@ -1,5 +1,6 @@
 """The redaction processor, as a pure function over event dicts."""
 
+import asyncio
 import io
 import json
 import logging
@@ -104,3 +105,23 @@ def test_configured_logging_redacts_gateway_and_library_records(
     assert any(line.get("logger") == "aiohttp.server" for line in lines)
     for secret in (KEY, JWT, SIGNING_SECRET):
         assert secret not in written
+
+
+async def test_lines_logged_in_one_loop_turn_are_written_together() -> None:
+    out = io.BytesIO()
+    try:
+        gateway_logging.configure("info", "json", out=out)
+        log = structlog.get_logger("gateway")
+        log.info("first", token=JWT)
+        log.info("second")
+        assert out.getvalue() == b""  # still this turn of the loop
+        await asyncio.sleep(0)
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert [line["event"] for line in lines] == ["first", "second"]
+        assert JWT not in out.getvalue().decode()
+        log.info("third")
+        gateway_logging.flush()  # what shutdown does
+        assert json.loads(out.getvalue().splitlines()[-1])["event"] == "third"
+    finally:
+        structlog.reset_defaults()
+        logging.getLogger().handlers.clear()

@@ -182,6 +182,32 @@ policies:
     }
 
 
+def test_limits_of_one_token_live_with_the_token(tmp_path: Path) -> None:
+    """Partitioned by the token or its conversation: the state is the token's, named by the
+    policy (plus the partition value when a part of it varies between the token's requests);
+    anything else keeps a key of its own."""
+    path = write(
+        tmp_path,
+        "p.yaml",
+        """
+policies:
+  - {name: per-token, match: {routes: [send]}, partition: [token], limit: {rate: 1, per: 1s, burst: 1}}
+  - {name: per-conv-model, match: {routes: [send]}, partition: [conversation, model], limit: {rate: 1, per: 1s, burst: 1}}
+  - {name: per-token-ip, match: {routes: [send]}, partition: [token, client_ip], limit: {rate: 1, per: 1s, burst: 1}}
+  - {name: per-ip, match: {routes: [send]}, partition: [client_ip], limit: {rate: 1, per: 1s, burst: 1}}
+""",
+    )
+    policies = load_policies(path).policies
+    facts = RequestFacts("send", "POST", "203.0.113.7", KEY_A, "demo", token="J", conversation="C")
+    specs = [a.spec for a in policies.applicable(facts)]
+    assert [(s.key, s.scope) for s in specs] == [
+        ("per-token", "J"),
+        ("per-conv-model", "J"),
+        ("per-token-ip:J|203.0.113.7", "J"),
+        ("per-ip:203.0.113.7", None),
+    ]
+
+
 def test_ipv6_clients_are_counted_by_their_prefix(tmp_path: Path) -> None:
     """A host holds a whole /64: rotating addresses inside it must not reset its limits."""
     path = write(

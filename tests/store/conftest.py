@@ -6,12 +6,14 @@ import redis.asyncio
 from gateway.redis_connect import connect
 from gateway.store.base import StateStore
 from gateway.store.memory import MemoryStore
+from gateway.store.pipeline import RedisPipe
 from gateway.store.redis import RedisStore
 
 
-@pytest.fixture(params=["memory", "redis", "cluster"])
+@pytest.fixture(params=["memory", "redis", "redis-pool", "cluster"])
 def store_kind(request: pytest.FixtureRequest) -> str:
-    """The store tests also run on a three-master Redis Cluster."""
+    """The store tests run on memory, on Redis as deployed (the per-request call on one
+    pipelined connection), on Redis through redis-py alone, and on a three-master Cluster."""
     return str(request.param)
 
 
@@ -25,8 +27,11 @@ async def store(store_kind: str, request: pytest.FixtureRequest) -> AsyncIterato
         client = connect(
             request.getfixturevalue("cluster_url"), socket_timeout=2, max_connections=8
         )
+        redis_store = RedisStore(client, prefix="test")
     else:
-        client = redis.asyncio.Redis.from_url(request.getfixturevalue("redis_url"))
-    redis_store = RedisStore(client, prefix="test")
+        url = request.getfixturevalue("redis_url")
+        client = redis.asyncio.Redis.from_url(url)
+        pipe = RedisPipe.from_url(url) if store_kind == "redis" else None
+        redis_store = RedisStore(client, prefix="test", pipe=pipe)
     yield redis_store
     await redis_store.close()

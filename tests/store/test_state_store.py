@@ -182,3 +182,93 @@ async def test_peek_reads_without_consuming(store: StateStore) -> None:
         state = (await store.peek((spec,)))[0]
         assert state.allowed
         assert state.remaining == 1
+
+
+# -- limits scoped to a token live in the token's state ----------------------------------
+def scoped(name: str, token: str, *, interval_ms: float = 60_000, burst: int = 1) -> LimitSpec:
+    return LimitSpec(name, interval_ms=interval_ms, burst=burst, scope=token)
+
+
+async def test_token_scoped_limits_are_per_token(store: StateStore) -> None:
+    a, b = jti(), jti()
+    spec_a, spec_b = scoped("send-per-token", a), scoped("send-per-token", b)
+    first = await store.admit(AdmitRequest(token=use(a, FP_A), limits=(spec_a,)))
+    again = await store.admit(AdmitRequest(token=use(a, FP_A), limits=(spec_a,)))
+    other = await store.admit(AdmitRequest(token=use(b, FP_A), limits=(spec_b,)))
+    assert [r.limits[0].allowed for r in (first, again, other)] == [True, False, True]
+    assert first.token is TokenVerdict.BOUND and again.token is TokenVerdict.OK
+    assert 59_000 < again.limits[0].retry_ms <= 60_000
+
+
+async def test_token_scoped_denial_consumes_nothing_and_binds_nothing(store: StateStore) -> None:
+    t = jti()
+    roomy = scoped("roomy", t, interval_ms=1000, burst=10)
+    tight = LimitSpec(f"tight:{jti()}", interval_ms=60_000, burst=1)
+    await store.admit(AdmitRequest(limits=(tight,)))
+    denied = await store.admit(AdmitRequest(token=use(t, FP_A), limits=(roomy, tight)))
+    assert denied.denied_limits((roomy, tight)) == [1]
+    alone = await store.admit(AdmitRequest(token=use(t, FP_B), limits=(roomy,)))
+    assert alone.token is TokenVerdict.BOUND  # the refused request did not bind FP_A
+    assert alone.limits[0].remaining == 9  # nor count against the token's limit
+
+
+async def test_token_scoped_limits_without_binding_and_after_revocation(
+    store: StateStore,
+) -> None:
+    t = jti()
+    spec = scoped("reads", t, interval_ms=1000, burst=2)
+    unbound = await store.admit(AdmitRequest(token=use(t, ""), limits=(spec,)))
+    assert unbound.token is TokenVerdict.OK and unbound.limits[0].remaining == 1
+    assert (await store.peek((spec,)))[0].remaining == 0  # 1 used, the next would be the 2nd
+    # no record yet: the first fingerprinted use still binds, and the state is shared
+    bound = await store.admit(AdmitRequest(token=use(t, FP_A), limits=(spec,)))
+    assert bound.token is TokenVerdict.BOUND and bound.limits[0].remaining == 0
+    await store.revoke_token(t, 60_000)
+    assert await verdict(store, use(t, FP_A)) is TokenVerdict.REVOKED
+
+
+async def test_token_state_expires_with_the_token_and_its_limits(store: StateStore) -> None:
+    t = jti()
+    spec = scoped("send-per-token", t, interval_ms=1500, burst=1)
+    await store.admit(AdmitRequest(token=use(t, FP_A, ttl_ms=1000), limits=(spec,)))
+    if isinstance(store, RedisStore):
+        assert await store.redis.exists(store.limit_key("send-per-token")) == 0
+        ttl = await store.redis.pttl(store.token_key(t))
+        assert 1000 < ttl <= 1500  # the TAT outlives the record: the hash lives as long
+    await asyncio.sleep(1.1)
+    refused = await store.admit(AdmitRequest(token=use(t, FP_A, ttl_ms=1000), limits=(spec,)))
+    assert not refused.limits[0].allowed  # the limit's state is still there
+    await asyncio.sleep(0.5)
+    # all gone together: the limit has room and the record binds anew
+    fresh = await store.admit(AdmitRequest(token=use(t, FP_B, ttl_ms=1000), limits=(spec,)))
+    assert fresh.limits[0].allowed and fresh.token is TokenVerdict.BOUND
+
+
+@pytest.mark.parametrize("store_kind", ["redis"])
+async def test_one_small_hash_per_live_token(store: StateStore) -> None:
+    """The shipped policies' token state (record and two TATs) in one key, under 200 bytes."""
+    assert isinstance(store, RedisStore)
+    t = secrets.token_urlsafe(16)
+    limits = (scoped("send-per-token", t), scoped("send-per-conversation", t))
+    await store.admit(AdmitRequest(token=use(t, FP_A), limits=limits))
+    fields = await store.redis.hkeys(store.token_key(t))
+    assert sorted(fields) == [b"r", b"send-per-conversation", b"send-per-token"]
+    usage = await store.redis.memory_usage(store.token_key(t))
+    assert usage is not None and usage <= 200
+
+
+@pytest.mark.parametrize("store_kind", ["redis", "cluster"])
+async def test_records_written_before_token_state_hashes_still_hold(store: StateStore) -> None:
+    """Upgrading: a binding or a revocation stored the earlier way (a string per token)
+    is honoured until it expires with its token."""
+    assert isinstance(store, RedisStore)
+    bound, revoked, later = jti(), jti(), jti()
+    await store.redis.set(store.legacy_token_key(bound), FP_A, px=60_000)
+    await store.redis.set(store.legacy_token_key(revoked), "!" + FP_A, px=60_000)
+    await store.redis.set(store.legacy_token_key(later), FP_A, px=60_000)
+    assert await verdict(store, use(bound, FP_A)) is TokenVerdict.OK
+    assert await verdict(store, use(bound, FP_B)) is TokenVerdict.REUSE
+    assert await verdict(store, use(bound, FP_A)) is TokenVerdict.REVOKED
+    assert await verdict(store, use(revoked, FP_A)) is TokenVerdict.REVOKED
+    await store.revoke_token(later, 60_000)
+    assert await verdict(store, use(later, FP_A)) is TokenVerdict.REVOKED

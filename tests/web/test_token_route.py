@@ -1,5 +1,6 @@
 """GET /v1/chat/conversation/public/message/token/{modelId}: every status."""
 
+import asyncio
 from datetime import UTC, datetime
 
 import jwt
@@ -99,3 +100,15 @@ async def test_unknown_routes_and_methods_are_problems(gateway: Gateway) -> None
         body = await resp.json(content_type=None)
         assert resp.status == 405 and body["code"] == "method_not_allowed"
         assert resp.headers["Allow"] == "GET,OPTIONS"  # OPTIONS: CORS preflights
+
+
+async def test_concurrent_requests_with_one_new_key_share_one_verification(
+    gateway: Gateway,
+) -> None:
+    key = await gateway.create_key()
+    verifier = gateway.services.keys
+    before = verifier.hash_verifications
+    answers = await asyncio.gather(*(get(gateway, Authorization=f"Bearer {key}") for _ in range(8)))
+    assert [a[0] for a in answers] == [200] * 8
+    assert verifier.hash_verifications == before + 1
+    assert not verifier._running  # nothing left behind

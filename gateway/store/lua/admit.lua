@@ -1,17 +1,25 @@
 -- One request's admission, atomically: penalty box, token record, every rate limit.
 -- A denied request writes nothing (except the revocation of a token caught in reuse).
 --
--- KEYS: [penalty block key] [token record key] limit keys...
+-- KEYS: [penalty block key] [token state key, legacy token record key] limit keys...
 -- ARGV[1] has_penalty (0/1)   ARGV[2] has_token (0/1)   ARGV[3] number of limits
 -- token (when has_token): ARGV[4] fingerprint ('' = binding off), ARGV[5] fingerprint
 --   bound at issue ('' = bind at first use), ARGV[6] max fingerprints,
 --   ARGV[7] reuse action (0 deny, 1 revoke, 2 flag), ARGV[8] record ttl ms
--- then per limit i (from ARGV[9]): interval ms, burst, shadow (0/1)
+-- then per limit i (from ARGV[9]): interval ms, burst, shadow (0/1), field
+--
+-- A limit's state is the theoretical arrival time (TAT) in milliseconds (3 decimals):
+-- in its own string key when its field is '', else in field `field` of a token's state
+-- hash. A token's state hash holds the token record (field 'r') and the TATs of the
+-- limits partitioned by that token or its conversation, and expires when the last of
+-- them would: a stale TAT reads as no TAT, so the limits behave as with one key each.
+-- The record holds 16-character fingerprints back to back; '!' first means revoked.
+-- Before token state hashes, the record was a string key of its own (the legacy key):
+-- while such records live (one token lifetime after an upgrade), a token without a record
+-- in its hash reads that one, so earlier bindings and revocations still hold.
 --
 -- Returns {penalized_ms, token_verdict, allowed_1, remaining_1, reset_1, retry_1, ...}
 -- token_verdict: '' (no token), 'ok', 'bound', 'flagged', 'revoked', 'reuse'.
--- Rate-limit state is the theoretical arrival time (TAT) in milliseconds (3 decimals).
--- Token records hold 16-character fingerprints back to back; '!' first means revoked.
 
 local FP = 16
 local has_penalty = ARGV[1] == '1'
@@ -21,6 +29,13 @@ local k = 1
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+
+-- a hash key's expiry becomes at least `ms` from now (never shortened)
+local function keep_for(key, ms)
+  if redis.call('PTTL', key) < ms then
+    redis.call('PEXPIRE', key, ms)
+  end
+end
 
 if has_penalty then
   local left = redis.call('PTTL', KEYS[k])
@@ -35,10 +50,14 @@ local bind = nil
 local token_key = nil
 if has_token then
   token_key = KEYS[k]
-  k = k + 1
+  local legacy_key = KEYS[k + 1]
+  k = k + 2
   local fp, issued = ARGV[4], ARGV[5]
-  local max_fps, action, ttl = tonumber(ARGV[6]), ARGV[7], ARGV[8]
-  local rec = redis.call('GET', token_key)
+  local max_fps, action, ttl = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
+  local rec = redis.call('HGET', token_key, 'r')
+  if not rec then
+    rec = redis.call('GET', legacy_key)
+  end
   if rec and string.sub(rec, 1, 1) == '!' then
     return {0, 'revoked'}
   end
@@ -65,11 +84,8 @@ if has_token then
       verdict = 'flagged'
     else
       if action == '1' then
-        if rec then
-          redis.call('SET', token_key, '!' .. known, 'KEEPTTL')
-        else
-          redis.call('SET', token_key, '!' .. known, 'PX', ttl)
-        end
+        redis.call('HSET', token_key, 'r', '!' .. known)
+        keep_for(token_key, ttl)
       end
       return {0, 'reuse'}
     end
@@ -82,8 +98,15 @@ local denied = false
 local a = 9
 for i = 1, n do
   local interval, burst, shadow = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2] == '1'
-  a = a + 3
-  local tat = tonumber(redis.call('GET', KEYS[k + i - 1]))
+  local field = ARGV[a + 3]
+  a = a + 4
+  local key = KEYS[k + i - 1]
+  local tat
+  if field == '' then
+    tat = tonumber(redis.call('GET', key))
+  else
+    tat = tonumber(redis.call('HGET', key, field))
+  end
   local base = now
   if tat and tat > now then base = tat end
   local new_tat = base + interval
@@ -110,17 +133,28 @@ end
 if denied then
   return out
 end
+local hash_ttl = {}
+a = 9
 for i = 1, n do
+  local field = ARGV[a + 3]
+  a = a + 4
   if tats[i] then
-    local ttl = math.ceil(tats[i] - now)
-    redis.call('SET', KEYS[k + i - 1], string.format('%.3f', tats[i]), 'PX', math.max(ttl, 1))
+    local key = KEYS[k + i - 1]
+    local ttl = math.max(math.ceil(tats[i] - now), 1)
+    local value = string.format('%.3f', tats[i])
+    if field == '' then
+      redis.call('SET', key, value, 'PX', ttl)
+    else
+      redis.call('HSET', key, field, value)
+      hash_ttl[key] = math.max(hash_ttl[key] or 0, ttl)
+    end
   end
 end
 if bind then
-  if redis.call('EXISTS', token_key) == 1 then
-    redis.call('SET', token_key, bind, 'KEEPTTL')
-  else
-    redis.call('SET', token_key, bind, 'PX', ARGV[8])
-  end
+  redis.call('HSET', token_key, 'r', bind)
+  hash_ttl[token_key] = math.max(hash_ttl[token_key] or 0, tonumber(ARGV[8]))
+end
+for key, ttl in pairs(hash_ttl) do
+  keep_for(key, ttl)
 end
 return out
