@@ -7,11 +7,14 @@ carrier's network keeps its token) and the User-Agent. Only the hash is stored.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 
 FINGERPRINT_CHARS = 16
+#: the first characters name the rule a fingerprint was made under (see :func:`rule_tag`)
+TAG_CHARS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +26,19 @@ class FingerprintRule:
     @property
     def enabled(self) -> bool:
         return bool(self.components)
+
+    @property
+    def tag(self) -> str:
+        return rule_tag(self)
+
+
+@functools.lru_cache(maxsize=64)
+def rule_tag(rule: FingerprintRule) -> str:
+    """A short name for the rule, leading every fingerprint made under it: after the
+    binding rule changes (a policy reload), a stored fingerprint with another tag is known
+    to be stale and the token is bound again, instead of every live token looking stolen."""
+    text = f"{','.join(rule.components)}|{rule.ipv4_prefix}|{rule.ipv6_prefix}"
+    return hashlib.sha256(text.encode()).hexdigest()[:TAG_CHARS]
 
 
 def ip_prefix(address: str, ipv4_prefix: int, ipv6_prefix: int) -> str:
@@ -49,7 +65,7 @@ def fingerprint(rule: FingerprintRule, client_ip: str, user_agent: str) -> str:
         else:  # pragma: no cover - validated by the configuration
             raise ValueError(f"unknown fingerprint component {component!r}")
     digest = hashlib.sha256("\x1f".join(parts).encode("utf-8", "replace")).hexdigest()
-    return digest[:FINGERPRINT_CHARS]
+    return rule_tag(rule) + digest[: FINGERPRINT_CHARS - TAG_CHARS]
 
 
 class FingerprintCache:

@@ -1,16 +1,32 @@
-"""GCRA (the generic cell rate algorithm) as pure arithmetic, in milliseconds.
+"""GCRA (the generic cell rate algorithm) as pure, exact arithmetic.
 
 A limit of ``rate`` requests per ``period`` with ``burst`` admits ``burst`` requests at once
 from idle, then one every ``interval = period / rate``. The only state is the theoretical
 arrival time (TAT) of the next request, so there is no window edge at which twice the
 limit can pass. The Lua script ``store/lua/admit.lua`` implements the same rules; the
 memory store calls these functions.
+
+Times are whole microseconds counted from :data:`EPOCH_SECONDS` (a recent epoch keeps the
+counts below 2**53, so Lua's doubles hold them exactly) and the interval is rounded to a
+whole microsecond once: both stores then compute the very same answers, with no
+floating-point drift that could admit one request fewer than ``burst``.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+
+EPOCH_SECONDS = 1_700_000_000
+EPOCH_US = EPOCH_SECONDS * 1_000_000
+
+
+def now_us(unix_seconds_ns: int) -> int:
+    """``time.time_ns()`` as microseconds since :data:`EPOCH_SECONDS`."""
+    return unix_seconds_ns // 1000 - EPOCH_US
+
+
+def _ceil_ms(us: int) -> int:
+    return -(-us // 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,14 +38,14 @@ class LimitSpec:
     and expires with that token (limits partitioned by a token or its conversation)."""
 
     key: str
-    interval_ms: float
+    interval_us: int
     burst: int
     shadow: bool = False
     scope: str | None = None
 
     @property
-    def tolerance_ms(self) -> float:
-        return self.interval_ms * self.burst
+    def tolerance_us(self) -> int:
+        return self.interval_us * self.burst
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,19 +58,20 @@ class LimitState:
     reset_ms: int
     #: until a denied request would be admitted; 0 when allowed
     retry_ms: int
-    #: the TAT to store when the whole request is admitted
-    new_tat: float
+    #: the TAT to store when the whole request is admitted (microseconds)
+    new_tat: int
 
 
-def evaluate(spec: LimitSpec, tat: float | None, now: float, cost: int = 1) -> LimitState:
+def evaluate(spec: LimitSpec, tat: int | None, now: int) -> LimitState:
     """Check one limit at ``now`` given the stored TAT (None when idle)."""
     base = now if tat is None or tat < now else tat
-    new_tat = base + spec.interval_ms * cost
+    new_tat = base + spec.interval_us
     ahead = new_tat - now
-    if ahead <= spec.tolerance_ms:
-        remaining = int((spec.tolerance_ms - ahead) // spec.interval_ms)
-        return LimitState(True, remaining, math.ceil(ahead), 0, new_tat)
+    tolerance = spec.tolerance_us
+    if ahead <= tolerance:
+        remaining = (tolerance - ahead) // spec.interval_us
+        return LimitState(True, remaining, _ceil_ms(ahead), 0, new_tat)
     current_ahead = base - now
-    remaining = max(int((spec.tolerance_ms - current_ahead) // spec.interval_ms), 0)
-    retry = math.ceil(ahead - spec.tolerance_ms)
-    return LimitState(False, remaining, math.ceil(current_ahead), retry, base)
+    remaining = max((tolerance - current_ahead) // spec.interval_us, 0)
+    retry = _ceil_ms(ahead - tolerance)
+    return LimitState(False, remaining, _ceil_ms(current_ahead), retry, base)

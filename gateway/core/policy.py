@@ -46,8 +46,9 @@ class Limit:
     burst: int
 
     @property
-    def interval_ms(self) -> float:
-        return self.per_seconds * 1000.0 / self.rate
+    def interval_us(self) -> int:
+        """The steady-state spacing of requests, rounded once to a whole microsecond."""
+        return round(self.per_seconds * 1_000_000 / self.rate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +184,7 @@ class PolicySet:
                 key = f"{policy.name}:{_partition_value(facts, policy.partition, v4, v6)}"
             spec = LimitSpec(
                 key=key,
-                interval_ms=limit.interval_ms,
+                interval_us=limit.interval_us,
                 burst=limit.burst,
                 shadow=mode == "shadow",
                 scope=scope,

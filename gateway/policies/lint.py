@@ -29,7 +29,7 @@ def lint(loaded: LoadedPolicies, known_models: Collection[str] | None = None) ->
         scope = _scope(policy)
         first = seen.get(scope)
         if first is not None and first.mode == policy.mode == "enforce":
-            tighter = first if first.limit.interval_ms >= policy.limit.interval_ms else policy
+            tighter = first if first.limit.interval_us >= policy.limit.interval_us else policy
             findings.append(
                 f"{at}: policy {policy.name!r} limits the same requests by the same partition "
                 f"as {first.name!r} ({where.get(first.name, '?')}); only the tighter "

@@ -71,6 +71,8 @@ class LimitModel(_Strict):
     def _sane(self) -> LimitModel:
         if self.per / self.rate < 0.001:
             raise ValueError("rate/per is finer than one request per millisecond")
+        if self.per / self.rate * self.burst > 366 * 86400:
+            raise ValueError("burst x per / rate spans more than a year")
         return self
 
 

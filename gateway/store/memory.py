@@ -7,13 +7,13 @@ dropped lazily on access and by an expiry heap swept on every call (amortised O(
 from __future__ import annotations
 
 import heapq
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from gateway.core.gcra import LimitSpec, LimitState, evaluate
+from gateway.core.fingerprint import TAG_CHARS
+from gateway.core.gcra import EPOCH_US, LimitSpec, LimitState, evaluate
 from gateway.store.base import (
     Admission,
     AdmitRequest,
@@ -73,7 +73,7 @@ class _TokenState:
 
     fingerprints: list[str] | None = None
     revoked: bool = False
-    tats: dict[str, float] = field(default_factory=dict)
+    tats: dict[str, int] = field(default_factory=dict)
 
 
 def _now_ms() -> float:
@@ -84,7 +84,7 @@ class MemoryStore:
     def __init__(self, clock_ms: Callable[[], float] = _now_ms) -> None:
         self._clock = clock_ms
         self.tokens: ExpiringMap[_TokenState] = ExpiringMap()
-        self.tats: ExpiringMap[float] = ExpiringMap()
+        self.tats: ExpiringMap[int] = ExpiringMap()
         self.failures: ExpiringMap[int] = ExpiringMap()
         self.penalties: ExpiringMap[bool] = ExpiringMap()
 
@@ -103,11 +103,16 @@ class MemoryStore:
             until = current
         self.tokens.set(jti, state, until)
 
-    def _tat(self, spec: LimitSpec, now: float) -> float | None:
+    def _tat(self, spec: LimitSpec, now: float) -> int | None:
         if spec.scope is None:
             return self.tats.get(spec.key, now)
         state = self.tokens.get(spec.scope, now)
         return None if state is None else state.tats.get(spec.key)
+
+    @staticmethod
+    def _us(now_ms: float) -> int:
+        """The clock for GCRA: whole microseconds since the epoch of gateway.core.gcra."""
+        return round(now_ms * 1000) - EPOCH_US
 
     def _check_token(self, use: TokenUse, now: float) -> tuple[TokenVerdict, list[str] | None]:
         """The verdict and, for BOUND, the fingerprints to record on admission."""
@@ -118,11 +123,11 @@ class MemoryStore:
         fp = use.fingerprint
         if not fp:
             return TokenVerdict.OK, None
-        known = (
-            record
-            if record is not None
-            else ([use.issued_fingerprint] if use.issued_fingerprint else [])
-        )
+        tag = fp[:TAG_CHARS]
+        if record and record[0][:TAG_CHARS] != tag:
+            record = None  # bound under another binding rule: bind again (as admit.lua)
+        issued = use.issued_fingerprint if use.issued_fingerprint[:TAG_CHARS] == tag else ""
+        known = record if record is not None else ([issued] if issued else [])
         if fp in known:
             if record is None:
                 return TokenVerdict.BOUND, known
@@ -153,8 +158,9 @@ class MemoryStore:
             verdict, bind = self._check_token(request.token, now)
             if verdict in (TokenVerdict.REVOKED, TokenVerdict.REUSE):
                 return Admission(0, verdict, ())
+        now_us = self._us(now)
         states: list[LimitState] = [
-            evaluate(spec, self._tat(spec, now), now) for spec in request.limits
+            evaluate(spec, self._tat(spec, now), now_us) for spec in request.limits
         ]
         if any(
             not s.allowed and not spec.shadow
@@ -165,12 +171,13 @@ class MemoryStore:
         for spec, state in zip(request.limits, states, strict=True):
             if not state.allowed:
                 continue
+            ttl_ms = max(-(-(state.new_tat - now_us) // 1000), 1)
             if spec.scope is None:
-                self.tats.set(spec.key, state.new_tat, state.new_tat)
+                self.tats.set(spec.key, state.new_tat, now + ttl_ms)
                 continue
             token, ms = keep.get(spec.scope) or (self._state(spec.scope, now), 0.0)
             token.tats[spec.key] = state.new_tat
-            keep[spec.scope] = token, max(ms, max(math.ceil(state.new_tat - now), 1))
+            keep[spec.scope] = token, max(ms, ttl_ms)
         if bind is not None and request.token is not None:
             use = request.token
             token, ms = keep.get(use.jti) or (self._state(use.jti, now), 0.0)
@@ -182,7 +189,7 @@ class MemoryStore:
 
     async def peek(self, specs: tuple[LimitSpec, ...]) -> tuple[LimitState, ...]:
         now = self._clock()
-        return tuple(evaluate(spec, self._tat(spec, now), now) for spec in specs)
+        return tuple(evaluate(spec, self._tat(spec, now), self._us(now)) for spec in specs)
 
     async def revoke_token(self, jti: str, ttl_ms: int) -> None:
         """As revoke.lua: a record keeps its fingerprints and expiry; a token without one

@@ -56,11 +56,6 @@ class RedisStore:
         """The token's state: a hash of its record and its token-scoped limits."""
         return f"{self._tag}:ts:{jti}"
 
-    def legacy_token_key(self, jti: str) -> str:
-        """Where a token's record lived before token state hashes (a string): still read
-        while such records live, one token lifetime after an upgrade."""
-        return f"{self._tag}:t:{jti}"
-
     def limit_key(self, key: str) -> str:
         return f"{self._tag}:rl:{key}"
 
@@ -89,7 +84,7 @@ class RedisStore:
             keys.append(self.penalty_key(request.penalty_subject))
         if request.token is not None:
             use = request.token
-            keys += [self.token_key(use.jti), self.legacy_token_key(use.jti)]
+            keys.append(self.token_key(use.jti))
             args += [
                 use.fingerprint,
                 use.issued_fingerprint,
@@ -102,7 +97,7 @@ class RedisStore:
         for spec in request.limits:
             key, field = self.limit_location(spec)
             keys.append(key)
-            args += [repr(float(spec.interval_ms)), spec.burst, 1 if spec.shadow else 0, field]
+            args += [spec.interval_us, spec.burst, 1 if spec.shadow else 0, field]
         if self.pipe is not None:
             reply = await self.pipe.evalsha(self._admit.sha, self._admit.script, keys, args)
         else:
@@ -116,7 +111,7 @@ class RedisStore:
                 remaining=int(reply[i + 1]),
                 reset_ms=int(reply[i + 2]),
                 retry_ms=int(reply[i + 3]),
-                new_tat=0.0,
+                new_tat=0,
             )
             for i in range(2, len(reply), 4)
         )
@@ -127,15 +122,14 @@ class RedisStore:
             return ()
         locations = [self.limit_location(spec) for spec in specs]
         reply = await self._peek(keys=[k for k, _ in locations], args=[f for _, f in locations])
-        now = float(reply[0])
+        now = int(reply[0])
         return tuple(
-            evaluate(spec, float(raw) if raw else None, now)
+            evaluate(spec, int(raw) if raw else None, now)
             for spec, raw in zip(specs, reply[1:], strict=True)
         )
 
     async def revoke_token(self, jti: str, ttl_ms: int) -> None:
-        keys = [self.token_key(jti), self.legacy_token_key(jti)]
-        await self._revoke(keys=keys, args=[record_ttl_ms(ttl_ms)])
+        await self._revoke(keys=[self.token_key(jti)], args=[record_ttl_ms(ttl_ms)])
 
     async def record_failure(self, subject: str, rule: PenaltyRule) -> int:
         reply = await self._failure(

@@ -87,7 +87,7 @@ policies:
     assert applied[0].spec.key == "per-prefix:203.0.0.0/16"
     assert applied[0].limit.rate == 600 and not applied[0].spec.shadow
     assert applied[1].spec.key == f"per-key-model:{KEY_A}|demo"
-    assert applied[1].spec.interval_ms == 500 and applied[1].spec.burst == 2
+    assert applied[1].spec.interval_us == 500_000 and applied[1].spec.burst == 2
     shadowed = policies.applicable(RequestFacts("send", "POST", "1.2.3.4", KEY_B, "demo"))
     assert shadowed[0].spec.shadow and shadowed[0].limit.rate == 60
     assert [

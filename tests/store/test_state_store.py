@@ -16,7 +16,9 @@ from gateway.store.base import (
 )
 from gateway.store.redis import RedisStore
 
-FP_A, FP_B, FP_C = "a" * 16, "b" * 16, "c" * 16
+#: fingerprints made under one binding rule share their first 4 characters (the rule tag)
+TAG = "7e57"
+FP_A, FP_B, FP_C = TAG + "a" * 12, TAG + "b" * 12, TAG + "c" * 12
 
 
 def use(
@@ -108,7 +110,7 @@ async def test_records_expire_with_the_token(store: StateStore) -> None:
 
 
 async def test_limits_admit_burst_then_refuse_with_retry(store: StateStore) -> None:
-    spec = LimitSpec(f"burst:{jti()}", interval_ms=1000, burst=3)
+    spec = LimitSpec(f"burst:{jti()}", interval_us=1_000_000, burst=3)
     results = [await store.admit(AdmitRequest(limits=(spec,))) for _ in range(4)]
     assert [r.limits[0].allowed for r in results] == [True, True, True, False]
     assert [r.limits[0].remaining for r in results[:3]] == [2, 1, 0]
@@ -116,8 +118,8 @@ async def test_limits_admit_burst_then_refuse_with_retry(store: StateStore) -> N
 
 
 async def test_a_denied_request_consumes_nothing(store: StateStore) -> None:
-    roomy = LimitSpec(f"roomy:{jti()}", interval_ms=1000, burst=10)
-    tight = LimitSpec(f"tight:{jti()}", interval_ms=60_000, burst=1)
+    roomy = LimitSpec(f"roomy:{jti()}", interval_us=1_000_000, burst=10)
+    tight = LimitSpec(f"tight:{jti()}", interval_us=60_000_000, burst=1)
     first = await store.admit(AdmitRequest(limits=(roomy, tight)))
     assert first.denied_limits((roomy, tight)) == []
     for _ in range(3):
@@ -128,7 +130,7 @@ async def test_a_denied_request_consumes_nothing(store: StateStore) -> None:
 
 
 async def test_denied_request_does_not_bind_the_token(store: StateStore) -> None:
-    tight = LimitSpec(f"tight:{jti()}", interval_ms=60_000, burst=1)
+    tight = LimitSpec(f"tight:{jti()}", interval_us=60_000_000, burst=1)
     await store.admit(AdmitRequest(limits=(tight,)))
     t = jti()
     denied = await store.admit(AdmitRequest(token=use(t, FP_A), limits=(tight,)))
@@ -138,7 +140,7 @@ async def test_denied_request_does_not_bind_the_token(store: StateStore) -> None
 
 
 async def test_shadow_limits_never_deny(store: StateStore) -> None:
-    shadow = LimitSpec(f"shadow:{jti()}", interval_ms=60_000, burst=1, shadow=True)
+    shadow = LimitSpec(f"shadow:{jti()}", interval_us=60_000_000, burst=1, shadow=True)
     results = [await store.admit(AdmitRequest(limits=(shadow,))) for _ in range(3)]
     assert [r.limits[0].allowed for r in results] == [True, False, False]
     assert all(r.denied_limits((shadow,)) == [] for r in results)
@@ -175,7 +177,7 @@ async def test_flag_action_admits_without_binding(store: StateStore) -> None:
 
 
 async def test_peek_reads_without_consuming(store: StateStore) -> None:
-    spec = LimitSpec(f"peek:{jti()}", interval_ms=1000, burst=3)
+    spec = LimitSpec(f"peek:{jti()}", interval_us=1_000_000, burst=3)
     assert (await store.peek((spec,)))[0].remaining == 2
     await store.admit(AdmitRequest(limits=(spec,)))
     for _ in range(3):
@@ -185,8 +187,8 @@ async def test_peek_reads_without_consuming(store: StateStore) -> None:
 
 
 # -- limits scoped to a token live in the token's state ----------------------------------
-def scoped(name: str, token: str, *, interval_ms: float = 60_000, burst: int = 1) -> LimitSpec:
-    return LimitSpec(name, interval_ms=interval_ms, burst=burst, scope=token)
+def scoped(name: str, token: str, *, interval_us: int = 60_000_000, burst: int = 1) -> LimitSpec:
+    return LimitSpec(name, interval_us=interval_us, burst=burst, scope=token)
 
 
 async def test_token_scoped_limits_are_per_token(store: StateStore) -> None:
@@ -202,8 +204,8 @@ async def test_token_scoped_limits_are_per_token(store: StateStore) -> None:
 
 async def test_token_scoped_denial_consumes_nothing_and_binds_nothing(store: StateStore) -> None:
     t = jti()
-    roomy = scoped("roomy", t, interval_ms=1000, burst=10)
-    tight = LimitSpec(f"tight:{jti()}", interval_ms=60_000, burst=1)
+    roomy = scoped("roomy", t, interval_us=1_000_000, burst=10)
+    tight = LimitSpec(f"tight:{jti()}", interval_us=60_000_000, burst=1)
     await store.admit(AdmitRequest(limits=(tight,)))
     denied = await store.admit(AdmitRequest(token=use(t, FP_A), limits=(roomy, tight)))
     assert denied.denied_limits((roomy, tight)) == [1]
@@ -216,7 +218,7 @@ async def test_token_scoped_limits_without_binding_and_after_revocation(
     store: StateStore,
 ) -> None:
     t = jti()
-    spec = scoped("reads", t, interval_ms=1000, burst=2)
+    spec = scoped("reads", t, interval_us=1_000_000, burst=2)
     unbound = await store.admit(AdmitRequest(token=use(t, ""), limits=(spec,)))
     assert unbound.token is TokenVerdict.OK and unbound.limits[0].remaining == 1
     assert (await store.peek((spec,)))[0].remaining == 0  # 1 used, the next would be the 2nd
@@ -229,7 +231,7 @@ async def test_token_scoped_limits_without_binding_and_after_revocation(
 
 async def test_token_state_expires_with_the_token_and_its_limits(store: StateStore) -> None:
     t = jti()
-    spec = scoped("send-per-token", t, interval_ms=1500, burst=1)
+    spec = scoped("send-per-token", t, interval_us=1_500_000, burst=1)
     await store.admit(AdmitRequest(token=use(t, FP_A, ttl_ms=1000), limits=(spec,)))
     if isinstance(store, RedisStore):
         assert await store.redis.exists(store.limit_key("send-per-token")) == 0
@@ -257,18 +259,26 @@ async def test_one_small_hash_per_live_token(store: StateStore) -> None:
     assert usage is not None and usage <= 200
 
 
-@pytest.mark.parametrize("store_kind", ["redis", "cluster"])
-async def test_records_written_before_token_state_hashes_still_hold(store: StateStore) -> None:
-    """Upgrading: a binding or a revocation stored the earlier way (a string per token)
-    is honoured until it expires with its token."""
-    assert isinstance(store, RedisStore)
-    bound, revoked, later = jti(), jti(), jti()
-    await store.redis.set(store.legacy_token_key(bound), FP_A, px=60_000)
-    await store.redis.set(store.legacy_token_key(revoked), "!" + FP_A, px=60_000)
-    await store.redis.set(store.legacy_token_key(later), FP_A, px=60_000)
-    assert await verdict(store, use(bound, FP_A)) is TokenVerdict.OK
-    assert await verdict(store, use(bound, FP_B)) is TokenVerdict.REUSE
-    assert await verdict(store, use(bound, FP_A)) is TokenVerdict.REVOKED
-    assert await verdict(store, use(revoked, FP_A)) is TokenVerdict.REVOKED
-    await store.revoke_token(later, 60_000)
-    assert await verdict(store, use(later, FP_A)) is TokenVerdict.REVOKED
+async def test_a_new_binding_rule_binds_again_instead_of_suspecting(store: StateStore) -> None:
+    """After a policy reload changes the binding rule, fingerprints carry another tag:
+    live tokens are bound again at their next use, not taken for stolen."""
+    t, at_issue = jti(), jti()
+    assert await verdict(store, use(t, FP_A)) is TokenVerdict.BOUND
+    new_rule = "9c9c" + "a" * 12
+    assert await verdict(store, use(t, new_rule)) is TokenVerdict.BOUND
+    assert await verdict(store, use(t, new_rule)) is TokenVerdict.OK
+    assert await verdict(store, use(t, "9c9c" + "b" * 12)) is TokenVerdict.REUSE
+    # a fingerprint signed into the token under the old rule no longer decides either
+    assert await verdict(store, use(at_issue, new_rule, issued=FP_A)) is TokenVerdict.BOUND
+    # a revocation holds whatever the rule
+    assert await verdict(store, use(t, FP_A)) is TokenVerdict.REVOKED
+
+
+async def test_bursts_are_exact_for_any_interval(store: StateStore) -> None:
+    """Intervals that are no whole number of milliseconds: both stores admit exactly
+    ``burst`` at once from idle, then refuse."""
+    for rate, per_us, burst in ((3, 2_000_000, 3), (6, 1_000_000, 6), (7, 60_000_000, 5)):
+        spec = LimitSpec(f"odd:{jti()}", interval_us=round(per_us / rate), burst=burst)
+        results = [await store.admit(AdmitRequest(limits=(spec,))) for _ in range(burst + 1)]
+        assert [r.limits[0].allowed for r in results] == [True] * burst + [False]
+        assert [r.limits[0].remaining for r in results[:burst]] == list(range(burst - 1, -1, -1))

@@ -78,3 +78,26 @@ async def test_adding_a_file_to_the_directory_is_picked_up(gateway_factory: Any)
     assert gw.services.admissions.policies.current.policies == ()
     (gw.config.policies.path / "more.yaml").write_text(LIMIT.format(burst=7))
     await wait_for_burst(gw, 7)
+
+
+async def test_changing_the_binding_rule_does_not_revoke_live_tokens(
+    gateway_factory: Any, store_kind: str
+) -> None:
+    gw: Gateway = await gateway_factory(
+        store=store_kind, policies="binding: {components: [ip_prefix, user_agent]}\n"
+    )
+    token = await gw.new_token()
+    async with gw.send(token) as resp:
+        assert resp.status == 200
+    policy_file(gw).write_text("binding: {components: [client_ip]}\n")
+    deadline = asyncio.get_running_loop().time() + 5
+    while gw.services.admissions.policies.current.binding.rule.components != ("client_ip",):
+        assert asyncio.get_running_loop().time() < deadline, "the new rule never applied"
+        await asyncio.sleep(0.05)
+    for _ in range(2):  # the same client: bound again under the new rule, then as usual
+        async with gw.send(token) as resp:
+            assert resp.status == 200
+    async with gw.send(token, **{"X-Forwarded-For": "198.51.100.1"}) as resp:
+        assert resp.status == 200  # untrusted header: still the same client
+    async with gw.messages(token) as resp:
+        assert resp.status == 200

@@ -1,34 +1,39 @@
 -- One request's admission, atomically: penalty box, token record, every rate limit.
 -- A denied request writes nothing (except the revocation of a token caught in reuse).
 --
--- KEYS: [penalty block key] [token state key, legacy token record key] limit keys...
+-- KEYS: [penalty block key] [token state key] limit keys...
 -- ARGV[1] has_penalty (0/1)   ARGV[2] has_token (0/1)   ARGV[3] number of limits
 -- token (when has_token): ARGV[4] fingerprint ('' = binding off), ARGV[5] fingerprint
 --   bound at issue ('' = bind at first use), ARGV[6] max fingerprints,
 --   ARGV[7] reuse action (0 deny, 1 revoke, 2 flag), ARGV[8] record ttl ms
--- then per limit i (from ARGV[9]): interval ms, burst, shadow (0/1), field
+-- then per limit i (from ARGV[9]): interval us, burst, shadow (0/1), field
 --
--- A limit's state is the theoretical arrival time (TAT) in milliseconds (3 decimals):
--- in its own string key when its field is '', else in field `field` of a token's state
--- hash. A token's state hash holds the token record (field 'r') and the TATs of the
--- limits partitioned by that token or its conversation, and expires when the last of
--- them would: a stale TAT reads as no TAT, so the limits behave as with one key each.
--- The record holds 16-character fingerprints back to back; '!' first means revoked.
--- Before token state hashes, the record was a string key of its own (the legacy key):
--- while such records live (one token lifetime after an upgrade), a token without a record
--- in its hash reads that one, so earlier bindings and revocations still hold.
+-- Times are whole microseconds since 2023-11-14T22:13:20Z (EPOCH below): below 2^53, so
+-- exact in Lua's doubles, and the same numbers gateway/core/gcra.py computes.
+-- A limit's state is the theoretical arrival time (TAT): in its own string key when its
+-- field is '', else in field `field` of a token's state hash. A token's state hash holds
+-- the token record (field 'r') and the TATs of the limits partitioned by that token or its
+-- conversation, and expires when the last of them would: a stale TAT reads as no TAT, so
+-- the limits behave as with one key each.
+-- The record holds 16-character fingerprints back to back; '!' first means revoked. A
+-- fingerprint's first 4 characters name the binding rule it was made under: a record
+-- (or a fingerprint bound at issue) made under another rule is stale, and the token is
+-- bound again rather than taken for stolen.
 --
 -- Returns {penalized_ms, token_verdict, allowed_1, remaining_1, reset_1, retry_1, ...}
 -- token_verdict: '' (no token), 'ok', 'bound', 'flagged', 'revoked', 'reuse'.
 
 local FP = 16
+local TAG = 4
+local EPOCH = 1700000000
 local has_penalty = ARGV[1] == '1'
 local has_token = ARGV[2] == '1'
 local n = tonumber(ARGV[3])
 local k = 1
 
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local now = (tonumber(t[1]) - EPOCH) * 1000000 + tonumber(t[2])
+local now_ms = math.floor(now / 1000)
 
 -- a hash key's expiry becomes at least `ms` from now (never shortened)
 local function keep_for(key, ms)
@@ -50,20 +55,23 @@ local bind = nil
 local token_key = nil
 if has_token then
   token_key = KEYS[k]
-  local legacy_key = KEYS[k + 1]
-  k = k + 2
+  k = k + 1
   local fp, issued = ARGV[4], ARGV[5]
   local max_fps, action, ttl = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
   local rec = redis.call('HGET', token_key, 'r')
-  if not rec then
-    rec = redis.call('GET', legacy_key)
-  end
   if rec and string.sub(rec, 1, 1) == '!' then
     return {0, 'revoked'}
   end
   if fp == '' then
     verdict = 'ok'
   else
+    local tag = string.sub(fp, 1, TAG)
+    if rec and string.sub(rec, 1, TAG) ~= tag then
+      rec = nil  -- bound under another binding rule: bind again
+    end
+    if issued ~= '' and string.sub(issued, 1, TAG) ~= tag then
+      issued = ''
+    end
     local known = rec
     if not known then
       known = issued
@@ -116,15 +124,15 @@ for i = 1, n do
   if ahead <= tolerance then
     out[j + 1] = 1
     out[j + 2] = math.floor((tolerance - ahead) / interval)
-    out[j + 3] = math.ceil(ahead)
+    out[j + 3] = math.ceil(ahead / 1000)
     out[j + 4] = 0
     tats[i] = new_tat
   else
     local current = base - now
     out[j + 1] = 0
     out[j + 2] = math.max(math.floor((tolerance - current) / interval), 0)
-    out[j + 3] = math.ceil(current)
-    out[j + 4] = math.ceil(ahead - tolerance)
+    out[j + 3] = math.ceil(current / 1000)
+    out[j + 4] = math.ceil((ahead - tolerance) / 1000)
     tats[i] = false
     if not shadow then denied = true end
   end
@@ -140,8 +148,8 @@ for i = 1, n do
   a = a + 4
   if tats[i] then
     local key = KEYS[k + i - 1]
-    local ttl = math.max(math.ceil(tats[i] - now), 1)
-    local value = string.format('%.3f', tats[i])
+    local ttl = math.max(math.ceil((tats[i] - now) / 1000), 1)
+    local value = string.format('%d', tats[i])
     if field == '' then
       redis.call('SET', key, value, 'PX', ttl)
     else
