@@ -155,6 +155,8 @@ def run(args: argparse.Namespace, work: Path, pins: Cpus) -> Results:
                     calls = after.get("evalsha", 0) - before.get("evalsha", 0)
                     admitted = probes.answered(redis_gw.admin_port or 0, SEND_PATH) - admitted
                     results.evalsha_per_post = calls / max(admitted, 1)
+                    if args.profile:
+                        _profile(target, requests, generator, args, work)
                 results.rows.append(Row(scenario.name, label, kind, result))
                 say(
                     f"  {scenario.name:6s} {label:24s} {result.rps:9,.0f} req/s  "
