@@ -4,6 +4,7 @@ recover shared enforcement when Redis returns, without restarting the gateways."
 import asyncio
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
@@ -63,18 +64,24 @@ async def assert_exactly_n_shared(group: Replicas) -> None:
     assert statuses.count(429) == 4 * N, statuses
 
 
+def two_replicas(
+    tmp_path: Path, redis_server: RedisExecutor, upstream: str, mode: str
+) -> AbstractContextManager[Replicas]:
+    """Two gateways on the test's own Redis, with the default 50 ms store deadline."""
+    return replicas(
+        tmp_path,
+        2,
+        store_url=f"redis://127.0.0.1:{redis_server.port}/0",
+        upstream=upstream,
+        policies=POLICIES.format(mode=mode),
+        store={"timeout_ms": 50},
+    )
+
+
 async def test_fail_closed_refuses_fast_then_recovers(
     tmp_path: Path, dedicated: RedisExecutor, backend_process: str
 ) -> None:
-    url = f"redis://127.0.0.1:{dedicated.port}/0"
-    with replicas(
-        tmp_path,
-        2,
-        store_url=url,
-        upstream=backend_process,
-        policies=POLICIES.format(mode="fail_closed"),
-        store={"timeout_ms": 50},
-    ) as group:
+    with two_replicas(tmp_path, dedicated, backend_process, "fail_closed") as group:
         key = group.create_key()
         tokens = [group.token(key, i) for i in range(2)]
         assert await burst(list(zip(group.urls, tokens, strict=True))) == [200, 200]
@@ -96,15 +103,7 @@ async def test_fail_closed_refuses_fast_then_recovers(
 async def test_fail_open_keeps_flowing_under_local_limits_then_recovers(
     tmp_path: Path, dedicated: RedisExecutor, backend_process: str
 ) -> None:
-    url = f"redis://127.0.0.1:{dedicated.port}/0"
-    with replicas(
-        tmp_path,
-        2,
-        store_url=url,
-        upstream=backend_process,
-        policies=POLICIES.format(mode="fail_open"),
-        store={"timeout_ms": 50},
-    ) as group:
+    with two_replicas(tmp_path, dedicated, backend_process, "fail_open") as group:
         token = group.token(group.create_key())
         assert await burst([(group.urls[0], token)]) == [200]
 

@@ -4,15 +4,12 @@ import asyncio
 import socket
 from typing import Any
 
-import httpx
 import pytest
-from httpx_sse import aconnect_sse
 from prometheus_client import generate_latest
 
 from gateway.observability.labels import OTHER, Vocabulary, status_class
 from gateway.observability.metrics import Metrics
 from tests.support.harness import (
-    SEND_URL,
     TOKEN_URL,
     Gateway,
     make_config,
@@ -147,18 +144,11 @@ async def test_a_stream_the_client_abandons_is_499_and_client_disconnected(
     script.chunks = [(0.1, b'data: {"delta": "x"}\n\n') for _ in range(50)]
     gw: Gateway = await gateway_factory(upstream={"url": url})
     token = await gw.new_token()
-    async with (
-        httpx.AsyncClient(timeout=10, headers={"User-Agent": gw.user_agent}) as client,
-        aconnect_sse(
-            client,
-            "POST",
-            gw.url + SEND_URL,
-            json={"client_token": token, "message": "long", "stream": True},
-        ) as source,
-    ):
-        async for _event in source.aiter_sse():
-            assert gw.sample("gateway_streams_in_flight") == 1
-            break
+    in_flight: list[float] = []
+    await gw.stream_then_hang_up(
+        token, on_first_event=lambda: in_flight.append(gw.sample("gateway_streams_in_flight"))
+    )
+    assert in_flight == [1]
     await asyncio.wait_for(script.cancelled.wait(), timeout=3)
     for _ in range(100):
         if gw.sample("gateway_streams_total", outcome="client_disconnected"):

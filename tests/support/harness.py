@@ -156,6 +156,27 @@ class Gateway:
             headers=self.headers(headers),
         )
 
+    async def stream_then_hang_up(
+        self, token: str, message: str = "long", on_first_event: Any = None
+    ) -> None:
+        """Ask for a streamed answer, read its first event, then close the connection."""
+        import httpx
+        from httpx_sse import aconnect_sse
+
+        async with (
+            httpx.AsyncClient(timeout=10, headers={"User-Agent": self.user_agent}) as client,
+            aconnect_sse(
+                client,
+                "POST",
+                self.url + SEND_URL,
+                json={"client_token": token, "message": message, "stream": True},
+            ) as source,
+        ):
+            async for _event in source.aiter_sse():
+                if on_first_event is not None:
+                    on_first_event()
+                break
+
     def messages(self, token: str, **headers: str) -> Any:
         return self.http.get(
             self.url + MESSAGES_URL.format(token=token), headers=self.headers(headers)

@@ -78,17 +78,7 @@ async def test_a_client_that_disconnects_cancels_the_upstream(
     script.chunks = [(0.2, sse({"delta": str(i)})) for i in range(50)]
     gw: Gateway = await gateway_factory(upstream={"url": url})
     token = await gw.new_token()
-    async with (
-        httpx.AsyncClient(timeout=10, headers={"User-Agent": gw.user_agent}) as client,
-        aconnect_sse(
-            client,
-            "POST",
-            gw.url + SEND_URL,
-            json={"client_token": token, "message": "long", "stream": True},
-        ) as source,
-    ):
-        async for _event in source.aiter_sse():
-            break  # read one event, then hang up
+    await gw.stream_then_hang_up(token)
     await asyncio.wait_for(script.cancelled.wait(), timeout=3)
     assert script.finished_at is None
     assert len(script.chunk_sent_at) < 10
@@ -99,17 +89,7 @@ async def test_reference_backend_sees_the_cancellation(gateway: Gateway, backend
 
     backend.app[MODEL].word_delay = 0.2  # type: ignore[attr-defined]
     token = await gateway.new_token()
-    async with (
-        httpx.AsyncClient(timeout=10, headers={"User-Agent": gateway.user_agent}) as client,
-        aconnect_sse(
-            client,
-            "POST",
-            gateway.url + SEND_URL,
-            json={"client_token": token, "message": " ".join(["w"] * 40), "stream": True},
-        ) as source,
-    ):
-        async for _event in source.aiter_sse():
-            break
+    await gateway.stream_then_hang_up(token, " ".join(["w"] * 40))
     stats = backend.app[STATS]
     for _ in range(60):
         if stats.streams_cancelled:
