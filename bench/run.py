@@ -51,6 +51,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="after the POST run on Redis, load the gateway again under py-spy and write "
         "a flame graph to the results directory (needs py-spy, the bench extra)",
     )
+    parser.add_argument(
+        "--profile-format",
+        choices=("flamegraph", "raw", "speedscope"),
+        default="flamegraph",
+        help="py-spy's output: an SVG flame graph, collapsed stacks (text) or speedscope JSON",
+    )
     return parser.parse_args(argv)
 
 
@@ -192,10 +198,11 @@ def _profile(
     if not spy.exists() or target.proc is None:
         say("no py-spy (pip install -e '.[bench]'): no profile")
         return
-    out = args.out / "profile-post-redis.svg"
+    suffix = {"flamegraph": "svg", "raw": "txt", "speedscope": "json"}[args.profile_format]
+    out = args.out / f"profile-post-redis.{suffix}"
     args.out.mkdir(parents=True, exist_ok=True)
     argv = [str(spy), "record", "-p", str(target.proc.pid), "-d", str(args.seconds), "-r", "200",
-            "-o", str(out)]  # fmt: skip
+            "-f", args.profile_format, "-o", str(out)]  # fmt: skip
     with subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT) as spying:
         time.sleep(0.5)
         generator.run(target.port, requests, args.seconds, work)
