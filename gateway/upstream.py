@@ -1,28 +1,27 @@
 """Forwarding to the upstream chat service, per the design's upstream contract.
 
-One pooled :class:`aiohttp.ClientSession` per process. Outgoing headers are built from
-scratch (nothing of the client's request is copied, so no key, token or cookie can
-leak); incoming headers lose hop-by-hop fields and cookies. Streamed answers are relayed
-chunk by chunk as they arrive.
+One pool of keep-alive connections per process (:mod:`gateway.http_client`). Outgoing
+headers are built from scratch (nothing of the client's request is copied, so no key,
+token or cookie can leak); incoming headers lose hop-by-hop fields and cookies. Streamed
+answers are relayed chunk by chunk as they arrive. No redirect is ever followed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import orjson
-from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
+from multidict import CIMultiDict
 
 from gateway.config import UpstreamSettings
 from gateway.errors import ProblemError
+from gateway.http_client import Http1Pool, Response, UpstreamProtocolError
 from gateway.observability.health import CheckFailed
 from gateway.observability.metrics import Metrics
 
@@ -45,7 +44,7 @@ DROPPED_RESPONSE_HEADERS = (
 )
 
 
-def relayable_headers(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+def relayable_headers(headers: CIMultiDict[str]) -> CIMultiDict[str]:
     """The upstream's response headers minus hop-by-hop ones (and those the Connection
     header names), cookies, CORS fields and those the gateway sets itself."""
     named = {
@@ -107,50 +106,44 @@ class UpstreamClient:
     def __init__(
         self,
         settings: UpstreamSettings,
-        session: aiohttp.ClientSession,
+        pool: Http1Pool,
         metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
-        self._session = session
+        self._pool = pool
         self.metrics = metrics if metrics is not None else Metrics()
-        self._base = settings.url.rstrip("/")
         timeouts = settings.timeouts
-        self._buffered_timeout = aiohttp.ClientTimeout(
-            total=timeouts.read, connect=timeouts.connect
-        )
-        self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, connect=timeouts.connect, sock_read=timeouts.stream_idle
-        )
-        self._headers_timeout = timeouts.read
+        self._read_timeout = timeouts.read
+        self._idle_timeout = timeouts.stream_idle
+        self._max_bytes = settings.max_response_bytes
 
     @staticmethod
-    def new_session(settings: UpstreamSettings) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=settings.max_connections,
-            limit_per_host=settings.max_connections,
-            keepalive_timeout=30,
-            enable_cleanup_closed=True,
-        )
-        return aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=False,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            json_serialize=lambda obj: orjson.dumps(obj).decode(),
-            skip_auto_headers=("User-Agent",),
+    def new_pool(settings: UpstreamSettings) -> Http1Pool:
+        return Http1Pool(
+            settings.url,
+            max_connections=settings.max_connections,
+            connect_timeout=settings.timeouts.connect,
         )
 
-    def _url(self, template: str, conversation_id: str) -> str:
-        return self._base + template.format(conversation_id=quote(conversation_id, safe=""))
+    @property
+    def pool(self) -> Http1Pool:
+        return self._pool
+
+    @staticmethod
+    def _target(template: str, conversation_id: str) -> str:
+        return template.format(conversation_id=quote(conversation_id, safe=""))
 
     @contextmanager
     def _observed(self, operation: str) -> Iterator[list[int]]:
         """Times one upstream exchange and counts its failure; the caller appends the
-        response status to the yielded list once the headers are in."""
+        response status to the yielded list once the headers are in. Connection
+        failures become 502 ``upstream_unavailable``, timeouts 504."""
         started = time.perf_counter()
         status: list[int] = []
         cancelled = False
         try:
-            yield status
+            with upstream_errors():
+                yield status
         except ProblemError as err:
             self.metrics.upstream_error(operation, error_reason(err.code))
             raise
@@ -166,136 +159,109 @@ class UpstreamClient:
             )
 
     async def get_messages(self, ctx: ForwardContext) -> BufferedAnswer:
-        url = self._url(self._settings.messages_path, ctx.conversation_id)
-        headers = {**ctx.headers(), "Accept": "application/json"}
-        with self._observed("get_messages") as status, upstream_errors():
-            async with self._session.get(
-                url, headers=headers, timeout=self._buffered_timeout, allow_redirects=False
-            ) as resp:
-                status.append(resp.status)
-                return await self._buffer(resp)
+        target = self._target(self._settings.messages_path, ctx.conversation_id)
+        headers = ctx.headers()
+        headers["Accept"] = "application/json"
+        with self._observed("get_messages") as status:
+            async with asyncio.timeout(self._read_timeout):  # headers and body alike
+                with await self._pool.request("GET", target, headers) as resp:
+                    status.append(resp.status)
+                    return await self._buffer(resp, None)
 
-    async def _buffer(self, resp: aiohttp.ClientResponse) -> BufferedAnswer:
-        limit = self._settings.max_response_bytes
-        if resp.content_length is not None and resp.content_length > limit:
-            raise ProblemError("upstream_error", "the upstream answer is too large")
-        body = bytearray()
-        async for chunk in resp.content.iter_any():
-            body += chunk
-            if len(body) > limit:
-                raise ProblemError("upstream_error", "the upstream answer is too large")
-        return BufferedAnswer(resp.status, relayable_headers(resp.headers), bytes(body))
-
-    @asynccontextmanager
-    async def send_message(
-        self, ctx: ForwardContext, payload: Mapping[str, Any]
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def send_message(self, ctx: ForwardContext, payload: Mapping[str, Any]) -> Response:
         """The upstream's response with headers read and the body not yet consumed.
 
-        The caller relays the body. Leaving the block (normally, on error, or because the
-        client went away and the handler was cancelled) closes the upstream request.
+        The caller relays the body (:meth:`buffer` or :meth:`chunks`) inside
+        ``with response:``; leaving the block before the body is complete (on error, or
+        because the client went away) closes the connection, which cancels the upstream.
+        A buffered answer must be complete within the read timeout, headers and body
+        alike; a streamed one must send its headers within it, then never fall silent
+        for longer than the stream idle timeout.
         """
-        url = self._url(self._settings.send_path, ctx.conversation_id)
+        target = self._target(self._settings.send_path, ctx.conversation_id)
         stream = bool(payload.get("stream"))
-        headers = {
-            **ctx.headers(),
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream" if stream else "application/json",
-        }
-        if stream:
-            request = self._session.post(
-                url,
-                data=orjson.dumps(payload),
-                headers=headers,
-                timeout=self._stream_timeout,
-                allow_redirects=False,  # identity headers must not follow a Location elsewhere
-            )
-        else:
-            request = self._session.post(
-                url,
-                data=orjson.dumps(payload),
-                headers=headers,
-                timeout=self._buffered_timeout,
-                allow_redirects=False,
-            )
-        # a stream's timeout has no total: bound the wait for its headers; a buffered
-        # answer's total already bounds headers and body alike
-        async with self._opened("send_message", request, bound_headers=stream) as resp:
-            yield resp
+        headers = ctx.headers()
+        headers["Content-Type"] = "application/json"
+        headers["Accept"] = "text/event-stream" if stream else "application/json"
+        deadline = asyncio.get_running_loop().time() + self._read_timeout
+        with self._observed("send_message") as status:
+            async with asyncio.timeout_at(deadline):
+                resp = await self._pool.request("POST", target, headers, orjson.dumps(payload))
+            status.append(resp.status)
+        if not stream:
+            resp.deadline = deadline
+        return resp
 
-    @asynccontextmanager
     async def forward(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes | None
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
+    ) -> Response:
         """Any request to ``path`` (percent-encoded, with its query, sent as is): the
-        response with headers read, to be relayed like :meth:`send_message`'s."""
-        url = URL(self._base + path, encoded=True)
-        request = self._session.request(
-            method,
-            url,
-            data=body,
-            headers=headers,
-            timeout=self._stream_timeout,
-            allow_redirects=False,  # a 3xx is the client's to follow, with its own token
-        )
-        async with self._opened("forward", request, bound_headers=True) as resp:
-            yield resp
-
-    @asynccontextmanager
-    async def _opened(
-        self, operation: str, request: Awaitable[aiohttp.ClientResponse], *, bound_headers: bool
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send ``request`` and wait for its headers (with ``bound_headers``, within the
-        read timeout: streaming timeouts have no total); on leaving, return the connection
-        to the pool when the body was read to the end, else close it, which cancels the
-        upstream."""
-        with self._observed(operation) as status, upstream_errors():
-            if bound_headers:
-                async with asyncio.timeout(self._headers_timeout):
-                    resp = await request
-            else:
-                resp = await request
+        response with headers read, to be relayed with :meth:`chunks` inside
+        ``with response:``, like :meth:`send_message`'s streamed answers."""
+        with self._observed("forward") as status:
+            async with asyncio.timeout(self._read_timeout):
+                resp = await self._pool.request(method, path, headers, body)
             status.append(resp.status)
-        try:
-            yield resp
-        finally:
-            if resp.content.at_eof():
-                resp.release()
-            else:
-                resp.close()
+        return resp
 
-    async def buffer(self, resp: aiohttp.ClientResponse) -> BufferedAnswer:
+    async def _buffer(self, resp: Response, deadline: float | None) -> BufferedAnswer:
+        """The whole body (at most ``max_response_bytes``), by ``deadline`` if set."""
+        limit = self._max_bytes
+        length = resp.content_length
+        if length is not None and length > limit:
+            raise ProblemError("upstream_error", "the upstream answer is too large")
+        body = b""
+        while True:
+            if resp.ready() or deadline is None:
+                chunk = await resp.read_any()
+            else:
+                async with asyncio.timeout_at(deadline):
+                    chunk = await resp.read_any()
+            if not chunk:
+                break
+            body = chunk if not body else body + chunk
+            if len(body) > limit:
+                raise ProblemError("upstream_error", "the upstream answer is too large")
+        return BufferedAnswer(resp.status, relayable_headers(resp.headers), body)
+
+    async def buffer(self, resp: Response) -> BufferedAnswer:
+        """A :meth:`send_message` answer's whole body, within its deadline."""
         try:
             with upstream_errors():
-                return await self._buffer(resp)
+                return await self._buffer(resp, resp.deadline)
         except ProblemError as err:
             self.metrics.upstream_error("send_message", error_reason(err.code))
             raise
 
+    async def chunks(self, resp: Response) -> AsyncIterator[bytes]:
+        """The body's chunks as they arrive, each within the stream idle timeout. Only
+        reading is mapped to upstream problems: a failure writing to the client is the
+        client's, not the upstream's."""
+        idle = self._idle_timeout
+        while True:
+            with upstream_errors():
+                if resp.ready():
+                    chunk = await resp.read_any()
+                else:
+                    async with asyncio.timeout(idle):
+                        chunk = await resp.read_any()
+            if not chunk:
+                return
+            yield chunk
+
     async def probe(self) -> None:
         """Readiness: GET ``health_path`` (2xx/3xx is up) or, unset, a TCP connect."""
         if self._settings.health_path:
-            async with self._session.get(
-                self._base + self._settings.health_path, allow_redirects=False
-            ) as resp:
+            with await self._pool.request("GET", self._settings.health_path, {}) as resp:
                 if resp.status >= 400:
                     raise CheckFailed(f"status_{resp.status}")
+                while await resp.read_any():  # read to the end: the connection is reused
+                    pass
             return
-        url = URL(self._base)
-        _reader, writer = await asyncio.open_connection(url.host, url.port)
+        origin = self._pool.origin
+        _reader, writer = await asyncio.open_connection(origin.host, origin.port)
         writer.close()
         await writer.wait_closed()
-
-
-async def body_chunks(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The upstream body's chunks as they arrive. Only reading is mapped to upstream
-    problems: a failure writing to the client is the client's, not the upstream's."""
-    while True:
-        with upstream_errors():
-            chunk = await resp.content.readany()
-        if not chunk:
-            return
-        yield chunk
 
 
 @contextmanager
@@ -305,11 +271,11 @@ def upstream_errors() -> Iterator[None]:
         yield
     except ProblemError:
         raise
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+    except TimeoutError as exc:
         raise ProblemError("upstream_timeout", "the upstream did not answer in time") from exc
-    except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError) as exc:
+    except OSError as exc:  # refused, reset, closed early, DNS, TLS
         raise ProblemError("upstream_unavailable", "the upstream cannot be reached") from exc
-    except aiohttp.ClientError as exc:
+    except UpstreamProtocolError as exc:
         raise ProblemError(
             "upstream_unavailable", f"upstream failure: {type(exc).__name__}"
         ) from exc

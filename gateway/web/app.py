@@ -149,12 +149,12 @@ def create_app(
         tasks = [asyncio.create_task(key_store.run(stop), name="keystore-sync")]
         if config.policies.watch:
             tasks.append(asyncio.create_task(policy_store.run(stop), name="policy-watch"))
-        session = UpstreamClient.new_session(config.upstream)
+        pool = UpstreamClient.new_pool(config.upstream)
         app[SERVICES] = Services(
             config=config,
             keys=verifier,
             admissions=admissions,
-            upstream=UpstreamClient(config.upstream, session, metrics),
+            upstream=UpstreamClient(config.upstream, pool, metrics),
             metrics=metrics,
         )
         try:
@@ -164,7 +164,7 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await asyncio.wait_for(task, timeout=5)
-            await session.close()
+            await pool.close()
             verifier.close()
             if keystore is None:
                 await key_store.close()

@@ -21,14 +21,15 @@ from urllib.parse import unquote
 
 import aiohttp
 import structlog
-from aiohttp import ClientResponse, web
+from aiohttp import web
 
 from gateway.errors import ProblemError
+from gateway.http_client import Response
 from gateway.oauth.access_token import AccessToken, TokenInvalid, TokenOutOfTime
 from gateway.oauth.authenticator import Authenticator
 from gateway.oauth.jwks import JwksCache, JwksUnavailable
 from gateway.oauth.settings import OAuthSettings, PrivateRoute
-from gateway.upstream import body_chunks, relayable_headers
+from gateway.upstream import relayable_headers
 from gateway.web.payloads import client_of
 from gateway.web.state import CLIENT_IP, REQUEST_ID, SERVICES
 
@@ -151,12 +152,12 @@ class PrefixHandler:
         if caller.client_id:
             headers["X-Auth-Client-Id"] = caller.client_id
         upstream = request.app[SERVICES].upstream
-        async with upstream.forward(request.method, path, headers, body) as resp:
+        with await upstream.forward(request.method, path, headers, body) as resp:
             return await relay(request, resp, limits)
 
 
 async def relay(
-    request: web.Request, upstream: ClientResponse, limits: dict[str, str]
+    request: web.Request, upstream: Response, limits: dict[str, str]
 ) -> web.StreamResponse:
     out = web.StreamResponse(status=upstream.status, headers=relayable_headers(upstream.headers))
     out.headers.update(limits)
@@ -165,7 +166,7 @@ async def relay(
         out.headers["X-Accel-Buffering"] = "no"
     await out.prepare(request)
     try:
-        async for chunk in body_chunks(upstream):
+        async for chunk in request.app[SERVICES].upstream.chunks(upstream):
             await out.write(chunk)
     except ProblemError as err:  # mid-answer: a truncated response is the honest signal
         log.warning("upstream_stream_failed", code=err.code)

@@ -9,14 +9,15 @@ from datetime import UTC, datetime
 
 import orjson
 import structlog
-from aiohttp import ClientResponse, web
+from aiohttp import web
 
 from gateway.core.token_codec import ClientToken
 from gateway.errors import ProblemError
+from gateway.http_client import Response
 from gateway.key_verifier import Candidate, KeyRejected, VerifierBusy
 from gateway.keystore.base import KeyRecord
 from gateway.observability.metrics import StreamOutcome
-from gateway.upstream import ForwardContext, body_chunks, error_reason, relayable_headers
+from gateway.upstream import ForwardContext, error_reason, relayable_headers
 from gateway.web.cors import admit_origin
 from gateway.web.payloads import (
     bearer_credential,
@@ -199,7 +200,7 @@ async def send_message(request: web.Request) -> web.StreamResponse:
         "stream": message.stream,
     }
     upstream = services.upstream
-    async with upstream.send_message(_forward_context(request, claims), payload) as resp:
+    with await upstream.send_message(_forward_context(request, claims), payload) as resp:
         _check_upstream_status(resp.status)
         if resp.content_type == "text/event-stream":
             return await _relay_stream(request, resp, limits)
@@ -211,7 +212,7 @@ async def send_message(request: web.Request) -> web.StreamResponse:
 
 
 async def _relay_stream(
-    request: web.Request, upstream: ClientResponse, limits: dict[str, str]
+    request: web.Request, upstream: Response, limits: dict[str, str]
 ) -> web.StreamResponse:
     metrics = request.app[SERVICES].metrics
     out = web.StreamResponse(status=upstream.status, headers=relayable_headers(upstream.headers))
@@ -231,15 +232,16 @@ async def _relay_stream(
 
 
 async def _relay_chunks(
-    request: web.Request, upstream: ClientResponse, out: web.StreamResponse
+    request: web.Request, upstream: Response, out: web.StreamResponse
 ) -> StreamOutcome:
     """Copy the upstream's chunks as they arrive; on an upstream failure, end with an
     ``error`` event when between events, else cut the connection."""
-    metrics = request.app[SERVICES].metrics
+    services = request.app[SERVICES]
+    metrics = services.metrics
     tail = b"\n\n"
     first = True
     try:
-        async for chunk in body_chunks(upstream):
+        async for chunk in services.upstream.chunks(upstream):
             await out.write(chunk)
             if first:
                 first = False

@@ -139,10 +139,9 @@ async def test_connections_to_the_upstream_are_pooled(
     for _ in range(5):
         async with gw.messages(token) as resp:
             assert resp.status == 200
-    connector = gw.services.upstream._session.connector
-    assert connector is not None
+    pool = gw.services.upstream.pool
     # one idle keep-alive connection serves every sequential request
-    assert sum(len(conns) for conns in connector._conns.values()) == 1
+    assert (pool.open_connections, pool.idle_connections) == (1, 1)
 
 
 @pytest.mark.parametrize("stream", [False, True])
