@@ -1,9 +1,10 @@
 """The bare pass-through proxy: the floor for any Python proxy on this machine.
 
-aiohttp server and pooled aiohttp client on uvloop, exactly like the gateway's runtime,
-with none of its work: every request is forwarded unchanged (method, path, body,
-``Content-Type`` and ``Accept``) and the answer relayed, streamed chunk by chunk when it
-is ``text/event-stream``. ``python -m bench.passthrough PORT UPSTREAM_URL``.
+aiohttp server and pooled aiohttp client on uvloop, with the gateway's garbage-collector
+settings (:func:`gateway.runtime.settle_heap`), and none of its work: every request is
+forwarded unchanged (method, path, body, ``Content-Type`` and ``Accept``) and the answer
+relayed, streamed chunk by chunk when it is ``text/event-stream``.
+``python -m bench.passthrough PORT UPSTREAM_URL``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import sys
 import aiohttp
 import uvloop
 from aiohttp import web
+
+from gateway.runtime import settle_heap
 
 FORWARDED = ("Content-Type", "Accept")
 
@@ -59,6 +62,7 @@ async def _serve(app: web.Application, port: int) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port, backlog=4096).start()
+    settle_heap()  # as `gateway serve` does: the floor gets every runtime tuning
     try:
         await asyncio.Event().wait()  # until SIGTERM ends the process
     finally:

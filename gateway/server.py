@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import signal
 from collections.abc import Mapping
 
@@ -30,6 +29,7 @@ from gateway.config import Config
 from gateway.observability.health import Health
 from gateway.observability.logging import flush as flush_logs
 from gateway.observability.metrics import Metrics
+from gateway.runtime import settle_heap
 from gateway.web.admin import create_admin_app
 from gateway.web.app import create_app
 from gateway.web.state import SERVICES
@@ -45,18 +45,6 @@ async def watch_loop_lag(metrics: Metrics, interval: float = LAG_INTERVAL) -> No
         due = loop.time() + interval
         await asyncio.sleep(interval)
         metrics.loop_lag.observe(max(0.0, loop.time() - due))
-
-
-def settle_heap() -> None:
-    """Collect once, then move every object that startup built (modules, configuration,
-    compiled policies, clients) into the collector's permanent generation.
-
-    They live as long as the process, yet a full collection would walk them all: tens of
-    milliseconds on the loop, often enough to push an in-flight store call past its
-    deadline. After this, full collections walk only what requests allocate."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 20)
 
 
 def _in_flight(metrics: Metrics) -> dict[str, float]:
