@@ -19,8 +19,9 @@ machine its per-request work cost more CPU than every check of the gateway toget
 - no retry, on purpose: a request that meets a connection the upstream has just closed
   fails (``UpstreamDisconnected``) rather than risk sending a chat message twice.
 
-Deadlines are the caller's (``asyncio.timeout`` around :meth:`Http1Pool.request` and
-around each body read); only the connect timeout is applied here.
+:meth:`Http1Pool.request` takes a deadline for the response's headers (the wait for a
+connection included) and applies the connect timeout; body reads are bounded by the
+caller.
 """
 
 from __future__ import annotations
@@ -315,6 +316,11 @@ class _Connection(asyncio.Protocol):
             response._fail(error)
 
 
+def _expire(waiter: asyncio.Future[Response]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("no answer from the upstream in time"))
+
+
 class Http1Pool:
     """Keep-alive connections to one origin (see the module's documentation)."""
 
@@ -354,15 +360,32 @@ class Http1Pool:
         target: str,
         headers: Mapping[str, str],
         body: bytes | None = None,
+        *,
+        deadline: float | None = None,
     ) -> Response:
-        """Send one request; the response once its headers are in.
+        """Send one request; the response once its headers are in, or ``TimeoutError``
+        at ``deadline`` (event-loop time; the wait for a connection included).
 
         ``target`` is the origin-form path and query, already percent-encoded. Header
         names and values must not contain CR, LF or NUL (``ValueError``)."""
         head = self._head(method, target, headers, body)
-        conn = await self._acquire()
+        conn = self._reusable()
+        if conn is None:  # wait for a slot, or connect
+            if deadline is None:
+                conn = await self._acquire()
+            else:
+                async with asyncio.timeout_at(deadline):
+                    conn = await self._acquire()
         try:
-            return await conn.send(head, body, method == "HEAD")
+            waiter = conn.send(head, body, method == "HEAD")
+            if deadline is None:
+                return await waiter
+            # a plain timer on the waiter: cheaper than a timeout context per request
+            timer = asyncio.get_running_loop().call_at(deadline, _expire, waiter)
+            try:
+                return await waiter
+            finally:
+                timer.cancel()
         except BaseException:
             conn.abort()  # failed, timed out or cancelled mid-exchange: never reused
             raise
@@ -386,18 +409,25 @@ class Http1Pool:
             lines.append("\r\n")
         return "".join(lines).encode("utf-8", "surrogateescape")
 
+    def _reusable(self) -> _Connection | None:
+        """The most recently used idle connection still fit for use, if any."""
+        idle = self._idle
+        if idle and not self._closing:
+            now = time.monotonic()
+            while idle:
+                conn = idle.pop()
+                if not conn.closed and now - conn.idle_since < self._idle_seconds:
+                    return conn
+                conn.abort()
+        return None
+
     async def _acquire(self) -> _Connection:
         while True:
             if self._closing:
                 raise UpstreamDisconnected("the upstream client is closed")
-            idle = self._idle
-            if idle:
-                now = time.monotonic()
-                while idle:
-                    conn = idle.pop()
-                    if not conn.closed and now - conn.idle_since < self._idle_seconds:
-                        return conn
-                    conn.abort()
+            conn = self._reusable()
+            if conn is not None:
+                return conn
             if len(self._open) < self._max:
                 return await self._connect()
             waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
@@ -133,39 +133,17 @@ class UpstreamClient:
     def _target(template: str, conversation_id: str) -> str:
         return template.format(conversation_id=quote(conversation_id, safe=""))
 
-    @contextmanager
-    def _observed(self, operation: str) -> Iterator[list[int]]:
-        """Times one upstream exchange and counts its failure; the caller appends the
-        response status to the yielded list once the headers are in. Connection
-        failures become 502 ``upstream_unavailable``, timeouts 504."""
-        started = time.perf_counter()
-        status: list[int] = []
-        cancelled = False
-        try:
-            with upstream_errors():
-                yield status
-        except ProblemError as err:
-            self.metrics.upstream_error(operation, error_reason(err.code))
-            raise
-        except asyncio.CancelledError:
-            cancelled = True
-            raise
-        finally:
-            self.metrics.observe_upstream(
-                operation,
-                status[0] if status else None,
-                time.perf_counter() - started,
-                cancelled=cancelled,
-            )
+    def _observed(self, operation: str) -> Observed:
+        return Observed(self.metrics, operation)
 
     async def get_messages(self, ctx: ForwardContext) -> BufferedAnswer:
         target = self._target(self._settings.messages_path, ctx.conversation_id)
         headers = ctx.headers()
         headers["Accept"] = "application/json"
-        with self._observed("get_messages") as status:
+        with self._observed("get_messages") as exchange:
             async with asyncio.timeout(self._read_timeout):  # headers and body alike
                 with await self._pool.request("GET", target, headers) as resp:
-                    status.append(resp.status)
+                    exchange.status = resp.status
                     return await self._buffer(resp, None)
 
     async def send_message(self, ctx: ForwardContext, payload: Mapping[str, Any]) -> Response:
@@ -184,10 +162,11 @@ class UpstreamClient:
         headers["Content-Type"] = "application/json"
         headers["Accept"] = "text/event-stream" if stream else "application/json"
         deadline = asyncio.get_running_loop().time() + self._read_timeout
-        with self._observed("send_message") as status:
-            async with asyncio.timeout_at(deadline):
-                resp = await self._pool.request("POST", target, headers, orjson.dumps(payload))
-            status.append(resp.status)
+        with self._observed("send_message") as exchange:
+            resp = await self._pool.request(
+                "POST", target, headers, orjson.dumps(payload), deadline=deadline
+            )
+            exchange.status = resp.status
         if not stream:
             resp.deadline = deadline
         return resp
@@ -198,10 +177,10 @@ class UpstreamClient:
         """Any request to ``path`` (percent-encoded, with its query, sent as is): the
         response with headers read, to be relayed with :meth:`chunks` inside
         ``with response:``, like :meth:`send_message`'s streamed answers."""
-        with self._observed("forward") as status:
-            async with asyncio.timeout(self._read_timeout):
-                resp = await self._pool.request(method, path, headers, body)
-            status.append(resp.status)
+        deadline = asyncio.get_running_loop().time() + self._read_timeout
+        with self._observed("forward") as exchange:
+            resp = await self._pool.request(method, path, headers, body, deadline=deadline)
+            exchange.status = resp.status
         return resp
 
     async def _buffer(self, resp: Response, deadline: float | None) -> BufferedAnswer:
@@ -264,18 +243,79 @@ class UpstreamClient:
         await writer.wait_closed()
 
 
-@contextmanager
-def upstream_errors() -> Iterator[None]:
-    """Connection failures become 502 ``upstream_unavailable``, timeouts 504."""
-    try:
-        yield
-    except ProblemError:
-        raise
-    except TimeoutError as exc:
-        raise ProblemError("upstream_timeout", "the upstream did not answer in time") from exc
-    except OSError as exc:  # refused, reset, closed early, DNS, TLS
-        raise ProblemError("upstream_unavailable", "the upstream cannot be reached") from exc
-    except UpstreamProtocolError as exc:
-        raise ProblemError(
-            "upstream_unavailable", f"upstream failure: {type(exc).__name__}"
-        ) from exc
+def as_problem(exc: BaseException) -> ProblemError | None:
+    """The problem an upstream failure is: connection failures 502
+    ``upstream_unavailable``, timeouts 504; ``None`` for anything else (a bug)."""
+    if isinstance(exc, ProblemError):
+        return exc
+    if isinstance(exc, TimeoutError):
+        return ProblemError("upstream_timeout", "the upstream did not answer in time")
+    if isinstance(exc, OSError):  # refused, reset, closed early, DNS, TLS
+        return ProblemError("upstream_unavailable", "the upstream cannot be reached")
+    if isinstance(exc, UpstreamProtocolError):
+        return ProblemError("upstream_unavailable", f"upstream failure: {type(exc).__name__}")
+    return None
+
+
+class UpstreamErrors:
+    """``with upstream_errors():`` raises upstream failures as their problem
+    (:func:`as_problem`). A class, not a generator: it wraps every chunk of a stream."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            return
+        problem = as_problem(exc)
+        if problem is not None and problem is not exc:
+            raise problem from exc
+
+
+_UPSTREAM_ERRORS = UpstreamErrors()
+
+
+def upstream_errors() -> UpstreamErrors:
+    return _UPSTREAM_ERRORS
+
+
+class Observed:
+    """One upstream exchange: timed, its failure raised as its problem and counted. The
+    caller sets :attr:`status` once the response's headers are in."""
+
+    __slots__ = ("_metrics", "_operation", "_started", "status")
+
+    def __init__(self, metrics: Metrics, operation: str) -> None:
+        self._metrics = metrics
+        self._operation = operation
+        self._started = time.perf_counter()
+        self.status: int | None = None
+
+    def __enter__(self) -> Observed:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        cancelled = isinstance(exc, asyncio.CancelledError)
+        self._metrics.observe_upstream(
+            self._operation, self.status, time.perf_counter() - self._started, cancelled=cancelled
+        )
+        if exc is None or cancelled:
+            return
+        problem = as_problem(exc)
+        if problem is None:
+            return  # not an upstream failure: propagates as it is
+        self._metrics.upstream_error(self._operation, error_reason(problem.code))
+        if problem is not exc:
+            raise problem from exc

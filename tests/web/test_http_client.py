@@ -288,6 +288,25 @@ async def test_cancelled_while_waiting_for_headers_drops_the_connection() -> Non
         await pool.close()
 
 
+async def test_the_deadline_bounds_the_headers_and_the_wait_for_a_connection() -> None:
+    async def answer(_request: bytes, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(10)
+
+    async with raw_server(answer) as server:
+        pool = new_pool(server.url, max_connections=1)
+        loop = asyncio.get_running_loop()
+        first = asyncio.create_task(pool.request("GET", "/x", {}, deadline=loop.time() + 0.1))
+        await asyncio.sleep(0.02)
+        in_line = pool.request("GET", "/x", {}, deadline=loop.time() + 0.03)
+        with pytest.raises(TimeoutError):
+            await in_line  # never got the one connection
+        with pytest.raises(TimeoutError):
+            await first  # got it, but no answer
+        assert pool.open_connections == 0
+        await pool.close()
+    assert server.connections == 1
+
+
 async def test_read_ahead_is_bounded_by_pausing_the_socket() -> None:
     size = READ_AHEAD * 8
 
