@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from redis.asyncio.retry import Retry
@@ -17,8 +18,11 @@ from gateway.store.pipeline import SCHEMES, RedisPipe
 from gateway.store.redis import RedisStore
 
 
-def open_store(settings: StoreSettings) -> StateStore:
-    """The memory store, or a Redis store behind a deadline and a circuit breaker."""
+def open_store(
+    settings: StoreSettings, *, on_deadline_extended: Callable[[], None] | None = None
+) -> StateStore:
+    """The memory store, or a Redis store behind a deadline and a circuit breaker
+    (``on_deadline_extended``: see :class:`GuardedStore`)."""
     if settings.type == "memory":
         return MemoryStore()
     socket_timeout = max(settings.timeout_ms / 1000, 0.5)
@@ -38,4 +42,5 @@ def open_store(settings: StoreSettings) -> StateStore:
         RedisStore(client, prefix=settings.prefix, pipe=pipe),
         timeout=settings.timeout_ms / 1000,
         breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_open_seconds),
+        on_deadline_extended=on_deadline_extended,
     )

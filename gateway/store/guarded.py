@@ -4,6 +4,11 @@ Every call gets the configured budget (tens of milliseconds); a call that fails 
 late counts against the breaker, and while the breaker is open calls fail at once, so a
 dead Redis never makes requests wait. Failures surface as :class:`StoreUnavailable`;
 the caller decides between failing closed and falling back to local limits.
+
+The budget counts time the event loop was free to serve the call, not time it spent
+elsewhere (a flood of requests, a long garbage collection): then the reply may be waiting
+for the loop, or the command may not even have left yet, and the store is not to blame.
+See :class:`_Deadline`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,86 @@ T = TypeVar("T")
 #: RedisClusterException (not a RedisError) when no node answers
 FAILURES = (TimeoutError, RedisError, RedisClusterException, OSError, ConnectionError)
 
+#: a deadline timer that fires later than this share of the deadline (and at least
+#: LATE_MIN_SECONDS) found the event loop busy: it is set again as much later
+LATE_SHARE = 0.1
+LATE_MIN_SECONDS = 0.002
+#: a busy loop extends a call by at most this many deadlines, and never by more than
+#: MAX_EXTENSION_SECONDS: a store that does not answer still fails under a saturated loop
+MAX_EXTENSION_DEADLINES = 3
+MAX_EXTENSION_SECONDS = 1.0
+
+
+class _Deadline:
+    """The deadline of one store call: like ``asyncio.timeout``, but fair to the store.
+
+    When the time is up the calling task is cancelled, and :meth:`stop` tells the caller
+    whether that cancellation was the deadline's own (no one else cancelled the task
+    meanwhile), which the caller turns into ``TimeoutError``; the task's cancellation
+    count is restored, as ``asyncio.timeout`` does. Two differences:
+
+    * A timer that fires late (by more than a tenth of the deadline) proves only that
+      the loop was busy: the command may not have left yet (the pipe writes at the end
+      of a loop turn), or the reply may be waiting in the socket or be read but not yet
+      handed to its task. The timer is then set again a tenth of the deadline later,
+      which gives the loop a turn to write, read and deliver, and again while the loop
+      stays late, up to a bounded extension (at most three deadlines, at most a second),
+      so a store that does not answer still fails under a saturated loop.
+    * The task is not cancelled by the timer itself but by a callback queued behind the
+      callbacks already waiting: a reply read in the same loop turn has queued its task's
+      wake-up there, and cancelling the task before that wake-up runs would throw away
+      an answer that arrived in time.
+
+    One timer and this small object per call: this runs on every request.
+    """
+
+    __slots__ = ("_cancelling", "_due", "_expired", "_handle", "_limit", "_loop", "_store", "_task")
+
+    def __init__(self, store: GuardedStore) -> None:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("a store call must run inside a task")
+        self._loop = loop = task.get_loop()
+        self._store = store
+        self._task = task
+        #: cancellations already requested when the call began (see ``asyncio.timeout``)
+        self._cancelling = task.cancelling()
+        self._due = due = loop.time() + store.timeout
+        self._limit: float | None = None
+        self._handle: asyncio.Handle = loop.call_at(due, self._fire)
+        #: the deadline cancelled the task
+        self._expired = False
+
+    def _fire(self) -> None:
+        loop = self._loop
+        now = loop.time()
+        timeout = self._store.timeout
+        late = max(timeout * LATE_SHARE, LATE_MIN_SECONDS)
+        if now - self._due > late:
+            limit = self._limit
+            first = limit is None
+            if limit is None:  # the deadline proper: the extension is bounded from here
+                extension = min(timeout * MAX_EXTENSION_DEADLINES, MAX_EXTENSION_SECONDS)
+                self._limit = limit = self._due + extension
+            if now < limit:
+                self._due = min(now + late, limit)
+                self._handle = loop.call_at(self._due, self._fire)
+                if first and (counted := self._store.on_deadline_extended) is not None:
+                    counted()
+                return
+        # not late, or late for too long: cancel, once the queued callbacks have run
+        self._handle = loop.call_soon(self._expire)
+
+    def _expire(self) -> None:
+        self._expired = True
+        self._task.cancel()
+
+    def stop(self) -> bool:
+        """The call is over: disarm. True when the deadline cancelled the task and no
+        one else asked for its cancellation meanwhile: the call timed out."""
+        self._handle.cancel()
+        return self._expired and self._task.uncancel() <= self._cancelling
+
 
 class GuardedStore:
     def __init__(
@@ -36,12 +121,15 @@ class GuardedStore:
         breaker: CircuitBreaker,
         clock: Callable[[], float] = time.monotonic,
         on_state_change: Callable[[BreakerState], None] | None = None,
+        on_deadline_extended: Callable[[], None] | None = None,
     ) -> None:
         self.inner = inner
         self.timeout = timeout
         self.breaker = breaker
         self._clock = clock
         self._on_state_change = on_state_change
+        #: called once per call whose deadline was extended because the loop ran late
+        self.on_deadline_extended = on_deadline_extended
 
     def _changed(self) -> None:
         state = self.breaker.state
@@ -52,20 +140,34 @@ class GuardedStore:
         if self._on_state_change is not None:
             self._on_state_change(state)
 
+    def _failed(self, exc: BaseException) -> StoreUnavailable:
+        if self.breaker.failure(self._clock()):
+            self._changed()
+        return StoreUnavailable(type(exc).__name__)
+
     async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
         if not self.breaker.allow(self._clock()):
             raise StoreUnavailable("circuit open")
+        deadline = _Deadline(self)
         try:
-            async with asyncio.timeout(self.timeout):
-                result = await make()
-        except FAILURES as exc:
-            if self.breaker.failure(self._clock()):
-                self._changed()
-            raise StoreUnavailable(type(exc).__name__) from exc
-        except BaseException:
-            # cancelled, or a bug: whatever it was, a half-open probe is over
+            result = await make()
+        except asyncio.CancelledError as exc:
+            if deadline.stop():  # the deadline's own cancellation, and no one else's
+                timeout = TimeoutError()
+                timeout.__cause__ = exc
+                raise self._failed(timeout) from timeout
+            # cancelled from outside: a half-open probe is over
             self.breaker.probing = False
             raise
+        except FAILURES as exc:
+            deadline.stop()
+            raise self._failed(exc) from exc
+        except BaseException:
+            deadline.stop()
+            # a bug: whatever it was, a half-open probe is over
+            self.breaker.probing = False
+            raise
+        deadline.stop()
         if self.breaker.success():
             self._changed()
         return result
