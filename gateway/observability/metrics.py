@@ -228,6 +228,11 @@ class Metrics:
             ["operation"],
             registry=registry,
         )
+        self.store_deadlines_extended = Counter(
+            "gateway_store_deadline_extended",
+            "Store calls given more time because the event loop ran their deadline late.",
+            registry=registry,
+        )
 
         # -- configuration, health, process --------------------------------------------
         self.config_reloads = Counter(
@@ -374,6 +379,11 @@ class Metrics:
     def store_failed_open(self, operation: str = "admit") -> None:
         """A request was let through although the store failed (fail-open mode)."""
         self.store_fail_open.labels(self._words(operation)).inc()
+
+    def store_deadline_extended(self) -> None:
+        """A store call's deadline fired late (the loop was busy, not the store), so the
+        call was given more time; see :class:`~gateway.store.guarded.GuardedStore`."""
+        self.store_deadlines_extended.inc()
 
     # -- configuration and health ----------------------------------------------------------
     def config_reload(self, kind: ReloadKind, ok: bool) -> None:

@@ -98,7 +98,11 @@ def create_app(
     health = health if health is not None else Health(metrics)
     register_url_passwords(config)
     codec = build_codec(config, environ)
-    state_store = store if store is not None else open_store(config.store)
+    state_store = (
+        store
+        if store is not None
+        else open_store(config.store, on_deadline_extended=metrics.store_deadline_extended)
+    )
     key_store = keystore if keystore is not None else open_keystore(config)
     verifier = KeyVerifier(
         key_store,

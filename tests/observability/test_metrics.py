@@ -2,6 +2,7 @@
 
 import asyncio
 import socket
+import time
 from typing import Any
 
 import pytest
@@ -204,6 +205,43 @@ async def test_store_failures_are_counted(tmp_path: Any, backend_url: str) -> No
         assert gw.sample("gateway_http_problems_total", route=SEND_ROUTE, code="store_unavailable")
     finally:
         await stop_gateway(gw)
+
+
+async def test_a_busy_loop_is_counted_not_blamed_on_the_store(
+    tmp_path: Any, backend_url: str, redis_url: str
+) -> None:
+    """Every loop turn spends 40 ms elsewhere (a flood, long collections): the store calls
+    outlast their 50 ms deadline in wall time, yet Redis answered at once. The requests
+    pass, no store error is counted, and the late deadlines are."""
+    config = make_config(tmp_path, backend_url, redis_url=redis_url, store={"timeout_ms": 50})
+    gw = await start_gateway(config)
+    loop = asyncio.get_running_loop()
+    blocker: asyncio.Handle | None = None
+
+    def block() -> None:
+        nonlocal blocker
+        time.sleep(0.04)
+        blocker = loop.call_soon(block)
+
+    statuses = []
+    try:
+        token = await gw.new_token()
+        async with gw.send(token) as resp:  # the connection to Redis is up
+            assert resp.status == 200
+        blocker = loop.call_soon(block)
+        for _ in range(10):  # until a deadline has fired late (nearly always the first)
+            async with gw.send(token) as resp:
+                statuses.append(resp.status)
+            if gw.sample("gateway_store_deadline_extended_total"):
+                break
+    finally:
+        if blocker is not None:
+            blocker.cancel()
+        await stop_gateway(gw)
+    assert set(statuses) == {200}, statuses
+    assert gw.sample("gateway_store_deadline_extended_total") >= 1
+    for error in ("timeout", "connection", "circuit_open", "other"):
+        assert gw.sample("gateway_store_errors_total", operation="admit", error=error) == 0
 
 
 async def test_two_applications_in_one_process_keep_their_own_counts(
