@@ -9,7 +9,9 @@ key, token, signing key or ``Authorization`` header can reach a line. Request co
 
 Lines logged from the event loop are written once per turn of the loop (one system call
 for all the access lines of the requests answered in that turn, instead of one each);
-lines logged without a running loop, or from another thread, are written at once.
+lines logged without a running loop, or from another thread, are written at once. With
+the JSON format, access lines skip the generic chain (:mod:`gateway.observability.access_log`)
+and go to the same writer.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import orjson
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 
+from gateway.observability import access_log
 from gateway.observability.redaction import redact
 
 #: tracebacks as structured data, without local variables (they may hold secrets)
@@ -116,6 +119,9 @@ def configure(level: str = "info", fmt: str = "json", *, out: BinaryIO | None = 
         cache_logger_on_first_use=True,
     )
     _configure_stdlib(max(numeric, logging.WARNING), fmt)
+    # the access line's fast path (JSON only; it is an info line, dropped above info)
+    batched = _factory.logger if _factory is not None else None
+    access_log.use_sink(batched if numeric <= logging.INFO else None)
 
 
 def _logger_factory(fmt: str, out: BinaryIO | None) -> Any:
