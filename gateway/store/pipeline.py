@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 from urllib.parse import urlsplit
 
@@ -33,10 +33,21 @@ from redis.exceptions import NoScriptError, ResponseError
 
 Arg = str | int | float | bytes
 SCHEMES = ("redis", "unix")
+#: hiredis's stub types its argument as a 1-tuple and its result not at all
+_pack_command = cast(Callable[[tuple[Arg, ...]], bytes], hiredis.pack_command)
 
 
 def pack(args: Sequence[Arg]) -> bytes:
-    """A command in RESP: an array of bulk strings."""
+    """A command in RESP: an array of bulk strings. hiredis packs it in C (the same bytes
+    as :func:`pack_slowly`, at half the cost); what hiredis refuses (booleans, other
+    subclasses of int) is packed in Python."""
+    try:
+        return _pack_command(tuple(args))
+    except TypeError:
+        return pack_slowly(args)
+
+
+def pack_slowly(args: Sequence[Arg]) -> bytes:
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
         data = arg if isinstance(arg, bytes) else str(arg).encode()
