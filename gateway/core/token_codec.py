@@ -183,15 +183,24 @@ class TokenCodec:
     def _claims_pass(self, claims: dict[str, Any]) -> bool:
         """``jwt.decode``'s claim checks: required claims not null, issuer, audience
         (a string or a list of strings holding ours), ``sub`` and ``jti`` strings."""
-        if any(claims.get(name) is None for name in REQUIRED_CLAIMS):
-            return False
+        for name in REQUIRED_CLAIMS:  # a loop, not any(): this runs on every request
+            if claims.get(name) is None:
+                return False
         if not isinstance(claims["iss"], str) or claims["iss"] != self._issuer:
             return False
         audience = claims["aud"]
-        audiences = [audience] if isinstance(audience, str) else audience
-        if not audience or not isinstance(audiences, list):
+        if not audience:
             return False
-        if any(not isinstance(a, str) for a in audiences) or self._audience not in audiences:
+        if isinstance(audience, str):  # the usual case (ours): one string
+            if audience != self._audience:
+                return False
+        elif isinstance(audience, list):
+            for item in audience:
+                if not isinstance(item, str):
+                    return False
+            if self._audience not in audience:
+                return False
+        else:
             return False
         return isinstance(claims["jti"], str) and isinstance(claims.get("sub", ""), str)
 
