@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import structlog
 
@@ -38,8 +38,7 @@ store_log = structlog.get_logger("gateway.store")
 MAX_LOCAL_PENALTIES = 100_000
 
 
-@dataclass(frozen=True, slots=True)
-class Client:
+class Client(NamedTuple):
     """The requester as the gateway sees it."""
 
     ip: str

@@ -41,6 +41,12 @@ def rule_tag(rule: FingerprintRule) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:TAG_CHARS]
 
 
+#: parsing an address and building its network costs microseconds, several times per
+#: request for an IPv6 client (penalty subject, partitions, fingerprint): remembered
+CACHED_PREFIXES = 4096
+
+
+@functools.lru_cache(maxsize=CACHED_PREFIXES)
 def ip_prefix(address: str, ipv4_prefix: int, ipv6_prefix: int) -> str:
     """``203.0.113.7`` -> ``203.0.113.0/24``; an unparseable address is returned as is."""
     try:

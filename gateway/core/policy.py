@@ -11,7 +11,7 @@ import base64
 import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from gateway.core.fingerprint import FingerprintRule, ip_prefix
 from gateway.core.gcra import LimitSpec, LimitState
@@ -26,8 +26,7 @@ TOKEN_SCOPED = frozenset({"token", "conversation"})
 TOKEN_FIXED = frozenset({"token", "conversation", "api_key", "model", "global"})
 
 
-@dataclass(frozen=True, slots=True)
-class RequestFacts:
+class RequestFacts(NamedTuple):
     """What is known about a request when its limits are decided."""
 
     route: str

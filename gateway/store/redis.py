@@ -114,14 +114,8 @@ class RedisStore:
             reply = await self.pipe.evalsha(self._admit.sha, self._admit.script, keys, args)
         else:
             reply = await self._admit(keys=keys, args=args)
-        states = [
-            LimitState(
-                allowed=bool(reply[i]),
-                remaining=int(reply[i + 1]),
-                reset_ms=int(reply[i + 2]),
-                retry_ms=int(reply[i + 3]),
-                new_tat=0,
-            )
+        states = [  # allowed, remaining, reset_ms, retry_ms (and no TAT to store)
+            LimitState(bool(reply[i]), int(reply[i + 1]), int(reply[i + 2]), int(reply[i + 3]), 0)
             for i in range(2, len(reply), 4)
         ]
         return Admission(int(reply[0]), _verdict(reply[1]), tuple(states))
