@@ -37,7 +37,6 @@ from gateway.web.state import (
     KEY_ID,
     REQUEST_ID,
     REQUEST_STARTED,
-    ROUTE,
     TOKEN_HASH,
 )
 
@@ -122,7 +121,6 @@ def make_context_middleware(
         bound = REQUEST_ID_VAR.set(request_id)
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        request[ROUTE] = route
         client_ip: str | None = None
         status = 500
         error: str | None = None
