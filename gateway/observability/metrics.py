@@ -135,6 +135,10 @@ class Metrics:
         self.http_in_flight = Gauge(
             "gateway_http_requests_in_flight", "Requests being handled.", registry=registry
         )
+        # counted in a plain attribute and read when the gauge is collected: two locked
+        # updates per request spared (see request_started)
+        self._requests_in_flight = 0
+        self.http_in_flight.set_function(lambda: self._requests_in_flight)
         self.http_problems = Counter(
             "gateway_http_problems",
             "Error answers by route template and problem code.",
@@ -293,6 +297,13 @@ class Metrics:
         return found
 
     # -- public HTTP -----------------------------------------------------------------------
+    def request_started(self) -> None:
+        """A request is being handled (``gateway_http_requests_in_flight``)."""
+        self._requests_in_flight += 1
+
+    def request_ended(self) -> None:
+        self._requests_in_flight -= 1
+
     def observe_request(
         self, route: str, method: str, status: int, seconds: float, code: str | None
     ) -> None:

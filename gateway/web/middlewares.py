@@ -109,7 +109,7 @@ def make_context_middleware(
     async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         request[REQUEST_STARTED] = started
-        metrics.http_in_flight.inc()
+        metrics.request_started()
         peer = request.remote
         headers = request.headers
         incoming = headers.get("X-Request-Id", "")
@@ -158,7 +158,7 @@ def make_context_middleware(
         finally:
             REQUEST_ID_VAR.reset(bound)
             elapsed = time.perf_counter() - started
-            metrics.http_in_flight.dec()
+            metrics.request_ended()
             method = request.method
             metrics.observe_request(route, method, status, elapsed, error)
             access_log.emit(
