@@ -210,13 +210,21 @@ class RedisPipe:
             proto.abort(RedisConnectionError("connection set-up failed"))
             raise
 
-    async def _connection(self, now: float) -> _Protocol:
+    def _usable(self, now: float) -> _Protocol | None:
+        """The connection, when it is open and its oldest reply is not overdue."""
         proto = self._proto
         if proto is not None and proto.alive:
             oldest = proto.oldest_sent()
             if oldest is None or now - oldest <= self._stale_after:
                 return proto
-            proto.abort(RedisConnectionError("Redis stopped answering"))
+        return None
+
+    async def _connection(self, now: float) -> _Protocol:
+        proto = self._usable(now)
+        if proto is not None:
+            return proto
+        if self._proto is not None and self._proto.alive:
+            self._proto.abort(RedisConnectionError("Redis stopped answering"))
         async with self._lock:
             if self._proto is None or not self._proto.alive:
                 self._proto = await self._connect()
@@ -224,7 +232,8 @@ class RedisPipe:
 
     async def execute(self, *args: Arg) -> Any:
         now = self._clock()
-        proto = await self._connection(now)
+        # the usual case without awaiting _connection (a coroutine per call otherwise)
+        proto = self._usable(now) or await self._connection(now)
         return await proto.send(pack(args), now)
 
     async def evalsha(
