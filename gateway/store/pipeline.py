@@ -48,6 +48,7 @@ def pack(args: Sequence[Arg]) -> bytes:
 
 
 def pack_slowly(args: Sequence[Arg]) -> bytes:
+    """:func:`pack` in Python."""
     out = [b"*%d\r\n" % len(args)]
     for arg in args:
         data = arg if isinstance(arg, bytes) else str(arg).encode()

@@ -84,9 +84,9 @@ def http_problem(exc: web.HTTPException) -> tuple[str, web.Response]:
 
 
 def _context_var(name: str) -> contextvars.ContextVar[Any]:
-    """The variable behind ``structlog.contextvars.bind_contextvars(name=...)``: the
-    middleware sets and resets it directly, which binds and unbinds exactly as those
-    functions do without their per-call bookkeeping (keyword dicts, name building)."""
+    """The variable behind ``structlog.contextvars.bind_contextvars(name=...)``. Setting it
+    binds as that function does, without its per-call bookkeeping (keyword dicts, name
+    building); resetting it restores what was bound before (in the gateway: nothing)."""
     token = structlog.contextvars.bind_contextvars(**{name: None})[name]
     token.var.reset(token)
     return token.var
