@@ -5,8 +5,8 @@ ISO timestamp, redaction walking every field, rendering) costs several microseco
 line. With the JSON format (:func:`gateway.observability.logging.configure`) the line is
 built here instead: the same fields in the same order, the same level and timestamp
 format, one ``orjson.dumps``, written through the same loop-batched writer. With any other
-set-up (the console format, structlog left unconfigured as in tests) the line goes
-through structlog as every other event does.
+set-up (the console format, or another configuration in force: tests reset structlog or
+capture its events) the line goes through structlog as every other event does.
 
 Redaction stays: each field either cannot hold a secret by construction (see
 :func:`emit`) or goes through :data:`~gateway.observability.redaction.REDACTOR` like every
@@ -19,31 +19,16 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Protocol
 
 import orjson
 import structlog
 
 from gateway.observability.labels import METHODS
+from gateway.observability.logging import access_writer
 from gateway.observability.redaction import REDACTOR
 
 EVENT = "request"
 _structlog_access = structlog.get_logger("gateway.access")
-
-
-class LineSink(Protocol):
-    def msg(self, message: bytes) -> None: ...
-
-
-class _Fast:
-    """Where JSON access lines go when the fast path is on (set by ``configure``)."""
-
-    sink: LineSink | None = None
-
-
-def use_sink(sink: LineSink | None) -> None:
-    """Write access lines to ``sink`` as rendered JSON (None: through structlog)."""
-    _Fast.sink = sink
 
 
 class _Second:
@@ -90,9 +75,8 @@ def emit(
     the error (a problem code). A request id taken from a trusted proxy, any other
     method and the client address go through the redactor.
     """
-    sink = _Fast.sink
-    if sink is None or not structlog.is_configured():
-        # console format, or structlog reset since (tests): the generic chain decides
+    sink = access_writer()
+    if sink is None:  # console format, or another configuration in force (tests)
         _structlog_access.info(
             EVENT,
             request_id=request_id,

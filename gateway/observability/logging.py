@@ -27,7 +27,6 @@ import orjson
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 
-from gateway.observability import access_log
 from gateway.observability.redaction import redact
 
 #: tracebacks as structured data, without local variables (they may hold secrets)
@@ -85,6 +84,15 @@ class _BatchedLoggerFactory:
 _factory: _BatchedLoggerFactory | None = None
 
 
+class _Installed:
+    """What :func:`configure` installed last, to tell whether it is still in force."""
+
+    processors: list[structlog.typing.Processor] | None = None
+    renderer: structlog.typing.Processor | None = None
+    #: the writer of access lines rendered outside the chain (JSON at info or below)
+    access: LoopBatchedLogger | None = None
+
+
 def flush() -> None:
     """Write any lines still waiting for the end of their loop turn (at shutdown)."""
     if _factory is not None:
@@ -107,21 +115,33 @@ def configure(level: str = "info", fmt: str = "json", *, out: BinaryIO | None = 
         renderer = structlog.dev.ConsoleRenderer(colors=False)
     else:
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+    processors = [structlog.contextvars.merge_contextvars, *_shared_processors(), redact, renderer]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            *_shared_processors(),
-            redact,
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=_logger_factory(fmt, out),
         cache_logger_on_first_use=True,
     )
     _configure_stdlib(max(numeric, logging.WARNING), fmt)
-    # the access line's fast path (JSON only; it is an info line, dropped above info)
+    _Installed.processors, _Installed.renderer = processors, renderer
+    # access lines are info lines: above info, structlog's filter drops them
     batched = _factory.logger if _factory is not None else None
-    access_log.use_sink(batched if numeric <= logging.INFO else None)
+    _Installed.access = batched if numeric <= logging.INFO else None
+
+
+def access_writer() -> LoopBatchedLogger | None:
+    """Where to write an access line rendered outside the processor chain
+    (:mod:`gateway.observability.access_log`), or None for the chain itself: None unless
+    the JSON chain :func:`configure` installed is the one in force. Tests reset
+    structlog, or capture its events by swapping the processors of that same list (whose
+    last one is then no longer the renderer), and then see every line in the chain."""
+    access, installed = _Installed.access, _Installed.processors
+    if access is None or installed is None:
+        return None
+    processors = structlog.get_config()["processors"]
+    if processors is not installed or installed[-1] is not _Installed.renderer:
+        return None
+    return access
 
 
 def _logger_factory(fmt: str, out: BinaryIO | None) -> Any:

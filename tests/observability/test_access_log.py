@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import structlog
+from structlog.testing import capture_logs
 
 from gateway.core.agent_keys import generate
 from gateway.observability import access_log
@@ -31,7 +32,6 @@ def out() -> Iterator[io.BytesIO]:
     finally:
         structlog.reset_defaults()
         logging.getLogger().handlers.clear()
-        access_log.use_sink(None)
 
 
 def fields(**overrides: Any) -> dict[str, Any]:
@@ -104,6 +104,23 @@ async def test_fast_lines_share_the_loop_batched_writer(out: io.BytesIO) -> None
     assert [line["event"] for line in written(out)] == ["request", "other"]
 
 
+def test_captured_or_reset_configurations_get_the_line_through_structlog(
+    out: io.BytesIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a logger of its own: structlog caches a logger with the configuration of its first use
+    monkeypatch.setattr(access_log, "_structlog_access", structlog.get_logger("gateway.access"))
+    with capture_logs() as events:
+        access_log.emit(request_id_generated=True, **fields())
+    assert [e["event"] for e in events] == ["request"]
+    access_log.emit(request_id_generated=True, **fields())  # the chain is back in force
+    assert [line["event"] for line in written(out)] == ["request"]
+    structlog.reset_defaults()
+    monkeypatch.setattr(access_log, "_structlog_access", structlog.get_logger("gateway.access"))
+    with capture_logs() as events:
+        access_log.emit(request_id_generated=True, **fields())
+    assert [e["event"] for e in events] == ["request"] and written(out) == []
+
+
 @pytest.mark.parametrize(("level", "fmt"), [("info", "console"), ("warning", "json")])
 def test_console_format_and_levels_above_info_go_through_structlog(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, level: str, fmt: str
@@ -119,7 +136,6 @@ def test_console_format_and_levels_above_info_go_through_structlog(
     finally:
         structlog.reset_defaults()
         logging.getLogger().handlers.clear()
-        access_log.use_sink(None)
     if fmt == "console":
         assert "request" in console and "route=/v1/chat/conversation/public/message" in console
     else:  # an info line, below the configured level
