@@ -196,9 +196,11 @@ class Selection:
         if not self.policy_header:
             return {}
         current = ", ".join(
-            _current_item(p.header_name, state)
-            for p, state in zip(self.policies, states, strict=True)
-            if not p.shadow
+            [
+                _current_item(p.header_name, state)
+                for p, state in zip(self.policies, states, strict=True)
+                if not p.shadow
+            ]
         )
         return {"RateLimit-Policy": self.policy_header, "RateLimit": current}
 
