@@ -12,18 +12,12 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import structlog
 
 from gateway.core.fingerprint import FingerprintCache
-from gateway.core.policy import (
-    AppliedLimit,
-    PolicySet,
-    RequestFacts,
-    rate_limit_headers,
-    retry_after_seconds,
-)
+from gateway.core.policy import PolicySet, RequestFacts, Selection, retry_after_seconds
 from gateway.core.token_codec import ClientToken, TokenCodec, TokenRejected
 from gateway.errors import ProblemError
 from gateway.observability.metrics import Metrics
@@ -44,8 +38,7 @@ store_log = structlog.get_logger("gateway.store")
 MAX_LOCAL_PENALTIES = 100_000
 
 
-@dataclass(frozen=True, slots=True)
-class Client:
+class Client(NamedTuple):
     """The requester as the gateway sees it."""
 
     ip: str
@@ -199,24 +192,24 @@ class Admissions:
         return admission
 
     def _limits_outcome(
-        self, admission: Admission, applied: tuple[AppliedLimit, ...], key_id: str | None
+        self, admission: Admission, selection: Selection, key_id: str | None
     ) -> dict[str, str]:
-        headers = rate_limit_headers(applied, admission.limits)
-        denied: list[AppliedLimit] = []
+        headers = selection.headers(admission.limits)
+        denied: list[str] = []
         retry_ms = 0
-        for item, state in zip(applied, admission.limits, strict=True):
+        for item, state in zip(selection.policies, admission.limits, strict=True):
             if state.allowed:
-                self.metrics.ratelimit_decision(item.policy, "allowed")
+                self.metrics.ratelimit_decision(item.name, "allowed")
                 continue
-            if item.spec.shadow:
-                self.metrics.ratelimit_decision(item.policy, "shadow_limited")
-                log.info("shadow_limit_exceeded", policy=item.policy, key_id=key_id)
+            if item.shadow:
+                self.metrics.ratelimit_decision(item.name, "shadow_limited")
+                log.info("shadow_limit_exceeded", policy=item.name, key_id=key_id)
                 continue
-            self.metrics.ratelimit_decision(item.policy, "limited")
-            denied.append(item)
+            self.metrics.ratelimit_decision(item.name, "limited")
+            denied.append(item.name)
             retry_ms = max(retry_ms, state.retry_ms)
         if denied:
-            names = ", ".join(d.policy for d in denied)
+            names = ", ".join(denied)
             raise _rate_limited(f"rate limited by policy {names}", retry_ms, headers)
         return headers
 
@@ -232,15 +225,15 @@ class Admissions:
     ) -> dict[str, str]:
         """Penalty box and the route's limits; the response's RateLimit headers."""
         policies = self.policies.current
+        selection = policies.select(route, method, model, key_id)
         facts = RequestFacts(route, method, client.ip, key_id=key_id, model=model)
-        applied = policies.applicable(facts)
         subject = policies.penalty_subject(client.ip)
-        request = AdmitRequest(limits=tuple(a.spec for a in applied), penalty_subject=subject)
+        request = AdmitRequest(limits=selection.specs(facts), penalty_subject=subject)
         if not request.limits and subject is None:
             return {}
         admission = await self._admit(request, policies)
         self._refuse_penalized(admission, subject)
-        return self._limits_outcome(admission, applied, key_id)
+        return self._limits_outcome(admission, selection, key_id)
 
     # -- message routes ----------------------------------------------------------------
     def decode(self, token: str) -> ClientToken:
@@ -271,6 +264,7 @@ class Admissions:
             # accepts the token, expiry leeway included
             ttl_ms=int((claims.remaining(now) + self.codec.leeway_seconds + 1) * 1000),
         )
+        selection = policies.select(route, method, claims.model_id, claims.key_id)
         facts = RequestFacts(
             route,
             method,
@@ -280,11 +274,8 @@ class Admissions:
             token=claims.jti,
             conversation=claims.conversation_id,
         )
-        applied = policies.applicable(facts)
         subject = policies.penalty_subject(client.ip)
-        request = AdmitRequest(
-            token=use, limits=tuple(a.spec for a in applied), penalty_subject=subject
-        )
+        request = AdmitRequest(token=use, limits=selection.specs(facts), penalty_subject=subject)
         admission = await self._admit(request, policies)
         self._refuse_penalized(admission, subject)
         if admission.token is TokenVerdict.REVOKED:
@@ -295,4 +286,4 @@ class Admissions:
             raise ProblemError("token_reuse_suspected", "the token was used from another client")
         if admission.token is TokenVerdict.FLAGGED:
             log.warning("token_reuse_flagged", key_id=claims.key_id)
-        return self._limits_outcome(admission, applied, claims.key_id)
+        return self._limits_outcome(admission, selection, claims.key_id)

@@ -41,6 +41,12 @@ def rule_tag(rule: FingerprintRule) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:TAG_CHARS]
 
 
+#: parsing an address and building its network costs microseconds, several times per
+#: request for an IPv6 client (penalty subject, partitions, fingerprint): remembered
+CACHED_PREFIXES = 4096
+
+
+@functools.lru_cache(maxsize=CACHED_PREFIXES)
 def ip_prefix(address: str, ipv4_prefix: int, ipv6_prefix: int) -> str:
     """``203.0.113.7`` -> ``203.0.113.0/24``; an unparseable address is returned as is."""
     try:
@@ -71,16 +77,22 @@ def fingerprint(rule: FingerprintRule, client_ip: str, user_agent: str) -> str:
 class FingerprintCache:
     """Remembers fingerprints of recent clients: the same client sends many requests, and
     parsing its address and hashing costs more than a lookup. Bounded (emptied when full);
-    long User-Agents are computed each time rather than kept."""
+    long User-Agents are computed each time rather than kept. Entries are for one rule at
+    a time (the policy set's): another rule empties the cache."""
 
     MAX_USER_AGENT = 512
 
     def __init__(self, size: int = 10_000) -> None:
         self._size = size
-        self._known: dict[tuple[FingerprintRule, str, str], str] = {}
+        self._rule: FingerprintRule | None = None
+        self._known: dict[tuple[str, str], str] = {}
 
     def __call__(self, rule: FingerprintRule, client_ip: str, user_agent: str) -> str:
-        key = (rule, client_ip, user_agent)
+        if rule is not self._rule:  # a rule is hashed in Python: compared once, not per lookup
+            if rule != self._rule:
+                self._known.clear()
+            self._rule = rule
+        key = (client_ip, user_agent)
         found = self._known.get(key)
         if found is None:
             found = fingerprint(rule, client_ip, user_agent)

@@ -10,11 +10,15 @@ Times are whole microseconds counted from :data:`EPOCH_SECONDS` (a recent epoch 
 counts below 2**53, so Lua's doubles hold them exactly) and the interval is rounded to a
 whole microsecond once: both stores then compute the very same answers, with no
 floating-point drift that could admit one request fewer than ``burst``.
+
+The values built per request (here, in :mod:`gateway.store.base`, the policies' request
+facts and the decoded token) are named tuples: as immutable as frozen dataclasses, and
+built in less than half the time.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 EPOCH_SECONDS = 1_700_000_000
 EPOCH_US = EPOCH_SECONDS * 1_000_000
@@ -29,8 +33,7 @@ def _ceil_ms(us: int) -> int:
     return -(-us // 1000)
 
 
-@dataclass(frozen=True, slots=True)
-class LimitSpec:
+class LimitSpec(NamedTuple):
     """One limit to check for one request: where its state lives and its shape.
 
     ``scope`` None: the state is the store's entry ``key``. Otherwise it is the ``jti``
@@ -48,8 +51,7 @@ class LimitSpec:
         return self.interval_us * self.burst
 
 
-@dataclass(frozen=True, slots=True)
-class LimitState:
+class LimitState(NamedTuple):
     """The outcome of one limit: admitted or not, and what the client may be told."""
 
     allowed: bool

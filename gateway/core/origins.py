@@ -9,6 +9,7 @@ else (paths, wildcards, ``null``) ever matches.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 
@@ -44,6 +45,13 @@ def origin_set(origins: Iterable[str]) -> frozenset[str]:
     """The normalised form of each stored origin; unusable entries are dropped."""
     out = (normalise_origin(origin) for origin in origins)
     return frozenset(origin for origin in out if origin is not None)
+
+
+@functools.lru_cache(maxsize=1024)
+def stored_origin_set(origins: tuple[str, ...]) -> frozenset[str]:
+    """:func:`origin_set` of a key record's origins, remembered: records are immutable and
+    their origins are checked on every request of their key."""
+    return origin_set(origins)
 
 
 def origin_allowed(origin: str, allowed: frozenset[str]) -> bool:

@@ -11,7 +11,7 @@ import base64
 import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from gateway.core.fingerprint import FingerprintRule, ip_prefix
 from gateway.core.gcra import LimitSpec, LimitState
@@ -26,8 +26,7 @@ TOKEN_SCOPED = frozenset({"token", "conversation"})
 TOKEN_FIXED = frozenset({"token", "conversation", "api_key", "model", "global"})
 
 
-@dataclass(frozen=True, slots=True)
-class RequestFacts:
+class RequestFacts(NamedTuple):
     """What is known about a request when its limits are decided."""
 
     route: str
@@ -147,6 +146,69 @@ def _partition_value(facts: RequestFacts, parts: tuple[str, ...], v4: int, v6: i
     return "h" + base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
+@dataclass(frozen=True, slots=True)
+class SelectedPolicy:
+    """A policy that applies to a kind of request, with everything about its limit that
+    does not depend on the request's own values (address, token) worked out once."""
+
+    name: str
+    partition: tuple[str, ...]
+    limit: Limit
+    interval_us: int
+    shadow: bool
+    #: partitioned by a token or its conversation: the state is kept with the token
+    by_token: bool
+    #: partitioned by nothing but values fixed for one token: the name is the whole key
+    token_only: bool
+    #: the name as a structured-field string, for the RateLimit headers
+    header_name: str
+
+
+class Selection:
+    """The policies that apply to one kind of request (route, method, model, key), in
+    policy order, and the ``RateLimit-Policy`` header they give. Immutable."""
+
+    __slots__ = ("_v4", "_v6", "policies", "policy_header")
+
+    def __init__(
+        self, policies: tuple[SelectedPolicy, ...], ipv4_prefix: int, ipv6_prefix: int
+    ) -> None:
+        self.policies = policies
+        self._v4, self._v6 = ipv4_prefix, ipv6_prefix
+        self.policy_header = ", ".join(
+            _policy_item(p.header_name, p.limit) for p in policies if not p.shadow
+        )
+
+    def specs(self, facts: RequestFacts) -> tuple[LimitSpec, ...]:
+        """Each policy's limit for the request of ``facts`` (which must be of this kind)."""
+        out = []
+        for p in self.policies:
+            scope = facts.token if p.by_token else None
+            if scope is not None and p.token_only:
+                key = p.name  # the token's own state: its name is enough
+            else:
+                key = f"{p.name}:{_partition_value(facts, p.partition, self._v4, self._v6)}"
+            out.append(LimitSpec(key, p.interval_us, p.limit.burst, p.shadow, scope))
+        return tuple(out)
+
+    def headers(self, states: tuple[LimitState, ...]) -> dict[str, str]:
+        """What :func:`rate_limit_headers` gives for these policies and ``states``."""
+        if not self.policy_header:
+            return {}
+        current = ", ".join(
+            [
+                _current_item(p.header_name, state)
+                for p, state in zip(self.policies, states, strict=True)
+                if not p.shadow
+            ]
+        )
+        return {"RateLimit-Policy": self.policy_header, "RateLimit": current}
+
+
+#: selections remembered per policy set (kinds of request: routes x methods x keys x models)
+MAX_SELECTIONS = 4096
+
+
 @dataclass(frozen=True)
 class PolicySet:
     policies: tuple[Policy, ...] = ()
@@ -160,6 +222,10 @@ class PolicySet:
     _by_route: dict[str, tuple[Policy, ...]] = field(default_factory=dict, compare=False)
     #: policy name -> (partitioned by a token or its conversation, by that token alone)
     _token_parts: dict[str, tuple[bool, bool]] = field(default_factory=dict, compare=False)
+    #: (route, method, model, key id) -> the selection for such requests (see :meth:`select`)
+    _selections: dict[tuple[str, str, str | None, str | None], Selection] = field(
+        default_factory=dict, compare=False
+    )
 
     def __post_init__(self) -> None:
         routes = {r for p in self.policies for r in p.routes}
@@ -169,28 +235,47 @@ class PolicySet:
             parts = frozenset(p.partition)
             self._token_parts[p.name] = (not TOKEN_SCOPED.isdisjoint(parts), parts <= TOKEN_FIXED)
 
-    def applicable(self, facts: RequestFacts) -> tuple[AppliedLimit, ...]:
-        out = []
-        for policy in self._by_route.get(facts.route, ()):
+    def select(self, route: str, method: str, model: str | None, key_id: str | None) -> Selection:
+        """The policies that apply to requests with these facts. Which policies match,
+        and with which limit and mode, depends on nothing else, so the answer is
+        remembered (the set is immutable; a reload brings a new set)."""
+        wanted = (route, method, model, key_id)
+        found = self._selections.get(wanted)
+        if found is None:
+            found = self._select(route, method, model, key_id)
+            if len(self._selections) >= MAX_SELECTIONS:
+                self._selections.clear()
+            self._selections[wanted] = found
+        return found
+
+    def _select(self, route: str, method: str, model: str | None, key_id: str | None) -> Selection:
+        facts = RequestFacts(route, method, "", key_id=key_id, model=model)
+        selected = []
+        for policy in self._by_route.get(route, ()):
             if not policy.matches(facts):
                 continue
-            limit, mode = policy.effective(facts.key_id)
+            limit, mode = policy.effective(key_id)
             by_token, token_only = self._token_parts[policy.name]
-            scope = facts.token if by_token else None
-            if scope is not None and token_only:
-                key = policy.name  # the token's own state: its name is enough
-            else:
-                v4, v6 = self.ipv4_prefix, self.ipv6_prefix
-                key = f"{policy.name}:{_partition_value(facts, policy.partition, v4, v6)}"
-            spec = LimitSpec(
-                key=key,
-                interval_us=limit.interval_us,
-                burst=limit.burst,
-                shadow=mode == "shadow",
-                scope=scope,
+            selected.append(
+                SelectedPolicy(
+                    name=policy.name,
+                    partition=policy.partition,
+                    limit=limit,
+                    interval_us=limit.interval_us,
+                    shadow=mode == "shadow",
+                    by_token=by_token,
+                    token_only=token_only,
+                    header_name=_sf_string(policy.name),
+                )
             )
-            out.append(AppliedLimit(policy.name, limit, spec))
-        return tuple(out)
+        return Selection(tuple(selected), self.ipv4_prefix, self.ipv6_prefix)
+
+    def applicable(self, facts: RequestFacts) -> tuple[AppliedLimit, ...]:
+        selection = self.select(facts.route, facts.method, facts.model, facts.key_id)
+        return tuple(
+            AppliedLimit(p.name, p.limit, spec)
+            for p, spec in zip(selection.policies, selection.specs(facts), strict=True)
+        )
 
     def penalty_subject(self, client_ip: str) -> str | None:
         if self.penalty is None:
@@ -204,6 +289,18 @@ def _sf_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _policy_item(name: str, limit: Limit) -> str:
+    """One policy of ``RateLimit-Policy``; ``name`` as a structured-field string."""
+    window = max(round(limit.per_seconds), 1)
+    return f"{name};q={limit.rate};w={window}"
+
+
+def _current_item(name: str, state: LimitState) -> str:
+    """One limit of ``RateLimit``; ``name`` as a structured-field string."""
+    reset = math.ceil(state.reset_ms / 1000) if state.reset_ms > 0 else 0
+    return f"{name};r={max(state.remaining, 0)};t={reset}"
+
+
 def rate_limit_headers(
     applied: tuple[AppliedLimit, ...], states: tuple[LimitState, ...]
 ) -> dict[str, str]:
@@ -215,10 +312,8 @@ def rate_limit_headers(
         if item.spec.shadow:
             continue
         name = _sf_string(item.policy)
-        window = max(round(item.limit.per_seconds), 1)
-        policies.append(f"{name};q={item.limit.rate};w={window}")
-        reset = math.ceil(state.reset_ms / 1000) if state.reset_ms > 0 else 0
-        current.append(f"{name};r={max(state.remaining, 0)};t={reset}")
+        policies.append(_policy_item(name, item.limit))
+        current.append(_current_item(name, state))
     if not policies:
         return {}
     return {"RateLimit-Policy": ", ".join(policies), "RateLimit": ", ".join(current)}

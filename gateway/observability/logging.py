@@ -9,7 +9,9 @@ key, token, signing key or ``Authorization`` header can reach a line. Request co
 
 Lines logged from the event loop are written once per turn of the loop (one system call
 for all the access lines of the requests answered in that turn, instead of one each);
-lines logged without a running loop, or from another thread, are written at once.
+lines logged without a running loop, or from another thread, are written at once. With
+the JSON format, access lines skip the generic chain (:mod:`gateway.observability.access_log`)
+and go to the same writer.
 """
 
 from __future__ import annotations
@@ -82,6 +84,15 @@ class _BatchedLoggerFactory:
 _factory: _BatchedLoggerFactory | None = None
 
 
+class _Installed:
+    """What :func:`configure` installed last, to tell whether it is still in force."""
+
+    processors: list[structlog.typing.Processor] | None = None
+    renderer: structlog.typing.Processor | None = None
+    #: the writer of access lines rendered outside the chain (JSON at info or below)
+    access: LoopBatchedLogger | None = None
+
+
 def flush() -> None:
     """Write any lines still waiting for the end of their loop turn (at shutdown)."""
     if _factory is not None:
@@ -104,18 +115,33 @@ def configure(level: str = "info", fmt: str = "json", *, out: BinaryIO | None = 
         renderer = structlog.dev.ConsoleRenderer(colors=False)
     else:
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+    processors = [structlog.contextvars.merge_contextvars, *_shared_processors(), redact, renderer]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            *_shared_processors(),
-            redact,
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=_logger_factory(fmt, out),
         cache_logger_on_first_use=True,
     )
     _configure_stdlib(max(numeric, logging.WARNING), fmt)
+    _Installed.processors, _Installed.renderer = processors, renderer
+    # access lines are info lines: above info, structlog's filter drops them
+    batched = _factory.logger if _factory is not None else None
+    _Installed.access = batched if numeric <= logging.INFO else None
+
+
+def access_writer() -> LoopBatchedLogger | None:
+    """Where to write an access line rendered outside the processor chain
+    (:mod:`gateway.observability.access_log`), or None for the chain itself: None unless
+    the JSON chain :func:`configure` installed is the one in force. Tests reset
+    structlog, or capture its events by swapping the processors of that same list (whose
+    last one is then no longer the renderer), and then see every line in the chain."""
+    access, installed = _Installed.access, _Installed.processors
+    if access is None or installed is None:
+        return None
+    processors = structlog.get_config()["processors"]
+    if processors is not installed or installed[-1] is not _Installed.renderer:
+        return None
+    return access
 
 
 def _logger_factory(fmt: str, out: BinaryIO | None) -> Any:

@@ -108,6 +108,10 @@ class Metrics:
         self._words = Vocabulary()
         self._policies = Vocabulary(limit=128, pattern=POLICY_NAME)
         self._children: dict[tuple[Any, ...], Any] = {}
+        #: (route, method, status) -> the request counter's and duration histogram's children
+        self._request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        #: (policy, outcome) -> the decision counter's child
+        self._decisions: dict[tuple[str, str], Any] = {}
 
         info = Gauge(
             "gateway_build_info", "Always 1; the running version.", ["version"], registry=registry
@@ -131,6 +135,10 @@ class Metrics:
         self.http_in_flight = Gauge(
             "gateway_http_requests_in_flight", "Requests being handled.", registry=registry
         )
+        # counted in a plain attribute and read when the gauge is collected: two locked
+        # updates per request spared (see request_started)
+        self._requests_in_flight = 0
+        self.http_in_flight.set_function(lambda: self._requests_in_flight)
         self.http_problems = Counter(
             "gateway_http_problems",
             "Error answers by route template and problem code.",
@@ -294,13 +302,28 @@ class Metrics:
         return found
 
     # -- public HTTP -----------------------------------------------------------------------
+    def request_started(self) -> None:
+        """A request is being handled (``gateway_http_requests_in_flight``)."""
+        self._requests_in_flight += 1
+
+    def request_ended(self) -> None:
+        self._requests_in_flight -= 1
+
     def observe_request(
         self, route: str, method: str, status: int, seconds: float, code: str | None
     ) -> None:
         """Called once per request by the context middleware; ``route`` is a template."""
-        method = method_label(method)
-        self.child(self.http_requests, route, method, str(status)).inc()
-        self.child(self.http_duration, route, method, status_class(status)).observe(seconds)
+        series = self._request_series.get((route, method, status))
+        if series is None:
+            label = method_label(method)
+            series = (
+                self.child(self.http_requests, route, label, str(status)),
+                self.child(self.http_duration, route, label, status_class(status)),
+            )
+            if len(self._request_series) < MAX_CACHED_CHILDREN:  # methods are the client's
+                self._request_series[(route, method, status)] = series
+        series[0].inc()
+        series[1].observe(seconds)
         if code:
             self.http_problems.labels(route, self._words(code)).inc()
 
@@ -361,7 +384,12 @@ class Metrics:
         """One limit's decision for one request. ``policy`` is the policy's configured
         name (never a key, IP or other per-client value); ``shadow_limited`` is a shadow
         policy that would have refused the request."""
-        self.child(self.ratelimit_decisions, self._policies(policy), outcome).inc()
+        counter = self._decisions.get((policy, outcome))
+        if counter is None:
+            counter = self.child(self.ratelimit_decisions, self._policies(policy), outcome)
+            if len(self._decisions) < MAX_CACHED_CHILDREN:
+                self._decisions[(policy, outcome)] = counter
+        counter.inc()
 
     def penalty_box_event(self, event: PenaltyEvent) -> None:
         """``entered``: a client was put in the penalty box (also a suspicious event);

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from gateway.core.gcra import LimitSpec, LimitState
 
@@ -28,8 +28,7 @@ class TokenVerdict(StrEnum):
     FLAGGED = "flagged"
 
 
-@dataclass(frozen=True, slots=True)
-class TokenUse:
+class TokenUse(NamedTuple):
     jti: str
     #: this request's fingerprint; empty when binding is off
     fingerprint: str
@@ -42,16 +41,14 @@ class TokenUse:
     ttl_ms: int
 
 
-@dataclass(frozen=True, slots=True)
-class AdmitRequest:
+class AdmitRequest(NamedTuple):
     token: TokenUse | None = None
     limits: tuple[LimitSpec, ...] = ()
     #: the penalty-box subject (client IP or prefix); None skips the check
     penalty_subject: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Admission:
+class Admission(NamedTuple):
     #: > 0 when the client sits in the penalty box: milliseconds left
     penalized_ms: int
     token: TokenVerdict | None

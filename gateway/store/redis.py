@@ -34,6 +34,19 @@ from gateway.store.base import (
 )
 from gateway.store.pipeline import RedisPipe
 
+#: the script's verdicts as Redis sends them (bytes); '' when no token was checked
+_VERDICTS: dict[bytes, TokenVerdict | None] = {
+    b"": None,
+    **{verdict.value.encode(): verdict for verdict in TokenVerdict},
+}
+
+
+def _verdict(raw: Any) -> TokenVerdict | None:
+    if isinstance(raw, bytes) and raw in _VERDICTS:
+        return _VERDICTS[raw]
+    text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    return TokenVerdict(text) if text else None  # an unknown verdict raises ValueError
+
 
 def _lua(name: str) -> str:
     return resources.files("gateway.store").joinpath("lua", name).read_text(encoding="utf-8")
@@ -74,18 +87,17 @@ class RedisStore:
 
     # operations ----------------------------------------------------------------------
     async def admit(self, request: AdmitRequest) -> Admission:
+        subject, use, limits = request.penalty_subject, request.token, request.limits
         keys: list[str] = []
-        args: list[Any] = [
-            1 if request.penalty_subject is not None else 0,
-            1 if request.token is not None else 0,
-            len(request.limits),
-        ]
-        if request.penalty_subject is not None:
-            keys.append(self.penalty_key(request.penalty_subject))
-        if request.token is not None:
-            use = request.token
+        if subject is not None:
+            keys.append(self.penalty_key(subject))
+        args: list[Any]
+        if use is not None:
             keys.append(self.token_key(use.jti))
-            args += [
+            args = [
+                1 if subject is not None else 0,
+                1,
+                len(limits),
                 use.fingerprint,
                 use.issued_fingerprint,
                 use.max_fingerprints,
@@ -93,29 +105,20 @@ class RedisStore:
                 record_ttl_ms(use.ttl_ms),
             ]
         else:
-            args += ["", "", 0, 0, 0]
-        for spec in request.limits:
+            args = [1 if subject is not None else 0, 0, len(limits), "", "", 0, 0, 0]
+        for spec in limits:
             key, field = self.limit_location(spec)
             keys.append(key)
-            args += [spec.interval_us, spec.burst, 1 if spec.shadow else 0, field]
+            args += (spec.interval_us, spec.burst, 1 if spec.shadow else 0, field)
         if self.pipe is not None:
             reply = await self.pipe.evalsha(self._admit.sha, self._admit.script, keys, args)
         else:
             reply = await self._admit(keys=keys, args=args)
-        penalized = int(reply[0])
-        raw_verdict = reply[1].decode() if isinstance(reply[1], bytes) else str(reply[1])
-        verdict = TokenVerdict(raw_verdict) if raw_verdict else None
-        states = tuple(
-            LimitState(
-                allowed=bool(reply[i]),
-                remaining=int(reply[i + 1]),
-                reset_ms=int(reply[i + 2]),
-                retry_ms=int(reply[i + 3]),
-                new_tat=0,
-            )
+        states = [  # allowed, remaining, reset_ms, retry_ms (and no TAT to store)
+            LimitState(bool(reply[i]), int(reply[i + 1]), int(reply[i + 2]), int(reply[i + 3]), 0)
             for i in range(2, len(reply), 4)
-        )
-        return Admission(penalized, verdict, states)
+        ]
+        return Admission(int(reply[0]), _verdict(reply[1]), tuple(states))
 
     async def peek(self, specs: tuple[LimitSpec, ...]) -> tuple[LimitState, ...]:
         if not specs:

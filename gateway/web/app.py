@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 
 import structlog
 from aiohttp import web
@@ -29,12 +29,11 @@ from gateway.store.memory import MemoryStore
 from gateway.upstream import UpstreamClient
 from gateway.web import public, widget
 from gateway.web.cors import setup_public_cors
-from gateway.web.middlewares import add_request_id, make_context_middleware, problem_middleware
+from gateway.web.middlewares import make_context_middleware, make_response_hook
 from gateway.web.private import setup_private_routes
 from gateway.web.state import HEALTH, METRICS, SERVICES, Services
 
 log = structlog.get_logger("gateway")
-ResponseHook = Callable[[web.BaseRequest, web.StreamResponse], Awaitable[None]]
 
 
 def build_codec(config: Config, environ: Mapping[str, str]) -> TokenCodec:
@@ -66,18 +65,6 @@ def register_url_passwords(config: Config) -> None:
             password = url_password(url)
             if password:
                 register_secret(password)
-
-
-def close_when_draining(health: Health) -> ResponseHook:
-    """While draining, answers end their connection, so clients and load balancers
-    reconnect to another replica instead of reusing this one."""
-
-    async def hook(request: web.BaseRequest, response: web.StreamResponse) -> None:
-        if health.draining:
-            response.force_close()  # the connection ends after this answer
-            response.headers["Connection"] = "close"  # and the client is told so
-
-    return hook
 
 
 def create_app(
@@ -131,16 +118,12 @@ def create_app(
 
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
-        middlewares=[
-            make_context_middleware(config.server.trusted_proxies, metrics),
-            problem_middleware,
-        ],
+        middlewares=[make_context_middleware(config.server.trusted_proxies, metrics)],
     )
     app[METRICS] = metrics
     app[HEALTH] = health
     public.add_routes(app)
-    app.on_response_prepare.append(add_request_id)
-    app.on_response_prepare.append(close_when_draining(health))
+    app.on_response_prepare.append(make_response_hook(health))
     # browsers: per-key CORS on the public API (docs/browser.md)
     setup_public_cors(app, public.PATHS, key_store)
     widget.add_routes(app)

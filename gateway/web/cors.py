@@ -33,7 +33,7 @@ import aiohttp_cors
 from aiohttp import hdrs, web
 from aiohttp_cors.urldispatcher_router_adapter import ResourcesUrlDispatcherRouterAdapter
 
-from gateway.core.origins import normalise_origin, origin_allowed, origin_set
+from gateway.core.origins import normalise_origin, origin_allowed, origin_set, stored_origin_set
 from gateway.errors import ProblemError
 from gateway.keystore.base import KeyRecord, KeyStore
 
@@ -46,9 +46,9 @@ PREFLIGHT_MAX_AGE = 600
 
 #: the normalised origins of the request's key, once the handler knows the key
 KEY_ORIGINS = web.RequestKey("key_origins", frozenset)
-CORS_RESOURCES = web.AppKey("cors_resources", frozenset)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
 
 
 class OriginIndex:
@@ -76,10 +76,10 @@ class OriginIndex:
         return origin_allowed(origin, self.origins())
 
 
-def admit_origin(request: web.Request, origins: Iterable[str]) -> None:
+def admit_origin(request: web.Request, origins: tuple[str, ...]) -> None:
     """Record the key's origins for the CORS grant, and refuse a browser request whose
     ``Origin`` the key does not list. Requests without ``Origin`` (servers, curl) pass."""
-    allowed = origin_set(origins)
+    allowed = stored_origin_set(origins)
     request[KEY_ORIGINS] = allowed
     origin = request.headers.get(hdrs.ORIGIN)
     if origin is not None and not origin_allowed(origin, allowed):
@@ -134,6 +134,12 @@ class KeyOriginsAdapter(ResourcesUrlDispatcherRouterAdapter):
             raise KeyError(requested_method)  # aiohttp-cors refuses the preflight
         return {origin: self._options} if self._index.allows(origin) else {}
 
+    def is_cors_enabled_on_request(self, request: web.Request) -> bool:
+        """Whether aiohttp-cors' response hook has anything to do. Never for a request
+        without ``Origin``: that is no CORS request, and the hook would end up leaving the
+        answer untouched after looking up its configuration."""
+        return hdrs.ORIGIN in request.headers and super().is_cors_enabled_on_request(request)
+
     def get_non_preflight_request_config(
         self, request: web.Request
     ) -> dict[str, aiohttp_cors.ResourceOptions]:
@@ -148,24 +154,29 @@ class KeyOriginsAdapter(ResourcesUrlDispatcherRouterAdapter):
         return {origin: self._options} if allowed else {}
 
 
-async def vary_on_origin(request: web.Request, response: web.StreamResponse) -> None:
-    resource = request.match_info.route.resource
-    if resource is None or resource not in request.app[CORS_RESOURCES]:
-        return
-    if request.method != hdrs.METH_OPTIONS and hdrs.VARY not in response.headers:
-        response.headers[hdrs.VARY] = hdrs.ORIGIN  # the usual case, without parsing
-        return
-    wanted = [hdrs.ORIGIN]
-    if request.method == hdrs.METH_OPTIONS:
-        wanted += [hdrs.ACCESS_CONTROL_REQUEST_METHOD, hdrs.ACCESS_CONTROL_REQUEST_HEADERS]
-    present = {
-        item.strip().lower()
-        for value in response.headers.getall(hdrs.VARY, [])
-        for item in value.split(",")
-    }
-    missing = [name for name in wanted if name.lower() not in present]
-    if missing:
-        response.headers.add(hdrs.VARY, ", ".join(missing))
+def vary_on_origin(resources: frozenset[web.Resource]) -> ResponseHook:
+    """The hook that puts ``Vary: Origin`` on every response of ``resources``."""
+
+    async def hook(request: web.Request, response: web.StreamResponse) -> None:
+        resource = request.match_info.route.resource
+        if resource is None or resource not in resources:
+            return
+        if request.method != hdrs.METH_OPTIONS and hdrs.VARY not in response.headers:
+            response.headers[hdrs.VARY] = hdrs.ORIGIN  # the usual case, without parsing
+            return
+        wanted = [hdrs.ORIGIN]
+        if request.method == hdrs.METH_OPTIONS:
+            wanted += [hdrs.ACCESS_CONTROL_REQUEST_METHOD, hdrs.ACCESS_CONTROL_REQUEST_HEADERS]
+        present = {
+            item.strip().lower()
+            for value in response.headers.getall(hdrs.VARY, [])
+            for item in value.split(",")
+        }
+        missing = [name for name in wanted if name.lower() not in present]
+        if missing:
+            response.headers.add(hdrs.VARY, ", ".join(missing))
+
+    return hook
 
 
 def setup_public_cors(app: web.Application, paths: Iterable[str], store: KeyStore) -> None:
@@ -180,5 +191,4 @@ def setup_public_cors(app: web.Application, paths: Iterable[str], store: KeyStor
     cors = aiohttp_cors.CorsConfig(app, router_adapter=adapter)
     for resource in chosen:
         cors.add(resource)
-    app[CORS_RESOURCES] = chosen
-    app.on_response_prepare.append(vary_on_origin)
+    app.on_response_prepare.append(vary_on_origin(chosen))

@@ -1,20 +1,22 @@
-"""Middlewares: request context, problem+json errors, the access log and request metrics.
+"""The request middleware: context, problem+json errors, the access line and metrics.
 
-Order (outermost first): :func:`context_middleware` gives every request an id and a
-client IP, writes the access event and records the request's metrics (a request the
-client abandons, or that shutdown cancels, is logged with status 499);
-:func:`problem_middleware` turns every error into
-``application/problem+json``. ``X-Request-Id`` is added by an ``on_response_prepare``
-signal, so streamed and error responses carry it too.
+:func:`make_context_middleware` is the application's only middleware. It gives every
+request an id (bound for the request's log lines) and a client IP, turns every error into
+``application/problem+json``, writes the access line and records the request's metrics
+(a request the client abandons, or that shutdown cancels, is logged with status 499).
+``X-Request-Id`` is added by the ``on_response_prepare`` hook
+(:func:`make_response_hook`), so streamed and error responses carry it too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import orjson
 import structlog
@@ -27,23 +29,23 @@ from gateway.core.client_ip import (
     resolve_client_ip,
 )
 from gateway.errors import ProblemError
+from gateway.observability import access_log
+from gateway.observability.health import Health
 from gateway.observability.metrics import Metrics
 from gateway.web.state import (
     CLIENT_IP,
-    ERROR_CODE,
     KEY_ID,
     REQUEST_ID,
     REQUEST_STARTED,
-    ROUTE,
     TOKEN_HASH,
 )
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ResponseHook = Callable[[web.BaseRequest, web.StreamResponse], Awaitable[None]]
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 #: the status logged for a request whose handler was cancelled (client gone, shutdown)
 CLIENT_CLOSED = 499
 
-access_log = structlog.get_logger("gateway.access")
 log = structlog.get_logger("gateway")
 
 
@@ -65,6 +67,35 @@ _HTTP_CODES = {
 }
 
 
+def http_problem(exc: web.HTTPException) -> tuple[str, web.Response]:
+    """The problem code and answer for an aiohttp error (404, 405, 413, ...)."""
+    code = _HTTP_CODES.get(exc.status)
+    if code is None:
+        code = "internal_error" if exc.status >= 500 else "invalid_request"
+    detail = exc.reason or exc.text or ""
+    if exc.status == 413:
+        detail = "the request body is too large"
+    headers = {}
+    if exc.status == 405 and "Allow" in exc.headers:
+        headers["Allow"] = exc.headers["Allow"]
+    response = problem_response(ProblemError(code, detail, headers))
+    response.set_status(exc.status)
+    return code, response
+
+
+def _context_var(name: str) -> contextvars.ContextVar[Any]:
+    """The variable behind ``structlog.contextvars.bind_contextvars(name=...)``. Setting it
+    binds as that function does, without its per-call bookkeeping (keyword dicts, name
+    building); resetting it restores what was bound before (in the gateway: nothing)."""
+    token = structlog.contextvars.bind_contextvars(**{name: None})[name]
+    token.var.reset(token)
+    return token.var
+
+
+#: merged into every structlog line written while a request is being handled
+REQUEST_ID_VAR = _context_var("request_id")
+
+
 def new_request_id() -> str:
     """96 random bits as 24 hex digits. Not a secret (every answer carries it), so the
     process's PRNG does: no system call per request."""
@@ -78,93 +109,87 @@ def make_context_middleware(
     async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         request[REQUEST_STARTED] = started
-        metrics.http_in_flight.inc()
+        metrics.request_started()
         peer = request.remote
-        incoming = request.headers.get("X-Request-Id", "")
+        headers = request.headers
+        incoming = headers.get("X-Request-Id", "")
         if incoming and is_trusted_peer(peer, trusted) and REQUEST_ID_PATTERN.match(incoming):
-            request_id = incoming
+            request_id, generated = incoming, False
         else:
-            request_id = new_request_id()
+            request_id, generated = new_request_id(), True
         request[REQUEST_ID] = request_id
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-        route = request.match_info.route.resource
-        request[ROUTE] = route.canonical if route is not None else "unmatched"
+        bound = REQUEST_ID_VAR.set(request_id)
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        client_ip: str | None = None
         status = 500
+        error: str | None = None
         try:
             try:
-                request[CLIENT_IP] = resolve_client_ip(
-                    peer, request.headers.getall("X-Forwarded-For", []), trusted
-                )
+                client_ip = resolve_client_ip(peer, headers.getall("X-Forwarded-For", ()), trusted)
             except ForwardedForError as exc:
-                request[CLIENT_IP] = peer or "unknown"
-                request[ERROR_CODE] = "invalid_request"
-                status = 400
+                client_ip = peer or "unknown"
+                request[CLIENT_IP] = client_ip
+                error, status = "invalid_request", 400
                 return problem_response(ProblemError("invalid_request", str(exc)))
-            response = await handler(request)
+            request[CLIENT_IP] = client_ip
+            try:
+                response = await handler(request)
+            except ProblemError as err:
+                error, response = err.code, problem_response(err)
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    status = exc.status
+                    raise
+                error, response = http_problem(exc)
+            except (ConnectionResetError, TimeoutError):
+                raise
+            except asyncio.CancelledError:
+                status = CLIENT_CLOSED
+                raise
+            except Exception:
+                log.exception("unhandled_error", route=route)
+                error = "internal_error"
+                response = problem_response(
+                    ProblemError("internal_error", "an unexpected error occurred")
+                )
             status = response.status
             return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        except asyncio.CancelledError:
-            status = CLIENT_CLOSED
-            raise
         finally:
-            structlog.contextvars.unbind_contextvars("request_id")
+            REQUEST_ID_VAR.reset(bound)
             elapsed = time.perf_counter() - started
-            metrics.http_in_flight.dec()
-            metrics.observe_request(
-                request[ROUTE], request.method, status, elapsed, request.get(ERROR_CODE)
-            )
-            access_log.info(
-                "request",
+            metrics.request_ended()
+            method = request.method
+            metrics.observe_request(route, method, status, elapsed, error)
+            access_log.emit(
                 request_id=request_id,
-                method=request.method,
-                route=request[ROUTE],
+                request_id_generated=generated,
+                method=method,
+                route=route,
                 status=status,
                 duration_ms=round(elapsed * 1000, 2),
-                client_ip=request.get(CLIENT_IP),
+                client_ip=client_ip,
                 key_id=request.get(KEY_ID),
                 token_hash=request.get(TOKEN_HASH),
-                error=request.get(ERROR_CODE),
+                error=error,
             )
 
     return context_middleware
 
 
-@web.middleware
-async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ProblemError as err:
-        request[ERROR_CODE] = err.code
-        return problem_response(err)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        code = _HTTP_CODES.get(exc.status)
-        if code is None:
-            code = "internal_error" if exc.status >= 500 else "invalid_request"
-        detail = exc.reason or exc.text or ""
-        if exc.status == 413:
-            detail = "the request body is too large"
-        headers = {}
-        if exc.status == 405 and "Allow" in exc.headers:
-            headers["Allow"] = exc.headers["Allow"]
-        request[ERROR_CODE] = code
-        response = problem_response(ProblemError(code, detail, headers))
-        response.set_status(exc.status)
-        return response
-    except (ConnectionResetError, TimeoutError):
-        raise
-    except Exception:
-        log.exception("unhandled_error", route=request.get(ROUTE))
-        request[ERROR_CODE] = "internal_error"
-        return problem_response(ProblemError("internal_error", "an unexpected error occurred"))
+def make_response_hook(health: Health) -> ResponseHook:
+    """Headers every answer gets when it is prepared: ``X-Request-Id``, ``Server`` and,
+    while draining, ``Connection: close`` (the connection ends after this answer, so
+    clients and load balancers reconnect to another replica instead of reusing it)."""
 
+    async def on_response_prepare(request: web.BaseRequest, response: web.StreamResponse) -> None:
+        headers = response.headers
+        request_id = request.get(REQUEST_ID)
+        if request_id:
+            headers["X-Request-Id"] = request_id
+        headers["Server"] = "agent-gateway"
+        if health.draining:
+            response.force_close()
+            headers["Connection"] = "close"
 
-async def add_request_id(request: web.BaseRequest, response: web.StreamResponse) -> None:
-    request_id = request.get(REQUEST_ID)
-    if request_id:
-        response.headers["X-Request-Id"] = request_id
-    response.headers["Server"] = "agent-gateway"
+    return on_response_prepare

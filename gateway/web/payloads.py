@@ -67,8 +67,8 @@ class SendMessage:
 
 
 def parse_send_message(data: dict[str, Any], max_message_chars: int) -> SendMessage:
-    unknown = sorted(set(data) - SEND_FIELDS)
-    if unknown:
+    if not SEND_FIELDS.issuperset(data):
+        unknown = sorted(set(data) - SEND_FIELDS)
         raise ProblemError("invalid_request", f"unknown field {unknown[0]!r}")
     token = data.get("client_token")
     if token is None:

@@ -35,7 +35,5 @@ REQUEST_ID = web.RequestKey("request_id", str)
 #: ``time.perf_counter()`` at the request's arrival
 REQUEST_STARTED = web.RequestKey("request_started", float)
 CLIENT_IP = web.RequestKey("client_ip", str)
-ROUTE = web.RequestKey("route", str)
 KEY_ID = web.RequestKey("key_id", str)
 TOKEN_HASH = web.RequestKey("token_hash", str)
-ERROR_CODE = web.RequestKey("error_code", str)

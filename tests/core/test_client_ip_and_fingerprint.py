@@ -57,7 +57,8 @@ def test_fingerprint_cache_gives_the_same_answers() -> None:
     from gateway.core.fingerprint import FingerprintCache, FingerprintRule, fingerprint
 
     cache = FingerprintCache(size=2)
-    rules = [FingerprintRule(), FingerprintRule(components=("client_ip",))]
+    # an equal rule in another object (a policy reload that kept the rule) shares entries
+    rules = [FingerprintRule(), FingerprintRule(components=("client_ip",)), FingerprintRule()]
     agents = ["curl/8", "x" * 600]
     for _ in range(2):
         for rule in rules:

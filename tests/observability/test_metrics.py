@@ -145,11 +145,14 @@ async def test_a_stream_the_client_abandons_is_499_and_client_disconnected(
     script.chunks = [(0.1, b'data: {"delta": "x"}\n\n') for _ in range(50)]
     gw: Gateway = await gateway_factory(upstream={"url": url})
     token = await gw.new_token()
-    in_flight: list[float] = []
+    in_flight: list[tuple[float, float]] = []
     await gw.stream_then_hang_up(
-        token, on_first_event=lambda: in_flight.append(gw.sample("gateway_streams_in_flight"))
+        token,
+        on_first_event=lambda: in_flight.append(
+            (gw.sample("gateway_streams_in_flight"), gw.sample("gateway_http_requests_in_flight"))
+        ),
     )
-    assert in_flight == [1]
+    assert in_flight == [(1, 1)]
     await asyncio.wait_for(script.cancelled.wait(), timeout=3)
     for _ in range(100):
         if gw.sample("gateway_streams_total", outcome="client_disconnected"):
@@ -157,6 +160,7 @@ async def test_a_stream_the_client_abandons_is_499_and_client_disconnected(
         await asyncio.sleep(0.02)
     assert gw.sample("gateway_streams_total", outcome="client_disconnected") == 1
     assert gw.sample("gateway_streams_in_flight") == 0
+    assert gw.sample("gateway_http_requests_in_flight") == 0
     assert gw.sample("gateway_http_requests_total", route=SEND_ROUTE, method="POST", status="499")
 
 

@@ -182,6 +182,56 @@ policies:
     }
 
 
+def test_a_remembered_selection_answers_as_the_policies_do(tmp_path: Path) -> None:
+    """Selections are remembered per (route, method, model, key): the overrides of one key,
+    the models and the methods still decide, request after request, and the precomputed
+    headers are the ones :func:`rate_limit_headers` writes."""
+    path = write(
+        tmp_path,
+        "p.yaml",
+        f"""
+policies:
+  - name: per-ip
+    match: {{routes: [send], methods: [POST]}}
+    partition: [client_ip]
+    limit: {{rate: 60, per: 1m, burst: 10}}
+    overrides:
+      - {{key_ids: [{KEY_A}], limit: {{rate: 600, per: 1m, burst: 100}}}}
+      - {{key_ids: [{KEY_B}], mode: shadow}}
+  - {{name: per-token.v2, match: {{routes: [send], models: [demo]}}, partition: [token], limit: {{rate: 2, per: 1s, burst: 2}}}}
+""",
+    )
+    policies = load_policies(path).policies
+    states = (LimitState(True, 3, 12_300, 0, 0), LimitState(False, -1, 0, 5, 0))
+    for _ in range(2):  # computed, then remembered
+        for key_id, model, method in [
+            (KEY_A, "demo", "POST"),
+            (KEY_B, "demo", "POST"),
+            (None, "other", "POST"),
+            (KEY_A, "demo", "GET"),
+        ]:
+            facts = RequestFacts("send", method, "203.0.113.7", key_id, model, token="J")
+            applied = policies.applicable(facts)
+            selection = policies.select("send", method, model, key_id)
+            assert tuple(a.spec for a in applied) == selection.specs(facts)
+            assert selection.headers(states[: len(applied)]) == rate_limit_headers(
+                applied, states[: len(applied)]
+            )
+        rates = [
+            [(a.policy, a.limit.rate, a.spec.shadow) for a in policies.applicable(f)]
+            for f in (
+                RequestFacts("send", "POST", "1.2.3.4", KEY_A, "demo", token="J"),
+                RequestFacts("send", "POST", "1.2.3.4", KEY_B, "demo", token="J"),
+                RequestFacts("send", "GET", "1.2.3.4", KEY_B, "other", token="J"),
+            )
+        ]
+        assert rates == [
+            [("per-ip", 600, False), ("per-token.v2", 2, False)],
+            [("per-ip", 60, True), ("per-token.v2", 2, False)],
+            [],
+        ]
+
+
 def test_limits_of_one_token_live_with_the_token(tmp_path: Path) -> None:
     """Partitioned by the token or its conversation: the state is the token's, named by the
     policy (plus the partition value when a part of it varies between the token's requests);

@@ -10,7 +10,7 @@ import uvloop
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from gateway.store.pipeline import RedisPipe, pack
+from gateway.store.pipeline import Arg, RedisPipe, pack, pack_slowly
 
 
 @pytest.fixture
@@ -22,6 +22,19 @@ async def pipe(redis_url: str) -> AsyncIterator[RedisPipe]:
 
 def test_pack_is_resp() -> None:
     assert pack(["SET", "k", 1, b"v"]) == b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n1\r\n$1\r\nv\r\n"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["EVALSHA", "a" * 40, 2, "{gw}:pb:203.0.113.7", "{gw}:ts:jti", 1, 0, "", -5, 10**20],
+        ["x", 0.1, 1e20, 1 / 3, b"", b"\x00\xff", "é€", ""],
+        [True, False, 3],  # hiredis refuses booleans: packed in Python
+    ],
+)
+def test_hiredis_packs_the_same_bytes(args: list[Arg]) -> None:
+    assert pack(args) == pack_slowly(args)
 
 
 async def test_concurrent_commands_get_their_own_replies(pipe: RedisPipe) -> None:

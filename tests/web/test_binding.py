@@ -2,7 +2,11 @@
 
 from typing import Any
 
-from tests.support.harness import Gateway
+import structlog
+from structlog.testing import capture_logs
+
+from gateway.core import agent_keys
+from tests.support.harness import TOKEN_URL, Gateway
 
 
 async def status_and_code(resp: Any) -> tuple[int, str | None]:
@@ -89,6 +93,20 @@ async def test_trusted_proxy_may_pass_a_request_id(gateway_factory: Any) -> None
 async def test_untrusted_clients_cannot_choose_the_request_id(gateway: Gateway) -> None:
     async with gateway.http.get(gateway.url + "/nope", headers={"X-Request-Id": "mine"}) as resp:
         assert resp.headers["X-Request-Id"] != "mine"
+
+
+async def test_log_lines_written_during_a_request_carry_its_id(gateway: Gateway) -> None:
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as events:
+        headers = {"Authorization": "Bearer " + agent_keys.generate().key}
+        async with gateway.http.get(
+            gateway.url + TOKEN_URL.format(model="demo"), headers=headers
+        ) as resp:
+            assert resp.status == 404
+        structlog.get_logger("gateway").info("after_the_request")
+    (refused,) = [e for e in events if e["event"] == "invalid_key"]
+    assert refused["request_id"] == resp.headers["X-Request-Id"]
+    (after,) = [e for e in events if e["event"] == "after_the_request"]
+    assert "request_id" not in after  # unbound once the request is answered
 
 
 async def test_flag_action_admits_and_keeps_the_token(gateway_factory: Any) -> None:
