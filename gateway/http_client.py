@@ -204,6 +204,8 @@ class _Connection(asyncio.Protocol):
         self._headers_waiter: asyncio.Future[Response] | None = None
         self._response: Response | None = None
         self._close_delimited = False
+        #: closed from this side: whatever was being read is cut, not complete
+        self._aborted = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -215,8 +217,9 @@ class _Connection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self._failed(UpstreamProtocolError(f"invalid response from the upstream: {exc}"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            # an upgrade (101) is refused too: the gateway never asks for one
+            self._failed(UpstreamProtocolError(f"invalid response from the upstream: {exc!r}"))
             self.abort()
 
     def eof_received(self) -> bool | None:
@@ -226,7 +229,7 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         self._pool._lost(self)
         response = self._response
-        if response is not None and self._close_delimited and exc is None:
+        if response is not None and self._close_delimited and exc is None and not self._aborted:
             self._response = None
             response._finish()  # a body without a length ends when the connection does
             return
@@ -235,6 +238,12 @@ class _Connection(asyncio.Protocol):
             self._failed(UpstreamDisconnected(f"the upstream closed the connection{reason}"))
 
     # -- httptools callbacks -------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self._headers_waiter is None and self._response is None:
+            # an answer nobody asked for, perhaps in the same segment as the last one
+            # (which has put this connection back in the pool): never reuse it
+            self.abort()
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self._raw_headers.append((name, value))
 
@@ -254,11 +263,13 @@ class _Connection(asyncio.Protocol):
         response = self._response = Response(status, headers, self)
         self._close_delimited = (
             "Content-Length" not in headers
-            and "chunked" not in headers.get("Transfer-Encoding", "").lower()
+            and "chunked" not in ",".join(headers.getall("Transfer-Encoding", ())).lower()
             and status not in _NO_BODY_STATUSES
         )
         waiter.set_result(response)
-        if self._head_only:  # llhttp cannot be told that a HEAD answer has no body
+        if self._head_only:
+            # llhttp cannot be told that a HEAD answer has no body: the connection is not
+            # reused (a connect per HEAD; the gateway sends HEAD only on private routes)
             self._response = None
             response._finish()
             self.abort()
@@ -302,7 +313,7 @@ class _Connection(asyncio.Protocol):
     def abort(self) -> None:
         """Close now, unsent data and all (the exchange is over or abandoned)."""
         if not self.closed:
-            self.closed = True
+            self.closed = self._aborted = True
             if self.transport is not None:
                 self.transport.abort()
             self._pool._lost(self)
@@ -344,6 +355,8 @@ class Http1Pool:
         self._idle: deque[_Connection] = deque()
         self._open: set[_Connection] = set()
         self._waiters: deque[asyncio.Future[_Connection | None]] = deque()
+        #: slots kept for callers woken in line, who have yet to connect
+        self._reserved = 0
         self._closing = False
 
     @property
@@ -376,6 +389,7 @@ class Http1Pool:
             else:
                 async with asyncio.timeout_at(deadline):
                     conn = await self._acquire()
+        waiter: asyncio.Future[Response] | None = None
         try:
             waiter = conn.send(head, body, method == "HEAD")
             if deadline is None:
@@ -387,6 +401,17 @@ class Http1Pool:
             finally:
                 timer.cancel()
         except BaseException:
+            answered = (
+                waiter is not None
+                and waiter.done()
+                and not waiter.cancelled()
+                and waiter.exception() is None
+            )
+            if answered and waiter is not None:
+                # the answer came, then the caller was cancelled: a complete answer's
+                # connection is back in the pool (perhaps already someone else's)
+                waiter.result().release()
+                raise
             conn.abort()  # failed, timed out or cancelled mid-exchange: never reused
             raise
 
@@ -422,14 +447,14 @@ class Http1Pool:
         return None
 
     async def _acquire(self) -> _Connection:
-        while True:
-            if self._closing:
-                raise UpstreamDisconnected("the upstream client is closed")
-            conn = self._reusable()
-            if conn is not None:
-                return conn
-            if len(self._open) < self._max:
-                return await self._connect()
+        if self._closing:
+            raise UpstreamDisconnected("the upstream client is closed")
+        conn = self._reusable()
+        if conn is not None:
+            return conn
+        if not self._waiters and self._has_room():
+            return await self._connect()
+        while True:  # in line, first come first served
             waiter: asyncio.Future[_Connection | None] = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
@@ -438,13 +463,24 @@ class Http1Pool:
                 if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                     handed = waiter.result()  # handed to us as we were cancelled: pass it on
                     if handed is None:
-                        self._hand_on(None)
+                        self._reserved -= 1
+                        self._free_slot()
                     else:
                         self._put_back(handed)
+                else:
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
                 raise
-            if handed is not None and not handed.closed:
+            if handed is None:  # a slot was kept for us
+                self._reserved -= 1
+                return await self._connect()
+            if not handed.closed:
                 return handed
-            # a slot was freed (or the connection died on the way): look again
+            if self._has_room():  # the connection died on the way
+                return await self._connect()
+
+    def _has_room(self) -> bool:
+        return len(self._open) + self._reserved < self._max
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -478,15 +514,24 @@ class Http1Pool:
             idle.popleft().abort()  # the oldest idle ones, on the way
         idle.append(conn)
 
-    def _hand_on(self, item: _Connection | None) -> bool:
-        """Give a connection (or, with ``None``, a free slot) to the first caller still
-        waiting; false when nobody waits (then a connection is the caller's to keep)."""
+    def _hand_on(self, conn: _Connection) -> bool:
+        """Give ``conn`` to the first caller still waiting; false when nobody waits."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_result(item)
+                waiter.set_result(conn)
                 return True
         return False
+
+    def _free_slot(self) -> None:
+        """A connection is gone: keep its slot for the first caller still waiting, so
+        that a newcomer cannot take it first (callers in line would starve)."""
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._reserved += 1
+                waiter.set_result(None)
+                return
 
     def _lost(self, conn: _Connection) -> None:
         if conn not in self._open:
@@ -494,7 +539,7 @@ class Http1Pool:
         self._open.discard(conn)
         with contextlib.suppress(ValueError):
             self._idle.remove(conn)
-        self._hand_on(None)  # a slot is free: the next in line connects
+        self._free_slot()
 
     async def close(self) -> None:
         """Close every connection; requests still waiting for one fail."""

@@ -167,8 +167,9 @@ class UpstreamClient:
                 "POST", target, headers, orjson.dumps(payload), deadline=deadline
             )
             exchange.status = resp.status
-        if not stream:
-            resp.deadline = deadline
+        # a buffered answer must be complete by then, even one to a request for a stream
+        # that came back as plain JSON; a stream is bounded by its idle timeout instead
+        resp.deadline = deadline
         return resp
 
     async def forward(
@@ -189,7 +190,8 @@ class UpstreamClient:
         length = resp.content_length
         if length is not None and length > limit:
             raise ProblemError("upstream_error", "the upstream answer is too large")
-        body = b""
+        parts: list[bytes] = []
+        size = 0
         while True:
             if resp.ready() or deadline is None:
                 chunk = await resp.read_any()
@@ -198,9 +200,11 @@ class UpstreamClient:
                     chunk = await resp.read_any()
             if not chunk:
                 break
-            body = chunk if not body else body + chunk
-            if len(body) > limit:
+            parts.append(chunk)
+            size += len(chunk)
+            if size > limit:
                 raise ProblemError("upstream_error", "the upstream answer is too large")
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
         return BufferedAnswer(resp.status, relayable_headers(resp.headers), body)
 
     async def buffer(self, resp: Response) -> BufferedAnswer:

@@ -443,3 +443,108 @@ async def test_https_upstreams_are_verified(tmp_path: Path) -> None:
         await default.close()
     finally:
         server.close()
+
+
+async def test_a_caller_cancelled_after_its_answer_came_leaves_the_connection_alone() -> None:
+    """The answer is in (its connection back in the pool, perhaps already handed on), then
+    the caller is cancelled before it resumes: the connection must not be closed."""
+    answered = asyncio.Event()
+
+    async def answer(_request: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(OK)
+        await writer.drain()
+        answered.set()
+
+    async with raw_server(answer) as server:
+        pool = new_pool(server.url, max_connections=1)
+        loop = asyncio.get_running_loop()
+        caller = asyncio.create_task(pool.request("GET", "/x", {}))
+        await answered.wait()
+        # queued now, this runs after the answer is read (same loop turn) and before the
+        # caller resumes: what a client hanging up at that moment does
+        loop.call_soon(caller.cancel)
+        with pytest.raises(asyncio.CancelledError):
+            await caller
+        assert (pool.open_connections, pool.idle_connections) == (1, 1)
+        assert await read_all(pool) == (200, b"{}")
+        await pool.close()
+    assert server.connections == 1
+
+
+async def test_callers_in_line_are_served_before_newcomers() -> None:
+    """A slot freed by a closed connection is kept for the first caller in line, not
+    taken by a request that arrives in the same loop turn."""
+
+    async def answer(request: bytes, writer: asyncio.StreamWriter) -> None:
+        if request.startswith(b"GET /stream"):
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n")
+            await asyncio.sleep(10)
+        writer.write(OK)
+
+    async with raw_server(answer) as server:
+        pool = new_pool(server.url, max_connections=1)
+        held = await pool.request("GET", "/stream", {})
+        in_line = asyncio.create_task(read_all(pool))
+        await asyncio.sleep(0.05)
+
+        async def hang_up_then_ask_again() -> tuple[int, bytes]:
+            held.release()  # the client went away: its connection closes, the slot frees
+            return await read_all(pool)  # and a new request comes in the same loop turn
+
+        newcomer = asyncio.create_task(hang_up_then_ask_again())
+        done, _ = await asyncio.wait({in_line, newcomer}, return_when=asyncio.FIRST_COMPLETED)
+        assert done == {in_line}
+        assert await newcomer == (200, b"{}")
+        await pool.close()
+
+
+async def test_the_start_of_a_stray_answer_after_a_complete_one_is_not_kept() -> None:
+    # one segment: a complete answer, then the beginning of another nobody asked for
+    stray = OK + b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n"
+
+    async with raw_server(fixed(stray)) as server:
+        pool = new_pool(server.url)
+        assert await read_all(pool) == (200, b"{}")
+        assert await read_all(pool) == (200, b"{}")  # a new connection, not a spliced answer
+        await pool.close()
+    assert server.connections == 2
+
+
+async def test_a_chunked_body_cut_short_is_never_complete() -> None:
+    """Transfer-Encoding on two lines is still chunked: a cut is an error, not an end."""
+
+    def answer(_request: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\npart1\r\n"
+        )
+        writer.close()
+
+    async with raw_server(answer) as server:
+        pool = new_pool(server.url)
+        with pytest.raises(UpstreamDisconnected):
+            await read_all(pool)
+        await pool.close()
+
+
+async def test_closing_the_pool_cuts_a_body_without_length() -> None:
+    async def answer(_request: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npart-1 ")
+        await asyncio.sleep(10)
+
+    async with raw_server(answer) as server:
+        pool = new_pool(server.url)
+        with await pool.request("GET", "/x", {}) as resp:
+            assert await resp.read_any() == b"part-1 "
+            await pool.close()
+            with pytest.raises(UpstreamDisconnected):
+                await resp.read_any()
+
+
+async def test_an_upgrade_is_refused_as_a_protocol_error() -> None:
+    upgrade = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"
+    async with raw_server(fixed(upgrade)) as server:
+        pool = new_pool(server.url)
+        with pytest.raises(UpstreamProtocolError):
+            await read_all(pool)
+        await pool.close()

@@ -1,5 +1,6 @@
 """Forwarding: the upstream contract's headers, credential hygiene, failures mapped."""
 
+import asyncio
 import socket
 from typing import Any
 
@@ -95,6 +96,42 @@ async def test_slow_upstream_is_504(
         assert await code_of(resp) == "upstream_timeout"
     async with gw.messages(token) as resp:
         assert resp.status == 504
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_an_answer_that_stalls_after_its_headers_is_504(
+    gateway_factory: Any, stream: bool
+) -> None:
+    """Headers, one byte of a JSON body, then silence: the read timeout ends it, also
+    when a stream was asked for and plain JSON came back."""
+
+    stop = asyncio.Event()
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+            )
+            await writer.drain()
+            await stop.wait()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        gw: Gateway = await gateway_factory(
+            upstream={"url": f"http://127.0.0.1:{port}", "timeouts": {"read": 0.4}}
+        )
+        token = await gw.new_token()
+        async with gw.send(token, stream=stream) as resp:
+            assert resp.status == 504
+            assert await code_of(resp) == "upstream_timeout"
+    finally:
+        stop.set()
+        server.close()
+        await server.wait_closed()
 
 
 @pytest.mark.parametrize(
