@@ -13,6 +13,12 @@ canonical base64url, and the payload passes the claim checks that ``jwt.decode``
 the claims are taken as they are. Anything else (any other header, a bad signature, a
 malformed payload) goes to ``jwt.decode``, whose verdict stands, so the fast path accepts
 nothing that pyjwt would refuse.
+
+A client sends many messages with one token, and for one token string under this codec's
+fixed keys the signature, JSON and claim checks always give the same verdict: the parsed
+claims of the last ``VERIFIED_CACHE`` tokens that passed them are kept, and only the
+clock-dependent checks (expiry, not-before) run again on each use. Only tokens that
+passed enter, so junk cannot fill it; revocation and binding are the store's, per use.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ from jwt.utils import base64url_decode, base64url_encode
 
 from gateway.core.signing_keys import KeySet, SigningKey, SigningKeyError
 
+#: verified tokens remembered (about 1 KiB each, token string included)
+VERIFIED_CACHE = 8192
 MIN_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 REQUIRED_CLAIMS = ("iss", "aud", "iat", "exp", "jti", "cid", "mid", "akid")
 DIGESTS: dict[str, Callable[[], Any]] = {
@@ -105,6 +113,8 @@ class TokenCodec:
         #: that key's secret and fed nothing, copied per token (keying costs a third of it)
         self._own_headers = {self._header_segment(key): self._keyed(key) for key in keyset.keys}
         self._active_header = (self._header_segment(keyset.active).encode(), keyset.active)
+        #: token -> (its claims, its not-before), oldest first (see the module docstring)
+        self._verified: dict[str, tuple[ClientToken, int]] = {}
 
     def _keyed(self, key: SigningKey) -> hmac.HMAC:
         return hmac.new(key.secret, digestmod=self._digest)
@@ -156,10 +166,26 @@ class TokenCodec:
         return (signing_input + b"." + signature).decode()
 
     def decode(self, token: str, now: float) -> ClientToken:
-        claims = self._own_claims(token)
-        if claims is None:
-            claims = self._pyjwt_claims(token)
-        return self._parse(claims, now)
+        known = self._verified.get(token)
+        if known is None:
+            claims = self._own_claims(token)
+            if claims is None:
+                claims = self._pyjwt_claims(token)
+            known = self._parse(claims)
+            verified = self._verified
+            if len(verified) >= VERIFIED_CACHE:
+                del verified[next(iter(verified))]
+            verified[token] = known
+        return self._in_time(known, now)
+
+    def _in_time(self, known: tuple[ClientToken, int], now: float) -> ClientToken:
+        """The clock-dependent checks, on every use."""
+        parsed, not_before = known
+        if now >= parsed.expires_at + self._leeway:
+            raise TokenRejected("token_expired", "the token has expired")
+        if now + self._leeway < not_before:
+            raise TokenRejected("token_invalid", "the token is not valid yet")
+        return parsed
 
     def _own_claims(self, token: str) -> dict[str, Any] | None:
         """The claims of a token exactly as this codec issues it, or None (see the module
@@ -231,7 +257,8 @@ class TokenCodec:
             raise TokenRejected("token_invalid", "the token is not valid") from None
         return claims
 
-    def _parse(self, claims: dict[str, Any], now: float) -> ClientToken:
+    def _parse(self, claims: dict[str, Any]) -> tuple[ClientToken, int]:
+        """The claims, and the time before which the token is not valid yet."""
         try:
             exp, iat = int(claims["exp"]), int(claims["iat"])
             nbf = int(claims.get("nbf", iat))
@@ -246,11 +273,7 @@ class TokenCodec:
             )
         except (TypeError, ValueError):
             raise TokenRejected("token_invalid", "the token's claims are malformed") from None
-        if now >= exp + self._leeway:
-            raise TokenRejected("token_expired", "the token has expired")
-        if now + self._leeway < nbf or now + self._leeway < iat:
-            raise TokenRejected("token_invalid", "the token is not valid yet")
-        return parsed
+        return parsed, max(nbf, iat)
 
 
 def _text(value: object) -> str:

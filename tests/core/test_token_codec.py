@@ -235,7 +235,7 @@ def test_fast_path_and_pyjwt_agree(case: str) -> None:
     token = FAST_PATH_CASES[case](c)
 
     def pyjwt_only(token: str, now: float) -> object:
-        return c._parse(c._pyjwt_claims(token), now)
+        return c._in_time(c._parse(c._pyjwt_claims(token)), now)
 
     assert _outcome(c, c.decode, token) == _outcome(c, pyjwt_only, token)
 
@@ -260,3 +260,37 @@ def test_issued_tokens_are_what_pyjwt_writes_and_reads() -> None:
         issued.token.split(".")[0]
         == jwt.encode({}, NEW.secret, headers={"kid": "new"}).split(".")[0]
     )
+
+
+def test_a_remembered_token_still_expires_and_still_waits_for_its_start() -> None:
+    c = codec(NEW, OLD, ttl=60)
+    token = c.issue(key_id="K" * 12, model_id="demo", now=NOW).token
+    assert c.decode(token, NOW).jti == c.decode(token, NOW + 30).jti  # the second, remembered
+    with pytest.raises(TokenRejected) as expired:
+        c.decode(token, NOW + 60 + c.leeway_seconds)
+    assert expired.value.code == "token_expired"
+    early = _with(c, nbf=int(NOW) + 10)
+    for _ in range(2):
+        with pytest.raises(TokenRejected) as too_early:
+            c.decode(early, NOW)
+        assert too_early.value.code == "token_invalid"
+    assert c.decode(early, NOW + 10).key_id
+
+
+def test_only_tokens_that_pass_are_remembered_and_their_number_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.core import token_codec
+
+    monkeypatch.setattr(token_codec, "VERIFIED_CACHE", 5)
+    c = codec(NEW, OLD)
+    forged = FAST_PATH_CASES["wrong key"](c)
+    for _ in range(2):
+        with pytest.raises(TokenRejected):
+            c.decode(forged, NOW)
+    assert forged not in c._verified
+    tokens = [c.issue(key_id="K" * 12, model_id="demo", now=NOW).token for _ in range(8)]
+    for token in tokens:
+        c.decode(token, NOW)
+    assert list(c._verified) == tokens[-5:]  # the oldest go first
+    assert c.decode(tokens[0], NOW).jti  # forgotten, verified again
