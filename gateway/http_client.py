@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import ssl
 import time
 from collections import deque
@@ -327,9 +328,49 @@ class _Connection(asyncio.Protocol):
             response._fail(error)
 
 
-def _expire(waiter: asyncio.Future[Response]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError("no answer from the upstream in time"))
+class _Deadlines:
+    """The deadlines of the requests waiting for their answer's headers, behind one timer
+    set for the earliest: a timer per request (set, then cancelled) costs more than the
+    rest of the wait's bookkeeping. There are at most as many as connections, and the
+    timer fires about once per deadline period, so a scan of them all is cheap."""
+
+    def __init__(self) -> None:
+        self._due: dict[asyncio.Future[Response], float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_for = math.inf
+
+    def add(self, waiter: asyncio.Future[Response], due: float) -> None:
+        self._due[waiter] = due
+        if due < self._armed_for:
+            self._arm(due)
+
+    def discard(self, waiter: asyncio.Future[Response]) -> None:
+        self._due.pop(waiter, None)
+
+    def _arm(self, due: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed_for = due
+        self._timer = asyncio.get_running_loop().call_at(due, self._fire)
+
+    def _fire(self) -> None:
+        self._timer, self._armed_for = None, math.inf
+        now = asyncio.get_running_loop().time()
+        earliest = math.inf
+        for waiter, due in list(self._due.items()):
+            if due <= now:
+                del self._due[waiter]
+                if not waiter.done():
+                    waiter.set_exception(TimeoutError("no answer from the upstream in time"))
+            elif due < earliest:
+                earliest = due
+        if earliest < math.inf:
+            self._arm(earliest)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._due.clear()
 
 
 class Http1Pool:
@@ -357,6 +398,7 @@ class Http1Pool:
         self._waiters: deque[asyncio.Future[_Connection | None]] = deque()
         #: slots kept for callers woken in line, who have yet to connect
         self._reserved = 0
+        self._deadlines = _Deadlines()
         self._closing = False
 
     @property
@@ -394,12 +436,11 @@ class Http1Pool:
             waiter = conn.send(head, body, method == "HEAD")
             if deadline is None:
                 return await waiter
-            # a plain timer on the waiter: cheaper than a timeout context per request
-            timer = asyncio.get_running_loop().call_at(deadline, _expire, waiter)
+            self._deadlines.add(waiter, deadline)
             try:
                 return await waiter
             finally:
-                timer.cancel()
+                self._deadlines.discard(waiter)
         except BaseException:
             answered = (
                 waiter is not None
@@ -544,6 +585,7 @@ class Http1Pool:
     async def close(self) -> None:
         """Close every connection; requests still waiting for one fail."""
         self._closing = True
+        self._deadlines.close()
         for conn in list(self._open):
             conn.abort()
         while self._waiters:

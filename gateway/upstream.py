@@ -9,6 +9,7 @@ answers are relayed chunk by chunk as they arrive. No redirect is ever followed.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
+#: characters a path segment carries as they are (RFC 3986 unreserved)
+_UNRESERVED = re.compile(r"[A-Za-z0-9._~-]+")
 #: never relayed to public clients, whatever the upstream says
 DROPPED_RESPONSE_HEADERS = (
     frozenset({"set-cookie", "content-length", "server", "date", "x-request-id"}) | HOP_BY_HOP
@@ -131,7 +134,9 @@ class UpstreamClient:
 
     @staticmethod
     def _target(template: str, conversation_id: str) -> str:
-        return template.format(conversation_id=quote(conversation_id, safe=""))
+        if _UNRESERVED.fullmatch(conversation_id) is None:  # ours are UUIDs: no quoting
+            conversation_id = quote(conversation_id, safe="")
+        return template.format(conversation_id=conversation_id)
 
     def _observed(self, operation: str) -> Observed:
         return Observed(self.metrics, operation)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
 from datetime import UTC, datetime
@@ -48,7 +49,18 @@ log = structlog.get_logger("gateway")
 
 def short_hash(token: str) -> str:
     """What logs show instead of a token: enough to correlate, useless to replay."""
+    if len(token) <= _REMEMBERED_TOKEN_CHARS:  # ours are about 350 characters
+        return _remembered_hash(token)
+    return _hash(token)
+
+
+def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+#: a client sends many messages with one token: its hash is computed once (bounded)
+_remembered_hash = functools.lru_cache(maxsize=8192)(_hash)
+_REMEMBERED_TOKEN_CHARS = 1024
 
 
 def json_response(data: object, status: int = 200) -> web.Response:

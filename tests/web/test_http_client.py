@@ -307,6 +307,33 @@ async def test_the_deadline_bounds_the_headers_and_the_wait_for_a_connection() -
     assert server.connections == 1
 
 
+async def test_each_request_keeps_its_own_deadline() -> None:
+    """One timer serves every deadline: a later request with an earlier deadline times
+    out first, the earlier one still at its own, and an answer in time is untouched."""
+
+    async def answer(request: bytes, writer: asyncio.StreamWriter) -> None:
+        if request.startswith(b"GET /fast"):
+            writer.write(OK)
+        else:
+            await asyncio.sleep(10)
+
+    async with raw_server(answer) as server:
+        pool = new_pool(server.url, max_connections=3)
+        loop = asyncio.get_running_loop()
+        slow = asyncio.create_task(pool.request("GET", "/a", {}, deadline=loop.time() + 0.3))
+        await asyncio.sleep(0.01)
+        quick = asyncio.create_task(pool.request("GET", "/b", {}, deadline=loop.time() + 0.05))
+        fast = await pool.request("GET", "/fast", {}, deadline=loop.time() + 0.02)
+        with fast:
+            assert fast.status == 200
+        done, _ = await asyncio.wait({slow, quick}, return_when=asyncio.FIRST_COMPLETED)
+        assert done == {quick}
+        for task in (quick, slow):
+            with pytest.raises(TimeoutError):
+                await task
+        await pool.close()
+
+
 async def test_read_ahead_is_bounded_by_pausing_the_socket() -> None:
     size = READ_AHEAD * 8
 
