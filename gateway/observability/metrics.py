@@ -32,6 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import __version__
+from gateway.core.breaker import BreakerState
 from gateway.observability.labels import (
     OTHER,
     POLICY_NAME,
@@ -236,6 +237,12 @@ class Metrics:
             ["operation"],
             registry=registry,
         )
+        self.store_circuit_open = Gauge(
+            "gateway_store_circuit_open",
+            "1 while this replica's circuit breaker to the store is open or probing (store "
+            "calls fail at once), else 0.",
+            registry=registry,
+        )
         self.store_deadlines_extended = Counter(
             "gateway_store_deadline_extended",
             "Store calls given more time because the event loop ran their deadline late.",
@@ -407,6 +414,10 @@ class Metrics:
     def store_failed_open(self, operation: str = "admit") -> None:
         """A request was let through although the store failed (fail-open mode)."""
         self.store_fail_open.labels(self._words(operation)).inc()
+
+    def store_circuit(self, state: BreakerState) -> None:
+        """The store's circuit breaker opened (or half-opened) or closed again."""
+        self.store_circuit_open.set(0 if state is BreakerState.CLOSED else 1)
 
     def store_deadline_extended(self) -> None:
         """A store call's deadline fired late (the loop was busy, not the store), so the

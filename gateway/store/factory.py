@@ -9,7 +9,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from gateway.config import StoreSettings
-from gateway.core.breaker import CircuitBreaker
+from gateway.core.breaker import BreakerState, CircuitBreaker
 from gateway.redis_connect import connect
 from gateway.store.base import StateStore
 from gateway.store.guarded import GuardedStore
@@ -19,10 +19,13 @@ from gateway.store.redis import RedisStore
 
 
 def open_store(
-    settings: StoreSettings, *, on_deadline_extended: Callable[[], None] | None = None
+    settings: StoreSettings,
+    *,
+    on_deadline_extended: Callable[[], None] | None = None,
+    on_breaker_change: Callable[[BreakerState], None] | None = None,
 ) -> StateStore:
     """The memory store, or a Redis store behind a deadline and a circuit breaker
-    (``on_deadline_extended``: see :class:`GuardedStore`)."""
+    (``on_deadline_extended``, ``on_breaker_change``: see :class:`GuardedStore`)."""
     if settings.type == "memory":
         return MemoryStore()
     socket_timeout = max(settings.timeout_ms / 1000, 0.5)
@@ -43,4 +46,5 @@ def open_store(
         timeout=settings.timeout_ms / 1000,
         breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_open_seconds),
         on_deadline_extended=on_deadline_extended,
+        on_state_change=on_breaker_change,
     )

@@ -88,7 +88,11 @@ def create_app(
     state_store = (
         store
         if store is not None
-        else open_store(config.store, on_deadline_extended=metrics.store_deadline_extended)
+        else open_store(
+            config.store,
+            on_deadline_extended=metrics.store_deadline_extended,
+            on_breaker_change=metrics.store_circuit,
+        )
     )
     key_store = keystore if keystore is not None else open_keystore(config)
     verifier = KeyVerifier(

@@ -24,6 +24,7 @@ from redis.backoff import NoBackoff
 from gateway.config import StoreSettings
 from gateway.core.breaker import BreakerState, CircuitBreaker
 from gateway.core.gcra import LimitSpec
+from gateway.observability.metrics import Metrics
 from gateway.redis_connect import connect
 from gateway.store.base import Admission, AdmitRequest, StoreUnavailable
 from gateway.store.factory import open_store
@@ -261,5 +262,44 @@ def test_an_outside_cancellation_during_the_deadlines_own_wins(run: Run[None]) -
             await task
         assert reply.cancelled()
         assert store.breaker.failures == 0  # the caller gave up; the store is not to blame
+
+    run(scenario())
+
+
+def test_the_breaker_state_is_exported(run: Run[None], stopped_redis: str, redis_url: str) -> None:
+    """Open after the failures, closed again after a successful probe, in the gauge."""
+    metrics = Metrics()
+
+    def gauge() -> float | None:
+        return metrics.registry.get_sample_value("gateway_store_circuit_open")
+
+    async def scenario() -> None:
+        settings = StoreSettings(
+            type="redis",
+            url=stopped_redis,
+            prefix="test",
+            breaker_failures=2,
+            breaker_open_seconds=0.05,
+        )
+        store = open_store(settings, on_breaker_change=metrics.store_circuit)
+        assert isinstance(store, GuardedStore)
+        stopped = store.inner
+        back = open_store(settings.model_copy(update={"url": redis_url}))
+        assert isinstance(back, GuardedStore)
+        try:
+            assert gauge() == 0
+            for _ in range(2):
+                with pytest.raises(StoreUnavailable):
+                    await store.admit(REQUEST)
+            assert store.breaker.state is BreakerState.OPEN
+            assert gauge() == 1
+            await asyncio.sleep(0.06)
+            # Redis is back (another real server: the stopped one serves the other tests)
+            store.inner = back.inner
+            await store.admit(REQUEST)  # the probe succeeds
+            assert gauge() == 0
+        finally:
+            await stopped.close()
+            await back.close()
 
     run(scenario())
