@@ -79,6 +79,20 @@ def fixed(data: bytes) -> Callable[[bytes, asyncio.StreamWriter], None]:
     return answer
 
 
+def held_until(release: asyncio.Event) -> Callable[[bytes, asyncio.StreamWriter], object]:
+    """Answers ``OK`` once ``release`` is set."""
+
+    async def answer(_request: bytes, writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+        writer.write(OK)
+
+    return answer
+
+
+async def never_answer(_request: bytes, _writer: asyncio.StreamWriter) -> None:
+    await asyncio.sleep(10)
+
+
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 
 
@@ -142,26 +156,26 @@ async def test_framings_keep_the_connection(answer: bytes, body: bytes) -> None:
     assert server.connections == 1
 
 
-async def test_a_body_without_length_ends_with_the_connection() -> None:
-    def answer(_request: bytes, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end")
-        writer.close()
+@pytest.mark.parametrize(
+    ("answer", "close", "body"),
+    [
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end", True, b"until the end"),
+        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}", False, b"{}"),
+    ],
+    ids=["body-until-the-connection-ends", "connection-close-honoured"],
+)
+async def test_answers_that_end_their_connection(answer: bytes, close: bool, body: bytes) -> None:
+    def respond(_request: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(answer)
+        if close:  # the body ends when the server closes
+            writer.close()
 
-    async with raw_server(answer) as server:
+    async with raw_server(respond) as server:
         pool = new_pool(server.url)
-        assert await read_all(pool) == (200, b"until the end")
-        assert await read_all(pool) == (200, b"until the end")
+        for _ in range(2):
+            assert await read_all(pool) == (200, body)
+        await asyncio.sleep(0.01)
         assert pool.open_connections == 0
-        await pool.close()
-    assert server.connections == 2
-
-
-async def test_connection_close_is_honoured() -> None:
-    answer = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}"
-    async with raw_server(fixed(answer)) as server:
-        pool = new_pool(server.url)
-        assert await read_all(pool) == (200, b"{}")
-        assert await read_all(pool) == (200, b"{}")
         await pool.close()
     assert server.connections == 2
 
@@ -184,9 +198,19 @@ async def test_garbage_is_a_protocol_error_and_the_connection_is_dropped() -> No
         await pool.close()
 
 
-async def test_a_connection_cut_mid_body_fails_the_read() -> None:
+@pytest.mark.parametrize(
+    "cut",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part",
+        # Transfer-Encoding on two lines is still chunked: the cut is no end of body
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"5\r\npart1\r\n",
+    ],
+    ids=["content-length", "chunked-on-two-lines"],
+)
+async def test_a_body_cut_short_is_an_error_never_an_end(cut: bytes) -> None:
     def answer(_request: bytes, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly part")
+        writer.write(cut)
         writer.close()
 
     async with raw_server(answer) as server:
@@ -208,12 +232,7 @@ async def test_a_refused_connection_is_an_os_error() -> None:
 
 async def test_callers_beyond_the_limit_wait_for_a_connection() -> None:
     release = asyncio.Event()
-
-    async def answer(_request: bytes, writer: asyncio.StreamWriter) -> None:
-        await release.wait()
-        writer.write(OK)
-
-    async with raw_server(answer) as server:
+    async with raw_server(held_until(release)) as server:
         pool = new_pool(server.url, max_connections=2)
         calls = [asyncio.create_task(read_all(pool)) for _ in range(6)]
         await asyncio.sleep(0.1)
@@ -227,12 +246,7 @@ async def test_callers_beyond_the_limit_wait_for_a_connection() -> None:
 
 async def test_a_waiter_cancelled_in_line_does_not_lose_the_slot() -> None:
     release = asyncio.Event()
-
-    async def answer(_request: bytes, writer: asyncio.StreamWriter) -> None:
-        await release.wait()
-        writer.write(OK)
-
-    async with raw_server(answer) as server:
+    async with raw_server(held_until(release)) as server:
         pool = new_pool(server.url, max_connections=1)
         first = asyncio.create_task(read_all(pool))
         await asyncio.sleep(0.05)
@@ -276,10 +290,7 @@ async def test_abandoning_a_response_closes_its_connection() -> None:
 
 
 async def test_cancelled_while_waiting_for_headers_drops_the_connection() -> None:
-    async def answer(_request: bytes, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(10)
-
-    async with raw_server(answer) as server:
+    async with raw_server(never_answer) as server:
         pool = new_pool(server.url)
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):
@@ -289,10 +300,7 @@ async def test_cancelled_while_waiting_for_headers_drops_the_connection() -> Non
 
 
 async def test_the_deadline_bounds_the_headers_and_the_wait_for_a_connection() -> None:
-    async def answer(_request: bytes, writer: asyncio.StreamWriter) -> None:
-        await asyncio.sleep(10)
-
-    async with raw_server(answer) as server:
+    async with raw_server(never_answer) as server:
         pool = new_pool(server.url, max_connections=1)
         loop = asyncio.get_running_loop()
         first = asyncio.create_task(pool.request("GET", "/x", {}, deadline=loop.time() + 0.1))
@@ -535,23 +543,6 @@ async def test_the_start_of_a_stray_answer_after_a_complete_one_is_not_kept() ->
         assert await read_all(pool) == (200, b"{}")  # a new connection, not a spliced answer
         await pool.close()
     assert server.connections == 2
-
-
-async def test_a_chunked_body_cut_short_is_never_complete() -> None:
-    """Transfer-Encoding on two lines is still chunked: a cut is an error, not an end."""
-
-    def answer(_request: bytes, writer: asyncio.StreamWriter) -> None:
-        writer.write(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"5\r\npart1\r\n"
-        )
-        writer.close()
-
-    async with raw_server(answer) as server:
-        pool = new_pool(server.url)
-        with pytest.raises(UpstreamDisconnected):
-            await read_all(pool)
-        await pool.close()
 
 
 async def test_closing_the_pool_cuts_a_body_without_length() -> None:
