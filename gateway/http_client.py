@@ -409,6 +409,11 @@ class Http1Pool:
     def idle_connections(self) -> int:
         return len(self._idle)
 
+    @property
+    def waiting(self) -> int:
+        """Callers in line for a connection (the pool is full)."""
+        return sum(1 for waiter in self._waiters if not waiter.done())
+
     async def request(
         self,
         method: str,

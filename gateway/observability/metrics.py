@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -41,6 +41,18 @@ from gateway.observability.labels import (
     status_class,
 )
 from gateway.store.base import StoreUnavailable
+
+
+class PoolStats(Protocol):
+    """What the metrics read of a connection pool."""
+
+    @property
+    def open_connections(self) -> int: ...
+    @property
+    def idle_connections(self) -> int: ...
+    @property
+    def waiting(self) -> int: ...
+
 
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
@@ -165,6 +177,17 @@ class Metrics:
             "gateway_stream_time_to_first_byte_seconds",
             "From the request's arrival to the first streamed byte sent to the client.",
             buckets=TTFB_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_connections = Gauge(
+            "gateway_upstream_connections",
+            "Connections to the upstream, by state (open: all of them; idle: open and free).",
+            ["state"],
+            registry=registry,
+        )
+        self.upstream_waiting = Gauge(
+            "gateway_upstream_requests_waiting",
+            "Requests waiting in line for a connection to the upstream (the pool is full).",
             registry=registry,
         )
         self.streams_in_flight = Gauge(
@@ -414,6 +437,12 @@ class Metrics:
     def store_failed_open(self, operation: str = "admit") -> None:
         """A request was let through although the store failed (fail-open mode)."""
         self.store_fail_open.labels(self._words(operation)).inc()
+
+    def watch_upstream_pool(self, pool: PoolStats) -> None:
+        """Read the upstream pool's figures at each scrape."""
+        self.upstream_connections.labels("open").set_function(lambda: pool.open_connections)
+        self.upstream_connections.labels("idle").set_function(lambda: pool.idle_connections)
+        self.upstream_waiting.set_function(lambda: pool.waiting)
 
     def store_circuit(self, state: BreakerState) -> None:
         """The store's circuit breaker opened (or half-opened) or closed again."""

@@ -141,6 +141,7 @@ def create_app(
         if config.policies.watch:
             tasks.append(asyncio.create_task(policy_store.run(stop), name="policy-watch"))
         pool = UpstreamClient.new_pool(config.upstream)
+        metrics.watch_upstream_pool(pool)
         app[SERVICES] = Services(
             config=config,
             keys=verifier,

@@ -238,6 +238,7 @@ async def test_callers_beyond_the_limit_wait_for_a_connection() -> None:
         await asyncio.sleep(0.1)
         assert pool.open_connections == 2
         assert len(server.requests) == 2  # the other four wait in the pool, not upstream
+        assert pool.waiting == 4
         release.set()
         assert [await c for c in calls] == [(200, b"{}")] * 6
         await pool.close()

@@ -186,6 +186,10 @@ async def test_connections_to_the_upstream_are_pooled(
     pool = gw.services.upstream.pool
     # one idle keep-alive connection serves every sequential request
     assert (pool.open_connections, pool.idle_connections) == (1, 1)
+    value = gw.metrics.registry.get_sample_value
+    assert value("gateway_upstream_connections", {"state": "open"}) == 1
+    assert value("gateway_upstream_connections", {"state": "idle"}) == 1
+    assert value("gateway_upstream_requests_waiting") == 0
 
 
 @pytest.mark.parametrize("stream", [False, True])
