@@ -40,6 +40,8 @@ from urllib.parse import urlsplit
 import httptools
 from multidict import CIMultiDict
 
+#: how early a loop timer may fire (uvloop rounds to whole milliseconds)
+TIMER_RESOLUTION = 0.001
 #: body bytes buffered per response before the socket is paused
 READ_AHEAD = 256 * 1024
 #: statuses whose response never has a body, whatever its headers say
@@ -355,7 +357,9 @@ class _Deadlines:
 
     def _fire(self) -> None:
         self._timer, self._armed_for = None, math.inf
-        now = asyncio.get_running_loop().time()
+        # uvloop's timers have a resolution of a millisecond and may fire up to half of one
+        # early: what is due within it is due now (else the timer would spin to the due)
+        now = asyncio.get_running_loop().time() + TIMER_RESOLUTION
         earliest = math.inf
         for waiter, due in list(self._due.items()):
             if due <= now:
@@ -368,9 +372,14 @@ class _Deadlines:
             self._arm(earliest)
 
     def close(self) -> None:
+        """No more deadlines: the pool is closing, so whoever still waits fails now."""
         if self._timer is not None:
             self._timer.cancel()
-        self._due.clear()
+        self._timer, self._armed_for = None, math.inf
+        waiting, self._due = self._due, {}
+        for waiter in waiting:
+            if not waiter.done():
+                waiter.set_exception(UpstreamDisconnected("the upstream client is closed"))
 
 
 class Http1Pool:
@@ -519,6 +528,8 @@ class Http1Pool:
                 raise
             if handed is None:  # a slot was kept for us
                 self._reserved -= 1
+                if self._closing:
+                    raise UpstreamDisconnected("the upstream client is closed")
                 return await self._connect()
             if not handed.closed:
                 return handed
@@ -572,6 +583,8 @@ class Http1Pool:
     def _free_slot(self) -> None:
         """A connection is gone: keep its slot for the first caller still waiting, so
         that a newcomer cannot take it first (callers in line would starve)."""
+        if self._closing:
+            return  # close() fails the callers in line
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():

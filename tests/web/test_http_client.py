@@ -567,3 +567,19 @@ async def test_an_upgrade_is_refused_as_a_protocol_error() -> None:
         with pytest.raises(UpstreamProtocolError):
             await read_all(pool)
         await pool.close()
+
+
+async def test_closing_fails_every_caller_and_opens_nothing_more() -> None:
+    async with raw_server(never_answer) as server:
+        pool = new_pool(server.url, max_connections=1)
+        loop = asyncio.get_running_loop()
+        sent = asyncio.create_task(pool.request("GET", "/a", {}, deadline=loop.time() + 5))
+        await asyncio.sleep(0.02)
+        in_line = asyncio.create_task(pool.request("GET", "/b", {}, deadline=loop.time() + 5))
+        await asyncio.sleep(0.02)
+        await pool.close()
+        for task in (sent, in_line):
+            with pytest.raises(UpstreamDisconnected):
+                await asyncio.wait_for(task, 1)
+        assert pool.open_connections == 0
+    assert server.connections == 1
