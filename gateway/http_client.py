@@ -121,9 +121,6 @@ class Response:
         value = self.headers.get("Content-Length")
         return int(value) if value is not None and value.isdigit() else None
 
-    def at_eof(self) -> bool:
-        return self._complete and not self._chunks
-
     def ready(self) -> bool:
         """True when :meth:`read_any` would not wait."""
         return bool(self._chunks) or self._complete or self._error is not None
