@@ -85,17 +85,8 @@ class _GuardedProtocol(ResponseHandler):
         self._tainted = False
         self._head_bytes = 0
 
-    @property
-    def idle(self) -> bool:
-        return self._current is None
-
     # -- asyncio.Protocol ----------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._owner._protocols.add(self)
-
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._owner._protocols.discard(self)
         self._current = None
         super().connection_lost(exc)
 
@@ -129,16 +120,22 @@ class _GuardedProtocol(ResponseHandler):
             self._poison()  # a second answer to one request
             return
         code = message.code
-        self._head_bytes += sum(len(name) + len(value) + 4 for name, value in message.raw_headers)
+        # the status line ("HTTP/1.1 200 " and CRLF) and each field ("name: value" and CRLF)
+        self._head_bytes += (
+            len(message.reason)
+            + 15
+            + sum(len(name) + len(value) + 4 for name, value in message.raw_headers)
+        )
         limit = self._owner.limits.max_bytes
         try:
             if self._head_bytes > limit:
                 raise HeadTooLarge(f"the answer's head is longer than {limit} bytes")
             if 100 <= code < 200 and code != 101:
-                # the real answer follows; one that declares a body is not to be trusted
+                # the real answer follows: the gateway never waits for a 100 Continue, so
+                # informational answers are dropped here (aiohttp would queue every one of
+                # a flood); one that declares a body is not to be trusted
                 if any(name in message.headers for name in _FRAMING_FIELDS):
                     self._tainted = True
-                super().feed_data(data, size)
                 return
             self._answered = True
             if code < 200:
@@ -263,10 +260,9 @@ class AiohttpTransport:
         self.limits = limits = limits or HeadLimits()
         self.require_echo = require_echo
         self._base = self.origin.url
-        self._protocols: set[_GuardedProtocol] = set()
         #: requests that have no connection yet (in line for one, or connecting)
         self._pending = 0
-        connector = _Connector(
+        self._connector = connector = _Connector(
             self,
             limit=max_connections,
             limit_per_host=0,
@@ -288,11 +284,26 @@ class AiohttpTransport:
 
     @property
     def open_connections(self) -> int:
-        return len(self._protocols)
+        """Connections the pool holds, connecting, in use or idle. The connector's own
+        lists (a protocol whose connect was cancelled may never be told it was lost), less
+        those already closed that it has yet to drop."""
+        if self._connector.closed:
+            return 0
+        in_use = sum(
+            1
+            for proto in self._connector._acquired
+            if not isinstance(proto, ResponseHandler) or proto.is_connected()
+        )
+        return in_use + self.idle_connections
 
     @property
     def idle_connections(self) -> int:
-        return sum(1 for protocol in self._protocols if protocol.idle)
+        return sum(
+            1
+            for idle in self._connector._conns.values()
+            for proto, _since in idle
+            if proto.is_connected()
+        )
 
     @property
     def waiting(self) -> int:

@@ -405,6 +405,11 @@ class _Connection(asyncio.Protocol):
                 self.transport.abort()
             self._pool._lost(self)
 
+    def retire(self) -> None:
+        """Close, leaving the slot to the caller that holds this connection."""
+        self._pool._open.discard(self)
+        self.abort()
+
     def _failed(self, error: BaseException) -> None:
         waiter, self._headers_waiter = self._headers_waiter, None
         if waiter is not None and not waiter.done():
@@ -590,8 +595,11 @@ class Http1Pool:
                 if self._closing:
                     raise UpstreamDisconnected("the upstream client is closed")
                 return await self._connect()
-            if not handed.closed:
+            if not handed.closed and not fresh:
                 return handed
+            if not handed.closed:  # a new connection was asked for: in this one's slot
+                handed.retire()
+                return await self._connect()
             if self._has_room():  # the connection died on the way
                 return await self._connect()
 
