@@ -72,6 +72,7 @@ def write_config(
     policies: Path,
     redis_url: str | None = None,
     trusted_proxies: list[str] | None = None,
+    upstream_client: str = "builtin",
 ) -> Path:
     data: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": port, "trusted_proxies": trusted_proxies or []},
@@ -81,7 +82,7 @@ def write_config(
         "tokens": {"ttl_seconds": 900, "issuer": ISSUER, "audience": AUDIENCE},
         "policies": {"path": str(policies), "watch": True},
         "models": {MODEL: {"description": "bench"}},
-        "upstream": {"url": upstream},
+        "upstream": {"url": upstream, "client": upstream_client},
         "logging": {"level": "info", "format": "json"},
     }
     path = work / f"{name}.yaml"

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 import orjson
+import structlog
 from multidict import CIMultiDict, MultiMapping
 
 from gateway.config import UpstreamSettings
@@ -38,6 +39,7 @@ from gateway.upstream.response_headers import ResponseHeaderPolicy
 
 #: characters a path segment carries as they are (RFC 3986 unreserved)
 _UNRESERVED = re.compile(r"[A-Za-z0-9._~-]+")
+log = structlog.get_logger("gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,8 @@ class UpstreamClient:
         self._stream_max = timeouts.stream_max
         self._max_bytes = settings.max_response_bytes
         self._headers = ResponseHeaderPolicy(settings.relay_headers)
+        #: said once per process: an upstream that does not echo costs a connection each
+        self._echo_checked = settings.require_request_id_echo
 
     @property
     def transport(self) -> Transport:
@@ -105,6 +109,16 @@ class UpstreamClient:
     def relayable(self, headers: MultiMapping[str]) -> CIMultiDict[str]:
         """The upstream response headers clients may see (the allow-list)."""
         return self._headers.relayable(headers)
+
+    def _note_echo(self, resp: UpstreamResponse) -> None:
+        if self._echo_checked or "X-Request-Id" in resp.headers:
+            return
+        self._echo_checked = True
+        log.warning(
+            "upstream_does_not_echo_request_id",
+            detail="connections are not reused after an answer that does not echo "
+            "X-Request-Id: one connection per request; make the upstream echo it",
+        )
 
     @staticmethod
     def _target(template: str, conversation_id: str) -> str:
@@ -126,6 +140,7 @@ class UpstreamClient:
             )
             with resp:  # headers and body alike within the read timeout
                 exchange.status = resp.status
+                self._note_echo(resp)
                 return await self._buffer(resp, deadline)
 
     async def send_message(
@@ -156,6 +171,7 @@ class UpstreamClient:
                 request_id=ctx.request_id,
             )
             exchange.status = resp.status
+        self._note_echo(resp)
         # a buffered answer must be complete by then, even one to a request for a stream
         # that came back as plain JSON; a stream is bounded by its idle timeout instead
         resp.deadline = deadline

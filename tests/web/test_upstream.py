@@ -5,6 +5,7 @@ import socket
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from tests.oauth.conftest import idp, key_pool, oauth_section  # noqa: F401  (fixtures)
 from tests.support.harness import Gateway
@@ -345,3 +346,20 @@ async def test_the_echo_can_be_required(
     script.echo_request_id = True
     async with gw.send(token) as resp:
         assert resp.status == 200
+
+
+async def test_an_upstream_that_does_not_echo_is_named_once(
+    gateway_factory: Any, scripted: tuple[Script, str]
+) -> None:
+    """Its answers are taken, each on a connection of its own: an operator is told once."""
+    script, url = scripted
+    script.echo_request_id = False
+    gw: Gateway = await gateway_factory(upstream={"url": url})
+    token = await gw.new_token()
+    with capture_logs() as logs:
+        for _ in range(3):
+            async with gw.send(token) as resp:
+                assert resp.status == 200
+    warned = [e for e in logs if e["event"] == "upstream_does_not_echo_request_id"]
+    assert len(warned) == 1
+    assert gw.services.upstream.transport.open_connections == 0
