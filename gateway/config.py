@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -32,6 +33,20 @@ MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 ModelId = Annotated[str, Field(pattern=MODEL_ID_PATTERN)]
 #: an HTTP field name (RFC 9110 section 5.1)
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _relayed_header(name: str) -> str:
+    from gateway.upstream.response_headers import never_relayed
+
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(f"{name!r} is not a header name")
+    if never_relayed(name):
+        raise ValueError(f"{name} is never relayed: the gateway owns it")
+    return name
+
+
+#: a response header operators may add to the relayed ones
+RelayedHeader = Annotated[str, AfterValidator(_relayed_header)]
 
 
 class _Section(BaseModel):
@@ -163,21 +178,9 @@ class UpstreamSettings(_Section):
     #: refuse (502) any answer that does not echo the request's X-Request-Id
     require_request_id_echo: bool = False
     #: response headers relayed to clients beyond the built-in allow-list
-    relay_headers: list[str] = Field(default_factory=list)
+    relay_headers: list[RelayedHeader] = Field(default_factory=list)
     #: readiness: GET this path on the upstream (2xx/3xx is up); unset, a TCP connect
     health_path: str | None = Field(None, pattern=r"^/[^\s?#]*(\?[^\s#]*)?$")
-
-    @field_validator("relay_headers")
-    @classmethod
-    def _relayable(cls, value: list[str]) -> list[str]:
-        from gateway.upstream.response_headers import never_relayed
-
-        for name in value:
-            if not _TOKEN.fullmatch(name):
-                raise ValueError(f"{name!r} is not a header name")
-            if never_relayed(name):
-                raise ValueError(f"{name} is never relayed: the gateway owns it")
-        return value
 
     @model_validator(mode="after")
     def _line_within_head(self) -> UpstreamSettings:
