@@ -15,7 +15,10 @@ connector's protocol factory: an internal of aiohttp, pinned with its version):
   its request's id, nothing more came, no bodiless status declared a length): otherwise
   aiohttp is told to close it (``should_close``);
 - a second message in one exchange, or any byte while no exchange is open, closes the
-  connection: aiohttp would queue such a message as the next request's answer.
+  connection: aiohttp would queue such a message as the next request's answer;
+- informational answers are dropped as they are parsed (aiohttp queues each one);
+- a body being read fails as soon as the connection does, and a body without a length
+  that the gateway closes is cut, not complete.
 
 aiohttp itself retries a ``GET`` or ``HEAD`` once when the connection fails before the
 answer's head is complete (``ServerDisconnectedError``), which covers a pooled connection
@@ -35,6 +38,8 @@ from typing import Any
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
 from aiohttp.client_reqrep import ClientResponse
+from aiohttp.helpers import _EXC_SENTINEL as _NO_CAUSE
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.http_parser import RawResponseMessage
 from aiohttp.streams import StreamReader
 from multidict import CIMultiDictProxy
@@ -156,6 +161,15 @@ class _GuardedProtocol(ResponseHandler):
     def _ended(self) -> None:
         self._current = None
 
+    def set_exception(self, exc: BaseException, exc_cause: BaseException = _NO_CAUSE) -> None:
+        """The connection failed (aiohttp's parser refused bytes, or a check here did):
+        a body being read fails now, not when the connection is finally lost."""
+        if isinstance(exc, UpstreamProtocolError | HttpProcessingError):
+            self._cut(UpstreamProtocolError(f"invalid response from the upstream: {exc}"))
+        else:
+            self._cut()
+        super().set_exception(exc, exc_cause)
+
     def close(self) -> None:
         self._cut()
         super().close()
@@ -164,12 +178,16 @@ class _GuardedProtocol(ResponseHandler):
         self._cut()
         super().abort()
 
-    def _cut(self) -> None:
-        """Closed from this side: a body still being read is cut, never complete (aiohttp
-        would end a body without a length as if the upstream had closed)."""
+    def _cut(self, error: BaseException | None = None) -> None:
+        """Closed from this side, or failed: a body still being read is cut, never
+        complete (aiohttp would end a body without a length as if the upstream had
+        closed, and tell a body's reader of a parser failure only once the connection is
+        finally lost)."""
         payload = self._payload
         if payload is not None and not payload.is_eof():
-            payload.set_exception(UpstreamDisconnected("the connection was closed mid-answer"))
+            payload.set_exception(
+                error or UpstreamDisconnected("the connection was closed mid-answer")
+            )
 
     def _poison(self) -> None:
         self._proved = False
