@@ -16,8 +16,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.core.agent_keys import KEY_ID_PATTERN
 
-ORIGIN_PATTERN = r"^https?://[^/?#\s]+$"
-
 
 class KeyRecord(BaseModel):
     """What is stored for one agent key: never the key, only its argon2id hash."""

@@ -18,6 +18,7 @@ import structlog
 from pydantic import ValidationError
 from redis.exceptions import RedisClusterException, RedisError
 
+from gateway.core.origins import invalid_origins
 from gateway.keystore.base import KeyRecord, KeyStoreError
 from gateway.redis_connect import AnyRedis
 
@@ -65,6 +66,9 @@ class RedisKeyStore:
                 records[key_id] = KeyRecord.model_validate_json(raw)
             except ValidationError as exc:
                 log.error("keystore_record_invalid", key_id=key_id, error=str(exc))
+                continue
+            for origin, reason in invalid_origins(records[key_id].origins):
+                log.error("keystore_origin_invalid", key_id=key_id, origin=origin, error=reason)
         return records
 
     async def refresh(self) -> None:
