@@ -23,8 +23,9 @@ import structlog
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.core.miss_budget import MissBudget
 from gateway.core.origins import invalid_origins
-from gateway.keystore.base import KeyRecord, KeyStoreError
+from gateway.keystore.base import Found, KeyRecord, KeyStoreError, MissLookups
 from gateway.watching import changes
 from gateway.yaml_source import SourceError, parse_yaml, validate_model
 
@@ -49,11 +50,14 @@ class _Loaded(NamedTuple):
 
 
 class FileKeyStore:
-    def __init__(self, path: Path, *, poll_seconds: float = 1.0) -> None:
+    def __init__(
+        self, path: Path, *, poll_seconds: float = 1.0, misses: MissBudget | None = None
+    ) -> None:
         self.path = path
         self._poll_seconds = poll_seconds
         self._records: dict[str, KeyRecord] = {}
         self._digest: bytes | None = None
+        self._misses = MissLookups(misses if misses is not None else MissBudget(0))
         self.loaded = False
 
     # -- reading -----------------------------------------------------------------------
@@ -101,6 +105,15 @@ class FileKeyStore:
 
     def snapshot(self) -> Mapping[str, KeyRecord]:
         return self._records
+
+    async def find(self, key_id: str) -> Found:
+        """On a miss, the file is read again (parsed only if it changed): a key written a
+        moment ago, before the change notification arrived, is served."""
+        return await self._misses.find(key_id, self.lookup, self._reread)
+
+    async def _reread(self, key_id: str) -> KeyRecord | None:
+        await self.refresh()
+        return self._records.get(key_id)
 
     async def refresh(self) -> None:
         # parsing and validating thousands of records takes a while: off the event loop
