@@ -49,6 +49,16 @@ class _Loaded(NamedTuple):
     problems: list[dict[str, str]]
 
 
+def _identity(path: Path) -> tuple[int, ...]:
+    """What changes when the file is replaced or written: inode, size, times (the writers
+    replace the file, so each write has a new inode)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return ()
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 class FileKeyStore:
     def __init__(
         self, path: Path, *, poll_seconds: float = 1.0, misses: MissBudget | None = None
@@ -58,6 +68,8 @@ class FileKeyStore:
         self._records: dict[str, KeyRecord] = {}
         self._digest: bytes | None = None
         self._misses = MissLookups(misses if misses is not None else MissBudget(0))
+        #: the file's identity when it was last read (see :func:`_identity`)
+        self._seen: tuple[int, ...] | None = None
         self.loaded = False
 
     # -- reading -----------------------------------------------------------------------
@@ -107,17 +119,21 @@ class FileKeyStore:
         return self._records
 
     async def find(self, key_id: str) -> Found:
-        """On a miss, the file is read again (parsed only if it changed): a key written a
-        moment ago, before the change notification arrived, is served."""
+        """On a miss, the file is read again if it changed since it was last read (a stat
+        tells): a key written a moment ago, before the change notification arrived, is
+        served, and misses on an unchanged file cost no read."""
         return await self._misses.find(key_id, self.lookup, self._reread)
 
     async def _reread(self, key_id: str) -> KeyRecord | None:
-        await self.refresh()
+        if self._seen is None or _identity(self.path) != self._seen:
+            await self.refresh()
         return self._records.get(key_id)
 
     async def refresh(self) -> None:
+        seen = _identity(self.path)  # before reading: a change while reading is seen later
         # parsing and validating thousands of records takes a while: off the event loop
         digest, records, problems = await asyncio.to_thread(self._read)
+        self._seen = seen
         if digest != self._digest:
             changed = self.loaded
             self._digest, self._records = digest, records
