@@ -214,6 +214,8 @@ class RedisKeyStore:
             except STORE_FAILURES as exc:
                 if self.subscribed.is_set():
                     log.warning("keystore_subscription_lost", error=str(exc))
+                elif pause == RESUBSCRIBE_MIN_SECONDS:  # once per series of failed attempts
+                    log.warning("keystore_subscription_failed", error=str(exc))
             except Exception:  # never let the listener die; the poll still runs
                 log.exception("keystore_subscription_failed")
             finally:
