@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gateway.config import Config, default_config_path, load_config
 from gateway.core import agent_keys
+from gateway.core.origins import invalid_origins
 from gateway.core.policy import RequestFacts
 from gateway.core.signing_keys import SigningKeyError
 from gateway.keystore.admin import KeySpecError, create_key
@@ -66,6 +67,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             "store the key now, it is not shown again.",
             file=sys.stderr,
         )
+    if record.origins:  # as browsers send them (punycode hosts, no default port)
+        print(f"allowed origins: {' '.join(record.origins)}", file=sys.stderr)
     return 0
 
 
@@ -79,6 +82,12 @@ async def _list_keys(config: Config) -> list[KeyRecord]:
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
     records = asyncio.run(_list_keys(_config(args)))
+    for r in records:  # stored by hand or by an older version: say so, every time
+        for origin, reason in invalid_origins(r.origins):
+            print(
+                f"gateway: warning: key {r.key_id}: origin {origin!r} never matches: {reason}",
+                file=sys.stderr,
+            )
     if args.json:
         print(json.dumps([r.public_view() for r in records], indent=2))
         return 0

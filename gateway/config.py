@@ -105,6 +105,10 @@ class KeyStoreSettings(_Section):
     #: how often running gateways look for key changes (file: fallback poll beside
     #: change notifications; redis: a version counter)
     sync_seconds: float = Field(1.0, gt=0, le=5)
+    #: look-ups a second (per replica) of well-formed key ids missing from the local
+    #: snapshot, so a key created a moment ago is served before its change arrives;
+    #: ids found missing are not looked up again for a minute; 0 turns look-ups off
+    miss_lookups_per_second: float = Field(20.0, ge=0, le=10_000)
     argon2: Argon2Settings = Field(default_factory=Argon2Settings)
 
 

@@ -219,6 +219,14 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.key_lookups = Counter(
+            "gateway_key_lookups",
+            "Key ids missing from this replica's key snapshot, by outcome of the look-up in "
+            "the key store: found (a key newer than the snapshot), not_found, or not looked "
+            "up: known_missing, over_budget, disabled; error: the store did not answer.",
+            ["outcome"],
+            registry=registry,
+        )
         self.suspicious = Counter(
             "gateway_suspicious_events",
             "Security events worth a look, by reason.",
@@ -307,6 +315,8 @@ class Metrics:
             self.suspicious.labels(reason)
         for reason in KNOWN_TOKEN_REFUSALS:
             self.tokens_refused.labels(reason)
+        for outcome in ("found", "not_found", "known_missing", "over_budget", "error"):
+            self.key_lookups.labels(outcome)
         for operation in ("get_messages", "send_message"):
             for reason in KNOWN_UPSTREAM_ERRORS:
                 self.upstream_errors.labels(operation, reason)
@@ -404,6 +414,11 @@ class Metrics:
 
     def key_verification(self, result: str) -> None:
         self.key_verifications.labels(self._words(result)).inc()
+
+    def key_lookup(self, outcome: str) -> None:
+        """A key id the snapshot lacked, and what the key store said (see
+        :meth:`gateway.keystore.base.KeyStore.find`)."""
+        self.key_lookups.labels(self._words(outcome)).inc()
 
     def suspicious_event(self, reason: str) -> None:
         """One security event (token reuse, invalid key, penalty box, ...)."""

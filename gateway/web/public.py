@@ -97,7 +97,7 @@ async def _issue_token(request: web.Request) -> web.Response:
 
     try:
         try:
-            candidate = keys.candidate(presented)
+            candidate = await keys.resolve(presented)  # a key newer than the snapshot: served
         except KeyRejected:
             await admissions.failed(client, "invalid_key")
             raise
@@ -154,6 +154,8 @@ async def _admit_token(
         claims = admissions.decode(token)
         request[KEY_ID] = claims.key_id
         record = services.keys.store.lookup(claims.key_id)
+        if record is None:  # issued by a replica that knows a key newer than this snapshot
+            record = await services.keys.find_record(claims.key_id)
         admit_origin(request, record.origins if record is not None else ())
         headers = await admissions.use_token(claims, client, route, request.method)
     except ProblemError as err:
