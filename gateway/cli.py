@@ -19,6 +19,7 @@ from gateway.keystore.base import KeyRecord, KeyStoreError, utcnow
 from gateway.keystore.factory import open_keystore
 from gateway.policies.lint import lint
 from gateway.policies.loader import load_policies
+from gateway.policies.protection import assess
 from gateway.policies.report import effective_table, explain_lines
 from gateway.policies.schema import ROUTES
 from gateway.redis_connect import RedisUrlError, safe_url
@@ -131,7 +132,13 @@ def cmd_policies_check(args: argparse.Namespace) -> int:
     files = ", ".join(str(f) for f in loaded.files) or "(no files)"
     print(f"{len(loaded.policies.policies)} policies from {files}")
     print("\n".join(effective_table(loaded.policies)))
-    findings = lint(loaded, known_models)
+    allow = config.policies.allow_unprotected if config is not None else False
+    verdict = assess(loaded, allow_unprotected=allow, source=str(path))
+    if verdict.refused:
+        print(f"gateway: invalid policies:\n{verdict.refusal()}", file=sys.stderr)
+        return EXIT_INVALID_POLICIES
+    findings = [f"{n.message} (fix: {n.fix})" for n in verdict.warnings]
+    findings += lint(loaded, known_models)
     for finding in findings:
         print(f"warning: {finding}", file=sys.stderr)
     return EXIT_INVALID_POLICIES if findings and args.strict else 0

@@ -124,6 +124,10 @@ class PolicySettings(_Section):
     path: Path = Path("policies")
     #: reload on file change (SIGHUP always reloads)
     watch: bool = True
+    #: run even when the policies leave the gateway unprotected (no enforcing limit on
+    #: the token or send route, or no penalty box): a warning at every (re)load instead
+    #: of a refusal (see :mod:`gateway.core.protection`)
+    allow_unprotected: bool = False
 
 
 class ModelSettings(_Section):

@@ -106,9 +106,10 @@ def create_app(
         else PolicyStore(
             config.policies.path,
             on_reload=lambda result: metrics.config_reload("policies", result == "success"),
+            allow_unprotected=config.policies.allow_unprotected,
         )
     )
-    policy_store.load()  # an invalid policy set stops the start with a precise error
+    policy_store.load()  # an invalid or unprotected set stops the start with a precise error
     metrics.config_reload("policies", ok=True)
     admissions = Admissions(
         codec,

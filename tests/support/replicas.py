@@ -86,7 +86,8 @@ def write_replica_config(
             "sync_seconds": 0.2,
         },
         "models": {"demo": {}},
-        "policies": {"path": str(policy_dir)},
+        # each test brings only the policies it measures
+        "policies": {"path": str(policy_dir), "allow_unprotected": True},
         "upstream": {"url": upstream},
         "logging": {"level": "warning"},
     }
