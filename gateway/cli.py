@@ -48,6 +48,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+EXIT_UNHEALTHY = 1
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the admin listener answers 200, else 1 (never 2: Docker reserves it)."""
+    from gateway.observability.health_probe import probe_admin
+
+    try:
+        config = _config(args)
+    except SourceError as exc:
+        print(f"gateway: unhealthy: {exc}", file=sys.stderr)
+        return EXIT_UNHEALTHY
+    problem = probe_admin(config.admin, "/readyz" if args.ready else "/healthz", args.timeout)
+    if problem is not None:
+        print(f"gateway: unhealthy: {problem}", file=sys.stderr)
+        return EXIT_UNHEALTHY
+    return 0
+
+
 async def _create_key(config: Config, args: argparse.Namespace) -> tuple[str, KeyRecord]:
     try:
         return await create_key(config, args.model, args.origin or (), args.label or "")
@@ -199,6 +218,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", parents=[common], help="run the gateway")
     serve.set_defaults(func=cmd_serve)
+
+    health = commands.add_parser(
+        "health",
+        parents=[common],
+        help="ask the configured admin listener for /healthz (exit 0 or 1), as a health check",
+    )
+    health.add_argument("--ready", action="store_true", help="ask /readyz instead")
+    health.add_argument("--timeout", type=float, default=2.0, help="seconds (default 2)")
+    health.set_defaults(func=cmd_health)
 
     keys = commands.add_parser("keys", help="manage public agent keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
