@@ -1,4 +1,4 @@
-"""The ``gateway`` command: serve, manage agent keys, check policies."""
+"""The ``gateway`` command: serve, check, manage agent keys and policies."""
 
 from __future__ import annotations
 
@@ -39,13 +39,32 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.doctor.preflight import preflight, refusal
     from gateway.observability.logging import configure
     from gateway.server import run
 
     config = _config(args)
     configure(config.logging.level, config.logging.format)
+    errors = asyncio.run(preflight(config, os.environ))  # doctor's static checks
+    if errors:
+        raise CommandError(refusal(errors))
     run(config, os.environ)
     return 0
+
+
+EXIT_DOCTOR_ERRORS = 1
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from gateway.doctor.findings import count, render_json, render_text
+    from gateway.doctor.run import diagnose
+    from gateway.observability.logging import configure
+
+    configure("critical", "json", out=sys.stderr.buffer)  # the report says it all
+    path = Path(args.config or default_config_path())
+    findings = asyncio.run(diagnose(path, os.environ))
+    print(render_json(findings, str(path)) if args.json else render_text(findings, str(path)))
+    return EXIT_DOCTOR_ERRORS if count(findings, "error") else 0
 
 
 EXIT_UNHEALTHY = 1
@@ -218,6 +237,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", parents=[common], help="run the gateway")
     serve.set_defaults(func=cmd_serve)
+
+    doctor = commands.add_parser(
+        "doctor",
+        parents=[common],
+        help="check the configuration as serve would load it, and its dependencies",
+    )
+    doctor.add_argument("--json", action="store_true", help="the findings as JSON")
+    doctor.set_defaults(func=cmd_doctor)
 
     health = commands.add_parser(
         "health",

@@ -15,6 +15,7 @@ from gateway.config import Config
 from gateway.core.key_hash import VerifiedKeyCache
 from gateway.core.signing_keys import load_keyset
 from gateway.core.token_codec import TokenCodec
+from gateway.doctor.keys import log_if_empty
 from gateway.key_verifier import KeyVerifier
 from gateway.keystore.base import KeyStore
 from gateway.keystore.factory import open_keystore
@@ -135,6 +136,7 @@ def create_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await key_store.refresh()
+        log_if_empty(config, key_store.snapshot())
         await state_store.start()
         metrics.config_reload("config", ok=True)
         stop = asyncio.Event()
