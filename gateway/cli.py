@@ -41,11 +41,13 @@ def _config(args: argparse.Namespace) -> Config:
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.doctor.preflight import preflight, refusal
     from gateway.observability.logging import configure
+    from gateway.observability.logging import flush as flush_logs
     from gateway.server import run
 
     config = _config(args)
     configure(config.logging.level, config.logging.format)
     errors = asyncio.run(preflight(config, os.environ))  # doctor's static checks
+    flush_logs()  # its warnings, before anything else is said
     if errors:
         raise CommandError(refusal(errors))
     run(config, os.environ)

@@ -49,7 +49,7 @@ def _route_gap(policies: PolicySet, route: str, method: str) -> Gap | None:
     if not on_route:
         detail = "no policy matches it"
     elif all(p.mode == "shadow" for p in on_route):
-        detail = "its policies are all in shadow mode (counted, never refused)"
+        detail = "its policies are all in shadow mode: counted, never refused"
     else:
         detail = "its policies only apply to some models, keys or methods"
     return Gap(

@@ -74,8 +74,8 @@ def test_each_gap_says_what_is_missing_and_how_to_fix_it(tmp_path: Path) -> None
     path.write_text(BOX + "policies:\n" + rule("t", "routes: [token]", ", mode: shadow"))
     found = protection_gaps(load_policies(path).policies)
     assert [g.missing for g in found] == [
-        "no enforcing limit on the token route (its policies are all in shadow mode "
-        "(counted, never refused))",
+        "no enforcing limit on the token route (its policies are all in shadow mode: "
+        "counted, never refused)",
         "no enforcing limit on the send route (no policy matches it)",
     ]
     assert all("match: {routes: [" in g.fix for g in found)
