@@ -41,7 +41,7 @@ COPY --chown=root:root deploy/k8s/base/config.yaml /etc/agent-gateway/config.yam
 COPY --chown=root:root policies/ /etc/agent-gateway/policies/
 USER 10001:10001
 EXPOSE 8080 9090
-HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
     CMD ["gateway", "health"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["gateway"]

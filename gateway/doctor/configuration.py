@@ -64,14 +64,20 @@ def trusted_proxies(config: Config) -> list[Finding]:
     return findings
 
 
+#: a listener on one of these takes the port on every address
+WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104
+
+
 def listeners(config: Config) -> list[Finding]:
     admin, server = config.admin, config.server
-    same = (admin.host, admin.port) == (server.host, server.port)
-    if admin.enabled and server.port != 0 and same:
+    hosts = {admin.host, server.host}
+    clash = admin.port == server.port and (len(hosts) == 1 or bool(hosts & WILDCARD_HOSTS))
+    if admin.enabled and server.port != 0 and clash:
         return [
             error(
                 "config.admin",
-                f"admin and public listeners both on {server.host}:{server.port}",
+                f"the admin listener ({admin.host}:{admin.port}) and the public one "
+                f"({server.host}:{server.port}) take the same port",
                 "give admin.port its own port (9090 by default)",
             )
         ]

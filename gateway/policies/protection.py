@@ -7,7 +7,7 @@ Start, reload, ``gateway policies check`` and ``gateway doctor`` all ask
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gateway.core.protection import protection_gaps
 from gateway.policies.loader import LoadedPolicies
@@ -27,7 +27,7 @@ class Notice:
 @dataclass(frozen=True, slots=True)
 class Assessment:
     errors: tuple[Notice, ...] = ()
-    warnings: tuple[Notice, ...] = field(default_factory=tuple)
+    warnings: tuple[Notice, ...] = ()
 
     @property
     def refused(self) -> bool:

@@ -118,7 +118,8 @@ def test_the_health_check_follows_the_configured_admin_listener() -> None:
     assert json.loads(command) == ["gateway", "health"]
     assert not re.search(r"\b(9090|127\.0\.0\.1|localhost)\b", check)
     timeout = re.search(r"--timeout=(\d+)s", options)
-    assert timeout is not None and int(timeout.group(1)) >= 3  # a Python start, then 2 s
+    # a Python start (1.3-1.7 s measured on a busy 2-core machine), then the probe's 2 s
+    assert timeout is not None and int(timeout.group(1)) >= 5
 
 
 def copied_into(final: Stage, target: str) -> list[Path]:
