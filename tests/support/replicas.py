@@ -93,7 +93,8 @@ def write_replica_config(
             **(keys or {}),
         },
         "models": {"demo": {}},
-        "policies": {"path": str(policy_dir)},
+        # each test brings only the policies it measures
+        "policies": {"path": str(policy_dir), "allow_unprotected": True},
         "upstream": {"url": upstream},
         "logging": {"level": "warning"},
     }
