@@ -96,6 +96,11 @@ class KeyVerifier:
         verified = self.cache.hit(parsed.key, parsed.key_id, record.hash, self._clock())
         return Candidate(parsed, record, verified)
 
+    def verifying(self, candidate: Candidate) -> bool:
+        """Is this key's argon2 verification already running? Then :meth:`confirm` joins
+        it and costs nothing more (the caller need not pay for it in advance)."""
+        return (self.cache.mac(candidate.key.key), candidate.record.hash) in self._running
+
     async def confirm(self, candidate: Candidate) -> KeyRecord:
         """argon2id unless the cache already vouched; raises :class:`KeyRejected`."""
         if candidate.verified:

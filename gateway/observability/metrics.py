@@ -61,7 +61,7 @@ LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
 
 StreamOutcome = Literal["completed", "upstream_error", "truncated", "client_disconnected"]
 RateLimitOutcome = Literal["allowed", "limited", "shadow_limited"]
-PenaltyEvent = Literal["entered", "refused"]
+PenaltyEvent = Literal["entered", "refused", "in_flight"]
 ReloadKind = Literal["policies", "config"]
 
 #: label values created at zero, so alerts on ``increase()`` see the very first event
@@ -235,7 +235,9 @@ class Metrics:
         )
         self.penalty_box = Counter(
             "gateway_penalty_box_events",
-            "Clients put in the penalty box (entered) and requests refused there (refused).",
+            "Clients put in the penalty box (entered), requests refused there (refused), and "
+            "attempts refused because the client's attempts in flight would reach the "
+            "threshold (in_flight).",
             ["event"],
             registry=registry,
         )
@@ -315,7 +317,7 @@ class Metrics:
         self.store_fail_open.labels("admit")
         for outcome in ("completed", "upstream_error", "truncated", "client_disconnected"):
             self.streams.labels(outcome)
-        for event in ("entered", "refused"):
+        for event in ("entered", "refused", "in_flight"):
             self.penalty_box.labels(event)
         for kind in ("policies", "config"):
             for result in ("success", "failure"):
@@ -423,7 +425,9 @@ class Metrics:
 
     def penalty_box_event(self, event: PenaltyEvent) -> None:
         """``entered``: a client was put in the penalty box (also a suspicious event);
-        ``refused``: a request was refused because its client sits there."""
+        ``refused``: a request was refused because its client sits there; ``in_flight``:
+        an attempt was refused before its argon2 run because the client's failures and
+        attempts in flight already reach the threshold."""
         self.penalty_box.labels(event).inc()
         if event == "entered":
             self.suspicious_event("penalty_box")

@@ -23,7 +23,14 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.core.breaker import BreakerState, CircuitBreaker
 from gateway.core.gcra import LimitSpec, LimitState
-from gateway.store.base import Admission, AdmitRequest, PenaltyRule, StateStore, StoreUnavailable
+from gateway.store.base import (
+    Admission,
+    AdmitRequest,
+    AttemptSlot,
+    PenaltyRule,
+    StateStore,
+    StoreUnavailable,
+)
 
 log = structlog.get_logger("gateway.store")
 T = TypeVar("T")
@@ -181,8 +188,16 @@ class GuardedStore:
     async def peek(self, specs: tuple[LimitSpec, ...]) -> tuple[LimitState, ...]:
         return await self._call(lambda: self.inner.peek(specs))
 
-    async def record_failure(self, subject: str, rule: PenaltyRule) -> int:
-        return await self._call(lambda: self.inner.record_failure(subject, rule))
+    async def record_failure(
+        self, subject: str, rule: PenaltyRule, *, reserved: bool = False
+    ) -> int:
+        return await self._call(lambda: self.inner.record_failure(subject, rule, reserved=reserved))
+
+    async def reserve_attempt(self, subject: str, rule: PenaltyRule) -> AttemptSlot:
+        return await self._call(lambda: self.inner.reserve_attempt(subject, rule))
+
+    async def release_attempt(self, subject: str) -> None:
+        await self._call(lambda: self.inner.release_attempt(subject))
 
     async def ping(self) -> None:
         await self._call(self.inner.ping)
