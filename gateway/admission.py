@@ -3,8 +3,8 @@
 Each request is decided by one store call (:meth:`StateStore.admit`) that covers the
 penalty box, the token's record (revocation and binding) and every rate limit that
 applies, all or nothing. Around it, this module does the cheap local work (token
-signature, fingerprint, policy matching) and turns the answer into a refusal or the
-``RateLimit`` headers of the response.
+signature, fingerprint, policy matching, the revocations this replica has seen) and turns
+the answer into a refusal or the ``RateLimit`` headers of the response.
 
 An agent key's argon2 verification is paid for only after the penalty box has counted it
 (:meth:`Admissions.verify_key`): a flood of wrong keys in parallel costs at most the
@@ -22,6 +22,7 @@ import structlog
 
 from gateway.core.fingerprint import FingerprintCache
 from gateway.core.policy import PolicySet, RequestFacts, Selection, retry_after_seconds
+from gateway.core.revocations import RevocationSet
 from gateway.core.token_codec import ClientToken, TokenCodec, TokenRejected
 from gateway.errors import ProblemError
 from gateway.key_verifier import Candidate, KeyRejected, KeyVerifier
@@ -153,6 +154,10 @@ class Admissions:
         self._max_token_chars = max_token_chars
         self._clock = clock
         self.penalties = PenaltyCache()
+        #: revoked tokens this replica has seen, refused without asking the store (and
+        #: still refused while the store is down): see :meth:`remember_revoked`
+        self.revocations = RevocationSet()
+        self.metrics.watch_local_revocations(self.revocations)
         self.failing_open = False
         self._fingerprints = FingerprintCache()
 
@@ -286,6 +291,14 @@ class Admissions:
             self.penalties.remember(subject, admission.penalized_ms)
             raise _rate_limited("too many failed attempts from this client", admission.penalized_ms)
 
+    # -- revocations seen here ---------------------------------------------------------
+    def remember_revoked(self, jti: str, expires_at: float) -> None:
+        """Refuse the token ``jti`` on this replica until it expires (``expires_at``, the
+        codec's clock; the leeway is added here), before and without the store: a token
+        revoked for reuse, one the store said was revoked, and (for a token renewal) a
+        token retired by rotation. Bounded: see :class:`RevocationSet`."""
+        self.revocations.add(jti, expires_at + self.codec.leeway_seconds, self._clock())
+
     # -- the store call ----------------------------------------------------------------
     async def _admit(self, request: AdmitRequest, policies: PolicySet) -> Admission:
         try:
@@ -310,7 +323,11 @@ class Admissions:
         self.metrics.store_failed_open(operation)
         if not self.failing_open:
             self.failing_open = True
-            store_log.error("store_fail_open", detail="enforcing local limits only")
+            store_log.error(
+                "store_fail_open",
+                detail="enforcing local limits and the revocations seen here only",
+                revocations_known=len(self.revocations),
+            )
 
     def _store_answered(self) -> None:
         if self.failing_open:
@@ -377,9 +394,11 @@ class Admissions:
         matching 403/429/503 problem."""
         if not self._key_active(claims.key_id):
             raise ProblemError("token_revoked", "the agent key behind this token was revoked")
+        now = self._clock()
+        if self.revocations.revoked(claims.jti, now):  # seen here: no need to ask the store
+            raise ProblemError("token_revoked", "the token has been revoked")
         policies = self.policies.current
         binding = policies.binding
-        now = self._clock()
         use = TokenUse(
             jti=claims.jti,
             fingerprint=self.fingerprint(client, policies),
@@ -405,8 +424,11 @@ class Admissions:
         admission = await self._admit(request, policies)
         self._refuse_penalized(admission, subject)
         if admission.token is TokenVerdict.REVOKED:
+            self.remember_revoked(claims.jti, claims.expires_at)
             raise ProblemError("token_revoked", "the token has been revoked")
         if admission.token is TokenVerdict.REUSE:
+            if binding.action == "revoke":
+                self.remember_revoked(claims.jti, claims.expires_at)
             log.warning("token_reuse_suspected", key_id=claims.key_id, action=binding.action)
             await self.failed(client, "reuse")
             raise ProblemError("token_reuse_suspected", "the token was used from another client")

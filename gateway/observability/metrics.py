@@ -14,7 +14,7 @@ conversation id can never become a label value. See docs/metrics.md for the cata
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Literal, Protocol
@@ -268,6 +268,12 @@ class Metrics:
             "calls fail at once), else 0.",
             registry=registry,
         )
+        self.local_revocations = Gauge(
+            "gateway_local_revocations",
+            "Revoked tokens this replica remembers until they expire: refused without asking "
+            "the store, and all it knows of revocations while the store is down.",
+            registry=registry,
+        )
         self.store_deadlines_extended = Counter(
             "gateway_store_deadline_extended",
             "Store calls given more time because the event loop ran their deadline late.",
@@ -447,6 +453,10 @@ class Metrics:
         self.upstream_connections.labels("open").set_function(lambda: pool.open_connections)
         self.upstream_connections.labels("idle").set_function(lambda: pool.idle_connections)
         self.upstream_waiting.set_function(lambda: pool.waiting)
+
+    def watch_local_revocations(self, revocations: Sized) -> None:
+        """Read the size of the replica's revocation set at each scrape."""
+        self.local_revocations.set_function(lambda: len(revocations))
 
     def store_circuit(self, state: BreakerState) -> None:
         """The store's circuit breaker opened (or half-opened) or closed again."""
