@@ -28,19 +28,17 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_client.gc_collector import GCCollector
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import __version__
 from gateway.core.breaker import BreakerState
 from gateway.observability.labels import (
-    OTHER,
     POLICY_NAME,
     Vocabulary,
     method_label,
     status_class,
 )
-from gateway.store.base import StoreUnavailable
+from gateway.store.guarded import ERROR_KINDS
+from gateway.store.guarded import error_kind as store_error_kind
 
 
 class PoolStats(Protocol):
@@ -76,7 +74,7 @@ KNOWN_TOKEN_REFUSALS = (
     "rate_limited",
 )
 KNOWN_UPSTREAM_ERRORS = ("timeout", "unavailable", "bad_response", "status_5xx")
-KNOWN_STORE_ERRORS = ("timeout", "connection", "circuit_open", "other")
+KNOWN_STORE_ERRORS = ERROR_KINDS
 #: label children remembered per metric and label values (the values are bounded already;
 #: this only spares the lookup on every request)
 MAX_CACHED_CHILDREN = 4096
@@ -476,16 +474,3 @@ class Metrics:
 
     def dependency(self, name: str, up: bool) -> None:
         self.dependency_up.labels(self._words(name)).set(1 if up else 0)
-
-
-def store_error_kind(exc: BaseException) -> str:
-    """A bounded word for a store failure (the guarded store's cause when it has one)."""
-    if isinstance(exc, StoreUnavailable) and exc.__cause__ is not None:
-        exc = exc.__cause__
-    if isinstance(exc, StoreUnavailable) and str(exc) == "circuit open":
-        return "circuit_open"
-    if isinstance(exc, TimeoutError | RedisTimeoutError):
-        return "timeout"
-    if isinstance(exc, RedisConnectionError | StoreUnavailable | OSError):
-        return "connection"
-    return OTHER
