@@ -1,6 +1,6 @@
 """The penalty box against parallel floods: every argon2 run is counted before it starts,
-so wrong keys sent all at once cost at most the threshold in verifications; and a
-legitimate client behind the same address is not refused for nothing."""
+so wrong keys sent all at once cost at most the threshold in verifications; subjects by
+IPv6 prefix; and a legitimate client behind the same address is not refused for nothing."""
 
 import asyncio
 import secrets
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from gateway.core import agent_keys
 from tests.support.harness import TOKEN_URL, Gateway, make_config, start_gateway, stop_gateway
@@ -111,3 +112,23 @@ async def test_a_success_gives_its_attempt_back(gateway_factory: Any, store_kind
         # the third failure still boxes
         assert (await token_status(http, gw, wrong_secret(keys[0]), ATTACKER))[0] == 404
         assert (await token_status(http, gw, keys[1], ATTACKER))[0] == 429
+
+
+@pytest.mark.parametrize("subject", ["client_ip", "ip_prefix"])
+async def test_many_addresses_of_one_ipv6_64_share_one_box(
+    gateway_factory: Any, store_kind: str, subject: str
+) -> None:
+    """A client holding a /64 cannot rotate addresses to escape the box: the subject is
+    the prefix (`ip_prefix.ipv6`), for `subject: client_ip` as for `ip_prefix`."""
+    gw: Gateway = await gateway_factory(
+        store=store_kind,
+        policies=f"penalty_box: {{subject: {subject}, window: 10m, threshold: 3, cooldown: 10m}}\n",
+        server=PROXIED,
+    )
+    key = await gw.create_key()
+    async with aiohttp.ClientSession() as http:
+        for address in ("2001:db8:1:2::1", "2001:db8:1:2:a:b:c:d", "2001:db8:1:2:ffff::fffe"):
+            assert (await token_status(http, gw, "garbage", address))[0] == 404
+        assert (await token_status(http, gw, key, "2001:db8:1:2:9:9:9:9"))[0] == 429
+        # the next /64 is another client
+        assert await token_status(http, gw, key, "2001:db8:1:3::1") == (200, "")
