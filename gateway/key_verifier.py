@@ -125,6 +125,11 @@ class KeyVerifier:
             self.metrics.key_lookup(found.outcome)
         return found.record
 
+    def verifying(self, candidate: Candidate) -> bool:
+        """Is this key's argon2 verification already running? Then :meth:`confirm` joins
+        it and costs nothing more (the caller need not pay for it in advance)."""
+        return (self.cache.mac(candidate.key.key), candidate.record.hash) in self._running
+
     async def confirm(self, candidate: Candidate) -> KeyRecord:
         """argon2id unless the cache already vouched; raises :class:`KeyRejected`."""
         if candidate.verified:
