@@ -36,13 +36,21 @@ TOKEN_PATH = "/v1/chat/conversation/public/message/token/{model_id}"
 MESSAGES_PATH = "/v1/chat/conversation/public/messages/{token}"
 SEND_PATH = "/v1/chat/conversation/public/message"
 
-#: loose limits on every route (so answers carry RateLimit headers), tight ones on `tight`
+#: loose limits on every route (so answers carry RateLimit headers), tight ones on `tight`;
+#: a penalty box, as a protected policy set must have, out of this run's reach (its 429s
+#: are checked in tests/web/test_openapi_answers.py)
 POLICIES = """
 binding:
   bind_at: first_use
   components: [ip_prefix, user_agent]
   max_fingerprints: 1
   action: revoke
+penalty_box:
+  subject: client_ip
+  window: 1m
+  threshold: 100000
+  cooldown: 1m
+  count: [invalid_key, invalid_token, reuse]
 policies:
   - name: tokens-per-ip
     match: {routes: [token]}
