@@ -28,7 +28,7 @@ from gateway.store.base import StateStore
 from gateway.store.factory import open_store
 from gateway.store.memory import MemoryStore
 from gateway.upstream import UpstreamClient
-from gateway.web import public, widget
+from gateway.web import openapi, public, widget
 from gateway.web.cors import setup_public_cors
 from gateway.web.middlewares import make_context_middleware, make_response_hook
 from gateway.web.private import setup_private_routes
@@ -133,6 +133,7 @@ def create_app(
     # browsers: per-key CORS on the public API (docs/browser.md)
     setup_public_cors(app, public.PATHS, key_store)
     widget.add_routes(app)
+    openapi.add_routes(app)  # the public API's description (docs/openapi.json)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await key_store.refresh()
