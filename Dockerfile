@@ -1,7 +1,11 @@
 # syntax=docker/dockerfile:1
 # agent-gateway: a multi-stage build. The builder makes wheels (compilers live only
 # there); the runtime stage installs them into a slim Python with no build tools and
-# runs as an unprivileged user. Kubernetes probes use the admin port (9090).
+# runs as an unprivileged user. Kubernetes probes use the admin port (9090); the image's
+# own HEALTHCHECK asks `gateway health`, which reads the configuration as `serve` does and
+# so follows the admin port and host wherever they are set (file or GATEWAY__ADMIN__*).
+# The default policies are baked in where the image's config.yaml looks for them
+# (/etc/agent-gateway/policies; Kubernetes mounts its ConfigMap over that directory).
 #   docker build -t agent-gateway:0.1.0 .
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -34,10 +38,11 @@ RUN pip install --no-index --find-links=/wheels agent-gateway \
     && rm -rf /wheels \
     && pip uninstall -y pip setuptools wheel
 COPY --chown=root:root deploy/k8s/base/config.yaml /etc/agent-gateway/config.yaml
+COPY --chown=root:root policies/ /etc/agent-gateway/policies/
 USER 10001:10001
 EXPOSE 8080 9090
-HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import urllib.request as u; u.urlopen('http://127.0.0.1:9090/healthz', timeout=2)"]
+HEALTHCHECK --interval=10s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["gateway", "health"]
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["gateway"]
 CMD ["serve"]

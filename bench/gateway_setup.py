@@ -73,6 +73,7 @@ def write_config(
     redis_url: str | None = None,
     trusted_proxies: list[str] | None = None,
     upstream_client: str = "builtin",
+    models: list[str] | None = None,
 ) -> Path:
     data: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": port, "trusted_proxies": trusted_proxies or []},
@@ -81,7 +82,7 @@ def write_config(
         "keys": {"type": "file", "path": str(keys_path)},
         "tokens": {"ttl_seconds": 900, "issuer": ISSUER, "audience": AUDIENCE},
         "policies": {"path": str(policies), "watch": True},
-        "models": {MODEL: {"description": "bench"}},
+        "models": {model: {"description": "bench"} for model in models or [MODEL]},
         "upstream": {"url": upstream, "client": upstream_client},
         "logging": {"level": "info", "format": "json"},
     }
@@ -96,14 +97,14 @@ class AgentKey:
     key_id: str
 
 
-def create_keys(config_path: Path, count: int) -> list[AgentKey]:
+def create_keys(config_path: Path, count: int, models: list[str] | None = None) -> list[AgentKey]:
     """``count`` agent keys hashed with the default argon2id cost, in the file store."""
     config: Config = load_config(config_path)
 
     async def make() -> list[AgentKey]:
         out = []
         for _ in range(count):
-            key, record = await create_key(config, [MODEL])
+            key, record = await create_key(config, models or [MODEL])
             out.append(AgentKey(key, record.key_id))
         return out
 
@@ -117,7 +118,7 @@ class Minted:
     conversation_id: str
 
 
-def mint_tokens(signing: Signing, key_id: str, count: int) -> list[Minted]:
+def mint_tokens(signing: Signing, key_id: str, count: int, model: str = MODEL) -> list[Minted]:
     """Client tokens exactly as the token route issues them (same codec, same claims)."""
     codec = TokenCodec(
         parse_keyset(f"{signing.kid}:{signing.secret}", "bench"),
@@ -128,6 +129,6 @@ def mint_tokens(signing: Signing, key_id: str, count: int) -> list[Minted]:
     now = time.time()
     out = []
     for _ in range(count):
-        issued = codec.issue(key_id=key_id, model_id=MODEL, now=now)
+        issued = codec.issue(key_id=key_id, model_id=model, now=now)
         out.append(Minted(issued.token, issued.claims.jti, issued.claims.conversation_id))
     return out

@@ -36,7 +36,7 @@ from redis.asyncio import Redis
 from bench.gateway_setup import raised_policies
 from gateway.config import Config
 from gateway.core.breaker import CircuitBreaker
-from gateway.keystore.base import KeyRecord, utcnow
+from gateway.keystore.base import Found, KeyRecord, utcnow
 from gateway.observability import logging as gateway_logging
 from gateway.store.guarded import GuardedStore
 from gateway.store.redis import RedisStore
@@ -79,6 +79,10 @@ class StubKeys:
 
     def snapshot(self) -> dict[str, KeyRecord]:
         return self._records
+
+    async def find(self, key_id: str) -> Found:
+        record = self._records.get(key_id)
+        return Found(record, "snapshot" if record is not None else "disabled")
 
     async def refresh(self) -> None:
         return None

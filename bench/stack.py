@@ -116,6 +116,7 @@ class Stack:
         *,
         redis_port: int | None = None,
         trusted_proxies: list[str] | None = None,
+        models: list[str] | None = None,
     ) -> Target:
         port, admin = free_port(), free_port()
         config = gateway_setup.write_config(
@@ -129,6 +130,7 @@ class Stack:
             redis_url=f"redis://127.0.0.1:{redis_port}/0" if redis_port else None,
             trusted_proxies=trusted_proxies,
             upstream_client=self.upstream_client,
+            models=models,
         )
         proc = self._start(
             name, [GATEWAY, "serve", "--config", str(config)], self.cpus.proxy, env=self.signing.env
@@ -136,7 +138,7 @@ class Stack:
         proc.wait_http(f"http://127.0.0.1:{admin}/readyz")
         return Target(name, port, proc, redis_port, admin)
 
-    def keys(self, count: int) -> tuple[Path, list[AgentKey]]:
+    def keys(self, count: int, models: list[str] | None = None) -> tuple[Path, list[AgentKey]]:
         """A key file with ``count`` keys (argon2id, default cost), in a directory of its
         own: gateways watch the key file's directory, which must not be the busy one where
         the logs are written."""
@@ -144,6 +146,6 @@ class Stack:
         path = self.work / "keys" / "keys.yaml"
         config = gateway_setup.write_config(
             self.work, "keys-admin", port=0, admin_port=0, upstream="http://127.0.0.1:1",
-            keys_path=path, policies=self.work,
+            keys_path=path, policies=self.work, models=models,
         )  # fmt: skip
-        return path, gateway_setup.create_keys(config, count)
+        return path, gateway_setup.create_keys(config, count, models)

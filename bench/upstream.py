@@ -8,6 +8,7 @@ public routes, with the same bodies.
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from pathlib import Path
 
@@ -25,6 +26,9 @@ SSE = (
     b'event: done\ndata: {"conversation_id":"c-bench","message":{"role":"assistant",'
     b'"content":"You said: hello"}}\n\n'
 )
+#: streams for this model (``X-Model-Id``) drip at DRIP_BYTES_PER_SECOND (``make soak``)
+DRIP_MODEL = "drip"
+DRIP_BYTES_PER_SECOND = 64
 TOKEN = b'{"token":"bench","expires_in":900,"expires_at":"2030-01-01T00:00:00Z"}'
 
 
@@ -60,7 +64,13 @@ http {{
     location = /_sse {{
       internal; default_type text/event-stream; return 200 {_nginx_string(SSE)};
     }}
+    location = /_sse_drip {{
+      internal; default_type text/event-stream; limit_rate {DRIP_BYTES_PER_SECOND};
+      return 200 {_nginx_string(SSE)};
+    }}
     location ~ ^/internal/conversations/[^/]+/messages$ {{
+      set $stream "$http_accept:$http_x_model_id";
+      if ($stream = "text/event-stream:{DRIP_MODEL}") {{ rewrite ^ /_sse_drip last; }}
       if ($http_accept = "text/event-stream") {{ rewrite ^ /_sse last; }}
       if ($request_method = POST) {{ rewrite ^ /_answer last; }}
       default_type application/json;
@@ -90,8 +100,19 @@ def aiohttp_app() -> web.Application:
     async def send(request: web.Request) -> web.StreamResponse:
         await request.read()
         if request.headers.get("Accept") == "text/event-stream":
+            if request.headers.get("X-Model-Id") == DRIP_MODEL:
+                return await drip(request)
             return web.Response(body=SSE, content_type="text/event-stream")
         return web.Response(body=ANSWER, content_type="application/json")
+
+    async def drip(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for offset in range(0, len(SSE), DRIP_BYTES_PER_SECOND):
+            await response.write(SSE[offset : offset + DRIP_BYTES_PER_SECOND])
+            await asyncio.sleep(1)
+        await response.write_eof()
+        return response
 
     async def token(request: web.Request) -> web.Response:
         return web.Response(body=TOKEN, content_type="application/json")

@@ -3,8 +3,12 @@
 Each request is decided by one store call (:meth:`StateStore.admit`) that covers the
 penalty box, the token's record (revocation and binding) and every rate limit that
 applies, all or nothing. Around it, this module does the cheap local work (token
-signature, fingerprint, policy matching) and turns the answer into a refusal or the
-``RateLimit`` headers of the response.
+signature, fingerprint, policy matching, the revocations this replica has seen) and turns
+the answer into a refusal or the ``RateLimit`` headers of the response.
+
+An agent key's argon2 verification is paid for only after the penalty box has counted it
+(:meth:`Admissions.verify_key`): a flood of wrong keys in parallel costs at most the
+box's threshold in verifications, not one each.
 """
 
 from __future__ import annotations
@@ -18,8 +22,11 @@ import structlog
 
 from gateway.core.fingerprint import FingerprintCache
 from gateway.core.policy import PolicySet, RequestFacts, Selection, retry_after_seconds
+from gateway.core.revocations import RevocationSet
 from gateway.core.token_codec import ClientToken, TokenCodec, TokenRejected
 from gateway.errors import ProblemError
+from gateway.key_verifier import Candidate, KeyRejected, KeyVerifier
+from gateway.keystore.base import KeyRecord
 from gateway.observability.metrics import Metrics
 from gateway.policies.reloader import PolicyStore
 from gateway.store.base import (
@@ -36,6 +43,9 @@ log = structlog.get_logger("gateway.security")
 store_log = structlog.get_logger("gateway.store")
 
 MAX_LOCAL_PENALTIES = 100_000
+#: an attempt refused because the client's attempts in flight fill its allowance may come
+#: back as soon as they end (an argon2 run lasts milliseconds): Retry-After 1
+IN_FLIGHT_RETRY_MS = 1000
 
 
 class Client(NamedTuple):
@@ -80,6 +90,47 @@ def _rate_limited(
     )
 
 
+class Attempt:
+    """An attempt that costs (an argon2 verification), already counted by the penalty box:
+    it must end as :meth:`failed` or :meth:`release`, on the store that counted it."""
+
+    __slots__ = ("_admissions", "_rule", "_store", "_subject")
+
+    def __init__(
+        self,
+        admissions: Admissions,
+        subject: str | None,
+        rule: PenaltyRule | None,
+        store: StateStore,
+    ) -> None:
+        self._admissions = admissions
+        self._subject, self._rule, self._store = subject, rule, store
+
+    async def failed(self, reason: str) -> None:
+        """The attempt failed: counted as one failure in its place in flight (or, when
+        ``reason`` is not counted by the box, released)."""
+        subject, rule = self._subject, self._rule
+        penalty = self._admissions.policies.current.penalty
+        if subject is None or rule is None:
+            return
+        if penalty is None or reason not in penalty.count:
+            await self.release()
+            return
+        await self._admissions.record_failure(subject, rule, reason, self._store)
+
+    async def release(self) -> None:
+        """The attempt succeeded or never ran: its place is free again. When the store is
+        down the place stays taken until the window ends."""
+        if self._subject is None:
+            return
+        admissions = self._admissions
+        try:
+            with admissions.metrics.store_call("release_attempt"):
+                await self._store.release_attempt(self._subject)
+        except StoreUnavailable:
+            return
+
+
 class Admissions:
     def __init__(
         self,
@@ -103,6 +154,10 @@ class Admissions:
         self._max_token_chars = max_token_chars
         self._clock = clock
         self.penalties = PenaltyCache()
+        #: revoked tokens this replica has seen, refused without asking the store (and
+        #: still refused while the store is down): see :meth:`remember_revoked`
+        self.revocations = RevocationSet()
+        self.metrics.watch_local_revocations(self.revocations)
         self.failing_open = False
         self._fingerprints = FingerprintCache()
 
@@ -142,9 +197,23 @@ class Admissions:
         if penalty is None or subject is None or reason not in penalty.count:
             return
         rule = PenaltyRule(penalty.window_ms, penalty.threshold, penalty.cooldown_ms)
+        await self.record_failure(subject, rule, reason)
+
+    async def record_failure(
+        self,
+        subject: str,
+        rule: PenaltyRule,
+        reason: str,
+        reserved_on: StateStore | None = None,
+    ) -> None:
+        """One failure in the store (the local one when the store fails); ``reserved_on``:
+        the store where the failed attempt was counted in flight."""
+        store = self.store if reserved_on is None else reserved_on
         try:
             with self.metrics.store_call("record_failure"):
-                boxed_ms = await self.store.record_failure(subject, rule)
+                boxed_ms = await store.record_failure(
+                    subject, rule, reserved=reserved_on is not None
+                )
         except StoreUnavailable:
             boxed_ms = await self.fallback.record_failure(subject, rule)
         if boxed_ms:
@@ -157,13 +226,64 @@ class Admissions:
                 cooldown_seconds=boxed_ms / 1000,
             )
 
-    async def check_penalty(self, client: Client) -> None:
-        """The authoritative penalty check, alone: before an argon2 verification."""
-        subject = self.policies.current.penalty_subject(client.ip)
-        if subject is None:
-            return
-        admission = await self._admit(AdmitRequest(penalty_subject=subject), self.policies.current)
-        self._refuse_penalized(admission, subject)
+    async def attempt(self, client: Client) -> Attempt:
+        """Count an attempt that costs before paying for it: the authoritative penalty
+        check and one more attempt in flight, in one store call. 429 when the client is
+        boxed, or when its failures and attempts in flight already reach the threshold
+        (then nothing is counted: it may come back once those end)."""
+        policies = self.policies.current
+        penalty = policies.penalty
+        subject = policies.penalty_subject(client.ip)
+        if penalty is None or subject is None:
+            return Attempt(self, None, None, self.store)
+        rule = PenaltyRule(penalty.window_ms, penalty.threshold, penalty.cooldown_ms)
+        store = self.store
+        try:
+            with self.metrics.store_call("reserve_attempt"):
+                slot = await store.reserve_attempt(subject, rule)
+        except StoreUnavailable as exc:
+            self._fail_open_or_refuse(policies, "reserve_attempt", exc)
+            store = self.fallback
+            slot = await store.reserve_attempt(subject, rule)
+        else:
+            self._store_answered()
+        if slot.penalized_ms:
+            self.metrics.penalty_box_event("refused")
+            self.penalties.remember(subject, slot.penalized_ms)
+            raise _rate_limited("too many failed attempts from this client", slot.penalized_ms)
+        if not slot.granted:
+            self.metrics.penalty_box_event("in_flight")
+            raise _rate_limited(
+                "too many failed or unfinished attempts from this client", IN_FLIGHT_RETRY_MS
+            )
+        return Attempt(self, subject, rule, store)
+
+    async def verify_key(
+        self, client: Client, keys: KeyVerifier, candidate: Candidate
+    ) -> KeyRecord:
+        """The key's argon2 verification, counted by the penalty box before it runs (see
+        :meth:`attempt`), and its failure counted after. A key the cache vouches for, or
+        whose verification another request already runs, costs nothing more: it is not
+        counted in advance (so clients behind one address presenting the same key are
+        not held back), only its failure is. Run it shielded from the client's
+        disconnection: an attacker who hangs up mid-verification is still counted."""
+        if candidate.verified or keys.verifying(candidate):
+            try:
+                return await keys.confirm(candidate)
+            except KeyRejected:
+                await self.failed(client, "invalid_key")
+                raise
+        attempt = await self.attempt(client)
+        try:
+            record = await keys.confirm(candidate)
+        except KeyRejected:
+            await attempt.failed("invalid_key")
+            raise
+        except Exception:  # the verifier is busy, or a bug: the attempt never ran
+            await attempt.release()
+            raise
+        await attempt.release()
+        return record
 
     def _refuse_penalized(self, admission: Admission, subject: str | None) -> None:
         if admission.penalized_ms and subject is not None:
@@ -171,25 +291,48 @@ class Admissions:
             self.penalties.remember(subject, admission.penalized_ms)
             raise _rate_limited("too many failed attempts from this client", admission.penalized_ms)
 
+    # -- revocations seen here ---------------------------------------------------------
+    def remember_revoked(self, jti: str, expires_at: float) -> None:
+        """Refuse the token ``jti`` on this replica until it expires (``expires_at``, the
+        codec's clock; the leeway is added here), before and without the store: a token
+        revoked for reuse, one the store said was revoked, and (for a token renewal) a
+        token retired by rotation. Bounded: see :class:`RevocationSet`."""
+        self.revocations.add(jti, expires_at + self.codec.leeway_seconds, self._clock())
+
     # -- the store call ----------------------------------------------------------------
     async def _admit(self, request: AdmitRequest, policies: PolicySet) -> Admission:
         try:
             with self.metrics.store_call("admit"):  # latency and errors, by operation
                 admission = await self.store.admit(request)
         except StoreUnavailable as exc:
-            if policies.on_store_error != "fail_open":
-                raise ProblemError(
-                    "store_unavailable", "the state store is unavailable", {"Retry-After": "1"}
-                ) from exc
-            self.metrics.store_failed_open("admit")
-            if not self.failing_open:
-                self.failing_open = True
-                store_log.error("store_fail_open", detail="enforcing local limits only")
+            self._fail_open_or_refuse(policies, "admit", exc)
             return await self.fallback.admit(request)
+        if self.failing_open:
+            self._store_answered()
+        return admission
+
+    def _fail_open_or_refuse(
+        self, policies: PolicySet, operation: str, exc: StoreUnavailable
+    ) -> None:
+        """The store failed: 503 unless the policies fail open (then the caller asks the
+        local store instead)."""
+        if policies.on_store_error != "fail_open":
+            raise ProblemError(
+                "store_unavailable", "the state store is unavailable", {"Retry-After": "1"}
+            ) from exc
+        self.metrics.store_failed_open(operation)
+        if not self.failing_open:
+            self.failing_open = True
+            store_log.error(
+                "store_fail_open",
+                detail="enforcing local limits and the revocations seen here only",
+                revocations_known=len(self.revocations),
+            )
+
+    def _store_answered(self) -> None:
         if self.failing_open:
             self.failing_open = False
             store_log.warning("store_recovered", detail="shared limits enforced again")
-        return admission
 
     def _limits_outcome(
         self, admission: Admission, selection: Selection, key_id: str | None
@@ -251,9 +394,11 @@ class Admissions:
         matching 403/429/503 problem."""
         if not self._key_active(claims.key_id):
             raise ProblemError("token_revoked", "the agent key behind this token was revoked")
+        now = self._clock()
+        if self.revocations.revoked(claims.jti, now):  # seen here: no need to ask the store
+            raise ProblemError("token_revoked", "the token has been revoked")
         policies = self.policies.current
         binding = policies.binding
-        now = self._clock()
         use = TokenUse(
             jti=claims.jti,
             fingerprint=self.fingerprint(client, policies),
@@ -279,8 +424,11 @@ class Admissions:
         admission = await self._admit(request, policies)
         self._refuse_penalized(admission, subject)
         if admission.token is TokenVerdict.REVOKED:
+            self.remember_revoked(claims.jti, claims.expires_at)
             raise ProblemError("token_revoked", "the token has been revoked")
         if admission.token is TokenVerdict.REUSE:
+            if binding.action == "revoke":
+                self.remember_revoked(claims.jti, claims.expires_at)
             log.warning("token_reuse_suspected", key_id=claims.key_id, action=binding.action)
             await self.failed(client, "reuse")
             raise ProblemError("token_reuse_suspected", "the token was used from another client")

@@ -1,4 +1,4 @@
-"""The ``gateway`` command: serve, manage agent keys, check policies."""
+"""The ``gateway`` command: serve, check, manage agent keys and policies."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from gateway.config import Config, default_config_path, load_config
 from gateway.core import agent_keys
+from gateway.core.origins import invalid_origins
 from gateway.core.policy import RequestFacts
 from gateway.core.signing_keys import SigningKeyError
 from gateway.keystore.admin import KeySpecError, create_key
@@ -19,6 +20,7 @@ from gateway.keystore.base import KeyRecord, KeyStoreError, utcnow
 from gateway.keystore.factory import open_keystore
 from gateway.policies.lint import lint
 from gateway.policies.loader import load_policies
+from gateway.policies.protection import assess
 from gateway.policies.report import effective_table, explain_lines
 from gateway.policies.schema import ROUTES
 from gateway.redis_connect import RedisUrlError, safe_url
@@ -38,12 +40,52 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.doctor.preflight import preflight, refusal
     from gateway.observability.logging import configure
+    from gateway.observability.logging import flush as flush_logs
     from gateway.server import run
 
     config = _config(args)
     configure(config.logging.level, config.logging.format)
+    errors = asyncio.run(preflight(config, os.environ))  # doctor's static checks
+    flush_logs()  # its warnings, before anything else is said
+    if errors:
+        raise CommandError(refusal(errors))
     run(config, os.environ)
+    return 0
+
+
+EXIT_DOCTOR_ERRORS = 1
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from gateway.doctor.findings import count, render_json, render_text
+    from gateway.doctor.run import diagnose
+    from gateway.observability.logging import configure
+
+    configure("critical", "json", out=sys.stderr.buffer)  # the report says it all
+    path = Path(args.config or default_config_path())
+    findings = asyncio.run(diagnose(path, os.environ))
+    print(render_json(findings, str(path)) if args.json else render_text(findings, str(path)))
+    return EXIT_DOCTOR_ERRORS if count(findings, "error") else 0
+
+
+EXIT_UNHEALTHY = 1
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the admin listener answers 200, else 1 (never 2: Docker reserves it)."""
+    from gateway.observability.health_probe import probe_admin
+
+    try:
+        config = _config(args)
+    except SourceError as exc:
+        print(f"gateway: unhealthy: {exc}", file=sys.stderr)
+        return EXIT_UNHEALTHY
+    problem = probe_admin(config.admin, "/readyz" if args.ready else "/healthz", args.timeout)
+    if problem is not None:
+        print(f"gateway: unhealthy: {problem}", file=sys.stderr)
+        return EXIT_UNHEALTHY
     return 0
 
 
@@ -66,6 +108,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             "store the key now, it is not shown again.",
             file=sys.stderr,
         )
+    if record.origins:  # as browsers send them (punycode hosts, no default port)
+        print(f"allowed origins: {' '.join(record.origins)}", file=sys.stderr)
     return 0
 
 
@@ -79,6 +123,12 @@ async def _list_keys(config: Config) -> list[KeyRecord]:
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
     records = asyncio.run(_list_keys(_config(args)))
+    for r in records:  # stored by hand or by an older version: say so, every time
+        for origin, reason in invalid_origins(r.origins):
+            print(
+                f"gateway: warning: key {r.key_id}: origin {origin!r} never matches: {reason}",
+                file=sys.stderr,
+            )
     if args.json:
         print(json.dumps([r.public_view() for r in records], indent=2))
         return 0
@@ -131,7 +181,13 @@ def cmd_policies_check(args: argparse.Namespace) -> int:
     files = ", ".join(str(f) for f in loaded.files) or "(no files)"
     print(f"{len(loaded.policies.policies)} policies from {files}")
     print("\n".join(effective_table(loaded.policies)))
-    findings = lint(loaded, known_models)
+    allow = config.policies.allow_unprotected if config is not None else False
+    verdict = assess(loaded, allow_unprotected=allow, source=str(path))
+    if verdict.refused:
+        print(f"gateway: invalid policies:\n{verdict.refusal()}", file=sys.stderr)
+        return EXIT_INVALID_POLICIES
+    findings = [f"{n.message} (fix: {n.fix})" for n in verdict.warnings]
+    findings += lint(loaded, known_models)
     for finding in findings:
         print(f"warning: {finding}", file=sys.stderr)
     return EXIT_INVALID_POLICIES if findings and args.strict else 0
@@ -192,6 +248,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", parents=[common], help="run the gateway")
     serve.set_defaults(func=cmd_serve)
+
+    doctor = commands.add_parser(
+        "doctor",
+        parents=[common],
+        help="check the configuration as serve would load it, and its dependencies",
+    )
+    doctor.add_argument("--json", action="store_true", help="the findings as JSON")
+    doctor.set_defaults(func=cmd_doctor)
+
+    health = commands.add_parser(
+        "health",
+        parents=[common],
+        help="ask the configured admin listener for /healthz (exit 0 or 1), as a health check",
+    )
+    health.add_argument("--ready", action="store_true", help="ask /readyz instead")
+    health.add_argument("--timeout", type=float, default=2.0, help="seconds (default 2)")
+    health.set_defaults(func=cmd_health)
 
     keys = commands.add_parser("keys", help="manage public agent keys")
     key_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")

@@ -12,7 +12,8 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -26,7 +27,14 @@ from pydantic import (
 )
 
 from gateway.oauth.settings import OAuthSettings
-from gateway.yaml_source import Loc, SourceError, YamlDocument, read_yaml, validate_model
+from gateway.yaml_source import (
+    Loc,
+    SourceError,
+    YamlDocument,
+    format_loc,
+    read_yaml,
+    validate_model,
+)
 
 ENV_PREFIX = "GATEWAY__"
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
@@ -51,6 +59,15 @@ RelayedHeader = Annotated[str, AfterValidator(_relayed_header)]
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+    #: the field a section written as one word stands for (``store: redis``), if any
+    shorthand: ClassVar[str | None] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_shorthand(cls, value: Any) -> Any:
+        if cls.shorthand is not None and isinstance(value, str):
+            return {cls.shorthand: value}
+        return value
 
 
 class ServerSettings(_Section):
@@ -85,6 +102,8 @@ class AdminSettings(_Section):
 
 
 class StoreSettings(_Section):
+    shorthand = "type"
+
     type: Literal["memory", "redis"] = "memory"
     #: ``redis://``, ``rediss://``, ``redis+cluster://`` or ``redis+sentinel://``
     url: str = "redis://127.0.0.1:6379/0"
@@ -95,11 +114,6 @@ class StoreSettings(_Section):
     #: consecutive failures that open the circuit, and how long it stays open
     breaker_failures: int = Field(3, ge=1, le=1000)
     breaker_open_seconds: float = Field(1.0, gt=0, le=300)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, value: Any) -> Any:
-        return {"type": value} if isinstance(value, str) else value
 
 
 class Argon2Settings(_Section):
@@ -122,6 +136,10 @@ class KeyStoreSettings(_Section):
     #: how often running gateways look for key changes (file: fallback poll beside
     #: change notifications; redis: a version counter)
     sync_seconds: float = Field(1.0, gt=0, le=5)
+    #: look-ups a second (per replica) of well-formed key ids missing from the local
+    #: snapshot, so a key created a moment ago is served before its change arrives;
+    #: ids found missing are not looked up again for a minute; 0 turns look-ups off
+    miss_lookups_per_second: float = Field(20.0, ge=0, le=10_000)
     argon2: Argon2Settings = Field(default_factory=Argon2Settings)
 
 
@@ -141,6 +159,10 @@ class PolicySettings(_Section):
     path: Path = Path("policies")
     #: reload on file change (SIGHUP always reloads)
     watch: bool = True
+    #: run even when the policies leave the gateway unprotected (no enforcing limit on
+    #: the token or send route, or no penalty box): a warning at every (re)load instead
+    #: of a refusal (see :mod:`gateway.core.protection`)
+    allow_unprotected: bool = False
 
 
 class ModelSettings(_Section):
@@ -239,7 +261,40 @@ def _under(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else (base / path)
 
 
+def _child(annotation: Any, name: str) -> Any:
+    """The type of ``name`` inside a value of type ``annotation`` (a section, or the
+    mapping of ``models``), or None when unknown (validation reports it later)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _child(get_args(annotation)[0], name)
+    if origin in (Union, UnionType):
+        for arg in get_args(annotation):
+            found = _child(arg, name)
+            if found is not None:
+                return found
+        return None
+    if origin is dict:
+        return get_args(annotation)[1]
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        field = annotation.model_fields.get(name)
+        return field.annotation if field is not None else None
+    return None
+
+
+def _shorthand(annotation: Any) -> str | None:
+    """The shorthand field of a section type (``store`` -> ``type``), if it has one."""
+    if get_origin(annotation) in (Union, UnionType):
+        return next(filter(None, (_shorthand(a) for a in get_args(annotation))), None)
+    if isinstance(annotation, type) and issubclass(annotation, _Section):
+        return annotation.shorthand
+    return None
+
+
 def _apply_env(doc: YamlDocument, environ: Mapping[str, str]) -> None:
+    """``GATEWAY__SECTION__FIELD=value`` overrides, applied to the parsed file before
+    validation. A section the file writes as a shorthand (``store: memory``) becomes
+    its mapping (``{type: memory}``) when a variable names one of its fields, and a
+    shorthand value for a section the file writes as a mapping sets that one field."""
     if doc.data is None:
         doc.data = {}
     for name, raw in sorted(environ.items()):
@@ -252,17 +307,35 @@ def _apply_env(doc: YamlDocument, environ: Mapping[str, str]) -> None:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        node = doc.data
+        node: Any = doc.data
+        annotation: Any = Config
         loc: Loc = ()
         for part in parts[:-1]:
+            annotation = _child(annotation, part)
             loc = (*loc, part)
-            if not isinstance(node, dict):
-                raise SourceError(f"environment {name}: {'.'.join(parts)} is not a section")
-            node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise SourceError(f"environment {name}: {'.'.join(parts)} is not a section")
-        node[parts[-1]] = value
-        doc.overrides[(*loc, parts[-1])] = f"environment {name}"
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                field = _shorthand(annotation)
+                if field is None:
+                    raise SourceError(
+                        f"environment {name}: {format_loc(loc)} is {child!r} in "
+                        f"{doc.where(loc)}, not a section with fields"
+                    )
+                child = node[part] = {field: child}
+                if loc in doc.lines:
+                    doc.lines[(*loc, field)] = doc.lines[loc]
+            node = child
+        last = parts[-1]
+        target: Loc = (*loc, last)
+        field = _shorthand(_child(annotation, last))
+        if field is not None and isinstance(node.get(last), dict) and not isinstance(value, dict):
+            node[last][field] = value
+            target = (*target, field)
+        else:
+            node[last] = value
+        doc.overrides[target] = f"environment {name}"
 
 
 def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:

@@ -3,6 +3,9 @@
 Order of refusal, cheapest first: malformed or bad checksum (no lookup), unknown or
 revoked key id (no hashing), then argon2id verification off the event loop, skipped when
 the same key verified recently (see :class:`gateway.core.key_hash.VerifiedKeyCache`).
+A key id missing from the local snapshot is looked up in the key store once
+(:meth:`KeyVerifier.resolve`, bounded by the store) before it counts as unknown: it may be
+a key created a moment ago whose change has not reached this replica yet.
 The verification queue is bounded: past ``max_pending`` waiting verifications, new ones
 are refused at once instead of piling up behind a flood. Concurrent requests presenting
 the same key (a page opened by many visitors at once, before the cache knows the key)
@@ -88,13 +91,44 @@ class KeyVerifier:
         parsed = agent_keys.parse(presented)
         if parsed is None:
             raise KeyRejected("malformed")
-        record = self.store.lookup(parsed.key_id)
+        return self._with_record(parsed, self.store.lookup(parsed.key_id))
+
+    def _with_record(self, parsed: agent_keys.ParsedKey, record: KeyRecord | None) -> Candidate:
         if record is None:
             raise KeyRejected("unknown", parsed.key_id)
         if not record.active:
             raise KeyRejected("revoked", parsed.key_id)
         verified = self.cache.hit(parsed.key, parsed.key_id, record.hash, self._clock())
         return Candidate(parsed, record, verified)
+
+    async def resolve(self, presented: str) -> Candidate:
+        """:meth:`candidate`, except that a well-formed key whose id the local snapshot
+        lacks is looked up in the key store (bounded) before it is refused as unknown."""
+        try:
+            return self._candidate(presented)
+        except KeyRejected as exc:
+            if exc.reason != "unknown":
+                self.metrics.key_verification(exc.reason)
+                raise
+        parsed = agent_keys.parse(presented)
+        assert parsed is not None  # the id was unknown, so the key was well formed
+        try:
+            return self._with_record(parsed, await self.find_record(parsed.key_id))
+        except KeyRejected as exc:
+            self.metrics.key_verification(exc.reason)
+            raise
+
+    async def find_record(self, key_id: str) -> KeyRecord | None:
+        """The key's record from the snapshot, or read through from the key store."""
+        found = await self.store.find(key_id)
+        if found.outcome != "snapshot":
+            self.metrics.key_lookup(found.outcome)
+        return found.record
+
+    def verifying(self, candidate: Candidate) -> bool:
+        """Is this key's argon2 verification already running? Then :meth:`confirm` joins
+        it and costs nothing more (the caller need not pay for it in advance)."""
+        return (self.cache.mac(candidate.key.key), candidate.record.hash) in self._running
 
     async def confirm(self, candidate: Candidate) -> KeyRecord:
         """argon2id unless the cache already vouched; raises :class:`KeyRejected`."""
@@ -132,7 +166,7 @@ class KeyVerifier:
         self._pending -= 1
 
     async def verify(self, presented: str) -> KeyRecord:
-        return await self.confirm(self.candidate(presented))
+        return await self.confirm(await self.resolve(presented))
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

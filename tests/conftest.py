@@ -56,7 +56,8 @@ async def gateway_factory(
     tmp_path: Path, backend_url: str, request: pytest.FixtureRequest
 ) -> AsyncIterator[GatewayFactory]:
     """``await gateway_factory(store="redis", policies="...", server={...})`` starts a
-    configured gateway (each in its own directory)."""
+    configured gateway (each in its own directory); unprotected policy sets are allowed
+    unless ``allow_unprotected=False``."""
     started: list[Gateway] = []
 
     async def factory(
@@ -64,6 +65,7 @@ async def gateway_factory(
         store: str = "memory",
         environ: dict[str, str] | None = None,
         policies: str = NO_LIMITS,
+        allow_unprotected: bool = True,
         **sections: Any,
     ) -> Gateway:
         redis_url = request.getfixturevalue("redis_url") if store == "redis" else None
@@ -73,7 +75,14 @@ async def gateway_factory(
         room.mkdir()
         # replicas of one deployment share the key store; each has its own policy files
         sections["keys"] = {"path": str(tmp_path / "keys.yaml"), **sections.get("keys", {})}
-        config = make_config(room, backend_url, redis_url=redis_url, policies=policies, **sections)
+        config = make_config(
+            room,
+            backend_url,
+            redis_url=redis_url,
+            policies=policies,
+            allow_unprotected=allow_unprotected,
+            **sections,
+        )
         gateway = await start_gateway(config, environ)
         started.append(gateway)
         return gateway

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Iterable
 
 from gateway.config import Config
 from gateway.core import agent_keys
 from gateway.core.key_hash import make_hasher
-from gateway.keystore.base import ORIGIN_PATTERN, KeyRecord, utcnow
+from gateway.core.origins import OriginError, parse_origin
+from gateway.keystore.base import KeyRecord, utcnow
 from gateway.keystore.factory import open_keystore
 
 
@@ -18,11 +18,15 @@ class KeySpecError(ValueError):
 
 
 def normalise_origins(origins: Iterable[str]) -> tuple[str, ...]:
-    out = tuple(dict.fromkeys(o.strip().rstrip("/").lower() for o in origins))
-    for origin in out:
-        if not re.match(ORIGIN_PATTERN, origin):
-            raise KeySpecError(f"origin {origin!r}: expected scheme://host[:port]")
-    return out
+    """Each origin as browsers send it (see :func:`gateway.core.origins.parse_origin`),
+    without duplicates; the first one the gateway could never match is refused."""
+    out: list[str] = []
+    for origin in origins:
+        try:
+            out.append(parse_origin(origin))
+        except OriginError as exc:
+            raise KeySpecError(f"origin {origin!r}: {exc}") from None
+    return tuple(dict.fromkeys(out))
 
 
 async def create_key(

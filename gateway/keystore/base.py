@@ -3,20 +3,26 @@
 A store keeps an in-memory snapshot that request handlers read without I/O
 (:meth:`KeyStore.lookup`), and keeps it fresh in the background (:meth:`KeyStore.run`), so a
 key created or revoked from the command line reaches every running gateway within seconds.
+A key id the snapshot lacks may be a key created a moment ago: :meth:`KeyStore.find` looks
+it up in the backing store once, within the bounds of a
+:class:`~gateway.core.miss_budget.MissBudget` (see :class:`MissLookups`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Literal, NamedTuple, Protocol
 
+import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.core.agent_keys import KEY_ID_PATTERN
+from gateway.core.miss_budget import MissBudget
 
-ORIGIN_PATTERN = r"^https?://[^/?#\s]+$"
+log = structlog.get_logger("gateway.keystore")
 
 
 class KeyRecord(BaseModel):
@@ -57,9 +63,73 @@ class KeyStoreError(Exception):
     """The key store cannot be read or written; the message names what and where."""
 
 
+#: how a :meth:`KeyStore.find` ended: ``snapshot`` (known locally, no I/O), ``found`` (read
+#: from the backing store), ``not_found``, or not looked up: ``known_missing`` (looked up
+#: and missing a moment ago), ``over_budget`` (too many look-ups), ``disabled``; ``error``:
+#: the backing store did not answer
+FindOutcome = Literal[
+    "snapshot", "found", "not_found", "known_missing", "over_budget", "disabled", "error"
+]
+
+
+class Found(NamedTuple):
+    record: KeyRecord | None
+    outcome: FindOutcome
+
+
+class MissLookups:
+    """The bounded read-through both stores use for key ids their snapshot lacks.
+
+    Concurrent requests for the same id share one look-up; an id found missing, and any
+    id past the budget, is refused without I/O."""
+
+    def __init__(self, budget: MissBudget, clock: Callable[[], float] = time.monotonic) -> None:
+        self.budget = budget
+        self._clock = clock
+        self._running: dict[str, asyncio.Future[Found]] = {}
+
+    async def find(
+        self,
+        key_id: str,
+        snapshot: Callable[[str], KeyRecord | None],
+        fetch: Callable[[str], Awaitable[KeyRecord | None]],
+    ) -> Found:
+        """``snapshot(key_id)`` if known, else (budget allowing) ``await fetch(key_id)``,
+        which reads the backing store and adds what it finds to the snapshot."""
+        record = snapshot(key_id)
+        if record is not None:
+            return Found(record, "snapshot")
+        running = self._running.get(key_id)
+        if running is None:
+            verdict = self.budget.allow(key_id, self._clock())
+            if verdict != "allowed":
+                return Found(None, verdict)
+            running = asyncio.ensure_future(self._fetch(key_id, fetch))
+            self._running[key_id] = running
+            running.add_done_callback(lambda _: self._running.pop(key_id, None))
+        return await asyncio.shield(running)  # a client that leaves does not cancel it
+
+    async def _fetch(
+        self, key_id: str, fetch: Callable[[str], Awaitable[KeyRecord | None]]
+    ) -> Found:
+        try:
+            record = await fetch(key_id)
+        except KeyStoreError as exc:
+            log.warning("keystore_lookup_failed", key_id=key_id, error=str(exc))
+            return Found(None, "error")
+        if record is None:
+            self.budget.missing(key_id, self._clock())
+            return Found(None, "not_found")
+        return Found(record, "found")
+
+
 class KeyStore(Protocol):
     def lookup(self, key_id: str) -> KeyRecord | None:
         """The record from the local snapshot; no I/O."""
+
+    async def find(self, key_id: str) -> Found:
+        """:meth:`lookup`, and on a miss one bounded look-up in the backing store (see
+        :class:`MissLookups`); a record found there joins the snapshot. Never raises."""
 
     def snapshot(self) -> Mapping[str, KeyRecord]:
         """Every record of the local snapshot by key id; no I/O. A change of the snapshot

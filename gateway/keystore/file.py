@@ -17,13 +17,15 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.keystore.base import KeyRecord, KeyStoreError
+from gateway.core.miss_budget import MissBudget
+from gateway.core.origins import invalid_origins
+from gateway.keystore.base import Found, KeyRecord, KeyStoreError, MissLookups
 from gateway.watching import changes
 from gateway.yaml_source import SourceError, parse_yaml, validate_model
 
@@ -40,33 +42,56 @@ class _KeyFile(BaseModel):
     keys: list[KeyRecord] = Field(default_factory=list)
 
 
+class _Loaded(NamedTuple):
+    digest: bytes
+    records: dict[str, KeyRecord]
+    #: stored origins no browser request can match, each with where it is and why
+    problems: list[dict[str, str]]
+
+
+def _identity(path: Path) -> tuple[int, ...]:
+    """What changes when the file is replaced or written: inode, size, times (the writers
+    replace the file, so each write has a new inode)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return ()
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 class FileKeyStore:
-    def __init__(self, path: Path, *, poll_seconds: float = 1.0) -> None:
+    def __init__(
+        self, path: Path, *, poll_seconds: float = 1.0, misses: MissBudget | None = None
+    ) -> None:
         self.path = path
         self._poll_seconds = poll_seconds
         self._records: dict[str, KeyRecord] = {}
         self._digest: bytes | None = None
+        self._misses = MissLookups(misses if misses is not None else MissBudget(0))
+        #: the file's identity when it was last read (see :func:`_identity`)
+        self._seen: tuple[int, ...] | None = None
         self.loaded = False
 
     # -- reading -----------------------------------------------------------------------
-    def _read(self) -> tuple[bytes, dict[str, KeyRecord]]:
+    def _read(self) -> _Loaded:
         try:
             raw = self.path.read_bytes()
         except FileNotFoundError:
-            return hashlib.sha256(b"").digest(), {}
+            return _Loaded(hashlib.sha256(b"").digest(), {}, [])
         except OSError as exc:
             raise KeyStoreError(f"{self.path}: cannot read: {exc.strerror}") from None
         digest = hashlib.sha256(raw).digest()
         if digest == self._digest:
-            return digest, self._records
+            return _Loaded(digest, self._records, [])
         try:
             doc = parse_yaml(raw.decode("utf-8"), str(self.path))
             if doc.data is None:
-                return digest, {}
+                return _Loaded(digest, {}, [])
             parsed = validate_model(_KeyFile, doc)
         except (SourceError, UnicodeDecodeError) as exc:
             raise KeyStoreError(str(exc)) from None
         records: dict[str, KeyRecord] = {}
+        problems: list[dict[str, str]] = []
         for index, record in enumerate(parsed.keys):
             if record.key_id in records:
                 raise KeyStoreError(
@@ -74,7 +99,18 @@ class FileKeyStore:
                     f"duplicate key id {record.key_id}"
                 )
             records[record.key_id] = record
-        return digest, records
+            for origin, reason in invalid_origins(record.origins):
+                at = record.origins.index(origin)
+                problems.append(
+                    {
+                        "where": f"{doc.where(('keys', index, 'origins', at))}: "
+                        f"keys[{index}].origins[{at}]",
+                        "key_id": record.key_id,
+                        "origin": origin,
+                        "error": reason,
+                    }
+                )
+        return _Loaded(digest, records, problems)
 
     def lookup(self, key_id: str) -> KeyRecord | None:
         return self._records.get(key_id)
@@ -82,14 +118,29 @@ class FileKeyStore:
     def snapshot(self) -> Mapping[str, KeyRecord]:
         return self._records
 
+    async def find(self, key_id: str) -> Found:
+        """On a miss, the file is read again if it changed since it was last read (a stat
+        tells): a key written a moment ago, before the change notification arrived, is
+        served, and misses on an unchanged file cost no read."""
+        return await self._misses.find(key_id, self.lookup, self._reread)
+
+    async def _reread(self, key_id: str) -> KeyRecord | None:
+        if self._seen is None or _identity(self.path) != self._seen:
+            await self.refresh()
+        return self._records.get(key_id)
+
     async def refresh(self) -> None:
+        seen = _identity(self.path)  # before reading: a change while reading is seen later
         # parsing and validating thousands of records takes a while: off the event loop
-        digest, records = await asyncio.to_thread(self._read)
+        digest, records, problems = await asyncio.to_thread(self._read)
+        self._seen = seen
         if digest != self._digest:
             changed = self.loaded
             self._digest, self._records = digest, records
             if changed:
                 log.info("keystore_reloaded", path=str(self.path), keys=len(records))
+            for problem in problems:  # loudly, at each load: these origins never match
+                log.error("keystore_origin_invalid", **problem)
         self.loaded = True
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -133,7 +184,7 @@ class FileKeyStore:
 
     async def create(self, record: KeyRecord) -> None:
         with self._locked():
-            _, records = self._read()
+            records = self._read().records
             if record.key_id in records:
                 raise KeyStoreError(f"key id {record.key_id} already exists")
             self._write({**records, record.key_id: record})
@@ -145,7 +196,7 @@ class FileKeyStore:
 
     async def revoke(self, key_id: str, at: datetime) -> KeyRecord | None:
         with self._locked():
-            _, records = self._read()
+            records = self._read().records
             record = records.get(key_id)
             if record is None:
                 return None

@@ -33,6 +33,12 @@ class TokenOutOfTime(TokenInvalid):
     """A genuine token used too late or too early: ordinary, not an attack."""
 
 
+class TokenKeyUnknown(TokenInvalid):
+    """Signed with a key the provider's key set (as last fetched) does not have: maybe a
+    key the provider has just rotated to. Nothing was verified, so it proves nothing
+    either way; not counted as a forgery."""
+
+
 @dataclass(frozen=True, slots=True)
 class TokenHeader:
     alg: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -9,10 +10,11 @@ from gateway.oauth.access_token import (
     AccessToken,
     AccessTokenPolicy,
     TokenInvalid,
+    TokenKeyUnknown,
     read_header,
     verify,
 )
-from gateway.oauth.jwks import JwksCache, UnknownKey
+from gateway.oauth.jwks import JwksCache, UnknownKey, UnpublishedKey
 from gateway.oauth.settings import OAuthSettings
 
 
@@ -30,6 +32,13 @@ class Authenticator:
         header = read_header(token, self.policy)
         try:
             key = await self.jwks.key(header.kid, header.alg)
+        except UnpublishedKey as exc:
+            raise TokenKeyUnknown(
+                "the access token was signed with an unknown key, not among the identity "
+                f"provider's keys (fetched again in at most {math.ceil(exc.refetch_in)} s)"
+            ) from None
         except UnknownKey:
-            raise TokenInvalid("the access token was signed with an unknown key") from None
+            raise TokenInvalid(
+                "the access token was signed with an unknown key (none fits its kid and alg)"
+            ) from None
         return verify(token, header, key, self.policy, self._clock())

@@ -5,6 +5,10 @@
 - Whatever the reason, at most one fetch starts per ``min_refresh_seconds``: tokens with
   made-up ``kid``s cannot make the gateway hammer the provider. Concurrent requests that
   need a fetch share the one in flight.
+- A ``kid`` the set lacks is :class:`UnpublishedKey`: the provider may have rotated to a
+  key not fetched yet (inside the refetch interval), so it is no evidence of forgery; the
+  first such token after the interval fetches again. A ``kid`` the set has, but not for
+  the token's ``alg``, is a plain :class:`UnknownKey`.
 - A failed fetch keeps the last good set (logged); with no set at all the caller gets
   :class:`JwksUnavailable` (503), not a 401 that would blame the token.
 - Keys are parsed with pyjwt's :class:`jwt.PyJWK` once per fetch, for each allowed
@@ -43,6 +47,15 @@ class UnknownKey(Exception):
     """No key of the set fits the token's ``kid`` and ``alg``."""
 
 
+class UnpublishedKey(UnknownKey):
+    """The set has no key with the token's ``kid`` at all; it is fetched again (and the
+    ``kid`` looked for) in ``refetch_in`` seconds at most."""
+
+    def __init__(self, message: str, refetch_in: float) -> None:
+        super().__init__(message)
+        self.refetch_in = refetch_in
+
+
 def fits(jwk: dict[str, Any], alg: str) -> bool:
     """Whether the JWK may verify ``alg`` signatures (RFC 7517 ``use``/``alg``, key type)."""
     if jwk.get("use", "sig") != "sig" or jwk.get("alg", alg) != alg:
@@ -67,6 +80,8 @@ class KeySet:
     by_kid: dict[tuple[str, str], Any]
     without_kid: dict[str, list[Any]]
     size: int
+    #: every ``kid`` the document names, usable or not
+    kids: frozenset[str] = frozenset()
 
     @classmethod
     def parse(cls, document: Any, algorithms: Iterable[str]) -> KeySet:
@@ -74,11 +89,14 @@ class KeySet:
             raise ValueError("not a JWK Set (no 'keys' list)")
         by_kid: dict[tuple[str, str], Any] = {}
         without_kid: dict[str, list[Any]] = {}
+        kids: set[str] = set()
         size = 0
         for jwk in document["keys"]:
             if not isinstance(jwk, dict):
                 continue
             kid = jwk.get("kid")
+            if isinstance(kid, str) and kid:
+                kids.add(kid)
             if PRIVATE_MEMBERS & jwk.keys():
                 log.error(
                     "jwks_key_skipped", kid=kid, error="the JWKS publishes private key material"
@@ -100,7 +118,7 @@ class KeySet:
                     by_kid.setdefault((kid, alg), key)
                 else:
                     without_kid.setdefault(alg, []).append(key)
-        return cls(by_kid=by_kid, without_kid=without_kid, size=size)
+        return cls(by_kid=by_kid, without_kid=without_kid, size=size, kids=frozenset(kids))
 
     def find(self, kid: str | None, alg: str) -> Any | None:
         if kid is not None:
@@ -150,8 +168,16 @@ class JwksCache:
             await self._refresh(now)  # maybe rotated; throttled
             key = self._keys.find(kid, alg)
         if key is None:
+            if kid is not None and kid not in self._keys.kids:
+                raise UnpublishedKey(f"no key with kid {kid!r}", self.refetch_in(now))
             raise UnknownKey(f"no key for kid {kid!r} and alg {alg}")
         return key
+
+    def refetch_in(self, now: float) -> float:
+        """Seconds until the throttle lets a fetch start again (0: now)."""
+        if self._attempted_at is None:
+            return 0.0
+        return max(0.0, self._attempted_at + self._min_refresh - now)
 
     async def prime(self) -> None:
         """Fetch now (at start), so the first request does not wait for the provider."""

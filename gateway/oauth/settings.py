@@ -29,7 +29,7 @@ ASYMMETRIC_ALGORITHMS = (
 Method = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 HTTP_METHODS: tuple[Method, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 #: the public API and the widget are never behind OAuth2
-RESERVED_PATHS = ("/v1/chat/conversation/public", "/widget.js")
+RESERVED_PATHS = ("/v1/chat/conversation/public", "/widget.js", "/openapi.json")
 _PATH = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
 #: RFC 6749 section 3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
 SCOPE_TOKEN = r"^[\x21\x23-\x5B\x5D-\x7E]{1,200}$"

@@ -14,7 +14,7 @@ conversation id can never become a label value. See docs/metrics.md for the cata
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 from contextlib import contextmanager
 from types import TracebackType
 from typing import Any, Literal, Protocol
@@ -28,19 +28,17 @@ from prometheus_client import (
     ProcessCollector,
 )
 from prometheus_client.gc_collector import GCCollector
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway import __version__
 from gateway.core.breaker import BreakerState
 from gateway.observability.labels import (
-    OTHER,
     POLICY_NAME,
     Vocabulary,
     method_label,
     status_class,
 )
-from gateway.store.base import StoreUnavailable
+from gateway.store.guarded import ERROR_KINDS
+from gateway.store.guarded import error_kind as store_error_kind
 
 
 class PoolStats(Protocol):
@@ -61,7 +59,7 @@ LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
 
 StreamOutcome = Literal["completed", "upstream_error", "truncated", "client_disconnected"]
 RateLimitOutcome = Literal["allowed", "limited", "shadow_limited"]
-PenaltyEvent = Literal["entered", "refused"]
+PenaltyEvent = Literal["entered", "refused", "in_flight"]
 ReloadKind = Literal["policies", "config"]
 
 #: label values created at zero, so alerts on ``increase()`` see the very first event
@@ -76,7 +74,7 @@ KNOWN_TOKEN_REFUSALS = (
     "rate_limited",
 )
 KNOWN_UPSTREAM_ERRORS = ("timeout", "unavailable", "bad_response", "status_5xx")
-KNOWN_STORE_ERRORS = ("timeout", "connection", "circuit_open", "other")
+KNOWN_STORE_ERRORS = ERROR_KINDS
 #: label children remembered per metric and label values (the values are bounded already;
 #: this only spares the lookup on every request)
 MAX_CACHED_CHILDREN = 4096
@@ -219,6 +217,14 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+        self.key_lookups = Counter(
+            "gateway_key_lookups",
+            "Key ids missing from this replica's key snapshot, by outcome of the look-up in "
+            "the key store: found (a key newer than the snapshot), not_found, or not looked "
+            "up: known_missing, over_budget, disabled; error: the store did not answer.",
+            ["outcome"],
+            registry=registry,
+        )
         self.suspicious = Counter(
             "gateway_suspicious_events",
             "Security events worth a look, by reason.",
@@ -235,7 +241,9 @@ class Metrics:
         )
         self.penalty_box = Counter(
             "gateway_penalty_box_events",
-            "Clients put in the penalty box (entered) and requests refused there (refused).",
+            "Clients put in the penalty box (entered), requests refused there (refused), and "
+            "attempts refused because the client's attempts in flight would reach the "
+            "threshold (in_flight).",
             ["event"],
             registry=registry,
         )
@@ -264,6 +272,12 @@ class Metrics:
             "gateway_store_circuit_open",
             "1 while this replica's circuit breaker to the store is open or probing (store "
             "calls fail at once), else 0.",
+            registry=registry,
+        )
+        self.local_revocations = Gauge(
+            "gateway_local_revocations",
+            "Revoked tokens this replica remembers until they expire: refused without asking "
+            "the store, and all it knows of revocations while the store is down.",
             registry=registry,
         )
         self.store_deadlines_extended = Counter(
@@ -307,6 +321,8 @@ class Metrics:
             self.suspicious.labels(reason)
         for reason in KNOWN_TOKEN_REFUSALS:
             self.tokens_refused.labels(reason)
+        for outcome in ("found", "not_found", "known_missing", "over_budget", "error"):
+            self.key_lookups.labels(outcome)
         for operation in ("get_messages", "send_message"):
             for reason in KNOWN_UPSTREAM_ERRORS:
                 self.upstream_errors.labels(operation, reason)
@@ -315,7 +331,7 @@ class Metrics:
         self.store_fail_open.labels("admit")
         for outcome in ("completed", "upstream_error", "truncated", "client_disconnected"):
             self.streams.labels(outcome)
-        for event in ("entered", "refused"):
+        for event in ("entered", "refused", "in_flight"):
             self.penalty_box.labels(event)
         for kind in ("policies", "config"):
             for result in ("success", "failure"):
@@ -405,6 +421,11 @@ class Metrics:
     def key_verification(self, result: str) -> None:
         self.key_verifications.labels(self._words(result)).inc()
 
+    def key_lookup(self, outcome: str) -> None:
+        """A key id the snapshot lacked, and what the key store said (see
+        :meth:`gateway.keystore.base.KeyStore.find`)."""
+        self.key_lookups.labels(self._words(outcome)).inc()
+
     def suspicious_event(self, reason: str) -> None:
         """One security event (token reuse, invalid key, penalty box, ...)."""
         self.suspicious.labels(self._words(reason)).inc()
@@ -423,7 +444,9 @@ class Metrics:
 
     def penalty_box_event(self, event: PenaltyEvent) -> None:
         """``entered``: a client was put in the penalty box (also a suspicious event);
-        ``refused``: a request was refused because its client sits there."""
+        ``refused``: a request was refused because its client sits there; ``in_flight``:
+        an attempt was refused before its argon2 run because the client's failures and
+        attempts in flight already reach the threshold."""
         self.penalty_box.labels(event).inc()
         if event == "entered":
             self.suspicious_event("penalty_box")
@@ -444,6 +467,10 @@ class Metrics:
         self.upstream_connections.labels("idle").set_function(lambda: pool.idle_connections)
         self.upstream_waiting.set_function(lambda: pool.waiting)
 
+    def watch_local_revocations(self, revocations: Sized) -> None:
+        """Read the size of the replica's revocation set at each scrape."""
+        self.local_revocations.set_function(lambda: len(revocations))
+
     def store_circuit(self, state: BreakerState) -> None:
         """The store's circuit breaker opened (or half-opened) or closed again."""
         self.store_circuit_open.set(0 if state is BreakerState.CLOSED else 1)
@@ -462,16 +489,3 @@ class Metrics:
 
     def dependency(self, name: str, up: bool) -> None:
         self.dependency_up.labels(self._words(name)).set(1 if up else 0)
-
-
-def store_error_kind(exc: BaseException) -> str:
-    """A bounded word for a store failure (the guarded store's cause when it has one)."""
-    if isinstance(exc, StoreUnavailable) and exc.__cause__ is not None:
-        exc = exc.__cause__
-    if isinstance(exc, StoreUnavailable) and str(exc) == "circuit open":
-        return "circuit_open"
-    if isinstance(exc, TimeoutError | RedisTimeoutError):
-        return "timeout"
-    if isinstance(exc, RedisConnectionError | StoreUnavailable | OSError):
-        return "connection"
-    return OTHER

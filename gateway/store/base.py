@@ -74,6 +74,16 @@ class PenaltyRule:
     cooldown_ms: int
 
 
+class AttemptSlot(NamedTuple):
+    """The answer to :meth:`StateStore.reserve_attempt`."""
+
+    #: > 0 when the subject sits in the penalty box: milliseconds left (nothing reserved)
+    penalized_ms: int
+    #: the attempt is counted and may go ahead; False when boxed, or when the failures
+    #: and the attempts in flight already reach the threshold
+    granted: bool
+
+
 class StoreUnavailable(Exception):
     """The store did not answer in time or at all."""
 
@@ -86,9 +96,24 @@ class StateStore(Protocol):
     async def peek(self, specs: tuple[LimitSpec, ...]) -> tuple[LimitState, ...]:
         """The limits' current state, consuming nothing (for operators)."""
 
-    async def record_failure(self, subject: str, rule: PenaltyRule) -> int:
+    async def record_failure(
+        self, subject: str, rule: PenaltyRule, *, reserved: bool = False
+    ) -> int:
         """Count one failure (bad key, bad token, reuse); the cool-down in ms once the
-        threshold is reached, else 0."""
+        threshold is reached, else 0. ``reserved``: the failure of an attempt counted by
+        :meth:`reserve_attempt`, whose place in flight it takes over."""
+
+    async def reserve_attempt(self, subject: str, rule: PenaltyRule) -> AttemptSlot:
+        """Before paying for an attempt (an argon2 verification): the penalty check and,
+        when the subject is not boxed and its failures plus its attempts in flight stay
+        below the threshold, one more attempt in flight, in one atomic step. The attempt
+        then ends as a failure (``record_failure(..., reserved=True)``) or is released
+        (:meth:`release_attempt`). Attempts in flight expire with the window, so those of
+        a replica that died mid-verification are not held forever."""
+
+    async def release_attempt(self, subject: str) -> None:
+        """An attempt counted by :meth:`reserve_attempt` succeeded (or never ran): it no
+        longer holds a place. Never below zero."""
 
     async def ping(self) -> None: ...
 

@@ -3,7 +3,9 @@
 Every call gets the configured budget (tens of milliseconds); a call that fails or runs
 late counts against the breaker, and while the breaker is open calls fail at once, so a
 dead Redis never makes requests wait. Failures surface as :class:`StoreUnavailable`;
-the caller decides between failing closed and falling back to local limits.
+the caller decides between failing closed and falling back to local limits. Each failure
+is named by :func:`error_kind` (a timeout, a lost connection, a full or read-only Redis)
+in the ``store_error`` log line, at most once a second per kind.
 
 The budget counts time the event loop was free to serve the call, not time it spent
 elsewhere (a flood of requests, a long garbage collection): then the reply may be waiting
@@ -19,11 +21,25 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import structlog
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import (
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisError,
+)
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.core.breaker import BreakerState, CircuitBreaker
 from gateway.core.gcra import LimitSpec, LimitState
-from gateway.store.base import Admission, AdmitRequest, PenaltyRule, StateStore, StoreUnavailable
+from gateway.store.base import (
+    Admission,
+    AdmitRequest,
+    AttemptSlot,
+    PenaltyRule,
+    StateStore,
+    StoreUnavailable,
+)
 
 log = structlog.get_logger("gateway.store")
 T = TypeVar("T")
@@ -39,6 +55,30 @@ LATE_MIN_SECONDS = 0.002
 #: MAX_EXTENSION_SECONDS: a store that does not answer still fails under a saturated loop
 MAX_EXTENSION_DEADLINES = 3
 MAX_EXTENSION_SECONDS = 1.0
+#: one ``store_error`` line per kind of failure at most this often; the others are counted
+#: in the next line's ``suppressed``
+LOG_EVERY_SECONDS = 1.0
+#: what :func:`error_kind` answers (the ``error`` label of ``gateway_store_errors_total``)
+ERROR_KINDS = ("timeout", "connection", "circuit_open", "oom", "readonly", "other")
+
+
+def error_kind(exc: BaseException) -> str:
+    """A bounded word for a store failure (the guarded store's cause when it has one):
+    ``oom`` is a Redis past its ``maxmemory`` refusing writes (``noeviction``),
+    ``readonly`` a replica refusing them (the gateway still talks to a demoted primary)."""
+    if isinstance(exc, StoreUnavailable) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    if isinstance(exc, StoreUnavailable) and str(exc) == "circuit open":
+        return "circuit_open"
+    if isinstance(exc, TimeoutError | RedisTimeoutError):
+        return "timeout"
+    if isinstance(exc, OutOfMemoryError):
+        return "oom"
+    if isinstance(exc, ReadOnlyError):
+        return "readonly"
+    if isinstance(exc, RedisConnectionError | StoreUnavailable | OSError):
+        return "connection"
+    return "other"
 
 
 class _Deadline:
@@ -130,22 +170,41 @@ class GuardedStore:
         self._on_state_change = on_state_change
         #: called once per call whose deadline was extended because the loop ran late
         self.on_deadline_extended = on_deadline_extended
+        #: error kind -> (when its last store_error line was written, failures since)
+        self._logged: dict[str, tuple[float, int]] = {}
 
-    def _changed(self) -> None:
+    def _changed(self, kind: str | None = None) -> None:
         state = self.breaker.state
         if state is BreakerState.OPEN:
-            log.error("store_circuit_open", retry_in_seconds=self.breaker.open_seconds)
+            log.error("store_circuit_open", error=kind, retry_in_seconds=self.breaker.open_seconds)
         else:
             log.warning("store_circuit_closed")
         if self._on_state_change is not None:
             self._on_state_change(state)
 
-    def _failed(self, exc: BaseException) -> StoreUnavailable:
-        if self.breaker.failure(self._clock()):
-            self._changed()
+    def _failed(self, operation: str, exc: BaseException) -> StoreUnavailable:
+        now = self._clock()
+        kind = error_kind(exc)
+        self._log_failure(operation, kind, exc, now)
+        if self.breaker.failure(now):
+            self._changed(kind)
         return StoreUnavailable(type(exc).__name__)
 
-    async def _call(self, make: Callable[[], Awaitable[T]]) -> T:
+    def _log_failure(self, operation: str, kind: str, exc: BaseException, now: float) -> None:
+        last, suppressed = self._logged.get(kind, (None, 0))
+        if last is not None and now - last < LOG_EVERY_SECONDS:
+            self._logged[kind] = (last, suppressed + 1)
+            return
+        self._logged[kind] = (now, 0)
+        log.error(
+            "store_error",
+            operation=operation,
+            error=kind,
+            detail=str(exc)[:200] or type(exc).__name__,
+            suppressed=suppressed,
+        )
+
+    async def _call(self, operation: str, make: Callable[[], Awaitable[T]]) -> T:
         if not self.breaker.allow(self._clock()):
             raise StoreUnavailable("circuit open")
         deadline = _Deadline(self)
@@ -155,13 +214,13 @@ class GuardedStore:
             if deadline.stop():  # the deadline's own cancellation, and no one else's
                 timeout = TimeoutError()
                 timeout.__cause__ = exc
-                raise self._failed(timeout) from timeout
+                raise self._failed(operation, timeout) from timeout
             # cancelled from outside: a half-open probe is over
             self.breaker.probing = False
             raise
         except FAILURES as exc:
             deadline.stop()
-            raise self._failed(exc) from exc
+            raise self._failed(operation, exc) from exc
         except BaseException:
             deadline.stop()
             # a bug: whatever it was, a half-open probe is over
@@ -173,19 +232,32 @@ class GuardedStore:
         return result
 
     async def admit(self, request: AdmitRequest) -> Admission:
-        return await self._call(lambda: self.inner.admit(request))
+        return await self._call("admit", lambda: self.inner.admit(request))
 
     async def revoke_token(self, jti: str, ttl_ms: int) -> None:
-        await self._call(lambda: self.inner.revoke_token(jti, ttl_ms))
+        await self._call("revoke_token", lambda: self.inner.revoke_token(jti, ttl_ms))
 
     async def peek(self, specs: tuple[LimitSpec, ...]) -> tuple[LimitState, ...]:
-        return await self._call(lambda: self.inner.peek(specs))
+        return await self._call("peek", lambda: self.inner.peek(specs))
 
-    async def record_failure(self, subject: str, rule: PenaltyRule) -> int:
-        return await self._call(lambda: self.inner.record_failure(subject, rule))
+    async def record_failure(
+        self, subject: str, rule: PenaltyRule, *, reserved: bool = False
+    ) -> int:
+        return await self._call(
+            "record_failure",
+            lambda: self.inner.record_failure(subject, rule, reserved=reserved),
+        )
+
+    async def reserve_attempt(self, subject: str, rule: PenaltyRule) -> AttemptSlot:
+        return await self._call(
+            "reserve_attempt", lambda: self.inner.reserve_attempt(subject, rule)
+        )
+
+    async def release_attempt(self, subject: str) -> None:
+        await self._call("release_attempt", lambda: self.inner.release_attempt(subject))
 
     async def ping(self) -> None:
-        await self._call(self.inner.ping)
+        await self._call("ping", self.inner.ping)
 
     async def start(self) -> None:
         """Warm the connection; a store that is down now is reported, not fatal."""

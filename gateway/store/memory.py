@@ -17,6 +17,7 @@ from gateway.core.gcra import EPOCH_US, LimitSpec, LimitState, evaluate
 from gateway.store.base import (
     Admission,
     AdmitRequest,
+    AttemptSlot,
     PenaltyRule,
     TokenUse,
     TokenVerdict,
@@ -86,10 +87,12 @@ class MemoryStore:
         self.tokens: ExpiringMap[_TokenState] = ExpiringMap()
         self.tats: ExpiringMap[int] = ExpiringMap()
         self.failures: ExpiringMap[int] = ExpiringMap()
+        #: attempts counted before their verification ran, not yet failed or released
+        self.attempts: ExpiringMap[int] = ExpiringMap()
         self.penalties: ExpiringMap[bool] = ExpiringMap()
 
     def _sweep(self, now: float) -> None:
-        for table in (self.tokens, self.tats, self.failures, self.penalties):
+        for table in (self.tokens, self.tats, self.failures, self.attempts, self.penalties):
             table.sweep(now)
 
     def _state(self, jti: str, now: float) -> _TokenState:
@@ -201,9 +204,38 @@ class MemoryStore:
             return
         self._revoke(jti, [], now, ttl_ms)
 
-    async def record_failure(self, subject: str, rule: PenaltyRule) -> int:
+    async def reserve_attempt(self, subject: str, rule: PenaltyRule) -> AttemptSlot:
+        """As reserve.lua."""
         now = self._clock()
         self._sweep(now)
+        expires = self.penalties.expires_at(subject)
+        if expires is not None and expires > now:
+            return AttemptSlot(int(expires - now) or 1, False)
+        failures = self.failures.get(subject, now) or 0
+        in_flight = self.attempts.get(subject, now) or 0
+        if failures + in_flight >= rule.threshold:
+            return AttemptSlot(0, False)
+        self.attempts.set(subject, in_flight + 1, now + rule.window_ms)
+        return AttemptSlot(0, True)
+
+    async def release_attempt(self, subject: str) -> None:
+        """As release.lua."""
+        self._release(subject, self._clock())
+
+    def _release(self, subject: str, now: float) -> None:
+        in_flight = self.attempts.get(subject, now) or 0
+        if in_flight > 1:
+            self.attempts.set(subject, in_flight - 1, self.attempts.expires_at(subject) or now)
+        elif in_flight == 1:
+            self.attempts.delete(subject)
+
+    async def record_failure(
+        self, subject: str, rule: PenaltyRule, *, reserved: bool = False
+    ) -> int:
+        now = self._clock()
+        self._sweep(now)
+        if reserved:
+            self._release(subject, now)
         count = (self.failures.get(subject, now) or 0) + 1
         expires = self.failures.expires_at(subject) or now + rule.window_ms
         if count >= rule.threshold:

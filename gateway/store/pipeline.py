@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import hiredis
 from redis.asyncio.connection import parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, ResponseError
 
 Arg = str | int | float | bytes
 SCHEMES = ("redis", "unix")
@@ -131,11 +131,19 @@ class _Protocol(asyncio.Protocol):
         return self._waiting[0][1] if self._waiting else None
 
 
+#: error replies redis-py raises as their own class, by their first word (a script's
+#: failing command keeps its code: "OOM command not allowed ... script: ...")
+_ERROR_CLASSES: dict[str, type[ResponseError]] = {
+    "NOSCRIPT": NoScriptError,
+    "OOM": OutOfMemoryError,
+    "READONLY": ReadOnlyError,
+}
+
+
 def _classify(error: ResponseError) -> ResponseError:
     message = str(error)
-    if message.startswith("NOSCRIPT"):
-        return NoScriptError(message)
-    return error
+    kind = _ERROR_CLASSES.get(message.split(" ", 1)[0])
+    return error if kind is None else kind(message)
 
 
 class RedisPipe:

@@ -2,7 +2,8 @@
 
 Each live token has one small hash (``{prefix}:ts:<jti>``) holding its record and the state
 of the limits partitioned by it or its conversation, expiring with it (see admit.lua);
-other limits, the penalty box and failure counts are keys of their own.
+other limits, the penalty box, failure counts and attempts in flight are keys of their
+own.
 
 All keys carry the same hash tag ``{prefix}``, so a script that touches a token record,
 the penalty box and several rate-limit counters is valid on Redis Cluster (the keys of
@@ -28,6 +29,7 @@ from gateway.store.base import (
     REUSE_ACTION_CODES,
     Admission,
     AdmitRequest,
+    AttemptSlot,
     PenaltyRule,
     TokenVerdict,
     record_ttl_ms,
@@ -61,6 +63,8 @@ class RedisStore:
         self._tag = "{" + prefix + "}"
         self._admit: AsyncScript = client.register_script(_lua("admit.lua"))
         self._failure: AsyncScript = client.register_script(_lua("failure.lua"))
+        self._reserve: AsyncScript = client.register_script(_lua("reserve.lua"))
+        self._release: AsyncScript = client.register_script(_lua("release.lua"))
         self._revoke: AsyncScript = client.register_script(_lua("revoke.lua"))
         self._peek: AsyncScript = client.register_script(_lua("peek.lua"))
 
@@ -84,6 +88,10 @@ class RedisStore:
 
     def failure_key(self, subject: str) -> str:
         return f"{self._tag}:pf:{subject}"
+
+    def attempts_key(self, subject: str) -> str:
+        """Attempts counted before their verification ran (see reserve.lua)."""
+        return f"{self._tag}:pa:{subject}"
 
     # operations ----------------------------------------------------------------------
     async def admit(self, request: AdmitRequest) -> Admission:
@@ -134,12 +142,26 @@ class RedisStore:
     async def revoke_token(self, jti: str, ttl_ms: int) -> None:
         await self._revoke(keys=[self.token_key(jti)], args=[record_ttl_ms(ttl_ms)])
 
-    async def record_failure(self, subject: str, rule: PenaltyRule) -> int:
+    async def record_failure(
+        self, subject: str, rule: PenaltyRule, *, reserved: bool = False
+    ) -> int:
         reply = await self._failure(
-            keys=[self.failure_key(subject), self.penalty_key(subject)],
-            args=[rule.window_ms, rule.threshold, rule.cooldown_ms],
+            keys=[self.failure_key(subject), self.penalty_key(subject), self.attempts_key(subject)],
+            args=[rule.window_ms, rule.threshold, rule.cooldown_ms, 1 if reserved else 0],
         )
         return int(reply)
+
+    async def reserve_attempt(self, subject: str, rule: PenaltyRule) -> AttemptSlot:
+        keys = [self.penalty_key(subject), self.failure_key(subject), self.attempts_key(subject)]
+        args = [rule.window_ms, rule.threshold]
+        if self.pipe is not None:
+            reply = await self.pipe.evalsha(self._reserve.sha, self._reserve.script, keys, args)
+        else:
+            reply = await self._reserve(keys=keys, args=args)
+        return AttemptSlot(int(reply[0]), bool(reply[1]))
+
+    async def release_attempt(self, subject: str) -> None:
+        await self._release(keys=[self.attempts_key(subject)])
 
     async def ping(self) -> None:
         await self.redis.ping()
@@ -150,7 +172,8 @@ class RedisStore:
         if isinstance(self.redis, RedisCluster):
             await self.redis.initialize()
         await self.redis.ping()
-        for script in (self._admit, self._failure, self._revoke, self._peek):
+        scripts = (self._admit, self._failure, self._reserve, self._release, self._revoke)
+        for script in (*scripts, self._peek):
             script.sha = await self.redis.script_load(script.script)
 
     async def close(self) -> None:

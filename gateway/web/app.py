@@ -15,6 +15,7 @@ from gateway.config import Config
 from gateway.core.key_hash import VerifiedKeyCache
 from gateway.core.signing_keys import load_keyset
 from gateway.core.token_codec import TokenCodec
+from gateway.doctor.keys import log_if_empty
 from gateway.key_verifier import KeyVerifier
 from gateway.keystore.base import KeyStore
 from gateway.keystore.factory import open_keystore
@@ -27,7 +28,7 @@ from gateway.store.base import StateStore
 from gateway.store.factory import open_store
 from gateway.store.memory import MemoryStore
 from gateway.upstream import UpstreamClient, open_transport
-from gateway.web import public, widget
+from gateway.web import openapi, public, widget
 from gateway.web.cors import setup_public_cors
 from gateway.web.middlewares import make_context_middleware, make_response_hook
 from gateway.web.private import setup_private_routes
@@ -106,9 +107,10 @@ def create_app(
         else PolicyStore(
             config.policies.path,
             on_reload=lambda result: metrics.config_reload("policies", result == "success"),
+            allow_unprotected=config.policies.allow_unprotected,
         )
     )
-    policy_store.load()  # an invalid policy set stops the start with a precise error
+    policy_store.load()  # an invalid or unprotected set stops the start with a precise error
     metrics.config_reload("policies", ok=True)
     admissions = Admissions(
         codec,
@@ -131,9 +133,11 @@ def create_app(
     # browsers: per-key CORS on the public API (docs/browser.md)
     setup_public_cors(app, public.PATHS, key_store)
     widget.add_routes(app)
+    openapi.add_routes(app)  # the public API's description (docs/openapi.json)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await key_store.refresh()
+        log_if_empty(config, key_store.snapshot())
         await state_store.start()
         metrics.config_reload("config", ok=True)
         stop = asyncio.Event()

@@ -27,6 +27,7 @@ The decision (see docs/browser.md):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 import aiohttp_cors
@@ -46,6 +47,8 @@ PREFLIGHT_MAX_AGE = 600
 
 #: the normalised origins of the request's key, once the handler knows the key
 KEY_ORIGINS = web.RequestKey("key_origins", frozenset)
+#: a field name (RFC 9110 section 5.1: a token)
+FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
@@ -91,6 +94,22 @@ def admit_origin(request: web.Request, origins: tuple[str, ...]) -> None:
         )
 
 
+def require_field_names(request: web.Request) -> None:
+    """Refuse a preflight whose ``Access-Control-Request-Headers`` is not a list of header
+    names, before aiohttp-cors echoes the names it does not allow (which it cannot do for
+    bytes that are not UTF-8)."""
+    requested = request.headers.get(hdrs.ACCESS_CONTROL_REQUEST_HEADERS)
+    if requested is None:
+        return
+    for item in requested.split(","):
+        name = item.strip(" \t")
+        if name and FIELD_NAME.fullmatch(name) is None:
+            raise web.HTTPForbidden(
+                text="CORS preflight request failed: "
+                "Access-Control-Request-Headers must list header names"
+            )
+
+
 class KeyOriginsAdapter(ResourcesUrlDispatcherRouterAdapter):
     """aiohttp-cors' router adapter, with each table computed for the request at hand."""
 
@@ -112,6 +131,7 @@ class KeyOriginsAdapter(ResourcesUrlDispatcherRouterAdapter):
     ) -> None:
         async def preflight(request: web.Request) -> web.StreamResponse:
             try:
+                require_field_names(request)
                 return await handler(request)
             except web.HTTPForbidden as exc:
                 raise self._refusal(request, exc.text or "") from None

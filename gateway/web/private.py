@@ -24,7 +24,7 @@ import structlog
 from aiohttp import web
 
 from gateway.errors import ProblemError
-from gateway.oauth.access_token import AccessToken, TokenInvalid, TokenOutOfTime
+from gateway.oauth.access_token import AccessToken, TokenInvalid, TokenKeyUnknown, TokenOutOfTime
 from gateway.oauth.authenticator import Authenticator
 from gateway.oauth.jwks import JwksCache, JwksUnavailable
 from gateway.oauth.settings import OAuthSettings, PrivateRoute
@@ -77,8 +77,14 @@ async def authenticate(request: web.Request) -> AccessToken:
     try:
         return await request.app[OAUTH].authenticate(token)
     except TokenInvalid as exc:
-        security_log.info("access_token_refused", reason=str(exc), route=request.path)
-        if not isinstance(exc, TokenOutOfTime):  # expired tokens are ordinary, forged are not
+        # expired tokens are ordinary; a key not fetched yet (a rotation at the provider)
+        # proves nothing; everything else, a bad signature under a known key included, is
+        # what a forger gets and counts towards the penalty box
+        counted = not isinstance(exc, TokenOutOfTime | TokenKeyUnknown)
+        security_log.info(
+            "access_token_refused", reason=str(exc), route=request.path, counted=counted
+        )
+        if counted:
             await request.app[SERVICES].admissions.failed(client_of(request), "invalid_token")
         raise ProblemError(
             "invalid_token", str(exc), {"WWW-Authenticate": challenge("invalid_token", str(exc))}

@@ -14,8 +14,7 @@ from aiohttp import web
 
 from gateway.core.token_codec import ClientToken
 from gateway.errors import ProblemError
-from gateway.key_verifier import Candidate, KeyRejected, VerifierBusy
-from gateway.keystore.base import KeyRecord
+from gateway.key_verifier import KeyRejected, VerifierBusy
 from gateway.observability.metrics import StreamOutcome
 from gateway.upstream import ForwardContext, UpstreamResponse, error_reason
 from gateway.web.cors import admit_origin
@@ -85,25 +84,16 @@ async def _issue_token(request: web.Request) -> web.Response:
     admissions.refuse_if_penalized(client)
     presented = bearer_credential(request)
 
-    async def verified(candidate: Candidate) -> KeyRecord:
-        """argon2 (unless cached) and, on a wrong secret, the penalty-box count: one unit
-        that a client hanging up cannot interrupt (it runs shielded)."""
-        try:
-            return await keys.confirm(candidate)
-        except KeyRejected:
-            await admissions.failed(client, "invalid_key")
-            raise
-
     try:
         try:
-            candidate = keys.candidate(presented)
+            candidate = await keys.resolve(presented)  # a key newer than the snapshot: served
         except KeyRejected:
             await admissions.failed(client, "invalid_key")
             raise
         request[KEY_ID] = candidate.record.key_id
-        if not candidate.verified:
-            await admissions.check_penalty(client)  # before paying for argon2
-        record = await asyncio.shield(verified(candidate))
+        # argon2 (unless cached), counted by the penalty box before it runs: one unit that
+        # a client hanging up cannot interrupt
+        record = await asyncio.shield(admissions.verify_key(client, keys, candidate))
     except KeyRejected as exc:
         if exc.key_id:
             request[KEY_ID] = exc.key_id
@@ -153,6 +143,8 @@ async def _admit_token(
         claims = admissions.decode(token)
         request[KEY_ID] = claims.key_id
         record = services.keys.store.lookup(claims.key_id)
+        if record is None:  # issued by a replica that knows a key newer than this snapshot
+            record = await services.keys.find_record(claims.key_id)
         admit_origin(request, record.origins if record is not None else ())
         headers = await admissions.use_token(claims, client, route, request.method)
     except ProblemError as err:

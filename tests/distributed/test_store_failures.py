@@ -11,7 +11,7 @@ import httpx
 import pytest
 from pytest_redis.executor import RedisExecutor
 
-from tests.support.redis_servers import dedicated_redis
+from tests.support.redis_servers import dedicated_redis, frozen
 from tests.support.replicas import SEND, Replicas, burst, replicas
 
 N = 5
@@ -120,3 +120,51 @@ async def test_fail_open_keeps_flowing_under_local_limits_then_recovers(
         await wait_until_shared_again(group)
         await assert_exactly_n_shared(group)
         assert "store_recovered" in group.log_text()
+
+
+REVOKE_ON_REUSE = """
+on_store_error: fail_open
+binding: {bind_at: first_use, components: [user_agent], action: revoke}
+"""
+OWNER, THIEF = {"User-Agent": "owner/1.0"}, {"User-Agent": "thief/1.0"}
+
+
+async def send_as(
+    client: httpx.AsyncClient, url: str, token: str, headers: dict[str, str]
+) -> tuple[int, str]:
+    resp = await client.post(
+        url + SEND, json={"client_token": token, "message": "hi"}, headers=headers
+    )
+    return resp.status_code, resp.json().get("code", "") if resp.status_code >= 400 else ""
+
+
+async def test_fail_open_still_refuses_tokens_revoked_before_the_outage(
+    tmp_path: Path, dedicated: RedisExecutor, backend_process: str
+) -> None:
+    """Redis frozen (SIGSTOP: connections open, no answer) under fail-open policies: the
+    local limiter admits, but a token revoked for reuse before the freeze stays refused
+    on the replica that caught the reuse and on the one the store told it was revoked."""
+    with replicas(
+        tmp_path,
+        2,
+        store_url=f"redis://127.0.0.1:{dedicated.port}/0",
+        upstream=backend_process,
+        policies=REVOKE_ON_REUSE,
+        store={"timeout_ms": 50},
+    ) as group:
+        key = group.create_key()
+        stolen, other = group.token(key), group.token(key)
+        async with httpx.AsyncClient(timeout=10) as client:
+            first, second = group.urls
+            assert await send_as(client, first, stolen, OWNER) == (200, "")
+            assert await send_as(client, first, stolen, THIEF) == (403, "token_reuse_suspected")
+            assert await send_as(client, second, stolen, OWNER) == (403, "token_revoked")
+            assert await send_as(client, second, other, OWNER) == (200, "")
+
+            with frozen(dedicated):
+                for url in group.urls:
+                    for who in (THIEF, OWNER):
+                        assert await send_as(client, url, stolen, who) == (403, "token_revoked")
+                # the replicas do fail open meanwhile: a token in good standing passes
+                assert await send_as(client, second, other, OWNER) == (200, "")
+            assert "store_fail_open" in group.log_text()

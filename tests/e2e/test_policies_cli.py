@@ -39,7 +39,14 @@ def test_check_refuses_an_invalid_file_with_exit_1(tmp_path: Path) -> None:
 def test_check_strict_fails_on_warnings(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     rule = "{match: {routes: [send]}, partition: [token], limit: {rate: 1, per: 1s, burst: 1}}"
-    path.write_text(f"policies:\n  - {{name: a, {rule[1:]}\n  - {{name: b, {rule[1:]}\n")
+    token = (
+        "{match: {routes: [token]}, partition: [client_ip], limit: {rate: 1, per: 1s, burst: 1}}"
+    )
+    path.write_text(
+        "penalty_box: {threshold: 20}\n"
+        f"policies:\n  - {{name: a, {rule[1:]}\n  - {{name: b, {rule[1:]}\n"
+        f"  - {{name: t, {token[1:]}\n"
+    )
     relaxed = run_cli("policies", "check", str(path))
     assert relaxed.returncode == 0
     assert "warning:" in relaxed.stderr and "same requests by the same partition" in relaxed.stderr
@@ -110,7 +117,7 @@ def test_sighup_reloads_policies(tmp_path: Path, backend_process: str, watch: bo
         tmp_path,
         server={"port": port},
         upstream={"url": backend_process},
-        policies={"path": str(policies), "watch": watch},
+        policies={"path": str(policies), "watch": watch, "allow_unprotected": True},
     )
     base = f"http://127.0.0.1:{port}"
     argv = [str(BIN / "gateway"), "serve", "--config", str(config)]

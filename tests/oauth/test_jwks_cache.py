@@ -7,7 +7,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.oauth.jwks import JwksCache, JwksUnavailable, KeySet, UnknownKey, fits
+from gateway.oauth.jwks import (
+    JwksCache,
+    JwksUnavailable,
+    KeySet,
+    UnknownKey,
+    UnpublishedKey,
+    fits,
+)
 from tests.support.identity_provider import JWKS_PATH, IdentityProvider, SigningKey
 
 
@@ -77,6 +84,23 @@ async def test_unknown_kids_refetch_at_most_once_per_interval(
     assert idp.fetches == 3
     with pytest.raises(UnknownKey):
         await cache.key("rsa-1", "RS256")  # withdrawn
+
+
+async def test_a_kid_the_set_lacks_is_unpublished_and_says_when_it_is_looked_for_again(
+    cache: JwksCache, idp: IdentityProvider, clock: Clock
+) -> None:
+    await cache.key("rsa-1", "RS256")
+    clock.now += 12
+    with pytest.raises(UnpublishedKey) as raised:
+        await cache.key("rsa-next", "RS256")
+    assert raised.value.refetch_in == 18  # the interval is 30 s
+    with pytest.raises(UnknownKey) as wrong_alg:
+        await cache.key("rsa-1", "ES256")  # published, but not for this algorithm
+    assert not isinstance(wrong_alg.value, UnpublishedKey)
+    idp.rotate("rsa-next")
+    clock.now += 18
+    assert (await cache.key("rsa-next", "RS256")).key_size == 2048
+    assert idp.fetches == 2
 
 
 async def test_concurrent_lookups_share_one_fetch(cache: JwksCache, idp: IdentityProvider) -> None:

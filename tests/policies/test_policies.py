@@ -281,3 +281,35 @@ policies:
         "2001:db8:1:2::2"
     )
     assert policies.penalty_subject("203.0.113.7") != policies.penalty_subject("203.0.113.8")
+
+
+PROTECTED_SET = """
+penalty_box: {threshold: 20}
+policies:
+  - {name: t, match: {routes: [token]}, partition: [client_ip], limit: {rate: 1, per: 1s, burst: 1}}
+  - {name: s, match: {routes: [send]}, partition: [token], limit: {rate: 1, per: 1s, burst: 1}}
+"""
+
+
+def test_the_policy_store_refuses_an_unprotected_set_at_start_and_on_signal(
+    tmp_path: Path,
+) -> None:
+    from gateway.policies.reloader import PolicyStore
+    from gateway.yaml_source import SourceError
+
+    path = write(tmp_path, "p.yaml", "# empty for now\n")
+    with pytest.raises(SourceError, match="refusing a policy set that leaves the gateway"):
+        PolicyStore(path).load()
+
+    path.write_text(PROTECTED_SET)
+    results: list[str] = []
+    store = PolicyStore(path, on_reload=results.append)
+    store.load()
+    before = store.current
+    path.write_text("# empty for now\n")
+    assert store.reload("sighup") is False
+    assert store.current is before and results == ["failure"]
+
+    allowed = PolicyStore(path, on_reload=results.append, allow_unprotected=True)
+    allowed.load()  # runs, with a warning
+    assert allowed.current.policies == ()

@@ -33,5 +33,8 @@ async def store(store_kind: str, request: pytest.FixtureRequest) -> AsyncIterato
         client = redis.asyncio.Redis.from_url(url)
         pipe = RedisPipe.from_url(url) if store_kind == "redis" else None
         redis_store = RedisStore(client, prefix="test", pipe=pipe)
+    # as the gateway does before serving: the cluster client learns the layout once (its
+    # lazy initialisation is not safe under concurrent first commands), scripts are loaded
+    await redis_store.start()
     yield redis_store
     await redis_store.close()

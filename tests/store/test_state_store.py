@@ -159,6 +159,70 @@ async def test_penalty_box(store: StateStore) -> None:
     assert (await store.admit(AdmitRequest(penalty_subject=subject))).penalized_ms == 0
 
 
+# -- attempts counted before they cost (reserve, then fail or release) ---------------------
+async def test_attempts_in_flight_hold_places_up_to_the_threshold(store: StateStore) -> None:
+    rule = PenaltyRule(window_ms=60_000, threshold=3, cooldown_ms=60_000)
+    subject = f"198.51.100.7#{jti()}"
+    # at once (as many as the cluster fixture's connection pool takes)
+    slots = await asyncio.gather(*(store.reserve_attempt(subject, rule) for _ in range(8)))
+    assert [s.granted for s in slots].count(True) == 3  # atomic: never more
+    assert all(s.penalized_ms == 0 for s in slots)  # held back, not boxed
+    await store.release_attempt(subject)
+    assert (await store.reserve_attempt(subject, rule)).granted  # the place is free again
+    assert not (await store.reserve_attempt(subject, rule)).granted
+    other = await store.reserve_attempt(f"203.0.113.5#{jti()}", rule)
+    assert other == (0, True)  # another subject has places of its own
+
+
+async def test_a_failed_attempt_takes_over_its_place_and_boxes(store: StateStore) -> None:
+    rule = PenaltyRule(window_ms=60_000, threshold=3, cooldown_ms=1500)
+    subject = f"198.51.100.7#{jti()}"
+    for _ in range(3):
+        assert (await store.reserve_attempt(subject, rule)).granted
+    assert await store.record_failure(subject, rule, reserved=True) == 0
+    assert await store.record_failure(subject, rule, reserved=True) == 0
+    # two failures and one attempt in flight: still no room
+    assert not (await store.reserve_attempt(subject, rule)).granted
+    assert await store.record_failure(subject, rule, reserved=True) == 1500
+    boxed = await store.reserve_attempt(subject, rule)
+    assert not boxed.granted and 1000 < boxed.penalized_ms <= 1500
+    assert (await store.admit(AdmitRequest(penalty_subject=subject))).penalized_ms > 1000
+
+
+async def test_failures_and_attempts_in_flight_share_the_threshold(store: StateStore) -> None:
+    rule = PenaltyRule(window_ms=60_000, threshold=3, cooldown_ms=60_000)
+    subject = f"198.51.100.7#{jti()}"
+    await store.record_failure(subject, rule)  # a malformed key: no reservation
+    await store.record_failure(subject, rule)
+    assert (await store.reserve_attempt(subject, rule)).granted
+    assert not (await store.reserve_attempt(subject, rule)).granted
+    await store.release_attempt(subject)  # it verified: only the two failures remain
+    assert (await store.reserve_attempt(subject, rule)).granted
+
+
+async def test_releasing_never_counts_below_zero(store: StateStore) -> None:
+    rule = PenaltyRule(window_ms=60_000, threshold=2, cooldown_ms=60_000)
+    subject = f"198.51.100.7#{jti()}"
+    for _ in range(3):
+        await store.release_attempt(subject)  # nothing in flight (expired, or never)
+    assert await store.record_failure(subject, rule, reserved=True) == 0
+    slots = [await store.reserve_attempt(subject, rule) for _ in range(3)]
+    assert [s.granted for s in slots] == [True, False, False]
+
+
+async def test_attempts_in_flight_expire_with_the_window(store: StateStore) -> None:
+    """The places of a replica that died mid-verification are not held forever."""
+    rule = PenaltyRule(window_ms=1000, threshold=2, cooldown_ms=60_000)
+    subject = f"198.51.100.7#{jti()}"
+    for _ in range(2):
+        assert (await store.reserve_attempt(subject, rule)).granted
+    assert not (await store.reserve_attempt(subject, rule)).granted
+    if isinstance(store, RedisStore):
+        assert 0 < await store.redis.pttl(store.attempts_key(subject)) <= 1000
+    await asyncio.sleep(1.3)
+    assert (await store.reserve_attempt(subject, rule)).granted
+
+
 @pytest.mark.parametrize("store_kind", ["redis"])
 async def test_redis_memory_per_live_token_is_small(store: StateStore) -> None:
     assert isinstance(store, RedisStore)

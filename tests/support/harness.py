@@ -40,10 +40,27 @@ def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]
 
 
 #: the policies tests run under unless they bring their own: binding on, no limits
+#: (unprotected: gateways built here allow that unless a test says otherwise)
 NO_LIMITS = """
 binding:
   bind_at: first_use
   components: [ip_prefix, user_agent]
+"""
+
+#: the least a gateway runs with unless told otherwise (gateway.core.protection): an
+#: enforcing limit on the token and send routes and the penalty box; token-per-ip lets
+#: 3 tokens through at once
+PROTECTED = """
+penalty_box: {threshold: 20, window: 1m, cooldown: 5m}
+policies:
+  - name: token-per-ip
+    match: {routes: [token]}
+    partition: [client_ip]
+    limit: {rate: 1, per: 1m, burst: 3}
+  - name: send-per-token
+    match: {routes: [send]}
+    partition: [token]
+    limit: {rate: 10, per: 1m, burst: 5}
 """
 
 
@@ -60,8 +77,11 @@ def config_data(
     *,
     redis_url: str | None = None,
     policies: str = NO_LIMITS,
+    allow_unprotected: bool = True,
     **sections: Any,
 ) -> dict[str, Any]:
+    """A configuration in ``tmp_path``. Most tests bring partial policy sets (or none),
+    so ``policies.allow_unprotected`` is on unless ``allow_unprotected=False``."""
     data: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0},
         "admin": {"enabled": False},
@@ -74,6 +94,8 @@ def config_data(
             "timeouts": {"connect": 1, "read": 5, "stream_idle": 5},
         },
     }
+    if allow_unprotected:
+        data["policies"]["allow_unprotected"] = True
     if redis_url:
         data["store"]["url"] = redis_url
         data["store"]["timeout_ms"] = 1000
@@ -86,10 +108,18 @@ def make_config(
     *,
     redis_url: str | None = None,
     policies: str = NO_LIMITS,
+    allow_unprotected: bool = True,
     **sections: Any,
 ) -> Config:
     return Config.model_validate(
-        config_data(tmp_path, upstream_url, redis_url=redis_url, policies=policies, **sections)
+        config_data(
+            tmp_path,
+            upstream_url,
+            redis_url=redis_url,
+            policies=policies,
+            allow_unprotected=allow_unprotected,
+            **sections,
+        )
     )
 
 

@@ -1,8 +1,9 @@
 """A local OAuth2 identity provider: real keys, a real JWKS endpoint on a real socket.
 
 It publishes RSA and EC public keys at ``/.well-known/jwks.json``, counts the fetches,
-can rotate its keys or fail on purpose, and signs access tokens with its private keys
-(or forges tokens the gateway must refuse).
+can rotate to a new signing key (as a provider does on schedule, signing with the new key
+at once) or fail on purpose, and signs access tokens with its private keys (or forges
+tokens the gateway must refuse).
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ class IdentityProvider:
     extra_jwks: list[dict[str, Any]] = field(default_factory=list)
     fetches: int = 0
     status: int = 200
+    #: the key :meth:`sign` uses when given none; the first published key until a rotation
+    signing: SigningKey | None = None
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [k.public_jwk() for k in self.keys] + self.extra_jwks}
@@ -79,11 +82,14 @@ class IdentityProvider:
     def key(self, kid: str) -> SigningKey:
         return next(k for k in self.keys if k.kid == kid)
 
-    def rotate(self, new: SigningKey) -> SigningKey:
-        """Publish ``new`` and withdraw the first key; returns the withdrawn key."""
-        old = self.keys.pop(0)
-        self.keys.append(new)
-        return old
+    def rotate(self, new: SigningKey | str, *, withdraw: bool = True) -> SigningKey:
+        """Publish ``new`` (a fresh RSA key when given a ``kid``) and sign with it from now
+        on; the first published key is withdrawn unless ``withdraw`` is false. Returns the
+        withdrawn key (or, when nothing is withdrawn, the new one)."""
+        key = SigningKey.rsa(new) if isinstance(new, str) else new
+        self.keys.append(key)
+        self.signing = key
+        return self.keys.pop(0) if withdraw else key
 
     def claims(self, **overrides: Any) -> dict[str, Any]:
         now = int(time.time())
@@ -108,7 +114,7 @@ class IdentityProvider:
         headers: dict[str, Any] | None = None,
         **claims: Any,
     ) -> str:
-        key = key or self.keys[0]
+        key = key or self.signing or self.keys[0]
         head = {"kid": key.kid, "typ": "at+jwt", **(headers or {})}
         head = {k: v for k, v in head.items() if v is not None}
         return jwt.encode(self.claims(**claims), key.private, algorithm=key.alg, headers=head)

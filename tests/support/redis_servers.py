@@ -1,9 +1,12 @@
-"""Redis servers the tests start themselves: a dedicated one to kill, and a cluster."""
+"""Redis servers the tests start themselves: a dedicated one to kill or freeze, and a
+cluster."""
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -33,6 +36,19 @@ def dedicated_redis(datadir: Path) -> RedisExecutor:
         save="",
     )
     return executor.start()
+
+
+@contextmanager
+def frozen(executor: RedisExecutor) -> Iterator[None]:
+    """The server stopped with SIGSTOP for the block: connections stay open and the kernel
+    still accepts new ones, but nothing answers (a hung or swapping server); then resumed."""
+    assert executor.process is not None
+    pid = executor.process.pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 def _wait_ok(ports: list[int], timeout: float = 20.0) -> None:

@@ -68,7 +68,13 @@ class Replicas:
 
 
 def write_replica_config(
-    tmp_path: Path, *, store_url: str, upstream: str, policies: str, store: dict[str, Any]
+    tmp_path: Path,
+    *,
+    store_url: str,
+    upstream: str,
+    policies: str,
+    store: dict[str, Any],
+    keys: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     policy_dir = tmp_path / "policies"
     policy_dir.mkdir(exist_ok=True)
@@ -84,9 +90,11 @@ def write_replica_config(
             "path": str(tmp_path / "keys.yaml"),
             "argon2": FAST_ARGON2,
             "sync_seconds": 0.2,
+            **(keys or {}),
         },
         "models": {"demo": {}},
-        "policies": {"path": str(policy_dir)},
+        # each test brings only the policies it measures
+        "policies": {"path": str(policy_dir), "allow_unprotected": True},
         "upstream": {"url": upstream},
         "logging": {"level": "warning"},
     }
@@ -104,9 +112,16 @@ def replicas(
     upstream: str,
     policies: str,
     store: dict[str, Any] | None = None,
+    keys: dict[str, Any] | None = None,
 ) -> Iterator[Replicas]:
+    """``keys`` updates the key store section (a file store polled every 0.2 s)."""
     config, _ = write_replica_config(
-        tmp_path, store_url=store_url, upstream=upstream, policies=policies, store=store or {}
+        tmp_path,
+        store_url=store_url,
+        upstream=upstream,
+        policies=policies,
+        store=store or {},
+        keys=keys,
     )
     urls, logs = [], []
     with ExitStack() as stack:

@@ -152,3 +152,25 @@ async def test_a_revoked_token_stays_revoked_through_the_expiry_leeway(
     else:
         expires = store.tokens.expires_at(claims.jti)  # type: ignore[attr-defined]
         assert expires - store._clock() > 55_000  # type: ignore[attr-defined]
+
+
+async def test_a_revocation_seen_here_is_refused_without_asking_the_store(
+    gateway_factory: Any, redis_url: str
+) -> None:
+    """The replica remembers what it saw revoked (a reuse it caught, a revoked verdict):
+    the next use is refused at once, by the replica alone."""
+    import redis
+
+    gw: Gateway = await gateway_factory(store="redis")
+    token = await gw.new_token()
+    async with gw.send(token) as resp:
+        assert resp.status == 200
+    async with gw.messages(token, **{"User-Agent": "curl/8"}) as resp:
+        assert await status_and_code(resp) == (403, "token_reuse_suspected")
+    assert gw.sample("gateway_local_revocations") == 1
+    with redis.Redis.from_url(redis_url) as client:
+        client.config_resetstat()
+        for agent in ("curl/8", gw.user_agent):
+            async with gw.messages(token, **{"User-Agent": agent}) as resp:
+                assert await status_and_code(resp) == (403, "token_revoked")
+        assert "cmdstat_evalsha" not in client.info("commandstats")

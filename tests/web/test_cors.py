@@ -1,5 +1,7 @@
 """Per-key CORS on the public API, as a browser would exercise it (Fetch standard)."""
 
+import asyncio
+import json
 from collections.abc import Mapping
 
 import pytest
@@ -211,3 +213,52 @@ async def test_other_routes_get_no_cors(gateway: Gateway) -> None:
         assert resp.status == 404
         assert "Access-Control-Allow-Origin" not in resp.headers
         assert "Vary" not in resp.headers
+
+
+async def raw_preflight(gateway: Gateway, path: str, headers: bytes) -> tuple[int, bytes, bytes]:
+    """A preflight written byte for byte: (status, head, body)."""
+    assert gateway.server.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway.server.port)
+    writer.write(
+        b"OPTIONS "
+        + path.encode()
+        + b" HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n"
+        + headers
+        + b"\r\n"
+    )
+    answer = await reader.read()
+    writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), head, body
+
+
+@pytest.mark.parametrize(
+    "requested", [b"\x84", b"content-type, x-\xff", b"content-type, \xc3\xa9t\xc3\xa9", b"a b"]
+)
+async def test_preflight_asking_for_malformed_header_names_is_a_clear_400(
+    gateway: Gateway, requested: bytes
+) -> None:
+    """Header names are tokens (RFC 9110): anything else, bytes that are not UTF-8
+    included, is refused as such, and never echoed back."""
+    await gateway.create_key(origins=(SHOP,))
+    status, head, body = await raw_preflight(
+        gateway,
+        SEND_URL,
+        b"Origin: " + SHOP.encode() + b"\r\nAccess-Control-Request-Method: POST\r\n"
+        b"Access-Control-Request-Headers: " + requested + b"\r\n",
+    )
+    assert status == 400, body
+    assert b"Content-Type: application/problem+json" in head
+    problem = json.loads(body)
+    assert problem["code"] == "invalid_request"
+    assert "Access-Control-Request-Headers" in problem["detail"]
+    assert requested.decode("latin-1") not in problem["detail"]
+    assert b"Access-Control-Allow-Origin" not in head
+    # from an origin no key lists, the origin is what is wrong
+    status, _, body = await raw_preflight(
+        gateway,
+        SEND_URL,
+        b"Origin: " + EVIL.encode() + b"\r\nAccess-Control-Request-Method: POST\r\n"
+        b"Access-Control-Request-Headers: " + requested + b"\r\n",
+    )
+    assert status == 403 and json.loads(body)["code"] == "origin_not_allowed"

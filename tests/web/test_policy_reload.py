@@ -4,7 +4,10 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from tests.support.harness import Gateway
+import pytest
+from structlog.testing import capture_logs
+
+from tests.support.harness import PROTECTED, TOKEN_URL, Gateway
 
 LIMIT = """
 policies:
@@ -101,3 +104,104 @@ async def test_changing_the_binding_rule_does_not_revoke_live_tokens(
         assert resp.status == 200  # untrusted header: still the same client
     async with gw.messages(token) as resp:
         assert resp.status == 200
+
+
+def reloads(gw: Gateway, result: str) -> float:
+    return gw.sample("gateway_config_reloads_total", kind="policies", result=result)
+
+
+async def tokens_admitted(gw: Gateway, key: str, attempts: int) -> int:
+    admitted = 0
+    for _ in range(attempts):
+        async with gw.http.get(
+            gw.url + TOKEN_URL.format(model="demo"),
+            headers=gw.headers({"Authorization": f"Bearer {key}"}),
+        ) as resp:
+            assert resp.status in (200, 429), await resp.text()
+            admitted += resp.status == 200
+    return admitted
+
+
+def unprotect(directory: Path, how: str) -> None:
+    """What the review saw turn every limit off: a policy file emptied, left with
+    comments only, or renamed away."""
+    path = directory / "test.yaml"
+    if how == "empty":
+        path.write_text("")
+    elif how == "comments":
+        path.write_text("# policies are being reworked\n# policies: []\n")
+    else:
+        path.rename(directory / "test.yaml.disabled")
+
+
+@pytest.mark.parametrize("how", ["empty", "comments", "renamed"])
+async def test_a_change_that_leaves_no_defence_keeps_the_last_good_set(
+    gateway_factory: Any, how: str
+) -> None:
+    gw: Gateway = await gateway_factory(policies=PROTECTED, allow_unprotected=False)
+    key = await gw.create_key()
+    before = gw.services.admissions.policies.current
+    failed, succeeded = reloads(gw, "failure"), reloads(gw, "success")
+    with capture_logs() as events:
+        unprotect(gw.config.policies.path, how)
+        deadline = asyncio.get_running_loop().time() + 10
+        while reloads(gw, "failure") == failed and reloads(gw, "success") == succeeded:
+            assert asyncio.get_running_loop().time() < deadline, "no reload attempt seen"
+            await asyncio.sleep(0.05)
+    assert reloads(gw, "success") == succeeded, "an unprotected set was put in force"
+    assert reloads(gw, "failure") == failed + 1
+    assert gw.services.admissions.policies.current is before
+    (failure,) = [e for e in events if e["event"] == "policies_reload_failed"]
+    assert failure["log_level"] == "error"
+    assert "no enforcing limit on the token route" in failure["error"]
+    assert "no enforcing limit on the send route" in failure["error"]
+    assert "the penalty box is off" in failure["error"]
+    assert "allow_unprotected" in failure["error"]
+    # token-per-ip (burst 3) still decides: 3 of 8 admitted, not 8 of 8
+    assert await tokens_admitted(gw, key, 8) == 3
+
+
+FINAL = PROTECTED.replace("burst: 3", "burst: 7") + (
+    "  - name: reads-per-token\n"
+    "    match: {routes: [messages]}\n"
+    "    partition: [token]\n"
+    "    limit: {rate: 60, per: 1m, burst: 20}\n"
+)
+
+
+async def test_a_file_rewritten_in_place_is_loaded_only_once_complete(
+    gateway_factory: Any,
+) -> None:
+    """Truncate, then write in steps (as an editor or `cat > file` does): no
+    intermediate set may ever be in force, and the complete one must be."""
+    gw: Gateway = await gateway_factory(policies=PROTECTED, allow_unprotected=False)
+    path = policy_file(gw)
+    # cut points: nothing, the penalty box only, a valid and protected set without the
+    # reads policy, a set cut in the middle of a line, then the whole file
+    reads_at = FINAL.index("  - name: reads-per-token")
+    cuts = [0, FINAL.index("policies:"), reads_at, len(FINAL) - 12, len(FINAL)]
+    succeeded, failed = reloads(gw, "success"), reloads(gw, "failure")
+    with capture_logs() as events:
+        with path.open("w") as handle:  # truncates
+            written = 0
+            for cut in cuts:
+                handle.write(FINAL[written:cut])
+                handle.flush()
+                written = cut
+                # longer than the watcher's debounce, shorter than the settle interval
+                await asyncio.sleep(0.2)
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(gw.services.admissions.policies.current.policies) != 3:
+            assert asyncio.get_running_loop().time() < deadline, "the complete file never loaded"
+            await asyncio.sleep(0.05)
+    current = gw.services.admissions.policies.current
+    assert [p.name for p in current.policies] == [
+        "token-per-ip",
+        "send-per-token",
+        "reads-per-token",
+    ]
+    assert current.policies[0].limit.burst == 7
+    loaded = [e for e in events if e["event"] == "policies_reloaded"]
+    assert [e["policies"] for e in loaded] == [3], loaded
+    assert reloads(gw, "success") == succeeded + 1
+    assert reloads(gw, "failure") == failed
