@@ -72,6 +72,7 @@ def write_config(
     policies: Path,
     redis_url: str | None = None,
     trusted_proxies: list[str] | None = None,
+    upstream_client: str = "builtin",
     models: list[str] | None = None,
 ) -> Path:
     data: dict[str, Any] = {
@@ -82,7 +83,7 @@ def write_config(
         "tokens": {"ttl_seconds": 900, "issuer": ISSUER, "audience": AUDIENCE},
         "policies": {"path": str(policies), "watch": True},
         "models": {model: {"description": "bench"} for model in models or [MODEL]},
-        "upstream": {"url": upstream},
+        "upstream": {"url": upstream, "client": upstream_client},
         "logging": {"level": "info", "format": "json"},
     }
     path = work / f"{name}.yaml"

@@ -48,6 +48,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-tokens", type=int, default=5000)
     parser.add_argument("--load", choices=("wrk", "python"), default="wrk")
     parser.add_argument("--upstream", choices=("nginx", "aiohttp"), default="nginx")
+    parser.add_argument(
+        "--upstream-client",
+        choices=("builtin", "aiohttp"),
+        default="builtin",
+        help="the gateways' HTTP client to the upstream (upstream.client)",
+    )
     parser.add_argument("--no-install", action="store_true", help="never apt-get install")
     parser.add_argument("--only", nargs="*", default=None, help="scenarios: send read token")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -96,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, work: Path, pins: Cpus) -> Results:
     with ExitStack() as exits:
-        stack = Stack(work, pins, exits)
+        stack = Stack(work, pins, exits, upstream_client=args.upstream_client)
         say("starting the upstream, Redis, the bare proxy, the gateways and Envoy ...")
         upstream = stack.start_upstream(args.upstream == "nginx")
         keys_path, keys = stack.keys(1 + args.cold_keys)
@@ -265,8 +271,9 @@ def _setup_lines(args: argparse.Namespace, pins: Cpus) -> list[str]:
         f"runs of {args.seconds:g} s interleaved with the other targets' (the median run is "
         f"reported; direct to the upstream: one run), {args.connections} keep-alive "
         f"connections; {args.tokens} client tokens cycled",
-        "gateway: `gateway serve` (uvloop, JSON access log to a file, metrics on, admin "
-        "listener on), file key store, every check on: HS256 token signature, issuer, "
+        f"gateway: `gateway serve` (uvloop, upstream.client {args.upstream_client}, JSON "
+        "access log to a file, metrics on, admin listener on), file key store, every check "
+        "on: HS256 token signature, issuer, "
         "audience and expiry; binding to the client fingerprint; penalty box; the shipped "
         "policy set (policies/default.yaml) with each limit raised to "
         f"{limit['rate']}/{limit['per']} burst {limit['burst']:,} so no request of a run "

@@ -45,6 +45,8 @@ class Stack:
     exits: ExitStack
     signing: Signing = field(default_factory=Signing.new)
     procs: list[Proc] = field(default_factory=list)
+    #: the gateways' ``upstream.client``
+    upstream_client: str = "builtin"
 
     def _start(self, name: str, argv: list[str], cpu: int | None, **kw: object) -> Proc:
         proc = Proc(name, argv, self.work, cpu=cpu, **kw)  # type: ignore[arg-type]
@@ -127,6 +129,7 @@ class Stack:
             policies=policies,
             redis_url=f"redis://127.0.0.1:{redis_port}/0" if redis_port else None,
             trusted_proxies=trusted_proxies,
+            upstream_client=self.upstream_client,
             models=models,
         )
         proc = self._start(

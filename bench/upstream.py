@@ -55,6 +55,8 @@ http {{
 {temp}
   server {{
     listen 127.0.0.1:{port} reuseport backlog=4096;
+    # a good upstream names the request each answer is for (the gateway checks it)
+    add_header X-Request-Id $http_x_request_id always;
     location = /healthz {{ return 200 'ok'; }}
     location = /_answer {{
       internal; default_type application/json; return 200 {_nginx_string(ANSWER)};
@@ -118,7 +120,13 @@ def aiohttp_app() -> web.Application:
     async def health(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
+    async def echo_request_id(request: web.BaseRequest, response: web.StreamResponse) -> None:
+        request_id = request.headers.get("X-Request-Id")
+        if request_id:  # a good upstream names the request each answer is for
+            response.headers["X-Request-Id"] = request_id
+
     app = web.Application()
+    app.on_response_prepare.append(echo_request_id)
     app.router.add_get("/internal/conversations/{cid}/messages", history)
     app.router.add_post("/internal/conversations/{cid}/messages", send)
     app.router.add_post("/v1/chat/conversation/public/message", send)

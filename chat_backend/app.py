@@ -16,6 +16,15 @@ MESSAGES_PATH = "/internal/conversations/{conversation_id}/messages"
 CONVERSATIONS = web.AppKey("conversations", Conversations)
 
 
+async def echo_request_id(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """Every answer names the request it answers, as a good upstream does: the gateway
+    checks the echo, and only a connection whose answers prove whose they are is used
+    for another request."""
+    request_id = request.headers.get("X-Request-Id")
+    if request_id:
+        response.headers["X-Request-Id"] = request_id
+
+
 @web.middleware
 async def record_headers(request: web.Request, handler: Any) -> web.StreamResponse:
     request.app[STATS].recent_headers.append(dict(request.headers))
@@ -49,6 +58,7 @@ def create_app(
     model: Model, *, max_conversations: int = 10_000, demo_settings: DemoSettings | None = None
 ) -> web.Application:
     app = web.Application(middlewares=[record_headers])
+    app.on_response_prepare.append(echo_request_id)
     app[CONVERSATIONS] = Conversations(max_conversations)
     app[MODEL] = model
     app[STATS] = Stats()

@@ -17,6 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origi
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -38,6 +39,22 @@ from gateway.yaml_source import (
 ENV_PREFIX = "GATEWAY__"
 MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 ModelId = Annotated[str, Field(pattern=MODEL_ID_PATTERN)]
+#: an HTTP field name (RFC 9110 section 5.1)
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _relayed_header(name: str) -> str:
+    from gateway.upstream.response_headers import never_relayed
+
+    if not _TOKEN.fullmatch(name):
+        raise ValueError(f"{name!r} is not a header name")
+    if never_relayed(name):
+        raise ValueError(f"{name} is never relayed: the gateway owns it")
+    return name
+
+
+#: a response header operators may add to the relayed ones
+RelayedHeader = Annotated[str, AfterValidator(_relayed_header)]
 
 
 class _Section(BaseModel):
@@ -160,17 +177,38 @@ class UpstreamTimeouts(_Section):
     read: float = Field(30.0, gt=0, le=600)
     #: longest silence between two chunks of a streamed answer
     stream_idle: float = Field(30.0, gt=0, le=600)
+    #: longest life of a streamed answer, however lively
+    stream_max: float = Field(600.0, gt=0, le=86_400)
 
 
 class UpstreamSettings(_Section):
     url: str = Field("http://127.0.0.1:8081", pattern=r"^https?://[^/?#]+/?$")
+    #: the HTTP client: the builtin HTTP/1.1 pool, or aiohttp's ClientSession
+    client: Literal["builtin", "aiohttp"] = "builtin"
     messages_path: str = "/internal/conversations/{conversation_id}/messages"
     send_path: str = "/internal/conversations/{conversation_id}/messages"
     timeouts: UpstreamTimeouts = Field(default_factory=UpstreamTimeouts)
     max_connections: int = Field(100, ge=1, le=10_000)
+    #: an idle keep-alive connection is closed after this long (keep it below the
+    #: upstream's own idle timeout: uvicorn and Node.js close theirs after 5 s)
+    idle_seconds: float = Field(4.0, gt=0, le=3600)
     max_response_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    #: bounds on an answer's head, enforced while it is read
+    max_header_bytes: int = Field(65536, ge=1024, le=1024 * 1024)
+    max_header_line_bytes: int = Field(8190, ge=256, le=65536)
+    max_header_count: int = Field(128, ge=8, le=1000)
+    #: refuse (502) any answer that does not echo the request's X-Request-Id
+    require_request_id_echo: bool = False
+    #: response headers relayed to clients beyond the built-in allow-list
+    relay_headers: list[RelayedHeader] = Field(default_factory=list)
     #: readiness: GET this path on the upstream (2xx/3xx is up); unset, a TCP connect
     health_path: str | None = Field(None, pattern=r"^/[^\s?#]*(\?[^\s#]*)?$")
+
+    @model_validator(mode="after")
+    def _line_within_head(self) -> UpstreamSettings:
+        if self.max_header_line_bytes > self.max_header_bytes:
+            raise ValueError("max_header_line_bytes must not exceed max_header_bytes")
+        return self
 
     @field_validator("messages_path", "send_path")
     @classmethod

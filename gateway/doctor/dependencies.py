@@ -17,7 +17,7 @@ from gateway.doctor.findings import Finding, error, ok
 from gateway.oauth.jwks import MAX_JWKS_BYTES, KeySet
 from gateway.oauth.settings import OAuthSettings
 from gateway.redis_connect import RedisUrlError, connect, safe_url
-from gateway.upstream import UpstreamClient
+from gateway.upstream import UpstreamClient, open_transport
 
 #: seconds a Redis server gets to answer PING (a cold connection, TLS included)
 REDIS_SECONDS = 3.0
@@ -53,11 +53,11 @@ async def store(config: Config) -> list[Finding]:
 
 async def probe(settings: UpstreamSettings) -> None:
     """The running gateway's upstream readiness probe (``UpstreamClient.probe``), once."""
-    pool = UpstreamClient.new_pool(settings)
+    transport = open_transport(settings)
     try:
-        await UpstreamClient(settings, pool).probe()
+        await UpstreamClient(settings, transport).probe()
     finally:
-        await pool.close()
+        await transport.close()
 
 
 async def upstream(config: Config) -> list[Finding]:

@@ -27,7 +27,7 @@ from gateway.redis_connect import url_password
 from gateway.store.base import StateStore
 from gateway.store.factory import open_store
 from gateway.store.memory import MemoryStore
-from gateway.upstream import UpstreamClient
+from gateway.upstream import UpstreamClient, open_transport
 from gateway.web import openapi, public, widget
 from gateway.web.cors import setup_public_cors
 from gateway.web.middlewares import make_context_middleware, make_response_hook
@@ -144,13 +144,13 @@ def create_app(
         tasks = [asyncio.create_task(key_store.run(stop), name="keystore-sync")]
         if config.policies.watch:
             tasks.append(asyncio.create_task(policy_store.run(stop), name="policy-watch"))
-        pool = UpstreamClient.new_pool(config.upstream)
-        metrics.watch_upstream_pool(pool)
+        transport = open_transport(config.upstream)
+        metrics.watch_upstream_pool(transport)
         app[SERVICES] = Services(
             config=config,
             keys=verifier,
             admissions=admissions,
-            upstream=UpstreamClient(config.upstream, pool, metrics),
+            upstream=UpstreamClient(config.upstream, transport, metrics),
             metrics=metrics,
         )
         try:
@@ -160,7 +160,7 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await asyncio.wait_for(task, timeout=5)
-            await pool.close()
+            await transport.close()
             verifier.close()
             if keystore is None:
                 await key_store.close()

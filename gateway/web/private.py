@@ -24,12 +24,11 @@ import structlog
 from aiohttp import web
 
 from gateway.errors import ProblemError
-from gateway.http_client import Response
 from gateway.oauth.access_token import AccessToken, TokenInvalid, TokenKeyUnknown, TokenOutOfTime
 from gateway.oauth.authenticator import Authenticator
 from gateway.oauth.jwks import JwksCache, JwksUnavailable
 from gateway.oauth.settings import OAuthSettings, PrivateRoute
-from gateway.upstream import relayable_headers
+from gateway.upstream import UpstreamResponse
 from gateway.web.payloads import client_of
 from gateway.web.state import CLIENT_IP, REQUEST_ID, SERVICES
 
@@ -163,16 +162,19 @@ class PrefixHandler:
 
 
 async def relay(
-    request: web.Request, upstream: Response, limits: dict[str, str]
+    request: web.Request, upstream: UpstreamResponse, limits: dict[str, str]
 ) -> web.StreamResponse:
-    out = web.StreamResponse(status=upstream.status, headers=relayable_headers(upstream.headers))
+    services = request.app[SERVICES]
+    out = web.StreamResponse(
+        status=upstream.status, headers=services.upstream.relayable(upstream.headers)
+    )
     out.headers.update(limits)
     out.headers.setdefault("Cache-Control", "private, no-store")
     if upstream.content_type == "text/event-stream":
         out.headers["X-Accel-Buffering"] = "no"
     await out.prepare(request)
     try:
-        async for chunk in request.app[SERVICES].upstream.chunks(upstream):
+        async for chunk in services.upstream.chunks(upstream):
             await out.write(chunk)
     except ProblemError as err:  # mid-answer: a truncated response is the honest signal
         log.warning("upstream_stream_failed", code=err.code)

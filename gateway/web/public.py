@@ -14,10 +14,9 @@ from aiohttp import web
 
 from gateway.core.token_codec import ClientToken
 from gateway.errors import ProblemError
-from gateway.http_client import Response
 from gateway.key_verifier import KeyRejected, VerifierBusy
 from gateway.observability.metrics import StreamOutcome
-from gateway.upstream import ForwardContext, error_reason, relayable_headers
+from gateway.upstream import ForwardContext, UpstreamResponse, error_reason
 from gateway.web.cors import admit_origin
 from gateway.web.payloads import (
     bearer_credential,
@@ -216,10 +215,13 @@ async def send_message(request: web.Request) -> web.StreamResponse:
 
 
 async def _relay_stream(
-    request: web.Request, upstream: Response, limits: dict[str, str]
+    request: web.Request, upstream: UpstreamResponse, limits: dict[str, str]
 ) -> web.StreamResponse:
-    metrics = request.app[SERVICES].metrics
-    out = web.StreamResponse(status=upstream.status, headers=relayable_headers(upstream.headers))
+    services = request.app[SERVICES]
+    metrics = services.metrics
+    out = web.StreamResponse(
+        status=upstream.status, headers=services.upstream.relayable(upstream.headers)
+    )
     out.headers.update(limits)
     out.headers["Cache-Control"] = "no-cache, no-store"
     out.headers["X-Accel-Buffering"] = "no"
@@ -236,7 +238,7 @@ async def _relay_stream(
 
 
 async def _relay_chunks(
-    request: web.Request, upstream: Response, out: web.StreamResponse
+    request: web.Request, upstream: UpstreamResponse, out: web.StreamResponse
 ) -> StreamOutcome:
     """Copy the upstream's chunks as they arrive; on an upstream failure, end with an
     ``error`` event when between events, else cut the connection."""

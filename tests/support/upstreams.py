@@ -20,6 +20,8 @@ class Script:
     #: (delay before, bytes) for each chunk of a streamed answer
     chunks: list[tuple[float, bytes]] = field(default_factory=list)
     extra_headers: dict[str, str] = field(default_factory=dict)
+    #: answer with the request's X-Request-Id, as a good upstream does
+    echo_request_id: bool = True
     body: bytes = b'{"messages": []}'
     seen_headers: list[dict[str, str]] = field(default_factory=list)
     chunk_sent_at: list[float] = field(default_factory=list)
@@ -33,6 +35,7 @@ SCRIPT = web.AppKey("script", Script)
 async def _handle(request: web.Request) -> web.StreamResponse:
     script = request.app[SCRIPT]
     script.seen_headers.append(dict(request.headers))
+    echo = {"X-Request-Id": request.headers["X-Request-Id"]} if script.echo_request_id else {}
     if request.can_read_body:
         await request.read()
     try:
@@ -43,11 +46,11 @@ async def _handle(request: web.Request) -> web.StreamResponse:
                 status=script.status,
                 body=script.body,
                 content_type="application/json",
-                headers=script.extra_headers,
+                headers={**echo, **script.extra_headers},
             )
         response = web.StreamResponse(
             status=script.status,
-            headers={"Content-Type": "text/event-stream", **script.extra_headers},
+            headers={"Content-Type": "text/event-stream", **echo, **script.extra_headers},
         )
         await response.prepare(request)
         for delay, chunk in script.chunks:

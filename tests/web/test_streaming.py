@@ -119,3 +119,24 @@ async def test_failure_mid_event_truncates_the_response(
     token = await gw.new_token()
     with pytest.raises(httpx.RemoteProtocolError):
         await stream_events(gw, token)
+
+
+async def test_a_stream_that_never_ends_is_ended_at_its_longest_duration(
+    gateway_factory: Any, scripted: tuple[Script, str]
+) -> None:
+    """One event every 0.1 s, never idle for long, for a minute: cut after stream_max
+    with an error event, as an upstream failure between events is."""
+    script, url = scripted
+    script.chunks = [(0.1, sse({"delta": str(i)})) for i in range(600)]
+    gw: Gateway = await gateway_factory(
+        upstream={"url": url, "timeouts": {"stream_idle": 0.5, "stream_max": 1.0}}
+    )
+    token = await gw.new_token()
+    started = time.monotonic()
+    events, _ = await stream_events(gw, token)
+    assert time.monotonic() - started < 10
+    assert [name for _, name, _ in events][-1] == "error"
+    assert json.loads(events[-1][2])["code"] == "upstream_timeout"
+    assert len(events) > 2
+    await asyncio.wait_for(script.cancelled.wait(), timeout=5)  # the upstream was told
+    assert gw.sample("gateway_streams_total", outcome="upstream_error") == 1

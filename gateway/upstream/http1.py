@@ -1,8 +1,9 @@
-"""A lean HTTP/1.1 client for one upstream origin: keep-alive connections on asyncio
-protocols, responses parsed by httptools (llhttp, the parser of Node.js).
+"""The builtin transport: a lean HTTP/1.1 client for one upstream origin, keep-alive
+connections on asyncio protocols, responses parsed by httptools (llhttp, the parser of
+Node.js).
 
 The gateway sends every upstream request itself, to one origin, with headers it built;
-it needs no URL joining, cookies, proxies, redirects, retries or payload registry.
+it needs no URL joining, cookies, proxies, redirects or payload registry.
 ``aiohttp.ClientSession`` does all of that on every request, and on the reference
 machine its per-request work cost more CPU than every check of the gateway together
 (``make bench``, profile). What is left is here:
@@ -11,13 +12,20 @@ machine its per-request work cost more CPU than every check of the gateway toget
   reused first, idle ones older than ``idle_seconds`` are closed when seen, a connection
   the upstream closed is never reused, and callers beyond the limit wait in line;
 - one request per connection at a time (no pipelining), written with one system call;
-- the response's headers as soon as they are in; its body as it arrives, read-ahead
-  bounded by pausing the socket (``READ_AHEAD`` bytes);
-- a connection goes back to the pool when its response is complete and keep-alive,
-  even before the caller reads the body; one abandoned mid-response is closed, which
-  is how the upstream learns that the client went away;
-- no retry, on purpose: a request that meets a connection the upstream has just closed
-  fails (``UpstreamDisconnected``) rather than risk sending a chat message twice.
+- the response's head bounded while it is read (:class:`~gateway.upstream.base.HeadLimits`:
+  bytes are counted as they are fed to the parser, so an endless head is cut at the limit),
+  its framing checked (:mod:`gateway.upstream.response_head`); its body as it arrives,
+  read-ahead bounded by pausing the socket (``READ_AHEAD`` bytes);
+- a connection is proven clean before it is used again: its answer echoed the request's
+  ``X-Request-Id``, its body is complete, keep-alive, no bodiless status declared a
+  length, and not one byte more came in the same read; any byte while it is idle closes
+  it, and an answer on a reused connection that does not echo its request's id is refused,
+  so a stray answer, whenever it comes, can never be taken for another request's;
+- one abandoned mid-response is closed, which is how the upstream learns that the client
+  went away;
+- a ``GET`` or ``HEAD`` that meets a pooled connection the upstream has just closed, before
+  any byte of an answer, is sent once more on a new connection; anything else fails
+  (``UpstreamDisconnected``) rather than risk sending a chat message twice.
 
 :meth:`Http1Pool.request` takes a deadline for the response's headers (the wait for a
 connection included) and applies the connect timeout; body reads are bounded by the
@@ -28,61 +36,40 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import ssl
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import TracebackType
-from urllib.parse import urlsplit
 
 import httptools
 from multidict import CIMultiDict
 
-#: how early a loop timer may fire (uvloop rounds to whole milliseconds)
-TIMER_RESOLUTION = 0.001
+from gateway.upstream.base import (
+    RETRYABLE_METHODS,
+    HeadLimits,
+    HeadTooLarge,
+    Origin,
+    UpstreamDisconnected,
+    UpstreamProtocolError,
+    declared_length,
+    media_type,
+)
+from gateway.upstream.deadlines import Deadlines
+from gateway.upstream.response_head import BODILESS_STATUSES, check_echo, check_framing
+
 #: body bytes buffered per response before the socket is paused
 READ_AHEAD = 256 * 1024
-#: statuses whose response never has a body, whatever its headers say
-_NO_BODY_STATUSES = frozenset({204, 304})
 _FORBIDDEN_IN_HEADERS = ("\r", "\n", "\0")
+_FRAMING_FIELDS = (b"content-length", b"transfer-encoding")
 
 
-class UpstreamProtocolError(Exception):
-    """The upstream's bytes are not a valid HTTP/1.1 response."""
-
-
-class UpstreamDisconnected(ConnectionError):
-    """The connection closed before the response was complete."""
-
-
-@dataclass(frozen=True, slots=True)
-class Origin:
-    scheme: str
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, url: str) -> Origin:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"not an http(s) origin: {url!r}")
-        default = 443 if parts.scheme == "https" else 80
-        return cls(parts.scheme, parts.hostname, parts.port or default)
-
-    @property
-    def host_header(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        default = 443 if self.scheme == "https" else 80
-        return host if self.port == default else f"{host}:{self.port}"
+class _Stray(Exception):
+    """The start of a message after the exchange's answer was complete."""
 
 
 class Response:
-    """An upstream response: status and headers now, the body as it arrives.
-
-    Use it as a context manager (or call :meth:`release`): leaving returns a complete
-    exchange's connection to the pool and closes an unfinished one."""
+    """An upstream response (:class:`~gateway.upstream.base.UpstreamResponse`)."""
 
     __slots__ = (
         "_chunks",
@@ -105,29 +92,20 @@ class Response:
         self._complete = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
-        #: loop time by which the whole body must be in, when the caller set one
         self.deadline: float | None = None
 
     @property
     def content_type(self) -> str:
-        """The media type, lower case and without parameters (as aiohttp gives it)."""
-        value = self.headers.get("Content-Type")
-        if not value:
-            return "application/octet-stream"
-        return value.partition(";")[0].strip().lower()
+        return media_type(self.headers)
 
     @property
     def content_length(self) -> int | None:
-        value = self.headers.get("Content-Length")
-        return int(value) if value is not None and value.isdigit() else None
+        return declared_length(self.headers)
 
     def ready(self) -> bool:
-        """True when :meth:`read_any` would not wait."""
         return bool(self._chunks) or self._complete or self._error is not None
 
     async def read_any(self) -> bytes:
-        """Everything received and not yet read; waits when there is nothing; ``b""``
-        once the body is complete. Raises the connection's failure, if it failed."""
         while not self._chunks:
             if self._error is not None:
                 raise self._error
@@ -193,17 +171,37 @@ class _Connection(asyncio.Protocol):
 
     def __init__(self, pool: Http1Pool) -> None:
         self._pool = pool
+        self._limits = pool.limits
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.paused = False
         self.idle_since = 0.0
+        #: exchanges begun on this connection (more than one: it was reused)
+        self.exchanges = 0
+        #: bytes received since the current exchange's request was sent
+        self.received = 0
+        self._request_id: str | None = None
         self._head_only = False
+        #: reading a response head (informational ones included)
+        self._in_head = False
+        self._head_bytes = 0
+        self._header_count = 0
         self._informational = False
+        #: an informational head declared a body: the exchange's connection is not reused
+        self._tainted = False
         self._raw_headers: list[tuple[bytes, bytes]] = []
         self._headers_waiter: asyncio.Future[Response] | None = None
         self._response: Response | None = None
         self._close_delimited = False
+        #: the final head proved the connection fit for another exchange once this one ends
+        self._reusable = False
+        #: the exchange's answer ended within the bytes being fed (keep-alive, or not)
+        self._complete = False
+        self._keep_alive = False
+        #: body phase: bytes fed with no body byte and no message boundary in them
+        self._stalled = 0
+        self._progress = False
         #: closed from this side: whatever was being read is cut, not complete
         self._aborted = False
 
@@ -215,12 +213,29 @@ class _Connection(asyncio.Protocol):
         if self._headers_waiter is None and self._response is None:
             self.abort()  # bytes nobody asked for: this connection cannot be trusted
             return
+        self.received += len(data)
         try:
-            self._parser.feed_data(data)
-        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
-            # an upgrade (101) is refused too: the gateway never asks for one
-            self._failed(UpstreamProtocolError(f"invalid response from the upstream: {exc!r}"))
+            if self._in_head:
+                self._feed_head(data)
+            else:
+                self._feed_body(data)
+        except UpstreamProtocolError as exc:
+            self._failed(exc)
             self.abort()
+            return
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            cause = exc.__context__
+            if isinstance(cause, _Stray):
+                self.abort()
+                return
+            if not isinstance(cause, UpstreamProtocolError):
+                # an upgrade (101) is refused too: the gateway never asks for one
+                cause = UpstreamProtocolError(f"invalid response from the upstream: {exc}")
+            self._failed(cause)
+            self.abort()
+            return
+        if self._complete:
+            self._completed()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport: connection_lost follows
@@ -237,34 +252,88 @@ class _Connection(asyncio.Protocol):
             reason = f": {exc}" if exc else ""
             self._failed(UpstreamDisconnected(f"the upstream closed the connection{reason}"))
 
+    # -- feeding the parser, within the limits -------------------------------------------
+    def _feed_head(self, data: bytes) -> None:
+        """Feed a head's bytes, never more than the head may have: past the limit with the
+        head still open, the answer is refused before the parser holds any more of it."""
+        room = self._limits.max_bytes - self._head_bytes
+        if len(data) <= room:
+            self._head_bytes += len(data)
+            self._parser.feed_data(data)
+            return
+        self._head_bytes += room
+        if room > 0:
+            self._parser.feed_data(data[:room])
+        if self._in_head:
+            raise HeadTooLarge(f"the answer's head is longer than {self._limits.max_bytes} bytes")
+        self._feed_body(data[room:])
+
+    def _feed_body(self, data: bytes) -> None:
+        """Feed body bytes. Chunk framing, extensions and trailers are not body: the
+        parser holds trailers until they end, so bytes with no body in them are bounded
+        like a head."""
+        self._progress = False
+        self._parser.feed_data(data)
+        if self._progress:
+            self._stalled = 0
+            return
+        self._stalled += len(data)
+        if self._stalled > self._limits.max_bytes:
+            raise HeadTooLarge(
+                f"more than {self._limits.max_bytes} bytes of chunk framing or trailers"
+            )
+
     # -- httptools callbacks -------------------------------------------------------------
     def on_message_begin(self) -> None:
-        if self._headers_waiter is None and self._response is None:
-            # an answer nobody asked for, perhaps in the same segment as the last one
-            # (which has put this connection back in the pool): never reuse it
-            self.abort()
+        if not self._in_head:
+            # an answer nobody asked for, perhaps in the same read as the last one
+            raise _Stray
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a trailer: never relayed, never parsed for framing
+        limits = self._limits
+        self._header_count += 1
+        if self._header_count > limits.max_headers:
+            raise HeadTooLarge(f"the answer has more than {limits.max_headers} header fields")
+        if len(name) + len(value) > limits.max_line:
+            raise HeadTooLarge(f"a header line of the answer is longer than {limits.max_line}")
         self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._progress = True
         status = self._parser.get_status_code()
         raw, self._raw_headers = self._raw_headers, []
-        if status < 200:  # 100 Continue, 103 Early Hints: the real answer follows
+        self._header_count = 0
+        if 100 <= status < 200 and status != 101:
+            # 100 Continue, 103 Early Hints: the real answer follows; one that declares a
+            # body leaves bytes the parser will read as a message: no reuse after this
             self._informational = True
+            if any(name.lower() in _FRAMING_FIELDS for name, _ in raw):
+                self._tainted = True
             return
-        waiter, self._headers_waiter = self._headers_waiter, None
+        if status < 200:
+            raise UpstreamProtocolError(f"the upstream answered {status}")
+        waiter = self._headers_waiter
         if waiter is None or waiter.done():  # an answer nobody asked for (or gave up on)
-            self.abort()
-            return
+            raise _Stray
         headers: CIMultiDict[str] = CIMultiDict(
             [(name.decode("latin-1"), value.decode("latin-1")) for name, value in raw]
         )
+        declares_body = check_framing(status, headers)
+        proved = check_echo(
+            headers,
+            self._request_id,
+            required=self._pool.require_echo or self.exchanges > 1,
+        )
+        self._reusable = proved and not declares_body and not self._tainted
+        self._in_head = False
+        self._headers_waiter = None
         response = self._response = Response(status, headers, self)
         self._close_delimited = (
             "Content-Length" not in headers
-            and "chunked" not in ",".join(headers.getall("Transfer-Encoding", ())).lower()
-            and status not in _NO_BODY_STATUSES
+            and "Transfer-Encoding" not in headers  # checked: exactly chunked
+            and status not in BODILESS_STATUSES
         )
         waiter.set_result(response)
         if self._head_only:
@@ -275,6 +344,7 @@ class _Connection(asyncio.Protocol):
             self.abort()
 
     def on_body(self, body: bytes) -> None:
+        self._progress = True
         response = self._response
         if response is not None and response._feed(body) and not self.paused:
             self.paused = True
@@ -282,6 +352,7 @@ class _Connection(asyncio.Protocol):
                 self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
+        self._progress = True
         if self._informational:
             self._informational = False
             return
@@ -289,18 +360,34 @@ class _Connection(asyncio.Protocol):
         if response is None:
             return
         response._finish()
+        # judged once the parser is done with the bytes at hand (it forgets by then)
+        self._complete = True
+        self._keep_alive = self._parser.should_keep_alive()
+
+    def _completed(self) -> None:
+        """The answer ended and nothing followed it in the same read: back to the pool
+        when it proved the connection clean, else closed."""
+        self._complete = False
         if self.paused:
             self.resume()
-        if self._parser.should_keep_alive() and not self.closed:
+        if self._reusable and self._keep_alive and not self.closed:
             self._pool._put_back(self)
         else:
             self.abort()
 
     # -- used by the pool and the response -----------------------------------------------
-    def send(self, head: bytes, body: bytes | None, head_only: bool) -> asyncio.Future[Response]:
+    def send(
+        self, head: bytes, body: bytes | None, head_only: bool, request_id: str | None
+    ) -> asyncio.Future[Response]:
+        self.received = 0
         if self.closed or self.transport is None:
             raise UpstreamDisconnected("the upstream closed the connection")
+        self.exchanges += 1
+        self._request_id = request_id
         self._head_only = head_only
+        self._in_head = True
+        self._head_bytes = self._header_count = self._stalled = 0
+        self._tainted = self._reusable = False
         waiter = self._headers_waiter = asyncio.get_running_loop().create_future()
         self.transport.write(head + body if body else head)
         return waiter
@@ -318,6 +405,11 @@ class _Connection(asyncio.Protocol):
                 self.transport.abort()
             self._pool._lost(self)
 
+    def retire(self) -> None:
+        """Close, leaving the slot to the caller that holds this connection."""
+        self._pool._open.discard(self)
+        self.abort()
+
     def _failed(self, error: BaseException) -> None:
         waiter, self._headers_waiter = self._headers_waiter, None
         if waiter is not None and not waiter.done():
@@ -327,60 +419,9 @@ class _Connection(asyncio.Protocol):
             response._fail(error)
 
 
-class _Deadlines:
-    """The deadlines of the requests waiting for their answer's headers, behind one timer
-    set for the earliest: a timer per request (set, then cancelled) costs more than the
-    rest of the wait's bookkeeping. There are at most as many as connections, and the
-    timer fires about once per deadline period, so a scan of them all is cheap."""
-
-    def __init__(self) -> None:
-        self._due: dict[asyncio.Future[Response], float] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._armed_for = math.inf
-
-    def add(self, waiter: asyncio.Future[Response], due: float) -> None:
-        self._due[waiter] = due
-        if due < self._armed_for:
-            self._arm(due)
-
-    def discard(self, waiter: asyncio.Future[Response]) -> None:
-        self._due.pop(waiter, None)
-
-    def _arm(self, due: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._armed_for = due
-        self._timer = asyncio.get_running_loop().call_at(due, self._fire)
-
-    def _fire(self) -> None:
-        self._timer, self._armed_for = None, math.inf
-        # uvloop's timers have a resolution of a millisecond and may fire up to half of one
-        # early: what is due within it is due now (else the timer would spin to the due)
-        now = asyncio.get_running_loop().time() + TIMER_RESOLUTION
-        earliest = math.inf
-        for waiter, due in list(self._due.items()):
-            if due <= now:
-                del self._due[waiter]
-                if not waiter.done():
-                    waiter.set_exception(TimeoutError("no answer from the upstream in time"))
-            elif due < earliest:
-                earliest = due
-        if earliest < math.inf:
-            self._arm(earliest)
-
-    def close(self) -> None:
-        """No more deadlines: the pool is closing, so whoever still waits fails now."""
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer, self._armed_for = None, math.inf
-        waiting, self._due = self._due, {}
-        for waiter in waiting:
-            if not waiter.done():
-                waiter.set_exception(UpstreamDisconnected("the upstream client is closed"))
-
-
 class Http1Pool:
-    """Keep-alive connections to one origin (see the module's documentation)."""
+    """Keep-alive connections to one origin (see the module's documentation); a
+    :class:`~gateway.upstream.base.Transport`."""
 
     def __init__(
         self,
@@ -390,8 +431,13 @@ class Http1Pool:
         connect_timeout: float,
         idle_seconds: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        limits: HeadLimits | None = None,
+        require_echo: bool = False,
     ) -> None:
         self.origin = Origin.parse(url)
+        self.limits = limits or HeadLimits()
+        #: every answer must echo its request's ``X-Request-Id`` (else only reused ones)
+        self.require_echo = require_echo
         self._host_line = f"Host: {self.origin.host_header}\r\n"
         self._max = max_connections
         self._connect_timeout = connect_timeout
@@ -404,7 +450,7 @@ class Http1Pool:
         self._waiters: deque[asyncio.Future[_Connection | None]] = deque()
         #: slots kept for callers woken in line, who have yet to connect
         self._reserved = 0
-        self._deadlines = _Deadlines()
+        self._deadlines = Deadlines()
         self._closing = False
 
     @property
@@ -417,7 +463,6 @@ class Http1Pool:
 
     @property
     def waiting(self) -> int:
-        """Callers in line for a connection (the pool is full)."""
         return sum(1 for waiter in self._waiters if not waiter.done())
 
     async def request(
@@ -428,23 +473,36 @@ class Http1Pool:
         body: bytes | None = None,
         *,
         deadline: float | None = None,
+        request_id: str | None = None,
     ) -> Response:
-        """Send one request; the response once its headers are in, or ``TimeoutError``
-        at ``deadline`` (event-loop time; the wait for a connection included).
-
-        ``target`` is the origin-form path and query, already percent-encoded. Header
-        names and values must not contain CR, LF or NUL (``ValueError``)."""
         head = self._head(method, target, headers, body)
+        head_only = method == "HEAD"
         conn = self._reusable()
-        if conn is None:  # wait for a slot, or connect
-            if deadline is None:
-                conn = await self._acquire()
-            else:
-                async with asyncio.timeout_at(deadline):
-                    conn = await self._acquire()
+        if conn is None:
+            conn = await self._acquire_by(deadline)
+        if conn.exchanges and method in RETRYABLE_METHODS:
+            try:
+                return await self._exchange(conn, head, body, head_only, deadline, request_id)
+            except UpstreamDisconnected:
+                if conn.received:
+                    raise  # the upstream had begun to answer: not a stale connection
+            # the pooled connection was dead before any byte of an answer (the upstream
+            # closed it as it went idle): once more, on a new connection
+            conn = await self._acquire_by(deadline, fresh=True)
+        return await self._exchange(conn, head, body, head_only, deadline, request_id)
+
+    async def _exchange(
+        self,
+        conn: _Connection,
+        head: bytes,
+        body: bytes | None,
+        head_only: bool,
+        deadline: float | None,
+        request_id: str | None,
+    ) -> Response:
         waiter: asyncio.Future[Response] | None = None
         try:
-            waiter = conn.send(head, body, method == "HEAD")
+            waiter = conn.send(head, body, head_only, request_id)
             if deadline is None:
                 return await waiter
             self._deadlines.add(waiter, deadline)
@@ -498,12 +556,21 @@ class Http1Pool:
                 conn.abort()
         return None
 
-    async def _acquire(self) -> _Connection:
+    async def _acquire_by(self, deadline: float | None, *, fresh: bool = False) -> _Connection:
+        if deadline is None:
+            return await self._acquire(fresh)
+        async with asyncio.timeout_at(deadline):
+            return await self._acquire(fresh)
+
+    async def _acquire(self, fresh: bool = False) -> _Connection:
+        """A connection: an idle one (unless ``fresh``), a new one when there is room,
+        else the first one freed, in line."""
         if self._closing:
             raise UpstreamDisconnected("the upstream client is closed")
-        conn = self._reusable()
-        if conn is not None:
-            return conn
+        if not fresh:
+            conn = self._reusable()
+            if conn is not None:
+                return conn
         if not self._waiters and self._has_room():
             return await self._connect()
         while True:  # in line, first come first served
@@ -528,8 +595,11 @@ class Http1Pool:
                 if self._closing:
                     raise UpstreamDisconnected("the upstream client is closed")
                 return await self._connect()
-            if not handed.closed:
+            if not handed.closed and not fresh:
                 return handed
+            if not handed.closed:  # a new connection was asked for: in this one's slot
+                handed.retire()
+                return await self._connect()
             if self._has_room():  # the connection died on the way
                 return await self._connect()
 
@@ -598,7 +668,6 @@ class Http1Pool:
         self._free_slot()
 
     async def close(self) -> None:
-        """Close every connection; requests still waiting for one fail."""
         self._closing = True
         self._deadlines.close()
         for conn in list(self._open):

@@ -1,14 +1,17 @@
 """Forwarding to the upstream chat service, per the design's upstream contract.
 
-One pool of keep-alive connections per process (:mod:`gateway.http_client`). Outgoing
-headers are built from scratch (nothing of the client's request is copied, so no key,
-token or cookie can leak); incoming headers lose hop-by-hop fields and cookies. Streamed
-answers are relayed chunk by chunk as they arrive. No redirect is ever followed.
+The service builds each request (outgoing headers from scratch: nothing of the client's
+request is copied, so no key, token or cookie can leak), sends it through the configured
+:class:`~gateway.upstream.base.Transport`, bounds its answer in time and size, keeps only
+the response headers clients may see (:mod:`gateway.upstream.response_headers`) and maps
+every failure to its problem. Streamed answers are relayed chunk by chunk as they arrive,
+within an idle timeout and an absolute duration. No redirect is ever followed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import re
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -18,52 +21,25 @@ from typing import Any
 from urllib.parse import quote
 
 import orjson
-from multidict import CIMultiDict
+import structlog
+from multidict import CIMultiDict, MultiMapping
 
 from gateway.config import UpstreamSettings
 from gateway.errors import ProblemError
-from gateway.http_client import Http1Pool, Response, UpstreamProtocolError
 from gateway.observability.health import CheckFailed
 from gateway.observability.metrics import Metrics
-
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
+from gateway.upstream.base import (
+    RequestIdMismatch,
+    RequestIdMissing,
+    Transport,
+    UpstreamProtocolError,
+    UpstreamResponse,
 )
+from gateway.upstream.response_headers import ResponseHeaderPolicy
+
 #: characters a path segment carries as they are (RFC 3986 unreserved)
 _UNRESERVED = re.compile(r"[A-Za-z0-9._~-]+")
-#: never relayed to public clients, whatever the upstream says
-DROPPED_RESPONSE_HEADERS = (
-    frozenset({"set-cookie", "content-length", "server", "date", "x-request-id"}) | HOP_BY_HOP
-)
-
-
-def relayable_headers(headers: CIMultiDict[str]) -> CIMultiDict[str]:
-    """The upstream's response headers minus hop-by-hop ones (and those the Connection
-    header names), cookies, CORS fields and those the gateway sets itself."""
-    named = {
-        token.strip().lower()
-        for value in headers.getall("Connection", [])
-        for token in value.split(",")
-    }
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        lowered = name.lower()
-        if lowered in DROPPED_RESPONSE_HEADERS or lowered in named:
-            continue
-        if lowered.startswith("access-control-"):  # CORS is the gateway's decision, per key
-            continue
-        out.add(name, value)
-    return out
+log = structlog.get_logger("gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,31 +82,43 @@ def error_reason(code: str) -> str:
 
 
 class UpstreamClient:
+    """The upstream service the handlers use (see the module's documentation)."""
+
     def __init__(
         self,
         settings: UpstreamSettings,
-        pool: Http1Pool,
+        transport: Transport,
         metrics: Metrics | None = None,
     ) -> None:
         self._settings = settings
-        self._pool = pool
+        self._transport = transport
         self.metrics = metrics if metrics is not None else Metrics()
         timeouts = settings.timeouts
         self._read_timeout = timeouts.read
         self._idle_timeout = timeouts.stream_idle
+        self._stream_max = timeouts.stream_max
         self._max_bytes = settings.max_response_bytes
-
-    @staticmethod
-    def new_pool(settings: UpstreamSettings) -> Http1Pool:
-        return Http1Pool(
-            settings.url,
-            max_connections=settings.max_connections,
-            connect_timeout=settings.timeouts.connect,
-        )
+        self._headers = ResponseHeaderPolicy(settings.relay_headers)
+        #: said once per process: an upstream that does not echo costs a connection each
+        self._echo_checked = settings.require_request_id_echo
 
     @property
-    def pool(self) -> Http1Pool:
-        return self._pool
+    def transport(self) -> Transport:
+        return self._transport
+
+    def relayable(self, headers: MultiMapping[str]) -> CIMultiDict[str]:
+        """The upstream response headers clients may see (the allow-list)."""
+        return self._headers.relayable(headers)
+
+    def _note_echo(self, resp: UpstreamResponse) -> None:
+        if self._echo_checked or "X-Request-Id" in resp.headers:
+            return
+        self._echo_checked = True
+        log.warning(
+            "upstream_does_not_echo_request_id",
+            detail="connections are not reused after an answer that does not echo "
+            "X-Request-Id: one connection per request; make the upstream echo it",
+        )
 
     @staticmethod
     def _target(template: str, conversation_id: str) -> str:
@@ -145,13 +133,19 @@ class UpstreamClient:
         target = self._target(self._settings.messages_path, ctx.conversation_id)
         headers = ctx.headers()
         headers["Accept"] = "application/json"
+        deadline = asyncio.get_running_loop().time() + self._read_timeout
         with self._observed("get_messages") as exchange:
-            async with asyncio.timeout(self._read_timeout):  # headers and body alike
-                with await self._pool.request("GET", target, headers) as resp:
-                    exchange.status = resp.status
-                    return await self._buffer(resp, None)
+            resp = await self._transport.request(
+                "GET", target, headers, deadline=deadline, request_id=ctx.request_id
+            )
+            with resp:  # headers and body alike within the read timeout
+                exchange.status = resp.status
+                self._note_echo(resp)
+                return await self._buffer(resp, deadline)
 
-    async def send_message(self, ctx: ForwardContext, payload: Mapping[str, Any]) -> Response:
+    async def send_message(
+        self, ctx: ForwardContext, payload: Mapping[str, Any]
+    ) -> UpstreamResponse:
         """The upstream's response with headers read and the body not yet consumed.
 
         The caller relays the body (:meth:`buffer` or :meth:`chunks`) inside
@@ -168,10 +162,16 @@ class UpstreamClient:
         headers["Accept"] = "text/event-stream" if stream else "application/json"
         deadline = asyncio.get_running_loop().time() + self._read_timeout
         with self._observed("send_message") as exchange:
-            resp = await self._pool.request(
-                "POST", target, headers, orjson.dumps(payload), deadline=deadline
+            resp = await self._transport.request(
+                "POST",
+                target,
+                headers,
+                orjson.dumps(payload),
+                deadline=deadline,
+                request_id=ctx.request_id,
             )
             exchange.status = resp.status
+        self._note_echo(resp)
         # a buffered answer must be complete by then, even one to a request for a stream
         # that came back as plain JSON; a stream is bounded by its idle timeout instead
         resp.deadline = deadline
@@ -179,17 +179,25 @@ class UpstreamClient:
 
     async def forward(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes | None
-    ) -> Response:
+    ) -> UpstreamResponse:
         """Any request to ``path`` (percent-encoded, with its query, sent as is): the
         response with headers read, to be relayed with :meth:`chunks` inside
-        ``with response:``, like :meth:`send_message`'s streamed answers."""
+        ``with response:``, like :meth:`send_message`'s streamed answers. ``headers``
+        carry the request's ``X-Request-Id``, which the answer may echo."""
         deadline = asyncio.get_running_loop().time() + self._read_timeout
         with self._observed("forward") as exchange:
-            resp = await self._pool.request(method, path, headers, body, deadline=deadline)
+            resp = await self._transport.request(
+                method,
+                path,
+                headers,
+                body,
+                deadline=deadline,
+                request_id=headers.get("X-Request-Id"),
+            )
             exchange.status = resp.status
         return resp
 
-    async def _buffer(self, resp: Response, deadline: float | None) -> BufferedAnswer:
+    async def _buffer(self, resp: UpstreamResponse, deadline: float | None) -> BufferedAnswer:
         """The whole body (at most ``max_response_bytes``), by ``deadline`` if set."""
         limit = self._max_bytes
         length = resp.content_length
@@ -210,9 +218,9 @@ class UpstreamClient:
             if size > limit:
                 raise ProblemError("upstream_error", "the upstream answer is too large")
         body = parts[0] if len(parts) == 1 else b"".join(parts)
-        return BufferedAnswer(resp.status, relayable_headers(resp.headers), body)
+        return BufferedAnswer(resp.status, self._headers.relayable(resp.headers), body)
 
-    async def buffer(self, resp: Response) -> BufferedAnswer:
+    async def buffer(self, resp: UpstreamResponse) -> BufferedAnswer:
         """A :meth:`send_message` answer's whole body, within its deadline."""
         try:
             with upstream_errors():
@@ -221,32 +229,56 @@ class UpstreamClient:
             self.metrics.upstream_error("send_message", error_reason(err.code))
             raise
 
-    async def chunks(self, resp: Response) -> AsyncIterator[bytes]:
-        """The body's chunks as they arrive, each within the stream idle timeout. Only
-        reading is mapped to upstream problems: a failure writing to the client is the
-        client's, not the upstream's."""
+    async def chunks(self, resp: UpstreamResponse) -> AsyncIterator[bytes]:
+        """The body's chunks as they arrive, each within the stream idle timeout, all of
+        them within the stream's longest duration (``upstream_timeout`` past either).
+        Only reading is mapped to upstream problems: a failure writing to the client is
+        the client's, not the upstream's."""
+        loop = asyncio.get_running_loop()
         idle = self._idle_timeout
+        ends = loop.time() + self._stream_max
         while True:
             with upstream_errors():
+                left = ends - loop.time()
+                if left <= 0:
+                    raise self._too_long()
                 if resp.ready():
                     chunk = await resp.read_any()
-                else:
+                elif left > idle:
                     async with asyncio.timeout(idle):
                         chunk = await resp.read_any()
+                else:  # the stream's end comes before its idle timeout
+                    try:
+                        async with asyncio.timeout(left):
+                            chunk = await resp.read_any()
+                    except TimeoutError:
+                        raise self._too_long() from None
             if not chunk:
                 return
             yield chunk
 
+    def _too_long(self) -> ProblemError:
+        return ProblemError(
+            "upstream_timeout", f"the answer lasted longer than {self._stream_max:g} s"
+        )
+
     async def probe(self) -> None:
         """Readiness: GET ``health_path`` (2xx/3xx is up) or, unset, a TCP connect."""
         if self._settings.health_path:
-            with await self._pool.request("GET", self._settings.health_path, {}) as resp:
+            request_id = f"probe-{random.getrandbits(64):016x}"
+            resp = await self._transport.request(
+                "GET",
+                self._settings.health_path,
+                {"X-Request-Id": request_id},
+                request_id=request_id,
+            )
+            with resp:
                 if resp.status >= 400:
                     raise CheckFailed(f"status_{resp.status}")
                 while await resp.read_any():  # read to the end: the connection is reused
                     pass
             return
-        origin = self._pool.origin
+        origin = self._transport.origin
         _reader, writer = await asyncio.open_connection(origin.host, origin.port)
         writer.close()
         await writer.wait_closed()
@@ -261,9 +293,19 @@ def as_problem(exc: BaseException) -> ProblemError | None:
         return ProblemError("upstream_timeout", "the upstream did not answer in time")
     if isinstance(exc, OSError):  # refused, reset, closed early, DNS, TLS
         return ProblemError("upstream_unavailable", "the upstream cannot be reached")
+    if isinstance(exc, RequestIdMismatch | RequestIdMissing):
+        return ProblemError("upstream_error", f"the upstream's answer failed a check: {exc}")
     if isinstance(exc, UpstreamProtocolError):
         return ProblemError("upstream_unavailable", f"upstream failure: {type(exc).__name__}")
     return None
+
+
+def failure_reason(exc: BaseException, problem: ProblemError) -> str:
+    """The metrics reason of an upstream failure: the protocol error's own, when it has
+    one (``request_id_mismatch``, ...), else the problem's."""
+    if isinstance(exc, UpstreamProtocolError):
+        return exc.reason
+    return error_reason(problem.code)
 
 
 class UpstreamErrors:
@@ -325,6 +367,6 @@ class Observed:
         problem = as_problem(exc)
         if problem is None:
             return  # not an upstream failure: propagates as it is
-        self._metrics.upstream_error(self._operation, error_reason(problem.code))
+        self._metrics.upstream_error(self._operation, failure_reason(exc, problem))
         if problem is not exc:
             raise problem from exc
