@@ -24,11 +24,12 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.core.identifiers import MODEL_ID
 from gateway.oauth.settings import OAuthSettings
 from gateway.yaml_source import Loc, SourceError, YamlDocument, read_yaml, validate_model
 
 ENV_PREFIX = "GATEWAY__"
-MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+MODEL_ID_PATTERN = rf"^{MODEL_ID}$"
 ModelId = Annotated[str, Field(pattern=MODEL_ID_PATTERN)]
 
 
