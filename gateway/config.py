@@ -50,6 +50,21 @@ class ServerSettings(_Section):
     drain_seconds: float = Field(0.0, ge=0, le=300)
     #: then: time given to in-flight requests and streams before they are cancelled
     shutdown_grace_seconds: float = Field(20.0, ge=0, le=3600)
+    #: hostile and slow clients (docs/configuration.md, "The public listener"):
+    #: idle time allowed between two requests on a connection
+    keepalive_timeout_seconds: float = Field(75.0, gt=0, le=3600)
+    #: a request's line and headers must arrive within this (from the connection's
+    #: start for its first request, from their first byte for later ones)
+    header_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    #: a request's body must arrive within this once its headers have
+    body_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    #: request line and header fields together (431 above)
+    max_header_bytes: int = Field(32 * 1024, ge=4096, le=1024 * 1024)
+    #: open connections on the public listener (0: no cap)
+    max_connections: int = Field(10_000, ge=0, le=1_000_000)
+    #: open connections per client address, IPv6 per /64 (0: no cap); peers in
+    #: ``trusted_proxies`` are not capped
+    max_connections_per_client: int = Field(100, ge=0, le=1_000_000)
 
     @field_validator("trusted_proxies")
     @classmethod
