@@ -83,7 +83,6 @@ async def serve(config: Config, environ: Mapping[str, str]) -> None:
             admin = ListenerRunner(
                 create_admin_app(app),
                 Listener.admin(server),
-                handler_cancellation=True,
                 access_log=None,
                 shutdown_timeout=1,
             )

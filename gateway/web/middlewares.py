@@ -150,7 +150,11 @@ def make_context_middleware(
                 error, response = http_problem(exc)
             except RequestPayloadError:  # a body the parser could not decode
                 error, response = "invalid_request", problem_response(BODY_UNREADABLE)
-            except (ConnectionResetError, TimeoutError):
+            except ConnectionResetError:  # the client went away
+                status = CLIENT_CLOSED
+                raise
+            except TimeoutError:  # answered 504 by the listener
+                status = 504
                 raise
             except asyncio.CancelledError:
                 status = CLIENT_CLOSED

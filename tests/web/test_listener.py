@@ -10,13 +10,25 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
+from aiohttp import web
 from structlog.testing import capture_logs
 
-from tests.support.harness import SEND_URL, Gateway, start_admin
+from gateway.web.app import create_app
+from gateway.web.listener import Listener
+from gateway.web.state import METRICS
+from tests.support.harness import (
+    SEND_URL,
+    SIGNING_ENV,
+    Gateway,
+    ListenerTestServer,
+    make_config,
+    start_admin,
+)
 from tests.support.hostile_requests import KEY, MARKER, PARSER_CASES, TOKEN_PATH, chunked_send
 from tests.support.raw_http import WAIT, Answer, Connection, request
 
@@ -416,3 +428,39 @@ async def test_every_answer_says_nosniff(gw: Gateway) -> None:
         assert refused.status == 400 and refused.problem()["code"] == "invalid_request"
     finally:
         await admin.close()
+
+
+# -- what escapes the application ------------------------------------------------------
+async def test_what_escapes_the_middleware_is_still_a_problem_and_a_client_gone_is_quiet(
+    tmp_path: Path,
+    backend_url: str,
+    events: list[dict[str, Any]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The middleware leaves ``TimeoutError`` and a reset connection to aiohttp, which
+    answered ``text/plain`` and logged an ERROR even for a client that went away."""
+    config = make_config(tmp_path, backend_url)
+    app = create_app(config, environ=SIGNING_ENV)
+
+    async def times_out(request: web.Request) -> web.Response:
+        raise TimeoutError
+
+    async def client_gone(request: web.Request) -> web.Response:
+        raise ConnectionResetError("the client went away")
+
+    app.router.add_get("/test/times-out", times_out)
+    app.router.add_get("/test/client-gone", client_gone)
+    server = ListenerTestServer(app, Listener.public(config.server, app[METRICS]), host="127.0.0.1")
+    await server.start_server()
+    try:
+        answer, _ = await exchange(server.port, request(path="/test/times-out"))
+        assert answer.status == 504 and answer.problem()["code"] == "upstream_timeout"
+        assert answer.header("X-Request-Id") and answer.header("Connection") == "close"
+        [line] = access_lines(events, answer.header("X-Request-Id"))
+        assert line["status"] == 504
+        gone, _ = await exchange(server.port, request(path="/test/client-gone"))
+        [line] = access_lines(events, gone.header("X-Request-Id"))
+        assert line["status"] == 499
+    finally:
+        await server.close()
+    assert_no_error_lines(events, caplog)
