@@ -58,6 +58,9 @@ class ServerSettings(_Section):
     header_timeout_seconds: float = Field(10.0, gt=0, le=300)
     #: a request's body must arrive within this once its headers have
     body_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    #: a client that takes none of its answer for this long (while the gateway has more
+    #: to send) is disconnected
+    send_timeout_seconds: float = Field(60.0, gt=0, le=3600)
     #: request line and header fields together (431 above)
     max_header_bytes: int = Field(32 * 1024, ge=4096, le=1024 * 1024)
     #: open connections on the public listener (0: no cap)

@@ -85,7 +85,7 @@ KNOWN_TOKEN_REFUSALS = (
 KNOWN_UPSTREAM_ERRORS = ("timeout", "unavailable", "bad_response", "status_5xx")
 KNOWN_STORE_ERRORS = ("timeout", "connection", "circuit_open", "other")
 ConnectionRefusal = Literal["client_limit", "total_limit"]
-ConnectionPhase = Literal["request_head", "request_body", "keep_alive"]
+ConnectionPhase = Literal["request_head", "request_body", "response", "keep_alive"]
 KNOWN_CONNECTION_REFUSALS: tuple[ConnectionRefusal, ...] = ("client_limit", "total_limit")
 KNOWN_CONNECTION_PHASES: tuple[ConnectionPhase, ...] = (
     "request_head",
@@ -195,8 +195,8 @@ class Metrics:
         self.connections_timed_out = Counter(
             "gateway_connections_timed_out",
             "Connections closed for a deadline, by phase (request_head: the request line "
-            "and headers were late; request_body: the body; keep_alive: idle between "
-            "requests).",
+            "and headers were late; request_body: the body; response: the client took none "
+            "of its answer; keep_alive: idle between requests).",
             ["phase"],
             registry=registry,
         )

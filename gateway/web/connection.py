@@ -13,15 +13,18 @@ per connection and without a timer per request:
   answered 408 (or 431), a connection that never sent a byte is closed quietly;
 * a request's body must arrive within ``body_timeout`` of its head; the handler reading
   it gets a 408 problem, a body nobody reads any more ends the connection;
+* a client that takes none of its answer for ``send_timeout`` while more is waiting to
+  be sent (the transport paused writing) is disconnected, which cancels its handler;
 * a body the parser finds malformed (a bad chunk size after the head was accepted)
   fails the request reading it with a 400 problem instead of leaving it waiting;
 * what the parser refuses is answered as a problem, HTTP/1.1, ``Connection: close``,
   with an ``X-Request-Id`` and one access line (see :mod:`gateway.web.early_answers`).
 
-A connection is in one phase at a time: ``IDLE`` (between requests), ``HEAD`` (part of
-a request head has arrived) or ``BODY`` (a head has, its body has not yet). One timer per
-connection serves every deadline: a deadline moved later needs no new timer, the timer
-finds the new deadline when it fires and waits again.
+A connection is in one reading phase at a time: ``IDLE`` (between requests), ``HEAD``
+(part of a request head has arrived) or ``BODY`` (a head has, its body has not yet); a
+stalled answer is tracked beside it. One timer per connection serves every deadline: a
+deadline moved later needs no new timer, the timer finds the new deadline when it fires
+and waits again.
 
 This class relies on aiohttp's ``RequestHandler`` internals (its message queue, waiter
 and close flags), which is why aiohttp's version is pinned; tests/web/test_listener.py
@@ -64,6 +67,7 @@ class GuardedConnection(RequestHandler):
         "_head_started",
         "_listener",
         "_phase",
+        "_stalled_at",
         "_timer",
         "_timer_at",
     )
@@ -80,6 +84,7 @@ class GuardedConnection(RequestHandler):
         self._head_started = 0.0
         self._head_bytes = 0
         self._body: StreamReader | None = None
+        self._stalled_at = 0.0
 
     # -- opening and closing ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -91,7 +96,7 @@ class GuardedConnection(RequestHandler):
         super().connection_made(transport)
         now = self._loop.time()
         self._phase, self._head_started, self._head_bytes = HEAD, now, 0
-        self._arm(now + self._listener.header_timeout)
+        self._expect(now + self._listener.header_timeout)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._timer is not None:
@@ -127,7 +132,7 @@ class GuardedConnection(RequestHandler):
             if self._head_bytes > self._listener.max_header_bytes:
                 self._refuse_head(self._head_too_large())
             else:
-                self._arm(self._head_started + self._listener.header_timeout)
+                self._expect(self._head_started + self._listener.header_timeout)
         elif phase == BODY:
             body = self._body
             if body is None or body.is_eof():
@@ -161,7 +166,7 @@ class GuardedConnection(RequestHandler):
             self._end_body()
         else:
             self._phase, self._body = BODY, payload
-            self._arm(self._loop.time() + self._listener.body_timeout)
+            self._expect(self._loop.time() + self._listener.body_timeout)
 
     def _check_head_sizes(self, new: int) -> None:
         limit = self._listener.max_header_bytes
@@ -211,8 +216,12 @@ class GuardedConnection(RequestHandler):
             body.feed_eof()
 
     # -- deadlines -------------------------------------------------------------------------
-    def _arm(self, when: float) -> None:
+    def _expect(self, when: float) -> None:
+        """The current phase (head or body) must be over by ``when``."""
         self._deadline = when
+        self._arm(when)
+
+    def _arm(self, when: float) -> None:
         timer = self._timer
         if timer is not None:
             if self._timer_at <= when:
@@ -221,14 +230,41 @@ class GuardedConnection(RequestHandler):
         self._timer = self._loop.call_at(when, self._on_deadline)
         self._timer_at = when
 
+    def pause_writing(self) -> None:
+        """The client reads the answer slower than it is written: it has
+        ``send_timeout`` to take some of it."""
+        super().pause_writing()
+        self._stalled_at = now = self._loop.time()
+        self._arm(now + self._listener.send_timeout)
+
+    def resume_writing(self) -> None:
+        self._stalled_at = 0.0
+        super().resume_writing()
+
     def _on_deadline(self) -> None:
         self._timer = None
-        phase = self._phase
-        if phase == IDLE or self.transport is None:
+        if self.transport is None:
             return
-        if self._loop.time() < self._deadline:
-            self._arm(self._deadline)
+        now = self._loop.time()
+        listener = self._listener
+        stalled = self._stalled_at
+        if stalled and now >= stalled + listener.send_timeout:
+            listener.timed_out("response")
+            transport = self.transport
+            self.force_close()
+            # close() would wait for the unread answer to leave: drop it, so the connection
+            # ends now and its handler (and upstream call) is cancelled
+            transport.abort()
             return
+        if self._phase != IDLE and now >= self._deadline:
+            self._expired(self._phase)
+        due = [self._deadline] if self._phase != IDLE else []
+        if self._stalled_at:
+            due.append(self._stalled_at + listener.send_timeout)
+        if due and self.transport is not None:
+            self._arm(min(due))
+
+    def _expired(self, phase: int) -> None:
         listener = self._listener
         if phase == HEAD:
             listener.timed_out("request_head")

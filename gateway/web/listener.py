@@ -65,6 +65,7 @@ class Listener:
         *,
         header_timeout: float,
         body_timeout: float,
+        send_timeout: float,
         keepalive_timeout: float,
         max_header_bytes: int,
         max_connections: int = 0,
@@ -74,6 +75,7 @@ class Listener:
     ) -> None:
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
+        self.send_timeout = send_timeout
         self.keepalive_timeout = keepalive_timeout
         self.max_header_bytes = max_header_bytes
         self.counts = ConnectionCounts(per_client=max_connections_per_client, total=max_connections)
@@ -90,6 +92,7 @@ class Listener:
         return cls(
             header_timeout=settings.header_timeout_seconds,
             body_timeout=settings.body_timeout_seconds,
+            send_timeout=settings.send_timeout_seconds,
             keepalive_timeout=settings.keepalive_timeout_seconds,
             max_header_bytes=settings.max_header_bytes,
             max_connections=settings.max_connections,
@@ -104,6 +107,7 @@ class Listener:
         return cls(
             header_timeout=settings.header_timeout_seconds,
             body_timeout=settings.body_timeout_seconds,
+            send_timeout=settings.send_timeout_seconds,
             keepalive_timeout=settings.keepalive_timeout_seconds,
             max_header_bytes=settings.max_header_bytes,
         )

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,8 +45,16 @@ class Connection:
         self.writer = writer
 
     @classmethod
-    async def open(cls, port: int) -> Connection:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    async def open(cls, port: int, receive_buffer: int | None = None) -> Connection:
+        """``receive_buffer``: the socket's receive buffer (a client that reads little)."""
+        if receive_buffer is None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            return cls(reader, writer)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
         return cls(reader, writer)
 
     async def send(self, data: bytes) -> None:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import structlog
 from aiohttp import web
@@ -31,6 +32,7 @@ from tests.support.harness import (
 )
 from tests.support.hostile_requests import KEY, MARKER, PARSER_CASES, TOKEN_PATH, chunked_send
 from tests.support.raw_http import WAIT, Answer, Connection, request
+from tests.support.upstreams import Script
 
 
 @pytest.fixture
@@ -241,6 +243,26 @@ async def test_a_body_that_does_not_arrive_in_time_is_a_408(
     assert (line["route"], line["error"]) == (SEND_URL, "request_timeout")
     assert gw.sample("gateway_connections_timed_out_total", phase="request_body") == 1
     assert_no_error_lines(events, caplog)
+
+
+async def test_a_client_that_stops_reading_its_answer_is_disconnected(
+    gateway_factory: Any, scripted: tuple[Script, str]
+) -> None:
+    """A slow read: the stream (and its upstream call) would be held for as long as the
+    client keeps its connection open without reading."""
+    script, url = scripted
+    script.chunks = [(0, b"data: " + b"x" * 65536 + b"\n\n")] * 160  # more than any buffer
+    gw: Gateway = await gateway_factory(upstream={"url": url}, server={"send_timeout_seconds": 0.5})
+    token = await gw.new_token()
+    body = orjson.dumps({"client_token": token, "message": "hi", "stream": True})
+    conn = await Connection.open(gw.server.port, receive_buffer=4096)
+    await conn.send(request("POST", SEND_URL, {"Content-Type": "application/json"}, body))
+    # and read nothing
+    await until(lambda: gw.sample("gateway_connections_timed_out_total", phase="response") == 1)
+    async with asyncio.timeout(WAIT):
+        await script.cancelled.wait()  # the upstream call ended with it
+    await until(lambda: gw.sample("gateway_streams_in_flight") == 0)
+    conn.close()
 
 
 # -- connection caps -------------------------------------------------------------------
