@@ -66,6 +66,7 @@ class GuardedConnection(RequestHandler):
         "_head_bytes",
         "_head_started",
         "_listener",
+        "_max_header_bytes",
         "_phase",
         "_stalled_at",
         "_timer",
@@ -75,6 +76,7 @@ class GuardedConnection(RequestHandler):
     def __init__(self, manager: web.Server, *, listener: Listener, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._listener = listener
+        self._max_header_bytes = listener.max_header_bytes
         self._client: str | None = None
         self._counted = False
         self._phase = IDLE
@@ -119,29 +121,40 @@ class GuardedConnection(RequestHandler):
         if self._force_close or self._close:
             return
         phase = self._phase
-        if phase == IDLE and data:  # the first bytes of the next request
-            self._phase = phase = HEAD
-            self._head_started = self._loop.time()
-            self._head_bytes = 0
         count = self._request_count
-        super().data_received(data)
+        RequestHandler.data_received(self, data)
         if self._request_count != count:
+            message, payload = self._messages[-1]
+            if (
+                type(message) is not _ErrInfo
+                and payload.is_eof()
+                and self._head_bytes + len(data) <= self._max_header_bytes
+            ):  # the usual case: whole requests, nothing left to wait for
+                self._phase, self._body = IDLE, None
+                return
             self._after_messages(phase, self._request_count - count, len(data))
-        elif phase == HEAD:
-            self._head_bytes += len(data)
-            if self._head_bytes > self._listener.max_header_bytes:
-                self._refuse_head(self._head_too_large())
-            else:
-                self._expect(self._head_started + self._listener.header_timeout)
+        elif not data:  # aiohttp parsing what it had kept while paused
+            return
         elif phase == BODY:
             body = self._body
             if body is None or body.is_eof():
                 self._phase, self._body = IDLE, None
             elif body.exception() is not None:  # the parser could not decode it
                 self._end_body()
+        else:  # part of a request head
+            if phase == IDLE:
+                self._phase = HEAD
+                self._head_started = self._loop.time()
+                self._head_bytes = 0
+            self._head_bytes += len(data)
+            if self._head_bytes > self._max_header_bytes:
+                self._refuse_head(self._head_too_large())
+            else:
+                self._expect(self._head_started + self._listener.header_timeout)
 
     def _after_messages(self, phase: int, new: int, received: int) -> None:
-        """``new`` messages were queued by the chunk just parsed."""
+        """``new`` messages were queued by the chunk just parsed, and the last one is
+        not simply a whole request."""
         messages = self._messages
         message, payload = messages[-1]
         if isinstance(message, _ErrInfo):
@@ -152,13 +165,16 @@ class GuardedConnection(RequestHandler):
                 refusal = parse_refusal(message.exc)
                 self._fail_body(ProblemError("invalid_request", refusal.detail, CLOSE))
                 return
+            if phase == IDLE:  # the refused head came whole: it started just now
+                self._head_started = self._loop.time()
             self._phase, self._body = IDLE, None
             self._close = True  # the stream cannot be trusted past a refusal
             return
-        if self._head_bytes + received > self._listener.max_header_bytes:
+        if self._head_bytes + received > self._max_header_bytes:
             self._check_head_sizes(new)  # a large chunk may hold a large head
             if self._close:
                 return
+        self._head_bytes = 0
         if payload.is_eof():
             self._phase, self._body = IDLE, None
         elif payload.exception() is not None:
