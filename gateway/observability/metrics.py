@@ -90,6 +90,7 @@ KNOWN_CONNECTION_REFUSALS: tuple[ConnectionRefusal, ...] = ("client_limit", "tot
 KNOWN_CONNECTION_PHASES: tuple[ConnectionPhase, ...] = (
     "request_head",
     "request_body",
+    "response",
     "keep_alive",
 )
 #: label children remembered per metric and label values (the values are bounded already;

@@ -279,6 +279,11 @@ async def test_one_client_cannot_hold_more_than_its_connections(
 ) -> None:
     gw: Gateway = await gateway_factory(server={"max_connections_per_client": 5})
     port = gw.server.port
+    sample = gw.metrics.registry.get_sample_value
+    for reason in ("client_limit", "total_limit"):  # exported at zero, for alerts
+        assert sample("gateway_connections_refused_total", {"reason": reason}) == 0
+    for phase in ("request_head", "request_body", "response", "keep_alive"):
+        assert sample("gateway_connections_timed_out_total", {"phase": phase}) == 0
     held.extend([await Connection.open(port) for _ in range(5)])
     await until(lambda: gw.sample("gateway_connections_open") == 5)
 
