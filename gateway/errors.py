@@ -35,7 +35,6 @@ KINDS: dict[str, ProblemKind] = {
     "method_not_allowed": ProblemKind(405, "Method not allowed"),
     "request_timeout": ProblemKind(408, "Request timeout"),
     "payload_too_large": ProblemKind(413, "Payload too large"),
-    "uri_too_long": ProblemKind(414, "URI too long"),
     "unsupported_media_type": ProblemKind(415, "Unsupported media type"),
     "expectation_failed": ProblemKind(417, "Expectation failed"),
     "rate_limited": ProblemKind(429, "Too many requests"),

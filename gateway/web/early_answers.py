@@ -45,12 +45,15 @@ _LLHTTP_SEPARATOR = ":\n\n  "
 
 
 def parse_refusal(exc: BaseException) -> ProblemError:
-    """The problem answering a request the HTTP parser refused (status 400, or 414/431
-    for a request target or header section too large, per RFC 9110 and RFC 6585)."""
+    """The problem answering a request the HTTP parser refused: 400, or 431 for a header
+    line or section too large (RFC 6585). An over-long request target is a 400 too:
+    every route documents 400 for a malformed request, and clients treat it so."""
     if isinstance(exc, LineTooLong):
         limit = str(exc.args[1]) if len(exc.args) > 1 else ""
         if limit == str(MAX_REQUEST_TARGET_BYTES):
-            return ProblemError("uri_too_long", f"the request target is longer than {limit} bytes")
+            return ProblemError(
+                "invalid_request", f"the request target is longer than {limit} bytes"
+            )
         return ProblemError(
             "header_fields_too_large", f"a header line is longer than {limit or '?'} bytes"
         )

@@ -49,8 +49,8 @@ PARSER_CASES: dict[str, tuple[bytes, int, str]] = {
     ),
     "request target too long": (
         request(path="/" + MARKER * 1000),
-        414,
-        "uri_too_long",
+        400,
+        "invalid_request",
     ),
     "Content-Length with Transfer-Encoding": (
         request(
