@@ -26,6 +26,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.core.identifiers import MODEL_ID
 from gateway.oauth.settings import OAuthSettings
 from gateway.yaml_source import (
     Loc,
@@ -37,7 +38,7 @@ from gateway.yaml_source import (
 )
 
 ENV_PREFIX = "GATEWAY__"
-MODEL_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+MODEL_ID_PATTERN = rf"^{MODEL_ID}$"
 ModelId = Annotated[str, Field(pattern=MODEL_ID_PATTERN)]
 #: an HTTP field name (RFC 9110 section 5.1)
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
@@ -83,6 +84,24 @@ class ServerSettings(_Section):
     drain_seconds: float = Field(0.0, ge=0, le=300)
     #: then: time given to in-flight requests and streams before they are cancelled
     shutdown_grace_seconds: float = Field(20.0, ge=0, le=3600)
+    #: hostile and slow clients (docs/configuration.md, "The public listener"):
+    #: idle time allowed between two requests on a connection
+    keepalive_timeout_seconds: float = Field(75.0, gt=0, le=3600)
+    #: a request's line and headers must arrive within this (from the connection's
+    #: start for its first request, from their first byte for later ones)
+    header_timeout_seconds: float = Field(10.0, gt=0, le=300)
+    #: a request's body must arrive within this once its headers have
+    body_timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    #: a client that takes none of its answer for this long (while the gateway has more
+    #: to send) is disconnected
+    send_timeout_seconds: float = Field(60.0, gt=0, le=3600)
+    #: request line and header fields together (431 above)
+    max_header_bytes: int = Field(32 * 1024, ge=4096, le=1024 * 1024)
+    #: open connections on the public listener (0: no cap)
+    max_connections: int = Field(10_000, ge=0, le=1_000_000)
+    #: open connections per client address, IPv6 per /64 (0: no cap); peers in
+    #: ``trusted_proxies`` are not capped
+    max_connections_per_client: int = Field(100, ge=0, le=1_000_000)
 
     @field_validator("trusted_proxies")
     @classmethod

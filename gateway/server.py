@@ -32,6 +32,7 @@ from gateway.observability.metrics import Metrics
 from gateway.runtime import settle_heap
 from gateway.web.admin import create_admin_app
 from gateway.web.app import create_app
+from gateway.web.listener import Listener, ListenerRunner
 from gateway.web.state import SERVICES
 
 log = structlog.get_logger("gateway")
@@ -65,8 +66,9 @@ async def serve(config: Config, environ: Mapping[str, str]) -> None:
     metrics = Metrics(process=True)
     health = Health(metrics)
     app = create_app(config, environ=environ, metrics=metrics, health=health)
-    public = web.AppRunner(
+    public = ListenerRunner(
         app,
+        Listener.public(server, metrics),
         handler_cancellation=True,
         access_log=None,
         shutdown_timeout=server.shutdown_grace_seconds,
@@ -78,7 +80,12 @@ async def serve(config: Config, environ: Mapping[str, str]) -> None:
     lag = asyncio.create_task(watch_loop_lag(metrics), name="loop-lag")
     try:
         if config.admin.enabled:
-            admin = web.AppRunner(create_admin_app(app), access_log=None, shutdown_timeout=1)
+            admin = ListenerRunner(
+                create_admin_app(app),
+                Listener.admin(server),
+                access_log=None,
+                shutdown_timeout=1,
+            )
             await admin.setup()
             await web.TCPSite(admin, config.admin.host, config.admin.port).start()
         await web.TCPSite(public, server.host, server.port, backlog=1024).start()

@@ -25,8 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
-import uuid
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -35,6 +34,15 @@ import jwt
 import orjson
 from jwt.utils import base64url_decode, base64url_encode
 
+from gateway.core.identifiers import (
+    CONVERSATION_ID_SHAPE,
+    FINGERPRINT_SHAPE,
+    KEY_ID_SHAPE,
+    MODEL_ID_SHAPE,
+    TOKEN_ID_SHAPE,
+    new_conversation_id,
+    new_token_id,
+)
 from gateway.core.signing_keys import KeySet, SigningKey, SigningKeyError
 
 #: verified tokens remembered (about 1 KiB each, token string included)
@@ -133,8 +141,8 @@ class TokenCodec:
     ) -> IssuedToken:
         issued_at = int(now)
         claims = ClientToken(
-            jti=secrets.token_urlsafe(16),
-            conversation_id=str(uuid.uuid4()),
+            jti=new_token_id(),
+            conversation_id=new_conversation_id(),
             model_id=model_id,
             key_id=key_id,
             issued_at=issued_at,
@@ -258,25 +266,27 @@ class TokenCodec:
         return claims
 
     def _parse(self, claims: dict[str, Any]) -> tuple[ClientToken, int]:
-        """The claims, and the time before which the token is not valid yet."""
+        """The claims, and the time before which the token is not valid yet. Every id
+        must have the shape this gateway gives it (:mod:`gateway.core.identifiers`):
+        they go into upstream headers, store keys and logs."""
         try:
             exp, iat = int(claims["exp"]), int(claims["iat"])
             nbf = int(claims.get("nbf", iat))
             parsed = ClientToken(
-                jti=_text(claims["jti"]),
-                conversation_id=_text(claims["cid"]),
-                model_id=_text(claims["mid"]),
-                key_id=_text(claims["akid"]),
+                jti=_shaped(claims["jti"], TOKEN_ID_SHAPE),
+                conversation_id=_shaped(claims["cid"], CONVERSATION_ID_SHAPE),
+                model_id=_shaped(claims["mid"], MODEL_ID_SHAPE),
+                key_id=_shaped(claims["akid"], KEY_ID_SHAPE),
                 issued_at=iat,
                 expires_at=exp,
-                fingerprint=_text(claims["fph"]) if "fph" in claims else None,
+                fingerprint=_shaped(claims["fph"], FINGERPRINT_SHAPE) if "fph" in claims else None,
             )
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise TokenRejected("token_invalid", "the token's claims are malformed") from None
         return parsed, max(nbf, iat)
 
 
-def _text(value: object) -> str:
-    if not isinstance(value, str) or not value or len(value) > 256:
-        raise ValueError("expected a short non-empty string")
+def _shaped(value: object, shape: re.Pattern[str]) -> str:
+    if not isinstance(value, str) or shape.fullmatch(value) is None:
+        raise ValueError("not an id this gateway issues")
     return value

@@ -52,6 +52,13 @@ class PoolStats(Protocol):
     def waiting(self) -> int: ...
 
 
+class OpenConnections(Protocol):
+    """What the metrics read of the listener's connection counts."""
+
+    @property
+    def total(self) -> int: ...
+
+
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 TTFB_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
@@ -75,6 +82,15 @@ KNOWN_TOKEN_REFUSALS = (
 )
 KNOWN_UPSTREAM_ERRORS = ("timeout", "unavailable", "bad_response", "status_5xx")
 KNOWN_STORE_ERRORS = ERROR_KINDS
+ConnectionRefusal = Literal["client_limit", "total_limit"]
+ConnectionPhase = Literal["request_head", "request_body", "response", "keep_alive"]
+KNOWN_CONNECTION_REFUSALS: tuple[ConnectionRefusal, ...] = ("client_limit", "total_limit")
+KNOWN_CONNECTION_PHASES: tuple[ConnectionPhase, ...] = (
+    "request_head",
+    "request_body",
+    "response",
+    "keep_alive",
+)
 #: label children remembered per metric and label values (the values are bounded already;
 #: this only spares the lookup on every request)
 MAX_CACHED_CHILDREN = 4096
@@ -154,6 +170,33 @@ class Metrics:
             "gateway_http_problems",
             "Error answers by route template and problem code.",
             ["route", "code"],
+            registry=registry,
+        )
+
+        # -- public listener: connections ---------------------------------------------
+        self.connections_open = Gauge(
+            "gateway_connections_open",
+            "Connections open on the public listener.",
+            registry=registry,
+        )
+        self.connections_accepted = Counter(
+            "gateway_connections_accepted",
+            "Connections accepted by the public listener (refused ones not included).",
+            registry=registry,
+        )
+        self.connections_refused = Counter(
+            "gateway_connections_refused",
+            "Connections closed at once because a cap was reached, by cap (client_limit: "
+            "the client's connections; total_limit: all connections).",
+            ["reason"],
+            registry=registry,
+        )
+        self.connections_timed_out = Counter(
+            "gateway_connections_timed_out",
+            "Connections closed for a deadline, by phase (request_head: the request line "
+            "and headers were late; request_body: the body; response: the client took none "
+            "of its answer; keep_alive: idle between requests).",
+            ["phase"],
             registry=registry,
         )
 
@@ -333,6 +376,10 @@ class Metrics:
             self.streams.labels(outcome)
         for event in ("entered", "refused", "in_flight"):
             self.penalty_box.labels(event)
+        for refusal in KNOWN_CONNECTION_REFUSALS:
+            self.connections_refused.labels(refusal)
+        for phase in KNOWN_CONNECTION_PHASES:
+            self.connections_timed_out.labels(phase)
         for kind in ("policies", "config"):
             for result in ("success", "failure"):
                 self.config_reloads.labels(kind, result)
@@ -372,6 +419,20 @@ class Metrics:
         series[1].observe(seconds)
         if code:
             self.http_problems.labels(route, self._words(code)).inc()
+
+    # -- public listener: connections ------------------------------------------------------
+    def watch_connections(self, counts: OpenConnections) -> None:
+        """Read the listener's open connections at each scrape."""
+        self.connections_open.set_function(lambda: counts.total)
+
+    def connection_accepted(self) -> None:
+        self.connections_accepted.inc()
+
+    def connection_refused(self, reason: ConnectionRefusal) -> None:
+        self.connections_refused.labels(reason).inc()
+
+    def connection_timed_out(self, phase: ConnectionPhase) -> None:
+        self.connections_timed_out.labels(phase).inc()
 
     # -- upstream --------------------------------------------------------------------------
     def observe_upstream(

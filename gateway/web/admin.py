@@ -14,6 +14,7 @@ from prometheus_client.exposition import choose_encoder
 
 from gateway.observability.health import CachedCheck, Health
 from gateway.observability.metrics import Metrics
+from gateway.web.early_answers import SERVER
 from gateway.web.state import HEALTH, METRICS, SERVICES
 
 #: how long an upstream reachability result is reused
@@ -86,8 +87,14 @@ async def readyz(request: web.Request) -> web.Response:
     return _json(report.body(), 200 if report.ready else 503)
 
 
+async def security_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    response.headers["Server"] = SERVER
+    response.headers["X-Content-Type-Options"] = "nosniff"
+
+
 def create_admin_app(public: web.Application) -> web.Application:
     app = web.Application()
+    app.on_response_prepare.append(security_headers)
     app[ADMIN_METRICS] = public[METRICS]
     app[ADMIN_HEALTH] = public[HEALTH]
     app[CHECKS] = ReadinessChecks(public)

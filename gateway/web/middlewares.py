@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.core.client_ip import (
     ForwardedForError,
@@ -32,6 +33,7 @@ from gateway.errors import ProblemError
 from gateway.observability import access_log
 from gateway.observability.health import Health
 from gateway.observability.metrics import Metrics
+from gateway.web.early_answers import SERVER
 from gateway.web.state import (
     CLIENT_IP,
     KEY_ID,
@@ -45,6 +47,10 @@ ResponseHook = Callable[[web.BaseRequest, web.StreamResponse], Awaitable[None]]
 REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 #: the status logged for a request whose handler was cancelled (client gone, shutdown)
 CLIENT_CLOSED = 499
+#: a body aiohttp could not decode (its Content-Encoding): the connection ends with it
+BODY_UNREADABLE = ProblemError(
+    "invalid_request", "the request body could not be decoded", {"Connection": "close"}
+)
 
 log = structlog.get_logger("gateway")
 
@@ -142,7 +148,13 @@ def make_context_middleware(
                     status = exc.status
                     raise
                 error, response = http_problem(exc)
-            except (ConnectionResetError, TimeoutError):
+            except RequestPayloadError:  # a body the parser could not decode
+                error, response = "invalid_request", problem_response(BODY_UNREADABLE)
+            except ConnectionResetError:  # the client went away
+                status = CLIENT_CLOSED
+                raise
+            except TimeoutError:  # answered 504 by the listener
+                status = 504
                 raise
             except asyncio.CancelledError:
                 status = CLIENT_CLOSED
@@ -178,8 +190,9 @@ def make_context_middleware(
 
 
 def make_response_hook(health: Health) -> ResponseHook:
-    """Headers every answer gets when it is prepared: ``X-Request-Id``, ``Server`` and,
-    while draining, ``Connection: close`` (the connection ends after this answer, so
+    """Headers every answer gets when it is prepared: ``X-Request-Id``, ``Server``,
+    ``X-Content-Type-Options: nosniff`` (browsers take each answer for its declared type)
+    and, while draining, ``Connection: close`` (the connection ends after this answer, so
     clients and load balancers reconnect to another replica instead of reusing it)."""
 
     async def on_response_prepare(request: web.BaseRequest, response: web.StreamResponse) -> None:
@@ -187,7 +200,8 @@ def make_response_hook(health: Health) -> ResponseHook:
         request_id = request.get(REQUEST_ID)
         if request_id:
             headers["X-Request-Id"] = request_id
-        headers["Server"] = "agent-gateway"
+        headers["Server"] = SERVER
+        headers["X-Content-Type-Options"] = "nosniff"
         if health.draining:
             response.force_close()
             headers["Connection"] = "close"

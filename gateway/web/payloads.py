@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 
 from gateway.admission import Client
 from gateway.errors import ProblemError
@@ -14,6 +15,7 @@ from gateway.web.state import CLIENT_IP
 
 JSON_TYPES = frozenset({"application/json"})
 SEND_FIELDS = frozenset({"client_token", "message", "stream"})
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 def client_of(request: web.Request) -> Client:
@@ -34,6 +36,25 @@ def bearer_credential(request: web.Request) -> str:
     return credential.strip()
 
 
+async def defer_continue(request: web.Request) -> None:
+    """The routes' ``Expect`` handler: answer nothing yet. aiohttp's default sends
+    ``100 Continue`` before any check; here the body reader sends it once the checks that
+    need no body (content type, declared length) have passed, so a refused request gets
+    its 413 or 415 without its body ever being sent."""
+
+
+async def continue_if_expected(request: web.Request) -> None:
+    """Send ``100 Continue`` when the client waits for it (RFC 9110, section 10.1.1)."""
+    if request.version != HttpVersion11:  # HTTP/1.0 has no interim answers
+        return
+    expect = request.headers.get("Expect", "")
+    if expect.lower() != "100-continue":
+        raise ProblemError("expectation_failed", "the only expectation supported is 100-continue")
+    writer = request.writer
+    await writer.write(CONTINUE)
+    writer.output_size = 0  # the answer proper has not started
+
+
 async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
     if request.content_type not in JSON_TYPES and not request.content_type.endswith("+json"):
         raise ProblemError(
@@ -44,6 +65,8 @@ async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, An
         raise ProblemError("unsupported_media_type", "JSON bodies must be UTF-8")
     if request.content_length is not None and request.content_length > max_bytes:
         raise ProblemError("payload_too_large", f"the body is larger than {max_bytes} bytes")
+    if "Expect" in request.headers:
+        await continue_if_expected(request)
     raw = await request.read()  # bounded by the application's client_max_size
     if len(raw) > max_bytes:
         raise ProblemError("payload_too_large", f"the body is larger than {max_bytes} bytes")

@@ -21,6 +21,7 @@ from gateway.web.cors import admit_origin
 from gateway.web.payloads import (
     bearer_credential,
     client_of,
+    defer_continue,
     parse_send_message,
     read_json_object,
 )
@@ -268,6 +269,8 @@ async def _relay_chunks(
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_get(TOKEN_PATH, issue_token, allow_head=False)
-    app.router.add_get(MESSAGES_PATH, read_messages, allow_head=False)
-    app.router.add_post(SEND_PATH, send_message)
+    # no route sends 100 Continue before its checks (payloads.defer_continue)
+    expect = defer_continue
+    app.router.add_get(TOKEN_PATH, issue_token, allow_head=False, expect_handler=expect)
+    app.router.add_get(MESSAGES_PATH, read_messages, allow_head=False, expect_handler=expect)
+    app.router.add_post(SEND_PATH, send_message, expect_handler=expect)

@@ -294,3 +294,46 @@ def test_only_tokens_that_pass_are_remembered_and_their_number_is_bounded(
         c.decode(token, NOW)
     assert list(c._verified) == tokens[-5:]  # the oldest go first
     assert c.decode(tokens[0], NOW).jti  # forgotten, verified again
+
+
+#: claims with a good signature but a shape this gateway never issues: each would reach
+#: an upstream header, a store key or a log line if it were believed
+FOREIGN_SHAPES = {
+    "cid with CR/LF": {"cid": "c0ffee00-0000-4000-8000-000000000000\r\nX-Injected: 1"},
+    "cid with LF only": {"cid": "c0ffee00-0000-4000-8000-000000000000\n"},
+    "cid not a uuid": {"cid": "../../admin"},
+    "cid uppercase uuid": {"cid": "C0FFEE00-0000-4000-8000-000000000000"},
+    "mid with CR/LF": {"mid": "demo\r\nX-Injected: 1"},
+    "mid with a space": {"mid": "demo model"},
+    "mid too long": {"mid": "m" * 129},
+    "akid with CR/LF": {"akid": "KKKKKKKKKKKK\r\n"},
+    "akid wrong length": {"akid": "K" * 13},
+    "jti with CR/LF": {"jti": "A" * 22 + "\r\nX: y"},
+    "jti too short": {"jti": "short"},
+    "fph with CR/LF": {"fph": "f" * 16 + "\n"},
+    "fph not hex": {"fph": "z" * 16},
+}
+
+
+@pytest.mark.parametrize("case", sorted(FOREIGN_SHAPES))
+@pytest.mark.parametrize("path", ["fast", "pyjwt"])
+def test_claims_of_a_shape_never_issued_are_refused(case: str, path: str) -> None:
+    c = codec(NEW, OLD)
+    payload = {**_payload(c), **FOREIGN_SHAPES[case]}
+    headers = {"kid": "old"} if path == "fast" else {"kid": "old", "x": 1}
+    token = jwt.encode(payload, OLD.secret, headers=headers)
+    assert (c._own_claims(token) is not None) == (path == "fast")
+    assert rejected(c, token) == "token_invalid"
+    assert token not in c._verified
+
+
+def test_issued_ids_have_the_shapes_the_codec_accepts() -> None:
+    from gateway.core import identifiers
+
+    c = codec()
+    longest_model = "M" + "m.o-d:e_l" * 14  # 127 characters of every allowed kind
+    for _ in range(50):
+        issued = c.issue(key_id="K" * 12, model_id=longest_model, now=NOW, fingerprint="0" * 16)
+        assert identifiers.CONVERSATION_ID_SHAPE.fullmatch(issued.claims.conversation_id)
+        assert identifiers.TOKEN_ID_SHAPE.fullmatch(issued.claims.jti)
+        assert c.decode(issued.token, NOW) == issued.claims

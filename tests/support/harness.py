@@ -11,12 +11,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from aiohttp.web_runner import BaseRunner
 
 from gateway.config import Config
 from gateway.keystore.admin import create_key
 from gateway.observability.metrics import Metrics
 from gateway.web.admin import create_admin_app
 from gateway.web.app import create_app
+from gateway.web.listener import Listener, ListenerRunner
 from gateway.web.state import METRICS, SERVICES, Services
 
 SIGNING_KEY = "k1:" + "s" * 48
@@ -213,11 +215,24 @@ class Gateway:
         )
 
 
+class ListenerTestServer(TestServer):
+    """``TestServer`` serving through the gateway's listener, as ``gateway serve`` does
+    (deadlines, connection caps, answers to malformed requests)."""
+
+    def __init__(self, app: web.Application, listener: Listener, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.listener = listener
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return ListenerRunner(self.app, self.listener, access_log=None, **kwargs)
+
+
 async def start_gateway(
     config: Config, environ: Mapping[str, str] | None = None, **app_kwargs: Any
 ) -> Gateway:
     app = create_app(config, environ=SIGNING_ENV if environ is None else environ, **app_kwargs)
-    server = TestServer(app, host="127.0.0.1")
+    listener = Listener.public(config.server, app[METRICS])
+    server = ListenerTestServer(app, listener, host="127.0.0.1")
     await server.start_server()
     http = aiohttp.ClientSession()
     return Gateway(server=server, config=config, http=http)
@@ -230,6 +245,7 @@ async def stop_gateway(gateway: Gateway) -> None:
 
 async def start_admin(gateway: Gateway) -> TestServer:
     """The admin listener of ``gateway`` on its own socket (the caller closes it)."""
-    server = TestServer(create_admin_app(gateway.app), host="127.0.0.1")
+    listener = Listener.admin(gateway.config.server)
+    server = ListenerTestServer(create_admin_app(gateway.app), listener, host="127.0.0.1")
     await server.start_server()
     return server

@@ -1,9 +1,12 @@
 """GET messages/{token} and POST message against the reference backend: every status."""
 
+from typing import Any
+
 import jwt
 import pytest
 
 from tests.support.harness import MESSAGES_URL, SEND_URL, SIGNING_KEY, Gateway
+from tests.support.upstreams import Script
 
 
 async def problem(resp: object) -> dict:
@@ -74,6 +77,36 @@ async def test_expired_and_foreign_tokens_get_403(gateway: Gateway) -> None:
         async with gateway.send(bad) as resp:
             assert resp.status == 403
             assert (await problem(resp))["code"] == code
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"cid": "c0ffee00-0000-4000-8000-000000000000\r\nX-Injected: 1"},
+        {"mid": "demo\r\nX-Injected: 1"},
+        {"akid": "KKKKKKKKKKKK\r\n"},
+        {"jti": "A" * 22 + "\r\nX: y"},
+    ],
+    ids=["cid", "mid", "akid", "jti"],
+)
+async def test_a_signed_token_with_a_line_break_in_a_claim_is_invalid_and_never_forwarded(
+    gateway_factory: Any, scripted: tuple[Script, str], claims: dict[str, str]
+) -> None:
+    """Signed with the gateway's real key: only the claims' shape can refuse it."""
+    script, url = scripted
+    gw = await gateway_factory(upstream={"url": url})
+    token = await gw.new_token()
+    payload = {**jwt.decode(token, options={"verify_signature": False}), **claims}
+    kid, secret = SIGNING_KEY.split(":", 1)
+    forged = jwt.encode(payload, secret, headers={"kid": kid})
+    async with gw.send(forged) as resp:
+        assert resp.status == 403
+        assert (await problem(resp))["code"] == "token_invalid"
+    async with gw.messages(forged) as resp:
+        assert resp.status == 403
+        assert (await problem(resp))["code"] == "token_invalid"
+    assert script.seen_headers == []
+    assert gw.sample("gateway_token_uses_refused_total", reason="token_invalid") == 2
 
 
 @pytest.mark.parametrize(
