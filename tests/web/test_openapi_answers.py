@@ -4,6 +4,7 @@ a state store that is down, an over-large body, a stolen token and the penalty b
 
 from __future__ import annotations
 
+import datetime
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from tests.support.harness import (
     stop_gateway,
 )
 from tests.support.processes import free_port
+from tests.support.raw_http import Answer, Connection, request
 from tests.support.redis_servers import dedicated_redis
 from tests.support.upstreams import Script
 
@@ -186,3 +188,74 @@ async def test_refusals_of_bodies_tokens_and_clients(gateway_factory: Any) -> No
     boxed = await read(gw, unused)
     assert documented(MESSAGES_PATH, "get", boxed)["code"] == "rate_limited"
     assert "RateLimit" not in boxed.headers  # no policy refused it: the box did
+
+
+def as_httpx(answer: Answer, method: str, url: str) -> httpx.Response:
+    """An answer read off a raw socket, as schemathesis' checks take it."""
+    response = httpx.Response(
+        answer.status,
+        headers=list(answer.headers.items()),
+        content=answer.body,
+        request=httpx.Request(method, url),
+    )
+    response.elapsed = datetime.timedelta(0)
+    return response
+
+
+async def listener_answer(port: int, data: bytes) -> Answer:
+    conn = await Connection.open(port)
+    try:
+        await conn.send(data)
+        return await conn.answer()
+    finally:
+        conn.close()
+
+
+async def test_answers_of_the_listener(gateway_factory: Any) -> None:
+    """Deadlines, head sizes, expectations and connection caps answer before any route
+    runs; the document gives them on every operation."""
+    gw: Gateway = await gateway_factory(
+        server={"header_timeout_seconds": 0.3, "max_connections_per_client": 2}
+    )
+    port, url = gw.server.port, gw.url + SEND_URL
+    token_path = TOKEN_URL.format(model="demo")
+    answers = {
+        "request_timeout": (TOKEN_PATH, "get", request(path=token_path)[:20]),
+        "header_fields_too_large": (
+            MESSAGES_PATH,
+            "get",
+            request(path="/x", headers={f"X-{n}": "y" * 4000 for n in range(10)}),
+        ),
+        "expectation_failed": (
+            SEND_URL,
+            "post",
+            request(
+                "POST", SEND_URL, {"Expect": "gold", "Content-Type": "application/json"}, b"{}"
+            ),
+        ),
+    }
+    for code, (path, method, data) in answers.items():
+        answer = await listener_answer(port, data)
+        assert documented(path, method, as_httpx(answer, method, url))["code"] == code
+
+    held = [await Connection.open(port) for _ in range(2)]
+    try:
+        answer = await listener_answer(port, b"")
+        for path, method in ((SEND_URL, "post"), ("/widget.js", "get")):
+            problem = documented(path, method, as_httpx(answer, method, url))
+            assert problem["code"] == "too_many_connections"
+    finally:
+        for conn in held:
+            conn.close()
+
+
+async def test_the_total_connection_cap_is_documented(gateway_factory: Any) -> None:
+    gw: Gateway = await gateway_factory(server={"max_connections": 1})
+    held = await Connection.open(gw.server.port)
+    try:
+        answer = await listener_answer(gw.server.port, b"")
+    finally:
+        held.close()
+    for path, method in ((MESSAGES_PATH, "get"), (TOKEN_PATH, "get"), ("/openapi.json", "head")):
+        response = as_httpx(answer, method.upper(), gw.url + "/openapi.json")
+        assert documented(path, method, response)["code"] == "overloaded"
