@@ -1,7 +1,7 @@
 """The bare pass-through proxy: the floor for any Python proxy on this machine.
 
 aiohttp server and pooled aiohttp client on uvloop, with the gateway's garbage-collector
-settings (:func:`gateway.runtime.settle_heap`), and none of its work: every request is
+settings (:func:`gateway.server.settle_heap`), and none of its work: every request is
 forwarded unchanged (method, path, body, ``Content-Type`` and ``Accept``) and the answer
 relayed, streamed chunk by chunk when it is ``text/event-stream``.
 ``python -m bench.passthrough PORT UPSTREAM_URL``.
@@ -17,7 +17,7 @@ import aiohttp
 import uvloop
 from aiohttp import web
 
-from gateway.runtime import settle_heap
+from gateway.server import settle_heap
 
 FORWARDED = ("Content-Type", "Accept")
 

@@ -25,10 +25,10 @@ from gateway.core.policy import PolicySet, RequestFacts, Selection, retry_after_
 from gateway.core.revocations import RevocationSet
 from gateway.core.token_codec import ClientToken, TokenCodec, TokenRejected
 from gateway.errors import ProblemError
-from gateway.key_verifier import Candidate, KeyRejected, KeyVerifier
 from gateway.keystore.base import KeyRecord
+from gateway.keystore.verifier import Candidate, KeyRejected, KeyVerifier
 from gateway.observability.metrics import Metrics
-from gateway.policies.reloader import PolicyStore
+from gateway.policies.live import LivePolicies
 from gateway.store.base import (
     Admission,
     AdmitRequest,
@@ -136,7 +136,7 @@ class Admissions:
         self,
         codec: TokenCodec,
         store: StateStore,
-        policies: PolicyStore,
+        policies: LivePolicies,
         *,
         fallback: StateStore,
         key_active: Callable[[str], bool],

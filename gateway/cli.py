@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.config import Config, default_config_path, load_config
+from gateway.config.yaml_source import SourceError
 from gateway.core import agent_keys
 from gateway.core.origins import invalid_origins
 from gateway.core.policy import RequestFacts
@@ -26,7 +27,6 @@ from gateway.policies.schema import ROUTES
 from gateway.redis_connect import RedisUrlError, safe_url
 from gateway.store.base import AdmitRequest, StoreUnavailable
 from gateway.store.factory import open_store
-from gateway.yaml_source import SourceError
 
 EXIT_USAGE = 2
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 from collections.abc import Mapping
 
@@ -29,7 +30,6 @@ from gateway.config import Config
 from gateway.observability.health import Health
 from gateway.observability.logging import flush as flush_logs
 from gateway.observability.metrics import Metrics
-from gateway.runtime import settle_heap
 from gateway.web.admin import create_admin_app
 from gateway.web.app import create_app
 from gateway.web.listener import Listener, ListenerRunner
@@ -46,6 +46,21 @@ async def watch_loop_lag(metrics: Metrics, interval: float = LAG_INTERVAL) -> No
         due = loop.time() + interval
         await asyncio.sleep(interval)
         metrics.loop_lag.observe(max(0.0, loop.time() - due))
+
+
+def settle_heap() -> None:
+    """Collect once, then move every object that startup built (modules, configuration,
+    compiled policies, clients) into the collector's permanent generation.
+
+    They live as long as the process, yet a full collection would walk them all: tens of
+    milliseconds on the loop, often enough to push an in-flight store call past its
+    deadline. After this, full collections walk only what requests allocate; and the
+    young generation is collected every 10,000 net allocations instead of 700, which
+    cuts the collector's share of a busy process's CPU (about 4% to under 1% under the
+    POST benchmark) while each pass stays well under a millisecond."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
 
 
 def _in_flight(metrics: Metrics) -> dict[str, float]:

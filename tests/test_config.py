@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_config
-from gateway.yaml_source import SourceError
+from gateway.config.yaml_source import SourceError
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = sorted((Path(__file__).parent / "fixtures" / "bad_config").glob("*.yaml"))

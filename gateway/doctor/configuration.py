@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from gateway.config import Config, load_config
+from gateway.config.yaml_source import SourceError
 from gateway.doctor.findings import Finding, error, ok, warning
-from gateway.yaml_source import SourceError
 
 #: a trusted proxy network larger than this is a warning: any host in it may name the
 #: client address that limits, binding and the penalty box count

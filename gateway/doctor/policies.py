@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from gateway.config import Config
+from gateway.config.yaml_source import SourceError
 from gateway.doctor.findings import Finding, error, ok, warning
 from gateway.policies.lint import lint
 from gateway.policies.loader import LoadedPolicies, load_policies
 from gateway.policies.protection import assess, where
-from gateway.yaml_source import SourceError
 
 #: the check name of each assessment event
 CHECKS = {"policies_unprotected": "policies.protection", "policies_fail_open": "policies.fail_open"}

@@ -23,11 +23,11 @@ import structlog
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.config.yaml_source import SourceError, parse_yaml, validate_model
 from gateway.core.miss_budget import MissBudget
 from gateway.core.origins import invalid_origins
 from gateway.keystore.base import Found, KeyRecord, KeyStoreError, MissLookups
 from gateway.watching import changes
-from gateway.yaml_source import SourceError, parse_yaml, validate_model
 
 log = structlog.get_logger("gateway.keystore")
 

@@ -10,10 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.config.yaml_source import SourceError, read_yaml, validate_model
 from gateway.core.fingerprint import FingerprintRule
 from gateway.core.policy import Binding, Limit, Override, Penalty, Policy, PolicySet
 from gateway.policies.schema import LimitModel, PolicyFile, PolicyModel
-from gateway.yaml_source import SourceError, read_yaml, validate_model
 
 SET_WIDE = ("binding", "penalty_box", "ip_prefix", "on_store_error")
 

@@ -16,13 +16,13 @@ from gateway.core.key_hash import VerifiedKeyCache
 from gateway.core.signing_keys import load_keyset
 from gateway.core.token_codec import TokenCodec
 from gateway.doctor.keys import log_if_empty
-from gateway.key_verifier import KeyVerifier
 from gateway.keystore.base import KeyStore
 from gateway.keystore.factory import open_keystore
+from gateway.keystore.verifier import KeyVerifier
 from gateway.observability.health import Health
 from gateway.observability.metrics import Metrics
 from gateway.observability.redaction import register_secret
-from gateway.policies.reloader import PolicyStore
+from gateway.policies.live import LivePolicies
 from gateway.redis_connect import url_password
 from gateway.store.base import StateStore
 from gateway.store.factory import open_store
@@ -74,7 +74,7 @@ def create_app(
     environ: Mapping[str, str] | None = None,
     store: StateStore | None = None,
     keystore: KeyStore | None = None,
-    policies: PolicyStore | None = None,
+    policies: LivePolicies | None = None,
     metrics: Metrics | None = None,
     health: Health | None = None,
 ) -> web.Application:
@@ -101,21 +101,21 @@ def create_app(
         VerifiedKeyCache(config.keys.verified_cache_seconds, config.keys.verified_cache_size),
         metrics=metrics,
     )
-    policy_store = (
+    live_policies = (
         policies
         if policies is not None
-        else PolicyStore(
+        else LivePolicies(
             config.policies.path,
             on_reload=lambda result: metrics.config_reload("policies", result == "success"),
             allow_unprotected=config.policies.allow_unprotected,
         )
     )
-    policy_store.load()  # an invalid or unprotected set stops the start with a precise error
+    live_policies.load()  # an invalid or unprotected set stops the start with a precise error
     metrics.config_reload("policies", ok=True)
     admissions = Admissions(
         codec,
         state_store,
-        policy_store,
+        live_policies,
         fallback=MemoryStore(),
         key_active=verifier.key_active,
         max_token_chars=config.server.max_token_chars,
@@ -143,7 +143,7 @@ def create_app(
         stop = asyncio.Event()
         tasks = [asyncio.create_task(key_store.run(stop), name="keystore-sync")]
         if config.policies.watch:
-            tasks.append(asyncio.create_task(policy_store.run(stop), name="policy-watch"))
+            tasks.append(asyncio.create_task(live_policies.run(stop), name="policy-watch"))
         transport = open_transport(config.upstream)
         metrics.watch_upstream_pool(transport)
         app[SERVICES] = Services(

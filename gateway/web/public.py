@@ -14,7 +14,7 @@ from aiohttp import web
 
 from gateway.core.token_codec import ClientToken
 from gateway.errors import ProblemError
-from gateway.key_verifier import KeyRejected, VerifierBusy
+from gateway.keystore.verifier import KeyRejected, VerifierBusy
 from gateway.observability.metrics import StreamOutcome
 from gateway.upstream import ForwardContext, UpstreamResponse, error_reason
 from gateway.web.cors import admit_origin

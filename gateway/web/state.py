@@ -8,7 +8,7 @@ from aiohttp import web
 
 from gateway.admission import Admissions
 from gateway.config import Config
-from gateway.key_verifier import KeyVerifier
+from gateway.keystore.verifier import KeyVerifier
 from gateway.observability.health import Health
 from gateway.observability.metrics import Metrics
 from gateway.upstream import UpstreamClient

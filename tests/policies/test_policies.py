@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config.yaml_source import SourceError
 from gateway.core.gcra import LimitState
 from gateway.core.policy import RequestFacts, rate_limit_headers
 from gateway.policies.lint import lint
 from gateway.policies.loader import load_policies
-from gateway.yaml_source import SourceError
 
 ROOT = Path(__file__).resolve().parents[2]
 BAD = sorted((Path(__file__).parents[1] / "fixtures" / "bad_policies").glob("*.yaml"))
@@ -291,25 +291,25 @@ policies:
 """
 
 
-def test_the_policy_store_refuses_an_unprotected_set_at_start_and_on_signal(
+def test_the_live_policies_refuses_an_unprotected_set_at_start_and_on_signal(
     tmp_path: Path,
 ) -> None:
-    from gateway.policies.reloader import PolicyStore
-    from gateway.yaml_source import SourceError
+    from gateway.config.yaml_source import SourceError
+    from gateway.policies.live import LivePolicies
 
     path = write(tmp_path, "p.yaml", "# empty for now\n")
     with pytest.raises(SourceError, match="refusing a policy set that leaves the gateway"):
-        PolicyStore(path).load()
+        LivePolicies(path).load()
 
     path.write_text(PROTECTED_SET)
     results: list[str] = []
-    store = PolicyStore(path, on_reload=results.append)
+    store = LivePolicies(path, on_reload=results.append)
     store.load()
     before = store.current
     path.write_text("# empty for now\n")
     assert store.reload("sighup") is False
     assert store.current is before and results == ["failure"]
 
-    allowed = PolicyStore(path, on_reload=results.append, allow_unprotected=True)
+    allowed = LivePolicies(path, on_reload=results.append, allow_unprotected=True)
     allowed.load()  # runs, with a warning
     assert allowed.current.policies == ()

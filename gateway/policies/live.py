@@ -1,4 +1,5 @@
-"""Hot reload: the current policy set, swapped atomically when the files change.
+"""The live policies: the current policy set, reloaded and swapped atomically when the
+files change.
 
 Triggers: a change under the policy path (watchfiles, with a periodic content check as a
 fallback for mounts without notifications, such as Kubernetes ConfigMap volumes) and
@@ -29,11 +30,11 @@ from pathlib import Path
 
 import structlog
 
+from gateway.config.yaml_source import SourceError
 from gateway.core.policy import PolicySet
 from gateway.policies.loader import LoadedPolicies, load_policies, policy_files
 from gateway.policies.protection import Assessment, assess
 from gateway.watching import changes
-from gateway.yaml_source import SourceError
 
 log = structlog.get_logger("gateway.policies")
 
@@ -54,7 +55,9 @@ def _digest(path: Path) -> bytes:
     return hasher.digest()
 
 
-class PolicyStore:
+class LivePolicies:
+    """The policy set in force, and its reloads (file changes, ``SIGHUP``)."""
+
     def __init__(
         self,
         path: Path,

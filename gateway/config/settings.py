@@ -1,21 +1,15 @@
-"""The gateway's configuration: a validated, immutable tree loaded from ``config.yaml``.
+"""The configuration's sections: a validated, immutable tree with every default.
 
-Precedence: defaults < the YAML file < environment variables ``GATEWAY__SECTION__FIELD``
-(values parsed as YAML scalars, so ``GATEWAY__SERVER__PORT=8080`` is an int). Secrets never
-live here: token signing keys come from ``GATEWAY_SIGNING_KEYS`` or a mounted file
-(see :mod:`gateway.core.signing_keys`).
+Secrets never live here: token signing keys come from ``GATEWAY_SIGNING_KEYS`` or a
+mounted file (see :mod:`gateway.core.signing_keys`).
 """
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Mapping
 from pathlib import Path
-from types import UnionType
-from typing import Annotated, Any, ClassVar, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, ClassVar, Literal
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -28,16 +22,7 @@ from pydantic import (
 
 from gateway.core.identifiers import MODEL_ID
 from gateway.oauth.settings import OAuthSettings
-from gateway.yaml_source import (
-    Loc,
-    SourceError,
-    YamlDocument,
-    format_loc,
-    read_yaml,
-    validate_model,
-)
 
-ENV_PREFIX = "GATEWAY__"
 MODEL_ID_PATTERN = rf"^{MODEL_ID}$"
 ModelId = Annotated[str, Field(pattern=MODEL_ID_PATTERN)]
 #: an HTTP field name (RFC 9110 section 5.1)
@@ -58,7 +43,7 @@ def _relayed_header(name: str) -> str:
 RelayedHeader = Annotated[str, AfterValidator(_relayed_header)]
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     #: the field a section written as one word stands for (``store: redis``), if any
     shorthand: ClassVar[str | None] = None
@@ -71,7 +56,7 @@ class _Section(BaseModel):
         return value
 
 
-class ServerSettings(_Section):
+class ServerSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     #: networks whose ``X-Forwarded-For`` and ``X-Request-Id`` are believed
@@ -114,13 +99,13 @@ class ServerSettings(_Section):
         return value
 
 
-class AdminSettings(_Section):
+class AdminSettings(Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(9090, ge=0, le=65535)
 
 
-class StoreSettings(_Section):
+class StoreSettings(Section):
     shorthand = "type"
 
     type: Literal["memory", "redis"] = "memory"
@@ -135,7 +120,7 @@ class StoreSettings(_Section):
     breaker_open_seconds: float = Field(1.0, gt=0, le=300)
 
 
-class Argon2Settings(_Section):
+class Argon2Settings(Section):
     """Cost of hashing newly created keys; verification reads the cost from each hash."""
 
     time_cost: int = Field(3, ge=1, le=20)
@@ -143,7 +128,7 @@ class Argon2Settings(_Section):
     parallelism: int = Field(4, ge=1, le=64)
 
 
-class KeyStoreSettings(_Section):
+class KeyStoreSettings(Section):
     type: Literal["file", "redis"] = "file"
     path: Path = Path("var/keys.yaml")
     #: Redis key store location; defaults to ``store.url``
@@ -162,7 +147,7 @@ class KeyStoreSettings(_Section):
     argon2: Argon2Settings = Field(default_factory=Argon2Settings)
 
 
-class TokenSettings(_Section):
+class TokenSettings(Section):
     ttl_seconds: int = Field(900, ge=30, le=86_400)
     issuer: str = Field("agent-gateway", min_length=1)
     audience: str = Field("public-agent-api", min_length=1)
@@ -173,7 +158,7 @@ class TokenSettings(_Section):
     signing_keys_file: Path | None = None
 
 
-class PolicySettings(_Section):
+class PolicySettings(Section):
     #: a policy file or a directory of ``*.yaml`` policy files (see docs/policies.md)
     path: Path = Path("policies")
     #: reload on file change (SIGHUP always reloads)
@@ -184,13 +169,13 @@ class PolicySettings(_Section):
     allow_unprotected: bool = False
 
 
-class ModelSettings(_Section):
+class ModelSettings(Section):
     description: str = ""
     #: model id sent upstream; defaults to the public model id
     upstream_model: str | None = None
 
 
-class UpstreamTimeouts(_Section):
+class UpstreamTimeouts(Section):
     connect: float = Field(2.0, gt=0, le=60)
     #: whole non-streamed answer, and the wait for a streamed answer's headers
     read: float = Field(30.0, gt=0, le=600)
@@ -200,7 +185,7 @@ class UpstreamTimeouts(_Section):
     stream_max: float = Field(600.0, gt=0, le=86_400)
 
 
-class UpstreamSettings(_Section):
+class UpstreamSettings(Section):
     url: str = Field("http://127.0.0.1:8081", pattern=r"^https?://[^/?#]+/?$")
     #: the HTTP client: the builtin HTTP/1.1 pool, or aiohttp's ClientSession
     client: Literal["builtin", "aiohttp"] = "builtin"
@@ -242,12 +227,12 @@ class UpstreamSettings(_Section):
         return value
 
 
-class LoggingSettings(_Section):
+class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
 
 
-class Config(_Section):
+class Config(Section):
     server: ServerSettings = Field(default_factory=ServerSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
@@ -278,95 +263,3 @@ class Config(_Section):
 
 def _under(base: Path, path: Path) -> Path:
     return path if path.is_absolute() else (base / path)
-
-
-def _child(annotation: Any, name: str) -> Any:
-    """The type of ``name`` inside a value of type ``annotation`` (a section, or the
-    mapping of ``models``), or None when unknown (validation reports it later)."""
-    origin = get_origin(annotation)
-    if origin is Annotated:
-        return _child(get_args(annotation)[0], name)
-    if origin in (Union, UnionType):
-        for arg in get_args(annotation):
-            found = _child(arg, name)
-            if found is not None:
-                return found
-        return None
-    if origin is dict:
-        return get_args(annotation)[1]
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        field = annotation.model_fields.get(name)
-        return field.annotation if field is not None else None
-    return None
-
-
-def _shorthand(annotation: Any) -> str | None:
-    """The shorthand field of a section type (``store`` -> ``type``), if it has one."""
-    if get_origin(annotation) in (Union, UnionType):
-        return next(filter(None, (_shorthand(a) for a in get_args(annotation))), None)
-    if isinstance(annotation, type) and issubclass(annotation, _Section):
-        return annotation.shorthand
-    return None
-
-
-def _apply_env(doc: YamlDocument, environ: Mapping[str, str]) -> None:
-    """``GATEWAY__SECTION__FIELD=value`` overrides, applied to the parsed file before
-    validation. A section the file writes as a shorthand (``store: memory``) becomes
-    its mapping (``{type: memory}``) when a variable names one of its fields, and a
-    shorthand value for a section the file writes as a mapping sets that one field."""
-    if doc.data is None:
-        doc.data = {}
-    for name, raw in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX):
-            continue
-        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
-        if not all(parts):
-            raise SourceError(f"environment {name}: empty path segment")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        node: Any = doc.data
-        annotation: Any = Config
-        loc: Loc = ()
-        for part in parts[:-1]:
-            annotation = _child(annotation, part)
-            loc = (*loc, part)
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                field = _shorthand(annotation)
-                if field is None:
-                    raise SourceError(
-                        f"environment {name}: {format_loc(loc)} is {child!r} in "
-                        f"{doc.where(loc)}, not a section with fields"
-                    )
-                child = node[part] = {field: child}
-                if loc in doc.lines:
-                    doc.lines[(*loc, field)] = doc.lines[loc]
-            node = child
-        last = parts[-1]
-        target: Loc = (*loc, last)
-        field = _shorthand(_child(annotation, last))
-        if field is not None and isinstance(node.get(last), dict) and not isinstance(value, dict):
-            node[last][field] = value
-            target = (*target, field)
-        else:
-            node[last] = value
-        doc.overrides[target] = f"environment {name}"
-
-
-def load_config(path: Path | str, environ: Mapping[str, str] | None = None) -> Config:
-    """Load, override from the environment, validate. Raises :class:`SourceError`."""
-    path = Path(path)
-    doc = read_yaml(path)
-    if doc.data is not None and not isinstance(doc.data, dict):
-        raise SourceError(f"{doc.where(())}: the configuration must be a mapping")
-    _apply_env(doc, os.environ if environ is None else environ)
-    config = validate_model(Config, doc)
-    return config.resolve_paths(path.resolve().parent)
-
-
-def default_config_path() -> Path:
-    return Path(os.environ.get("GATEWAY_CONFIG", "config.yaml"))
