@@ -29,6 +29,9 @@ SSE = (
 #: streams for this model (``X-Model-Id``) drip at DRIP_BYTES_PER_SECOND (``make soak``)
 DRIP_MODEL = "drip"
 DRIP_BYTES_PER_SECOND = 64
+#: nginx counts the head in ``limit_rate_after``: about 200 bytes of head, then the first
+#: DRIP_BYTES_PER_SECOND of the stream at once, as the aiohttp upstream sends them
+DRIP_FIRST_BYTES = 200 + DRIP_BYTES_PER_SECOND
 TOKEN = b'{"token":"bench","expires_in":900,"expires_at":"2030-01-01T00:00:00Z"}'
 
 
@@ -65,7 +68,8 @@ http {{
       internal; default_type text/event-stream; return 200 {_nginx_string(SSE)};
     }}
     location = /_sse_drip {{
-      internal; default_type text/event-stream; limit_rate {DRIP_BYTES_PER_SECOND};
+      internal; default_type text/event-stream;
+      limit_rate {DRIP_BYTES_PER_SECOND}; limit_rate_after {DRIP_FIRST_BYTES};
       return 200 {_nginx_string(SSE)};
     }}
     location ~ ^/internal/conversations/[^/]+/messages$ {{
