@@ -38,6 +38,7 @@ from gateway.store.base import (
     TokenUse,
     TokenVerdict,
 )
+from gateway.store.errors import StoreCall
 
 log = structlog.get_logger("gateway.security")
 store_log = structlog.get_logger("gateway.store")
@@ -125,7 +126,7 @@ class Attempt:
             return
         admissions = self._admissions
         try:
-            with admissions.metrics.store_call("release_attempt"):
+            with StoreCall(admissions.metrics, "release_attempt"):
                 await self._store.release_attempt(self._subject)
         except StoreUnavailable:
             return
@@ -210,7 +211,7 @@ class Admissions:
         the store where the failed attempt was counted in flight."""
         store = self.store if reserved_on is None else reserved_on
         try:
-            with self.metrics.store_call("record_failure"):
+            with StoreCall(self.metrics, "record_failure"):
                 boxed_ms = await store.record_failure(
                     subject, rule, reserved=reserved_on is not None
                 )
@@ -239,7 +240,7 @@ class Admissions:
         rule = PenaltyRule(penalty.window_ms, penalty.threshold, penalty.cooldown_ms)
         store = self.store
         try:
-            with self.metrics.store_call("reserve_attempt"):
+            with StoreCall(self.metrics, "reserve_attempt"):
                 slot = await store.reserve_attempt(subject, rule)
         except StoreUnavailable as exc:
             self._fail_open_or_refuse(policies, "reserve_attempt", exc)
@@ -302,7 +303,7 @@ class Admissions:
     # -- the store call ----------------------------------------------------------------
     async def _admit(self, request: AdmitRequest, policies: PolicySet) -> Admission:
         try:
-            with self.metrics.store_call("admit"):  # latency and errors, by operation
+            with StoreCall(self.metrics, "admit"):  # latency and errors, by operation
                 admission = await self.store.admit(request)
         except StoreUnavailable as exc:
             self._fail_open_or_refuse(policies, "admit", exc)

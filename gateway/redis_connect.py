@@ -13,8 +13,13 @@ from urllib.parse import unquote, urlsplit
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
+from redis.exceptions import RedisClusterException, RedisError
 
 AnyRedis = Redis | RedisCluster
+#: what a failing Redis raises: redis-py's errors (its timeouts and lost connections
+#: included), the plain RedisClusterException (not a RedisError) its cluster client raises
+#: when no node answers, and OSError (the builtin TimeoutError and ConnectionError among them)
+REDIS_FAILURES: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
 
 
 class RedisUrlError(ValueError):

@@ -32,16 +32,14 @@ from typing import Any
 import orjson
 import structlog
 from pydantic import ValidationError
-from redis.exceptions import RedisClusterException, RedisError
 
 from gateway.core.agent_keys import KEY_ID_PATTERN
 from gateway.core.miss_budget import MissBudget
 from gateway.core.origins import invalid_origins
 from gateway.keystore.base import Found, KeyRecord, KeyStoreError, MissLookups
-from gateway.redis_connect import AnyRedis
+from gateway.redis_connect import REDIS_FAILURES, AnyRedis
 
 log = structlog.get_logger("gateway.keystore")
-STORE_FAILURES = (RedisError, RedisClusterException, OSError)
 #: waits between attempts to subscribe again after the subscription failed
 RESUBSCRIBE_MIN_SECONDS = 0.1
 RESUBSCRIBE_MAX_SECONDS = 5.0
@@ -126,7 +124,7 @@ class RedisKeyStore:
                 if self.loaded and version == self._version:
                     return
                 records = await self._load_all()
-            except STORE_FAILURES as exc:
+            except REDIS_FAILURES as exc:
                 raise KeyStoreError(f"redis key store: {exc}") from None
             if self.loaded:
                 log.info("keystore_reloaded", keys=len(records))
@@ -135,7 +133,7 @@ class RedisKeyStore:
     async def _read_one(self, key_id: str) -> KeyRecord | None:
         try:
             raw = await self._redis.get(self._key(key_id))
-        except STORE_FAILURES as exc:
+        except REDIS_FAILURES as exc:
             raise KeyStoreError(f"redis key store: {exc}") from None
         return self._parse(key_id, raw)
 
@@ -211,7 +209,7 @@ class RedisKeyStore:
                     if message is not None:
                         await self._on_message(message)
                         pause = RESUBSCRIBE_MIN_SECONDS
-            except STORE_FAILURES as exc:
+            except REDIS_FAILURES as exc:
                 if self.subscribed.is_set():
                     log.warning("keystore_subscription_lost", error=str(exc))
                 elif pause == RESUBSCRIBE_MIN_SECONDS:  # once per series of failed attempts
@@ -260,7 +258,7 @@ class RedisKeyStore:
             await self._redis.publish(
                 self.channel, orjson.dumps({"key_id": key_id, "version": version})
             )
-        except STORE_FAILURES as exc:  # stored all the same: the poll and look-ups find it
+        except REDIS_FAILURES as exc:  # stored all the same: the poll and look-ups find it
             log.warning("keystore_publish_failed", key_id=key_id, error=str(exc))
 
     # -- writing -----------------------------------------------------------------------
@@ -271,7 +269,7 @@ class RedisKeyStore:
                 pipe.sadd(self._ids, record.key_id)
                 pipe.incr(self._version_key)
                 created, _, version = await pipe.execute()
-        except STORE_FAILURES as exc:
+        except REDIS_FAILURES as exc:
             raise KeyStoreError(f"redis key store: {exc}") from None
         if not created:
             raise KeyStoreError(f"key id {record.key_id} already exists")
@@ -297,7 +295,7 @@ class RedisKeyStore:
                     pipe.set(self._key(key_id), record.model_dump_json(), xx=True)
                     pipe.incr(self._version_key)
                     _, version = await pipe.execute()
-        except STORE_FAILURES as exc:
+        except REDIS_FAILURES as exc:
             raise KeyStoreError(f"redis key store: {exc}") from None
         if version is not None:
             await self._publish(key_id, int(version))

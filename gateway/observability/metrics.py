@@ -16,8 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sized
 from contextlib import contextmanager
-from types import TracebackType
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from prometheus_client import (
     CollectorRegistry,
@@ -37,8 +36,6 @@ from gateway.observability.labels import (
     method_label,
     status_class,
 )
-from gateway.store.guarded import ERROR_KINDS
-from gateway.store.guarded import error_kind as store_error_kind
 
 
 class PoolStats(Protocol):
@@ -68,6 +65,9 @@ StreamOutcome = Literal["completed", "upstream_error", "truncated", "client_disc
 RateLimitOutcome = Literal["allowed", "limited", "shadow_limited"]
 PenaltyEvent = Literal["entered", "refused", "in_flight"]
 ReloadKind = Literal["policies", "config"]
+#: what a store failure was (see :func:`gateway.store.errors.error_kind`): ``oom`` a Redis
+#: past its ``maxmemory``, ``readonly`` a replica, ``circuit_open`` the breaker refused
+StoreErrorKind = Literal["timeout", "connection", "circuit_open", "oom", "readonly", "other"]
 
 #: label values created at zero, so alerts on ``increase()`` see the very first event
 KNOWN_SUSPICIOUS = ("token_reuse", "invalid_key", "invalid_token", "penalty_box")
@@ -81,7 +81,7 @@ KNOWN_TOKEN_REFUSALS = (
     "rate_limited",
 )
 KNOWN_UPSTREAM_ERRORS = ("timeout", "unavailable", "bad_response", "status_5xx")
-KNOWN_STORE_ERRORS = ERROR_KINDS
+KNOWN_STORE_ERRORS = get_args(StoreErrorKind)
 ConnectionRefusal = Literal["client_limit", "total_limit"]
 ConnectionPhase = Literal["request_head", "request_body", "response", "keep_alive"]
 KNOWN_CONNECTION_REFUSALS: tuple[ConnectionRefusal, ...] = ("client_limit", "total_limit")
@@ -94,33 +94,6 @@ KNOWN_CONNECTION_PHASES: tuple[ConnectionPhase, ...] = (
 #: label children remembered per metric and label values (the values are bounded already;
 #: this only spares the lookup on every request)
 MAX_CACHED_CHILDREN = 4096
-
-
-class _StoreCall:
-    """Times one store call; counts its failure by kind (see :meth:`Metrics.store_call`)."""
-
-    __slots__ = ("_metrics", "_operation", "_started")
-
-    def __init__(self, metrics: Metrics, operation: str) -> None:
-        self._metrics = metrics
-        self._operation = operation
-        self._started = 0.0
-
-    def __enter__(self) -> None:
-        self._started = time.perf_counter()
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        metrics, operation = self._metrics, self._operation
-        if isinstance(exc, Exception):
-            metrics.store_errors.labels(operation, store_error_kind(exc)).inc()
-        metrics.child(metrics.store_duration, operation).observe(
-            time.perf_counter() - self._started
-        )
 
 
 class Metrics:
@@ -513,10 +486,14 @@ class Metrics:
             self.suspicious_event("penalty_box")
 
     # -- state store -----------------------------------------------------------------------
-    def store_call(self, operation: str) -> _StoreCall:
-        """Times a store call and counts its failure (re-raised unchanged). Wrap it
-        *outside* any ``asyncio.timeout`` so a timeout is seen as ``TimeoutError``."""
-        return _StoreCall(self, operation)
+    def store_call_ended(
+        self, operation: str, seconds: float, error: StoreErrorKind | None
+    ) -> None:
+        """One store call took ``seconds`` and failed with ``error`` (None: it answered);
+        fed by :class:`gateway.store.errors.StoreCall`."""
+        if error is not None:
+            self.store_errors.labels(operation, error).inc()
+        self.child(self.store_duration, operation).observe(seconds)
 
     def store_failed_open(self, operation: str = "admit") -> None:
         """A request was let through although the store failed (fail-open mode)."""

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 from gateway.core.gcra import LimitSpec, LimitState
+from gateway.core.policy import ReuseAction
 
-ReuseAction = Literal["deny", "revoke", "flag"]
 REUSE_ACTION_CODES: dict[ReuseAction, int] = {"deny": 0, "revoke": 1, "flag": 2}
 
 
@@ -86,6 +86,13 @@ class AttemptSlot(NamedTuple):
 
 class StoreUnavailable(Exception):
     """The store did not answer in time or at all."""
+
+
+class CircuitOpen(StoreUnavailable):
+    """The store was not asked: its circuit breaker is open after recent failures."""
+
+    def __init__(self) -> None:
+        super().__init__("circuit open")
 
 
 class StateStore(Protocol):

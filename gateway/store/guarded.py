@@ -1,11 +1,12 @@
 """Putting a deadline and a circuit breaker around a remote store.
 
 Every call gets the configured budget (tens of milliseconds); a call that fails or runs
-late counts against the breaker, and while the breaker is open calls fail at once, so a
-dead Redis never makes requests wait. Failures surface as :class:`StoreUnavailable`;
-the caller decides between failing closed and falling back to local limits. Each failure
-is named by :func:`error_kind` (a timeout, a lost connection, a full or read-only Redis)
-in the ``store_error`` log line, at most once a second per kind.
+late counts against the breaker, and while the breaker is open calls fail at once
+(:class:`~gateway.store.base.CircuitOpen`), so a dead Redis never makes requests wait.
+Failures surface as :class:`~gateway.store.base.StoreUnavailable`; the caller decides
+between failing closed and falling back to local limits. Each failure is named by
+:func:`~gateway.store.errors.error_kind` (a timeout, a lost connection, a full or
+read-only Redis) in the ``store_error`` log line, at most once a second per kind.
 
 The budget counts time the event loop was free to serve the call, not time it spent
 elsewhere (a flood of requests, a long garbage collection): then the reply may be waiting
@@ -21,31 +22,23 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import structlog
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import (
-    OutOfMemoryError,
-    ReadOnlyError,
-    RedisClusterException,
-    RedisError,
-)
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gateway.core.breaker import BreakerState, CircuitBreaker
 from gateway.core.gcra import LimitSpec, LimitState
+from gateway.redis_connect import REDIS_FAILURES
 from gateway.store.base import (
     Admission,
     AdmitRequest,
     AttemptSlot,
+    CircuitOpen,
     PenaltyRule,
     StateStore,
     StoreUnavailable,
 )
+from gateway.store.errors import error_kind
 
 log = structlog.get_logger("gateway.store")
 T = TypeVar("T")
-#: what a store failure looks like: redis-py's cluster client raises the plain
-#: RedisClusterException (not a RedisError) when no node answers
-FAILURES = (TimeoutError, RedisError, RedisClusterException, OSError, ConnectionError)
 
 #: a deadline timer that fires later than this share of the deadline (and at least
 #: LATE_MIN_SECONDS) found the event loop busy: it is set again as much later
@@ -58,27 +51,6 @@ MAX_EXTENSION_SECONDS = 1.0
 #: one ``store_error`` line per kind of failure at most this often; the others are counted
 #: in the next line's ``suppressed``
 LOG_EVERY_SECONDS = 1.0
-#: what :func:`error_kind` answers (the ``error`` label of ``gateway_store_errors_total``)
-ERROR_KINDS = ("timeout", "connection", "circuit_open", "oom", "readonly", "other")
-
-
-def error_kind(exc: BaseException) -> str:
-    """A bounded word for a store failure (the guarded store's cause when it has one):
-    ``oom`` is a Redis past its ``maxmemory`` refusing writes (``noeviction``),
-    ``readonly`` a replica refusing them (the gateway still talks to a demoted primary)."""
-    if isinstance(exc, StoreUnavailable) and exc.__cause__ is not None:
-        exc = exc.__cause__
-    if isinstance(exc, StoreUnavailable) and str(exc) == "circuit open":
-        return "circuit_open"
-    if isinstance(exc, TimeoutError | RedisTimeoutError):
-        return "timeout"
-    if isinstance(exc, OutOfMemoryError):
-        return "oom"
-    if isinstance(exc, ReadOnlyError):
-        return "readonly"
-    if isinstance(exc, RedisConnectionError | StoreUnavailable | OSError):
-        return "connection"
-    return "other"
 
 
 class _Deadline:
@@ -206,7 +178,7 @@ class GuardedStore:
 
     async def _call(self, operation: str, make: Callable[[], Awaitable[T]]) -> T:
         if not self.breaker.allow(self._clock()):
-            raise StoreUnavailable("circuit open")
+            raise CircuitOpen
         deadline = _Deadline(self)
         try:
             result = await make()
@@ -218,7 +190,7 @@ class GuardedStore:
             # cancelled from outside: a half-open probe is over
             self.breaker.probing = False
             raise
-        except FAILURES as exc:
+        except REDIS_FAILURES as exc:
             deadline.stop()
             raise self._failed(operation, exc) from exc
         except BaseException:
@@ -264,7 +236,7 @@ class GuardedStore:
         try:
             async with asyncio.timeout(max(self.timeout, 5.0)):
                 await self.inner.start()
-        except FAILURES as exc:
+        except REDIS_FAILURES as exc:
             log.error("store_unreachable_at_start", error=type(exc).__name__)
 
     async def close(self) -> None:

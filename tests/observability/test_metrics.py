@@ -2,6 +2,8 @@
 
 import asyncio
 import socket
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -10,6 +12,7 @@ from prometheus_client import generate_latest
 
 from gateway.observability.labels import OTHER, Vocabulary, status_class
 from gateway.observability.metrics import Metrics
+from gateway.store.errors import StoreCall
 from tests.support.harness import (
     TOKEN_URL,
     Gateway,
@@ -298,12 +301,12 @@ def test_helpers_for_policies_and_reloads() -> None:
 
 async def test_store_call_classifies_errors() -> None:
     metrics = Metrics()
-    with pytest.raises(TimeoutError), metrics.store_call("admit"):
+    with pytest.raises(TimeoutError), StoreCall(metrics, "admit"):
         async with asyncio.timeout(0.01):
             await asyncio.sleep(1)
-    with pytest.raises(ConnectionRefusedError), metrics.store_call("admit"):
+    with pytest.raises(ConnectionRefusedError), StoreCall(metrics, "admit"):
         raise ConnectionRefusedError
-    with pytest.raises(ValueError, match="odd"), metrics.store_call("admit"):
+    with pytest.raises(ValueError, match="odd"), StoreCall(metrics, "admit"):
         raise ValueError("odd reply")
     value = metrics.registry.get_sample_value
     for error in ("timeout", "connection", "other"):
@@ -340,3 +343,14 @@ def test_status_class() -> None:
         "5xx",
         OTHER,
     ]
+
+
+def test_observability_does_not_import_the_store() -> None:
+    """The store reports to the metrics (``StoreCall``), not the other way round."""
+    code = (
+        "import pkgutil, sys, importlib, gateway.observability as o\n"
+        "for m in pkgutil.iter_modules(o.__path__): importlib.import_module(f'{o.__name__}.{m.name}')\n"
+        "print(sorted(n for n in sys.modules if n.startswith('gateway.store')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

@@ -26,7 +26,8 @@ from gateway.core.breaker import BreakerState, CircuitBreaker
 from gateway.core.gcra import LimitSpec
 from gateway.observability.metrics import Metrics
 from gateway.redis_connect import connect
-from gateway.store.base import Admission, AdmitRequest, StoreUnavailable
+from gateway.store.base import Admission, AdmitRequest, CircuitOpen, StoreUnavailable
+from gateway.store.errors import error_kind
 from gateway.store.factory import open_store
 from gateway.store.guarded import GuardedStore
 from gateway.store.redis import RedisStore
@@ -176,8 +177,9 @@ def test_a_store_that_does_not_answer_still_fails_and_opens_the_breaker(
                 assert current is not None and current.cancelling() == 0
             assert store.breaker.state is BreakerState.OPEN
             started = time.monotonic()
-            with pytest.raises(StoreUnavailable, match="circuit open"):
+            with pytest.raises(CircuitOpen) as refused:
                 await store.admit(REQUEST)
+            assert error_kind(refused.value) == "circuit_open"
             assert time.monotonic() - started < 0.05
         finally:
             if blocker is not None:

@@ -19,9 +19,9 @@ from structlog.testing import capture_logs
 from gateway.config import StoreSettings
 from gateway.core.breaker import CircuitBreaker
 from gateway.core.gcra import LimitSpec
-from gateway.observability.metrics import store_error_kind
 from gateway.redis_connect import connect
 from gateway.store.base import AdmitRequest, PenaltyRule, StoreUnavailable
+from gateway.store.errors import error_kind
 from gateway.store.factory import open_store
 from gateway.store.guarded import GuardedStore
 from gateway.store.redis import RedisStore
@@ -83,7 +83,7 @@ def guarded(url: str, client: str) -> GuardedStore:
 async def failure_kind(call: Any) -> str:
     with pytest.raises(StoreUnavailable) as caught:
         await call
-    return store_error_kind(caught.value)
+    return error_kind(caught.value)
 
 
 @pytest.mark.parametrize("client", ["pipe", "redis-py"])

@@ -6,10 +6,10 @@ import secrets
 import pytest
 
 from gateway.core.gcra import LimitSpec
+from gateway.core.policy import ReuseAction
 from gateway.store.base import (
     AdmitRequest,
     PenaltyRule,
-    ReuseAction,
     StateStore,
     TokenUse,
     TokenVerdict,
