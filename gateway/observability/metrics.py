@@ -13,6 +13,7 @@ conversation id can never become a label value. See docs/metrics.md for the cata
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Iterator, Sized
 from contextlib import contextmanager
@@ -61,17 +62,20 @@ STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 TTFB_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
 
+#: label values: each metric's known values are created at zero (from these types, so a new
+#: value cannot be forgotten), so alerts on ``increase()`` see the very first event
 StreamOutcome = Literal["completed", "upstream_error", "truncated", "client_disconnected"]
 RateLimitOutcome = Literal["allowed", "limited", "shadow_limited"]
 PenaltyEvent = Literal["entered", "refused", "in_flight"]
 ReloadKind = Literal["policies", "config"]
+ReloadResult = Literal["success", "failure"]
 #: what a store failure was (see :func:`gateway.store.errors.error_kind`): ``oom`` a Redis
 #: past its ``maxmemory``, ``readonly`` a replica, ``circuit_open`` the breaker refused
 StoreErrorKind = Literal["timeout", "connection", "circuit_open", "oom", "readonly", "other"]
-
-#: label values created at zero, so alerts on ``increase()`` see the very first event
-KNOWN_SUSPICIOUS = ("token_reuse", "invalid_key", "invalid_token", "penalty_box")
-KNOWN_TOKEN_REFUSALS = (
+#: the store operations whose failures are created at zero
+WatchedStoreOperation = Literal["admit"]
+SuspiciousReason = Literal["token_reuse", "invalid_key", "invalid_token", "penalty_box"]
+TokenRefusal = Literal[
     "missing_credentials",
     "malformed",
     "unknown",
@@ -79,21 +83,26 @@ KNOWN_TOKEN_REFUSALS = (
     "wrong_secret",
     "model_not_found",
     "rate_limited",
-)
-KNOWN_UPSTREAM_ERRORS = ("timeout", "unavailable", "bad_response", "status_5xx")
-KNOWN_STORE_ERRORS = get_args(StoreErrorKind)
+]
+#: a key id missing from the snapshot, and what the key store said (the outcomes of
+#: :meth:`gateway.keystore.base.KeyStore.find` but ``snapshot``)
+KeyLookupOutcome = Literal[
+    "found", "not_found", "known_missing", "over_budget", "disabled", "error"
+]
+UpstreamOperation = Literal["get_messages", "send_message"]
+UpstreamErrorReason = Literal["timeout", "unavailable", "bad_response", "status_5xx"]
 ConnectionRefusal = Literal["client_limit", "total_limit"]
 ConnectionPhase = Literal["request_head", "request_body", "response", "keep_alive"]
-KNOWN_CONNECTION_REFUSALS: tuple[ConnectionRefusal, ...] = ("client_limit", "total_limit")
-KNOWN_CONNECTION_PHASES: tuple[ConnectionPhase, ...] = (
-    "request_head",
-    "request_body",
-    "response",
-    "keep_alive",
-)
 #: label children remembered per metric and label values (the values are bounded already;
 #: this only spares the lookup on every request)
 MAX_CACHED_CHILDREN = 4096
+
+
+def _initialise(metric: Counter, *labels: Any) -> None:
+    """Create ``metric``'s series at zero for every combination of the ``Literal`` types'
+    values, one type per label."""
+    for values in itertools.product(*(get_args(literal) for literal in labels)):
+        metric.labels(*values)
 
 
 class Metrics:
@@ -112,13 +121,20 @@ class Metrics:
         self._request_series: dict[tuple[str, str, int], tuple[Any, Any]] = {}
         #: (policy, outcome) -> the decision counter's child
         self._decisions: dict[tuple[str, str], Any] = {}
-
         info = Gauge(
             "gateway_build_info", "Always 1; the running version.", ["version"], registry=registry
         )
         info.labels(__version__).set(1)
+        self._define_http(registry)
+        self._define_connections(registry)
+        self._define_upstream(registry)
+        self._define_keys_and_tokens(registry)
+        self._define_rate_limits(registry)
+        self._define_store(registry)
+        self._define_operations(registry)
 
-        # -- public HTTP ---------------------------------------------------------------
+    def _define_http(self, registry: CollectorRegistry) -> None:
+        """Public HTTP: requests, their duration, problems."""
         self.http_requests = Counter(
             "gateway_http_requests",
             "Requests answered, by route template, method and status code.",
@@ -146,7 +162,8 @@ class Metrics:
             registry=registry,
         )
 
-        # -- public listener: connections ---------------------------------------------
+    def _define_connections(self, registry: CollectorRegistry) -> None:
+        """The public listener's connections."""
         self.connections_open = Gauge(
             "gateway_connections_open",
             "Connections open on the public listener.",
@@ -164,6 +181,7 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        _initialise(self.connections_refused, ConnectionRefusal)
         self.connections_timed_out = Counter(
             "gateway_connections_timed_out",
             "Connections closed for a deadline, by phase (request_head: the request line "
@@ -172,8 +190,10 @@ class Metrics:
             ["phase"],
             registry=registry,
         )
+        _initialise(self.connections_timed_out, ConnectionPhase)
 
-        # -- upstream and streams ------------------------------------------------------
+    def _define_upstream(self, registry: CollectorRegistry) -> None:
+        """The upstream and the streams relayed from it."""
         self.upstream_duration = Histogram(
             "gateway_upstream_request_duration_seconds",
             "Time until the upstream's response headers (whole body when buffered).",
@@ -187,6 +207,7 @@ class Metrics:
             ["operation", "reason"],
             registry=registry,
         )
+        _initialise(self.upstream_errors, UpstreamOperation, UpstreamErrorReason)
         self.stream_ttfb = Histogram(
             "gateway_stream_time_to_first_byte_seconds",
             "From the request's arrival to the first streamed byte sent to the client.",
@@ -210,8 +231,10 @@ class Metrics:
         self.streams = Counter(
             "gateway_streams", "Streamed answers by outcome.", ["outcome"], registry=registry
         )
+        _initialise(self.streams, StreamOutcome)
 
-        # -- keys and tokens -----------------------------------------------------------
+    def _define_keys_and_tokens(self, registry: CollectorRegistry) -> None:
+        """Agent keys, client tokens and the security events around them."""
         self.tokens_issued = Counter(
             "gateway_tokens_issued", "Client tokens issued, by model.", ["model"], registry=registry
         )
@@ -221,6 +244,7 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        _initialise(self.tokens_refused, TokenRefusal)
         self.token_uses_refused = Counter(
             "gateway_token_uses_refused",
             "Uses of a client token refused, by problem code.",
@@ -241,14 +265,17 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        _initialise(self.key_lookups, KeyLookupOutcome)
         self.suspicious = Counter(
             "gateway_suspicious_events",
             "Security events worth a look, by reason.",
             ["reason"],
             registry=registry,
         )
+        _initialise(self.suspicious, SuspiciousReason)
 
-        # -- rate limits and abuse defence ---------------------------------------------
+    def _define_rate_limits(self, registry: CollectorRegistry) -> None:
+        """Rate limits and abuse defence."""
         self.ratelimit_decisions = Counter(
             "gateway_ratelimit_decisions",
             "Rate-limit decisions by policy and outcome (shadow_limited: would have limited).",
@@ -263,8 +290,10 @@ class Metrics:
             ["event"],
             registry=registry,
         )
+        _initialise(self.penalty_box, PenaltyEvent)
 
-        # -- state store ---------------------------------------------------------------
+    def _define_store(self, registry: CollectorRegistry) -> None:
+        """The state store: latency, failures, fail-open, the breaker."""
         self.store_duration = Histogram(
             "gateway_store_operation_duration_seconds",
             "State store call latency by operation (errors included).",
@@ -278,12 +307,14 @@ class Metrics:
             ["operation", "error"],
             registry=registry,
         )
+        _initialise(self.store_errors, WatchedStoreOperation, StoreErrorKind)
         self.store_fail_open = Counter(
             "gateway_store_fail_open",
             "Requests let through without the store because it failed (fail-open).",
             ["operation"],
             registry=registry,
         )
+        _initialise(self.store_fail_open, WatchedStoreOperation)
         self.store_circuit_open = Gauge(
             "gateway_store_circuit_open",
             "1 while this replica's circuit breaker to the store is open or probing (store "
@@ -302,13 +333,15 @@ class Metrics:
             registry=registry,
         )
 
-        # -- configuration, health, process --------------------------------------------
+    def _define_operations(self, registry: CollectorRegistry) -> None:
+        """Configuration, health, the process."""
         self.config_reloads = Counter(
             "gateway_config_reloads",
             "Loads and reloads of the configuration and policies, by result.",
             ["kind", "result"],
             registry=registry,
         )
+        _initialise(self.config_reloads, ReloadKind, ReloadResult)
         self.config_last_success = Gauge(
             "gateway_config_last_reload_success_timestamp_seconds",
             "Unix time of the last successful load, by kind.",
@@ -330,32 +363,6 @@ class Metrics:
             buckets=LAG_BUCKETS,
             registry=registry,
         )
-        self._initialise_series()
-
-    def _initialise_series(self) -> None:
-        for reason in KNOWN_SUSPICIOUS:
-            self.suspicious.labels(reason)
-        for reason in KNOWN_TOKEN_REFUSALS:
-            self.tokens_refused.labels(reason)
-        for outcome in ("found", "not_found", "known_missing", "over_budget", "error"):
-            self.key_lookups.labels(outcome)
-        for operation in ("get_messages", "send_message"):
-            for reason in KNOWN_UPSTREAM_ERRORS:
-                self.upstream_errors.labels(operation, reason)
-        for error in KNOWN_STORE_ERRORS:
-            self.store_errors.labels("admit", error)
-        self.store_fail_open.labels("admit")
-        for outcome in ("completed", "upstream_error", "truncated", "client_disconnected"):
-            self.streams.labels(outcome)
-        for event in ("entered", "refused", "in_flight"):
-            self.penalty_box.labels(event)
-        for refusal in KNOWN_CONNECTION_REFUSALS:
-            self.connections_refused.labels(refusal)
-        for phase in KNOWN_CONNECTION_PHASES:
-            self.connections_timed_out.labels(phase)
-        for kind in ("policies", "config"):
-            for result in ("success", "failure"):
-                self.config_reloads.labels(kind, result)
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, remembered: the lookup is not free on every request."""
@@ -521,7 +528,8 @@ class Metrics:
     # -- configuration and health ----------------------------------------------------------
     def config_reload(self, kind: ReloadKind, ok: bool) -> None:
         """One load or reload of ``kind``; a success also stamps the time."""
-        self.config_reloads.labels(kind, "success" if ok else "failure").inc()
+        result: ReloadResult = "success" if ok else "failure"
+        self.config_reloads.labels(kind, result).inc()
         if ok:
             self.config_last_success.labels(kind).set(time.time())
 

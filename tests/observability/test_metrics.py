@@ -1,15 +1,18 @@
 """Metrics: what each path records, with bounded labels and never a secret."""
 
 import asyncio
+import itertools
 import socket
 import subprocess
 import sys
 import time
-from typing import Any
+from typing import Any, get_args
 
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import Counter, Gauge, Histogram, generate_latest
 
+from gateway.keystore.base import FindOutcome
+from gateway.observability import metrics as metrics_module
 from gateway.observability.labels import OTHER, Vocabulary, status_class
 from gateway.observability.metrics import Metrics
 from gateway.store.errors import StoreCall
@@ -271,6 +274,78 @@ def test_counters_for_alerts_exist_at_zero() -> None:
         'gateway_build_info{version="0.1.0"} 1.0',
     ):
         assert line in text
+
+
+#: every labelled metric whose values are known in advance, and the ``Literal`` of each of
+#: its labels: all their series exist at start
+PRE_INITIALISED: dict[str, dict[str, Any]] = {
+    "gateway_connections_refused": {"reason": metrics_module.ConnectionRefusal},
+    "gateway_connections_timed_out": {"phase": metrics_module.ConnectionPhase},
+    "gateway_upstream_errors": {
+        "operation": metrics_module.UpstreamOperation,
+        "reason": metrics_module.UpstreamErrorReason,
+    },
+    "gateway_streams": {"outcome": metrics_module.StreamOutcome},
+    "gateway_tokens_refused": {"reason": metrics_module.TokenRefusal},
+    "gateway_key_lookups": {"outcome": metrics_module.KeyLookupOutcome},
+    "gateway_suspicious_events": {"reason": metrics_module.SuspiciousReason},
+    "gateway_penalty_box_events": {"event": metrics_module.PenaltyEvent},
+    "gateway_store_errors": {
+        "operation": metrics_module.WatchedStoreOperation,
+        "error": metrics_module.StoreErrorKind,
+    },
+    "gateway_store_fail_open": {"operation": metrics_module.WatchedStoreOperation},
+    "gateway_config_reloads": {
+        "kind": metrics_module.ReloadKind,
+        "result": metrics_module.ReloadResult,
+    },
+}
+#: labelled metrics whose series appear with use: routes, models, policies, codes...
+CREATED_BY_USE = {
+    "gateway_http_requests",
+    "gateway_http_request_duration_seconds",
+    "gateway_http_problems",
+    "gateway_upstream_request_duration_seconds",
+    "gateway_upstream_connections",
+    "gateway_tokens_issued",
+    "gateway_token_uses_refused",
+    "gateway_key_verifications",
+    "gateway_ratelimit_decisions",
+    "gateway_store_operation_duration_seconds",
+    "gateway_config_last_reload_success_timestamp_seconds",
+    "gateway_dependency_up",
+}
+
+
+def test_every_labelled_series_with_known_values_exists_at_start() -> None:
+    """The series are made from the ``Literal`` types: a value added to one is created at
+    zero too, and a new labelled metric must be listed here, one way or the other."""
+    metrics = Metrics()
+    labelled = {
+        metric._name: metric
+        for metric in vars(metrics).values()
+        if isinstance(metric, Counter | Gauge | Histogram) and metric._labelnames
+    }
+    assert set(labelled) == set(PRE_INITIALISED) | CREATED_BY_USE
+    for name, literals in PRE_INITIALISED.items():
+        assert labelled[name]._labelnames == tuple(literals)
+        expected = {
+            tuple(zip(literals, values, strict=True))
+            for values in itertools.product(*(get_args(literal) for literal in literals.values()))
+        }
+        (family,) = (f for f in metrics.registry.collect() if f.name == name)
+        found = {
+            tuple(sorted(sample.labels.items(), key=lambda item: list(literals).index(item[0])))
+            for sample in family.samples
+            if sample.name.endswith("_total") and sample.value == 0
+        }
+        assert found == expected, name
+
+
+def test_key_lookup_outcomes_are_the_key_stores_but_snapshot() -> None:
+    assert set(get_args(metrics_module.KeyLookupOutcome)) == set(get_args(FindOutcome)) - {
+        "snapshot"
+    }
 
 
 def test_helpers_for_policies_and_reloads() -> None:
