@@ -126,8 +126,8 @@ def _is_branch_tag(part: str | int) -> bool:
     return isinstance(part, str) and ("[" in part or "(" in part)
 
 
-def validate_model(model: type[M], doc: YamlDocument, *, prefix: Loc = ()) -> M:
-    """Validate ``doc.data`` (or the part under ``prefix``) as ``model``.
+def validate_model(model: type[M], doc: YamlDocument) -> M:
+    """Validate ``doc.data`` as ``model``.
 
     Every pydantic error becomes one line ``file:line: field: message``; all are reported
     at once so an operator fixes a file in one pass.
@@ -139,7 +139,7 @@ def validate_model(model: type[M], doc: YamlDocument, *, prefix: Loc = ()) -> M:
         messages = []
         for err in exc.errors(include_url=False):
             # drop pydantic's union-branch tags ("function-after[...]") from the path
-            loc = (*prefix, *(p for p in err["loc"] if not _is_branch_tag(p)))
+            loc = tuple(p for p in err["loc"] if not _is_branch_tag(p))
             detail = err["msg"]
             if err["type"] not in ("missing", "extra_forbidden") and "input" in err:
                 shown = repr(err["input"])

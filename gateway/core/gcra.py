@@ -24,11 +24,6 @@ EPOCH_SECONDS = 1_700_000_000
 EPOCH_US = EPOCH_SECONDS * 1_000_000
 
 
-def now_us(unix_seconds_ns: int) -> int:
-    """``time.time_ns()`` as microseconds since :data:`EPOCH_SECONDS`."""
-    return unix_seconds_ns // 1000 - EPOCH_US
-
-
 def _ceil_ms(us: int) -> int:
     return -(-us // 1000)
 

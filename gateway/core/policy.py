@@ -192,7 +192,9 @@ class Selection:
         return tuple(out)
 
     def headers(self, states: tuple[LimitState, ...]) -> dict[str, str]:
-        """What :func:`rate_limit_headers` gives for these policies and ``states``."""
+        """IETF ``RateLimit-Policy`` and ``RateLimit`` fields (draft-ietf-httpapi-ratelimit-
+        headers) for the enforced limits: ``q`` is the rate per window ``w`` seconds, ``r``
+        what the burst allowance has left and ``t`` the seconds until it is full again."""
         if not self.policy_header:
             return {}
         current = ", ".join(
@@ -299,24 +301,6 @@ def _current_item(name: str, state: LimitState) -> str:
     """One limit of ``RateLimit``; ``name`` as a structured-field string."""
     reset = math.ceil(state.reset_ms / 1000) if state.reset_ms > 0 else 0
     return f"{name};r={max(state.remaining, 0)};t={reset}"
-
-
-def rate_limit_headers(
-    applied: tuple[AppliedLimit, ...], states: tuple[LimitState, ...]
-) -> dict[str, str]:
-    """IETF ``RateLimit-Policy`` and ``RateLimit`` fields (draft-ietf-httpapi-ratelimit-
-    headers) for the enforced limits: ``q`` is the rate per window ``w`` seconds, ``r``
-    what the burst allowance has left and ``t`` the seconds until it is full again."""
-    policies, current = [], []
-    for item, state in zip(applied, states, strict=True):
-        if item.spec.shadow:
-            continue
-        name = _sf_string(item.policy)
-        policies.append(_policy_item(name, item.limit))
-        current.append(_current_item(name, state))
-    if not policies:
-        return {}
-    return {"RateLimit-Policy": ", ".join(policies), "RateLimit": ", ".join(current)}
 
 
 def retry_after_seconds(ms: int) -> int:

@@ -165,8 +165,5 @@ class KeyVerifier:
     def _done(self, _: asyncio.Future[bool]) -> None:
         self._pending -= 1
 
-    async def verify(self, presented: str) -> KeyRecord:
-        return await self.confirm(await self.resolve(presented))
-
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -83,12 +83,6 @@ class LivePolicies:
             raise RuntimeError("policies not loaded yet")
         return self._loaded.policies
 
-    @property
-    def loaded(self) -> LoadedPolicies:
-        if self._loaded is None:
-            raise RuntimeError("policies not loaded yet")
-        return self._loaded
-
     def _assess(self, loaded: LoadedPolicies) -> Assessment:
         return assess(loaded, allow_unprotected=self._allow_unprotected, source=str(self.path))
 

@@ -54,18 +54,6 @@ class Admission(NamedTuple):
     token: TokenVerdict | None
     limits: tuple[LimitState, ...]
 
-    @property
-    def token_ok(self) -> bool:
-        return self.token in (None, TokenVerdict.OK, TokenVerdict.BOUND, TokenVerdict.FLAGGED)
-
-    def denied_limits(self, specs: tuple[LimitSpec, ...]) -> list[int]:
-        """Indexes of enforced limits that refused the request."""
-        return [
-            i
-            for i, (spec, state) in enumerate(zip(specs, self.limits, strict=True))
-            if not state.allowed and not spec.shadow
-        ]
-
 
 @dataclass(frozen=True, slots=True)
 class PenaltyRule:

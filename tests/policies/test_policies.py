@@ -6,7 +6,7 @@ import pytest
 
 from gateway.config.yaml_source import SourceError
 from gateway.core.gcra import LimitState
-from gateway.core.policy import RequestFacts, rate_limit_headers
+from gateway.core.policy import RequestFacts
 from gateway.policies.lint import lint
 from gateway.policies.loader import load_policies
 
@@ -171,11 +171,9 @@ policies:
   - {name: trial, match: {routes: [send]}, partition: [token], limit: {rate: 1, per: 1h, burst: 1}, mode: shadow}
 """,
     )
-    applied = load_policies(path).policies.applicable(
-        RequestFacts("send", "POST", "1.1.1.1", token="t")
-    )
+    selection = load_policies(path).policies.select("send", "POST", None, None)
     states = (LimitState(True, 3, 12_300, 0, 0.0), LimitState(False, 0, 1, 5, 0.0))
-    headers = rate_limit_headers(applied, states)
+    headers = selection.headers(states)
     assert headers == {
         "RateLimit-Policy": '"per-token";q=10;w=60',
         "RateLimit": '"per-token";r=3;t=13',
@@ -184,8 +182,8 @@ policies:
 
 def test_a_remembered_selection_answers_as_the_policies_do(tmp_path: Path) -> None:
     """Selections are remembered per (route, method, model, key): the overrides of one key,
-    the models and the methods still decide, request after request, and the precomputed
-    headers are the ones :func:`rate_limit_headers` writes."""
+    the models and the methods still decide, request after request, and the remembered
+    selection writes the headers a freshly computed one writes."""
     path = write(
         tmp_path,
         "p.yaml",
@@ -214,8 +212,9 @@ policies:
             applied = policies.applicable(facts)
             selection = policies.select("send", method, model, key_id)
             assert tuple(a.spec for a in applied) == selection.specs(facts)
-            assert selection.headers(states[: len(applied)]) == rate_limit_headers(
-                applied, states[: len(applied)]
+            fresh = load_policies(path).policies.select("send", method, model, key_id)
+            assert selection.headers(states[: len(applied)]) == fresh.headers(
+                states[: len(applied)]
             )
         rates = [
             [(a.policy, a.limit.rate, a.spec.shadow) for a in policies.applicable(f)]
