@@ -86,8 +86,6 @@ class CircuitOpen(StoreUnavailable):
 class StateStore(Protocol):
     async def admit(self, request: AdmitRequest) -> Admission: ...
 
-    async def revoke_token(self, jti: str, ttl_ms: int) -> None: ...
-
     async def peek(self, specs: tuple[LimitSpec, ...]) -> tuple[LimitState, ...]:
         """The limits' current state, consuming nothing (for operators)."""
 

@@ -206,9 +206,6 @@ class GuardedStore:
     async def admit(self, request: AdmitRequest) -> Admission:
         return await self._call("admit", lambda: self.inner.admit(request))
 
-    async def revoke_token(self, jti: str, ttl_ms: int) -> None:
-        await self._call("revoke_token", lambda: self.inner.revoke_token(jti, ttl_ms))
-
     async def peek(self, specs: tuple[LimitSpec, ...]) -> tuple[LimitState, ...]:
         return await self._call("peek", lambda: self.inner.peek(specs))
 

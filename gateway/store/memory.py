@@ -194,16 +194,6 @@ class MemoryStore:
         now = self._clock()
         return tuple(evaluate(spec, self._tat(spec, now), self._us(now)) for spec in specs)
 
-    async def revoke_token(self, jti: str, ttl_ms: int) -> None:
-        """As revoke.lua: a record keeps its fingerprints and expiry; a token without one
-        gets an empty revoked record kept at least ``ttl_ms``."""
-        now = self._clock()
-        state = self._state(jti, now)
-        if state.fingerprints is not None:
-            state.revoked = True  # in place: same entry, same expiry
-            return
-        self._revoke(jti, [], now, ttl_ms)
-
     async def reserve_attempt(self, subject: str, rule: PenaltyRule) -> AttemptSlot:
         """As reserve.lua."""
         now = self._clock()

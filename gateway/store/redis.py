@@ -65,7 +65,6 @@ class RedisStore:
         self._failure: AsyncScript = client.register_script(_lua("failure.lua"))
         self._reserve: AsyncScript = client.register_script(_lua("reserve.lua"))
         self._release: AsyncScript = client.register_script(_lua("release.lua"))
-        self._revoke: AsyncScript = client.register_script(_lua("revoke.lua"))
         self._peek: AsyncScript = client.register_script(_lua("peek.lua"))
 
     # key names -----------------------------------------------------------------------
@@ -139,9 +138,6 @@ class RedisStore:
             for spec, raw in zip(specs, reply[1:], strict=True)
         )
 
-    async def revoke_token(self, jti: str, ttl_ms: int) -> None:
-        await self._revoke(keys=[self.token_key(jti)], args=[record_ttl_ms(ttl_ms)])
-
     async def record_failure(
         self, subject: str, rule: PenaltyRule, *, reserved: bool = False
     ) -> int:
@@ -172,8 +168,8 @@ class RedisStore:
         if isinstance(self.redis, RedisCluster):
             await self.redis.initialize()
         await self.redis.ping()
-        scripts = (self._admit, self._failure, self._reserve, self._release, self._revoke)
-        for script in (*scripts, self._peek):
+        scripts = (self._admit, self._failure, self._reserve, self._release, self._peek)
+        for script in scripts:
             script.sha = await self.redis.script_load(script.script)
 
     async def close(self) -> None:

@@ -195,7 +195,7 @@ async def test_a_refused_token_shows_a_clear_message_and_a_new_conversation_reco
     await expect(page.locator(".assistant").last).to_have_attribute("data-state", "done")
 
     claims = jwt.decode(issued[0], options={"verify_signature": False})
-    await gateway.services.admissions.store.revoke_token(claims["jti"], 60_000)
+    gateway.services.admissions.remember_revoked(claims["jti"], claims["exp"])
     await send(page, "are you still there")
     status = page.locator(".status")
     await expect(status).to_have_attribute("data-status", "403")

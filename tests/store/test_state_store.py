@@ -87,16 +87,6 @@ async def test_binding_off_never_suspects(store: StateStore) -> None:
     assert await verdict(store, use(t, "")) is TokenVerdict.OK
 
 
-async def test_explicit_revocation(store: StateStore) -> None:
-    t = jti()
-    await store.revoke_token(t, 60_000)
-    assert await verdict(store, use(t, FP_A)) is TokenVerdict.REVOKED
-    bound = jti()
-    await verdict(store, use(bound, FP_A))
-    await store.revoke_token(bound, 60_000)
-    assert await verdict(store, use(bound, FP_A)) is TokenVerdict.REVOKED
-
-
 async def test_records_expire_with_the_token(store: StateStore) -> None:
     t = jti()
     await verdict(store, use(t, FP_A, ttl_ms=1000))
@@ -292,7 +282,7 @@ async def test_token_scoped_limits_without_binding_and_after_revocation(
     # no record yet: the first fingerprinted use still binds, and the state is shared
     bound = await store.admit(AdmitRequest(token=use(t, FP_A), limits=(spec,)))
     assert bound.token is TokenVerdict.BOUND and bound.limits[0].remaining == 0
-    await store.revoke_token(t, 60_000)
+    assert await verdict(store, use(t, FP_B)) is TokenVerdict.REUSE  # revoked for reuse
     assert await verdict(store, use(t, FP_A)) is TokenVerdict.REVOKED
 
 
