@@ -5,6 +5,7 @@ Precedence: defaults < the YAML file < environment variables ``GATEWAY__SECTION_
 
 - :mod:`gateway.config.settings`: the sections, their fields and defaults;
 - :mod:`gateway.config.loading`: the file, the environment overrides, validation;
+- :mod:`gateway.config.signing_keys`: the token signing keys, from the environment or a file;
 - :mod:`gateway.config.yaml_source`: YAML that remembers the line of every value, for
   errors that name the file, the line and the field (policies use it too).
 """

@@ -1,7 +1,7 @@
 """The configuration's sections: a validated, immutable tree with every default.
 
 Secrets never live here: token signing keys come from ``GATEWAY_SIGNING_KEYS`` or a
-mounted file (see :mod:`gateway.core.signing_keys`).
+mounted file (see :mod:`gateway.config.signing_keys`).
 """
 
 from __future__ import annotations

@@ -5,20 +5,19 @@ Rotation without rejecting live tokens, across a rolling deployment:
 1. append the new key at the end everywhere (it verifies, nothing signs with it yet);
 2. move it to the front (it signs; tokens signed by the old key still verify);
 3. after one token TTL, remove the old key.
+
+Parsing only: :mod:`gateway.config.signing_keys` reads the keys from the environment or a
+file.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 KID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MIN_SECRET_BYTES = 32
-ENV_KEYS = "GATEWAY_SIGNING_KEYS"
-ENV_KEYS_FILE = "GATEWAY_SIGNING_KEYS_FILE"
 
 
 class SigningKeyError(ValueError):
@@ -80,26 +79,3 @@ def parse_keyset(text: str, source: str) -> KeySet:
 def generated_keyset() -> KeySet:
     """A random key for a single-process gateway; tokens die with the process."""
     return KeySet((SigningKey("generated", secrets.token_urlsafe(48).encode()),), generated=True)
-
-
-def load_keyset(
-    environ: Mapping[str, str], configured_file: Path | None, *, allow_generated: bool
-) -> KeySet:
-    """From ``GATEWAY_SIGNING_KEYS``, else ``GATEWAY_SIGNING_KEYS_FILE``, else the
-    configured file, else (memory store only) a generated key."""
-    if environ.get(ENV_KEYS, "").strip():
-        return parse_keyset(environ[ENV_KEYS], f"environment {ENV_KEYS}")
-    file_name = environ.get(ENV_KEYS_FILE, "").strip()
-    path = Path(file_name) if file_name else configured_file
-    if path is not None:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise SigningKeyError(f"{path}: cannot read signing keys: {exc.strerror}") from None
-        return parse_keyset(text, str(path))
-    if allow_generated:
-        return generated_keyset()
-    raise SigningKeyError(
-        f"no token signing keys: set {ENV_KEYS} ('kid:secret,...'), {ENV_KEYS_FILE} or "
-        "tokens.signing_keys_file; replicas sharing a Redis store must share these keys"
-    )

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from gateway.config import Config
-from gateway.core.signing_keys import ENV_KEYS, ENV_KEYS_FILE, KeySet, SigningKeyError, load_keyset
+from gateway.config.signing_keys import ENV_KEYS, ENV_KEYS_FILE, load_keyset
+from gateway.core.signing_keys import KeySet, SigningKeyError
 from gateway.core.token_codec import TokenCodec
 from gateway.doctor.findings import Finding, error, ok, warning
 

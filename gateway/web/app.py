@@ -12,8 +12,8 @@ from aiohttp import web
 
 from gateway.admission import Admissions
 from gateway.config import Config
+from gateway.config.signing_keys import load_keyset
 from gateway.core.key_hash import VerifiedKeyCache
-from gateway.core.signing_keys import load_keyset
 from gateway.core.token_codec import TokenCodec
 from gateway.doctor.keys import log_if_empty
 from gateway.keystore.base import KeyStore

@@ -1,4 +1,6 @@
-"""The public agent API: three thin handlers over the services."""
+"""The public agent API: its three handlers (token issuance, reading and sending
+messages) with what they still do themselves: the token issuance, the check of a client
+token's claims and the relay of a streamed answer."""
 
 from __future__ import annotations
 

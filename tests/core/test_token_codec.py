@@ -10,7 +10,6 @@ from gateway.core.signing_keys import (
     KeySet,
     SigningKey,
     SigningKeyError,
-    load_keyset,
     parse_keyset,
 )
 from gateway.core.token_codec import TokenCodec, TokenRejected
@@ -163,22 +162,6 @@ def test_keyset_parsing_and_errors() -> None:
         parse_keyset(f"a:{'x' * 32},a:{'y' * 32}", "env")
     with pytest.raises(SigningKeyError, match="expected 'kid:secret'"):
         parse_keyset("no-colon-here", "env")
-
-
-def test_keyset_sources(tmp_path: object) -> None:
-    from pathlib import Path
-
-    assert isinstance(tmp_path, Path)
-    secret_file = tmp_path / "keys"
-    secret_file.write_text("filekey:" + "f" * 40 + "\n")
-    env_keys = {"GATEWAY_SIGNING_KEYS": "envkey:" + "e" * 40}
-    assert load_keyset(env_keys, secret_file, allow_generated=False).active.kid == "envkey"
-    assert load_keyset({}, secret_file, allow_generated=False).active.kid == "filekey"
-    file_env = {"GATEWAY_SIGNING_KEYS_FILE": str(secret_file)}
-    assert load_keyset(file_env, None, allow_generated=False).active.kid == "filekey"
-    assert load_keyset({}, None, allow_generated=True).generated
-    with pytest.raises(SigningKeyError, match="no token signing keys"):
-        load_keyset({}, None, allow_generated=False)
 
 
 def test_secret_shorter_than_the_algorithm_needs_is_refused() -> None:
