@@ -15,6 +15,7 @@ from typing import Literal, NamedTuple
 
 from gateway.core.fingerprint import FingerprintRule, ip_prefix
 from gateway.core.gcra import LimitSpec, LimitState
+from gateway.core.redis_keys import limit_name
 
 Mode = Literal["enforce", "shadow"]
 ReuseAction = Literal["deny", "revoke", "flag"]
@@ -187,7 +188,7 @@ class Selection:
             if scope is not None and p.token_only:
                 key = p.name  # the token's own state: its name is enough
             else:
-                key = f"{p.name}:{_partition_value(facts, p.partition, self._v4, self._v6)}"
+                key = limit_name(p.name, _partition_value(facts, p.partition, self._v4, self._v6))
             out.append(LimitSpec(key, p.interval_us, p.limit.burst, p.shadow, scope))
         return tuple(out)
 

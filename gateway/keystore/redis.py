@@ -36,6 +36,7 @@ from pydantic import ValidationError
 from gateway.core.agent_keys import KEY_ID_PATTERN
 from gateway.core.miss_budget import MissBudget
 from gateway.core.origins import invalid_origins
+from gateway.core.redis_keys import KeyStoreKeys
 from gateway.keystore.base import Found, KeyRecord, KeyStoreError, MissLookups
 from gateway.redis_connect import REDIS_FAILURES, AnyRedis
 
@@ -55,7 +56,12 @@ class RedisKeyStore:
         misses: MissBudget | None = None,
     ) -> None:
         self._redis = client
-        self._tag = "{" + prefix + "}"
+        keys = KeyStoreKeys(prefix)
+        self._key = keys.record
+        self._ids = keys.ids
+        self._version_key = keys.version
+        #: the channel announcing each change
+        self.channel = keys.changes
         self._sync_seconds = sync_seconds
         self._records: dict[str, KeyRecord] = {}
         self._version: int | None = None
@@ -64,21 +70,6 @@ class RedisKeyStore:
         self.loaded = False
         #: set while the change subscription is established (for health and tests)
         self.subscribed = asyncio.Event()
-
-    def _key(self, key_id: str) -> str:
-        return f"{self._tag}:key:{key_id}"
-
-    @property
-    def _ids(self) -> str:
-        return f"{self._tag}:ids"
-
-    @property
-    def _version_key(self) -> str:
-        return f"{self._tag}:version"
-
-    @property
-    def channel(self) -> str:
-        return f"{self._tag}:changes"
 
     def lookup(self, key_id: str) -> KeyRecord | None:
         return self._records.get(key_id)

@@ -24,6 +24,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
 from gateway.core.gcra import LimitSpec, LimitState, evaluate
+from gateway.core.redis_keys import StateKeys
 from gateway.redis_connect import AnyRedis
 from gateway.store.base import (
     REUSE_ACTION_CODES,
@@ -60,37 +61,25 @@ class RedisStore:
     ) -> None:
         self.redis = client
         self.pipe = pipe
-        self._tag = "{" + prefix + "}"
+        self.keys = keys = StateKeys(prefix)
+        self.token_key = keys.token
+        self.limit_key = keys.limit
+        self.penalty_key = keys.penalty
+        self.failure_key = keys.failures
+        self.attempts_key = keys.attempts
         self._admit: AsyncScript = client.register_script(_lua("admit.lua"))
         self._failure: AsyncScript = client.register_script(_lua("failure.lua"))
         self._reserve: AsyncScript = client.register_script(_lua("reserve.lua"))
         self._release: AsyncScript = client.register_script(_lua("release.lua"))
         self._peek: AsyncScript = client.register_script(_lua("peek.lua"))
 
-    # key names -----------------------------------------------------------------------
-    def token_key(self, jti: str) -> str:
-        """The token's state: a hash of its record and its token-scoped limits."""
-        return f"{self._tag}:ts:{jti}"
-
-    def limit_key(self, key: str) -> str:
-        return f"{self._tag}:rl:{key}"
-
+    # key names (see gateway.core.redis_keys) -------------------------------------------
     def limit_location(self, spec: LimitSpec) -> tuple[str, str]:
         """(key, field): a limit of its own is a string key (field ''), a token-scoped
         one a field of the token's state hash."""
         if spec.scope is None:
             return self.limit_key(spec.key), ""
         return self.token_key(spec.scope), spec.key
-
-    def penalty_key(self, subject: str) -> str:
-        return f"{self._tag}:pb:{subject}"
-
-    def failure_key(self, subject: str) -> str:
-        return f"{self._tag}:pf:{subject}"
-
-    def attempts_key(self, subject: str) -> str:
-        """Attempts counted before their verification ran (see reserve.lua)."""
-        return f"{self._tag}:pa:{subject}"
 
     # operations ----------------------------------------------------------------------
     async def admit(self, request: AdmitRequest) -> Admission:
@@ -142,13 +131,13 @@ class RedisStore:
         self, subject: str, rule: PenaltyRule, *, reserved: bool = False
     ) -> int:
         reply = await self._failure(
-            keys=[self.failure_key(subject), self.penalty_key(subject), self.attempts_key(subject)],
+            keys=self.keys.failure_script(subject),
             args=[rule.window_ms, rule.threshold, rule.cooldown_ms, 1 if reserved else 0],
         )
         return int(reply)
 
     async def reserve_attempt(self, subject: str, rule: PenaltyRule) -> AttemptSlot:
-        keys = [self.penalty_key(subject), self.failure_key(subject), self.attempts_key(subject)]
+        keys = self.keys.reserve_script(subject)
         args = [rule.window_ms, rule.threshold]
         if self.pipe is not None:
             reply = await self.pipe.evalsha(self._reserve.sha, self._reserve.script, keys, args)

@@ -1,0 +1,95 @@
+"""Every key the gateway keeps in Redis, built in one place (see "What the gateway keeps
+in Redis" in docs/operations.md).
+
+All keys of one store carry its prefix as a hash tag (``{gw}``), so the keys of one Lua
+script call share a Redis Cluster slot. The state store's keys (:class:`StateKeys`) and
+the key store's (:class:`KeyStoreKeys`) have a prefix each.
+"""
+
+from __future__ import annotations
+
+#: (key pattern, Redis type) of every key, as in docs/operations.md; ``{prefix}`` is the
+#: store's hash tag, ``<...>`` one non-empty value
+STATE_KEY_SHAPES = (
+    ("{prefix}:ts:<jti>", "hash"),
+    ("{prefix}:rl:<policy>:<partition>", "string"),
+    ("{prefix}:pb:<subject>", "string"),
+    ("{prefix}:pf:<subject>", "string"),
+    ("{prefix}:pa:<subject>", "string"),
+)
+KEY_STORE_KEY_SHAPES = (
+    ("{prefix}:key:<key id>", "string"),
+    ("{prefix}:ids", "set"),
+    ("{prefix}:version", "string"),
+)
+
+
+def hash_tag(prefix: str) -> str:
+    """``{prefix}``: Redis Cluster hashes only this part of a key."""
+    return "{" + prefix + "}"
+
+
+def limit_name(policy: str, partition: str) -> str:
+    """A rate limit's name for one partition of a policy: the ``rl`` key's suffix, or the
+    field of a token's state hash."""
+    return f"{policy}:{partition}"
+
+
+class StateKeys:
+    """The state store's keys under one prefix. The Lua scripts' ``KEYS`` orders are
+    :meth:`failure_script` and :meth:`reserve_script`; admit.lua takes the penalty key,
+    the token key, then the limits' keys, each when present."""
+
+    __slots__ = ("_pa", "_pb", "_pf", "_rl", "_ts", "tag")
+
+    def __init__(self, prefix: str) -> None:
+        self.tag = tag = hash_tag(prefix)
+        self._ts, self._rl = f"{tag}:ts:", f"{tag}:rl:"
+        self._pb, self._pf, self._pa = f"{tag}:pb:", f"{tag}:pf:", f"{tag}:pa:"
+
+    def token(self, jti: str) -> str:
+        """The token's state: a hash of its record and its token-scoped limits."""
+        return self._ts + jti
+
+    def limit(self, name: str) -> str:
+        """A limit of its own (not kept with a token): its next allowed time."""
+        return self._rl + name
+
+    def penalty(self, subject: str) -> str:
+        """Present while ``subject`` sits in the penalty box."""
+        return self._pb + subject
+
+    def failures(self, subject: str) -> str:
+        """Failed attempts of ``subject`` in the penalty window."""
+        return self._pf + subject
+
+    def attempts(self, subject: str) -> str:
+        """Attempts of ``subject`` counted before their verification ran."""
+        return self._pa + subject
+
+    def failure_script(self, subject: str) -> list[str]:
+        """failure.lua's KEYS."""
+        return [self.failures(subject), self.penalty(subject), self.attempts(subject)]
+
+    def reserve_script(self, subject: str) -> list[str]:
+        """reserve.lua's KEYS."""
+        return [self.penalty(subject), self.failures(subject), self.attempts(subject)]
+
+
+class KeyStoreKeys:
+    """The Redis key store's keys (and change channel) under one prefix."""
+
+    __slots__ = ("changes", "ids", "tag", "version")
+
+    def __init__(self, prefix: str) -> None:
+        self.tag = tag = hash_tag(prefix)
+        #: the set of every key id
+        self.ids = f"{tag}:ids"
+        #: a counter bumped by every change
+        self.version = f"{tag}:version"
+        #: the Pub/Sub channel announcing each change (not a key)
+        self.changes = f"{tag}:changes"
+
+    def record(self, key_id: str) -> str:
+        """One agent key's record, as JSON."""
+        return f"{self.tag}:key:{key_id}"

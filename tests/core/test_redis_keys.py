@@ -1,0 +1,40 @@
+"""The shapes of the gateway's Redis keys, and their hash tag."""
+
+from redis.crc import key_slot
+
+from gateway.core.redis_keys import KeyStoreKeys, StateKeys, hash_tag, limit_name
+
+
+def test_state_keys() -> None:
+    keys = StateKeys("gw")
+    assert keys.token("J1") == "{gw}:ts:J1"
+    assert keys.limit(limit_name("per-ip", "203.0.113.7")) == "{gw}:rl:per-ip:203.0.113.7"
+    assert keys.penalty("203.0.113.0/24") == "{gw}:pb:203.0.113.0/24"
+    assert keys.failures("s") == "{gw}:pf:s"
+    assert keys.attempts("s") == "{gw}:pa:s"
+    assert keys.failure_script("s") == ["{gw}:pf:s", "{gw}:pb:s", "{gw}:pa:s"]
+    assert keys.reserve_script("s") == ["{gw}:pb:s", "{gw}:pf:s", "{gw}:pa:s"]
+
+
+def test_key_store_keys() -> None:
+    keys = KeyStoreKeys("gwkeys")
+    assert keys.record("k1") == "{gwkeys}:key:k1"
+    assert (keys.ids, keys.version, keys.changes) == (
+        "{gwkeys}:ids",
+        "{gwkeys}:version",
+        "{gwkeys}:changes",
+    )
+
+
+def test_one_store_s_keys_share_one_cluster_slot() -> None:
+    state, key_store = StateKeys("tenant-a"), KeyStoreKeys("tenant-a.keys")
+    built = [
+        state.token("J1"),
+        state.limit("p:x|y"),
+        *state.failure_script("203.0.113.7"),
+        *state.reserve_script("2001:db8::/64"),
+    ]
+    assert {key_slot(k.encode()) for k in built} == {key_slot(b"tenant-a")}
+    assert hash_tag("tenant-a") == "{tenant-a}"
+    stored = [key_store.record("k"), key_store.ids, key_store.version]
+    assert {key_slot(k.encode()) for k in stored} == {key_slot(b"tenant-a.keys")}
