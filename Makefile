@@ -42,7 +42,7 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
 
-# loopback only, about 11 minutes: mixed traffic at half the capacity `make bench` measured;
+# loopback only, about 11 minutes: mixed traffic at a third of the capacity `make bench` measured;
 # fails when the gateway's memory grows more than 10% after the first minute
 soak: $(BENCH_STAMP)
 	$(BIN)/python -m bench.soak
