@@ -309,22 +309,72 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def pool_connections(admin_port: int) -> tuple[float, float]:
+def scrape(admin_port: int) -> dict[str, float]:
+    """The gateway's metrics, ``name{labels}`` to value."""
     url = f"http://127.0.0.1:{admin_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as resp:  # once a minute
         text = resp.read().decode()
     values: dict[str, float] = {}
     for line in text.splitlines():
-        match = re.match(r'gateway_upstream_connections\{state="(\w+)"\} ([\d.e+]+)', line)
-        if match:
-            values[match.group(1)] = float(match.group(2))
-    return values.get("open", 0.0), values.get("idle", 0.0)
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            values[series] = float(value)
+    return values
 
 
-async def drive(load: Load, target: Target, rate: float, minutes: float) -> list[Sample]:
+def pool_connections(admin_port: int) -> tuple[float, float]:
+    values = scrape(admin_port)
+    return (
+        values.get('gateway_upstream_connections{state="open"}', 0.0),
+        values.get('gateway_upstream_connections{state="idle"}', 0.0),
+    )
+
+
+#: the series that explain 5xx answers and latency spikes, reported once at the end
+EXPLAINING = (
+    "gateway_http_problems_total",
+    "gateway_store_errors_total",
+    "gateway_store_deadline_extended_total",
+    "gateway_store_fail_open_total",
+    "python_gc_collections_total",
+)
+#: histograms whose observations above 50 ms are reported (a store call's deadline)
+SLOW_SHARE = ("gateway_event_loop_lag_seconds", "gateway_store_operation_duration_seconds")
+
+
+def explaining(values: dict[str, float]) -> list[str]:
+    """What the gateway counted over the run that explains its errors: problems by code
+    (status 500 and more), store errors, deadline extensions, garbage collections, and how
+    many event-loop lag samples and store calls took more than 50 ms."""
+    out = []
+    for series, value in sorted(values.items()):
+        name = series.partition("{")[0]
+        if name not in EXPLAINING or not value:
+            continue
+        if name == "gateway_http_problems_total" and not re.search(
+            r'code="(store_|upstream_|internal|unavailable|overload)', series
+        ):
+            continue
+        out.append(f"`{series}` {value:,.0f}")
+    for name in SLOW_SHARE:
+        for series, total in values.items():
+            if not series.startswith(name + "_count") or not total:
+                continue
+            labels = series[len(name + "_count") :].strip("{}")
+            bucket = f'{name}_bucket{{le="0.05"{"," + labels if labels else ""}}}'
+            if (fast := values.get(bucket)) is not None:
+                shown = f"{name}{{{labels}}}" if labels else name
+                out.append(f"`{shown}`: {total - fast:,.0f} of {total:,.0f} above 50 ms")
+    return out
+
+
+async def drive(
+    load: Load, target: Target, rate: float, minutes: float
+) -> tuple[list[Sample], list[str]]:
     """Operations at ``rate`` requests a second (open loop, bounded by the connections:
     an operation that finds every connection busy for a whole tick is skipped and
-    counted), a sample at the end of each minute."""
+    counted), a sample at the end of each minute, and at the end the gateway's counts that
+    explain errors (:func:`explaining`)."""
     assert target.proc is not None
     assert target.admin_port is not None
     pid, admin = target.proc.pid, target.admin_port
@@ -356,10 +406,10 @@ async def drive(load: Load, target: Target, rate: float, minutes: float) -> list
         await asyncio.sleep(max(0.0, tick - (loop.time() - now)))
     if tasks:
         await asyncio.wait(tasks, timeout=30)
-    if minutes * 60 % 60:
+    if load.minute.statuses or load.minute.broken:  # the last minute, whole or not
         samples.append(sample(load, len(samples) + 1, pid, admin))
         say(line(samples[-1]))
-    return samples
+    return samples, explaining(scrape(admin))
 
 
 def sample(load: Load, number: int, pid: int, admin: int) -> Sample:
@@ -419,7 +469,11 @@ def judge(samples: list[Sample], max_growth: float) -> Verdict:
 
 
 def markdown(
-    samples: list[Sample], verdict: Verdict, setup: list[str], machine: dict[str, str]
+    samples: list[Sample],
+    verdict: Verdict,
+    setup: list[str],
+    machine: dict[str, str],
+    counts: list[str],
 ) -> str:
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     out = [f"# Soak results, {date}", "", "Reproduce: `make soak`", "", "## Machine", ""]
@@ -450,8 +504,11 @@ def markdown(
         f"{max(s.rss_mb for s in samples):.1f} MB; growth {verdict.growth:+.1%} (limit +10%)",
         "- result: " + ("PASS" if not verdict.failures else "FAIL: " + "; ".join(verdict.failures)),
         "",
+        "## What the gateway counted",
+        "",
     ]
-    return "\n".join(out)
+    out += [f"- {item}" for item in counts] or ["- nothing that explains an error"]
+    return "\n".join(out) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -487,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"req/s, {source}), {args.visitors:,} visitors, {args.connections} connections"
             )
             load = Load(gateway.port, keys[0].key, visitors, args.connections)
-            samples = uvloop.run(drive(load, gateway, rate, args.minutes))
+            samples, counts = uvloop.run(drive(load, gateway, rate, args.minutes))
             setup = [
                 f"`gateway serve` on Redis, pinned to CPU {proxy_cpu}; load generator "
                 f"(Python, uvloop), {upstream.name} and Redis on CPU {load_cpu}",
@@ -513,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         say("soak: no complete minute")
         return 1
     verdict = judge(samples, args.max_growth)
-    text = markdown(samples, verdict, setup, describe({"upstream": upstream.name}))
+    text = markdown(samples, verdict, setup, describe({"upstream": upstream.name}), counts)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "soak-latest.md").write_text(text)
     say("\n" + text)
