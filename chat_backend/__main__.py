@@ -25,7 +25,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--openai-base-url",
         default=os.environ.get("OPENAI_BASE_URL"),
-        help="answer with an OpenAI-compatible server instead of the echo model",
+        help="answer with an OpenAI-compatible server instead of the echo model "
+        "(with or without the trailing /v1: https://api.openai.com/v1 or http://litellm:4000)",
     )
     parser.add_argument(
         "--openai-api-key-env", default="OPENAI_API_KEY", help="variable holding its API key"

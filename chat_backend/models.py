@@ -37,8 +37,19 @@ class EchoModel:
             yield word if index == len(words) - 1 else word + " "
 
 
+def completions_url(base_url: str) -> str:
+    """The chat completions endpoint of an OpenAI-compatible server. The base URL may end
+    in ``/v1``, as the OpenAI SDKs and compatible servers document it
+    (``https://api.openai.com/v1``), or not (``http://litellm:4000``)."""
+    base = base_url.rstrip("/")
+    if not base.endswith("/v1"):
+        base += "/v1"
+    return base + "/chat/completions"
+
+
 class OpenAIChatModel:
-    """Calls ``{base_url}/v1/chat/completions`` with ``stream: true``."""
+    """Calls the server's ``/v1/chat/completions`` (:func:`completions_url`) with
+    ``stream: true``."""
 
     def __init__(
         self,
@@ -50,7 +61,7 @@ class OpenAIChatModel:
         timeout: float = 120.0,
     ) -> None:
         self._session = session
-        self._url = base_url.rstrip("/") + "/v1/chat/completions"
+        self._url = completions_url(base_url)
         self._api_key = api_key
         self._model_map = model_map or {}
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=timeout)

@@ -72,10 +72,13 @@ async def test_echo_conversation() -> None:
         await server.close()
 
 
+@pytest.mark.parametrize("suffix", ["", "/", "/v1", "/v1/"])
 async def test_openai_compatible_backend_streams_and_keeps_history(
-    completions: tuple[list[dict[str, Any]], str],
+    completions: tuple[list[dict[str, Any]], str], suffix: str
 ) -> None:
+    """The base URL as the OpenAI SDKs document it (ending in /v1) or without /v1."""
     seen, base = completions
+    base += suffix
     async with aiohttp.ClientSession() as session:
         model = OpenAIChatModel(session, base, api_key="sk-test", model_map={"demo": "gpt-x"})
         server, url = await start(create_app(model))
