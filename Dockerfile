@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # agent-gateway: a multi-stage build. The builder makes wheels (compilers live only
 # there); the runtime stage installs them into a slim Python with no build tools and
 # runs as an unprivileged user. Kubernetes probes use the admin port (9090); the image's
@@ -6,16 +5,18 @@
 # so follows the admin port and host wherever they are set (file or GATEWAY__ADMIN__*).
 # The default policies are baked in where the image's config.yaml looks for them
 # (/etc/agent-gateway/policies; Kubernetes mounts its ConfigMap over that directory).
-#   docker build -t agent-gateway:0.1.0 .
+# No `# syntax=` directive: BuildKit's built-in Dockerfile frontend is enough, and the
+# directive would fetch a frontend image from a registry (offline builds fail at once).
+# The runtime stage mounts the builder's wheels for its one `pip install` rather than
+# copying them, so they leave no dead layer behind. Every dependency is a ready-made
+# wheel: no compiler, in either stage.
+#   DOCKER_BUILDKIT=1 docker build -t agent-gateway:0.1.0 .
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends build-essential \
-    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
@@ -24,6 +25,11 @@ COPY chat_backend ./chat_backend
 RUN pip wheel --wheel-dir /wheels .
 
 FROM ${PYTHON_IMAGE} AS runtime
+ARG VERSION=0.1.0
+LABEL org.opencontainers.image.title="agent-gateway" \
+      org.opencontainers.image.description="Security gateway for public AI-agent chat" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.licenses="Apache-2.0"
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -33,9 +39,8 @@ RUN groupadd --system --gid 10001 gateway \
     && useradd --system --uid 10001 --gid gateway --no-create-home --home-dir /nonexistent \
        --shell /usr/sbin/nologin gateway \
     && mkdir -p /etc/agent-gateway/policies
-COPY --from=builder /wheels /wheels
-RUN pip install --no-index --find-links=/wheels agent-gateway \
-    && rm -rf /wheels \
+RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
+    pip install --no-index --find-links=/wheels agent-gateway \
     && pip uninstall -y pip setuptools wheel
 COPY --chown=root:root deploy/k8s/base/config.yaml /etc/agent-gateway/config.yaml
 COPY --chown=root:root policies/ /etc/agent-gateway/policies/

@@ -4,6 +4,7 @@ health check and user agree with the configuration and the Kubernetes manifests.
 
 import json
 import re
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -66,8 +67,43 @@ def test_multi_stage_build_with_a_slim_runtime() -> None:
     assert len(stages) >= 2
     builder, final = stages[0], stages[-1]
     assert final.base.startswith("python:3.11-slim")
-    assert any("--from=" + (builder.name or "0") in c for c in final.all("COPY"))
     assert any("pip wheel" in r for r in builder.all("RUN"))
+    # the wheels are mounted for the install, not copied: a copy leaves a dead layer
+    mount = f"--mount=type=bind,from={builder.name or '0'},source=/wheels,target=/wheels"
+    assert any(r.startswith(mount) and "pip install" in r for r in final.all("RUN"))
+    assert not any("/wheels" in c for c in final.all("COPY")), final.all("COPY")
+
+
+def test_no_parser_directive_fetches_a_frontend() -> None:
+    """``# syntax=...`` makes BuildKit pull a frontend image: offline builds fail at once."""
+    head = []
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        head.append(line)
+    assert not [line for line in head if re.match(r"#\s*syntax\s*=", line, re.I)], head
+
+
+def test_no_stage_installs_build_tools() -> None:
+    """Every dependency is a ready-made wheel: no compiler in the builder either."""
+    _args, stages = parse(ROOT / "Dockerfile")
+    for stage in stages:
+        for command in stage.all("RUN"):
+            assert not BUILD_TOOLS.search(command), command
+            assert "apt-get" not in command, command
+
+
+def test_the_image_carries_oci_labels() -> None:
+    _args, stages = parse(ROOT / "Dockerfile")
+    final = stages[-1]
+    labels = dict(
+        re.findall(r'(org\.opencontainers\.image\.\w+)="([^"]*)"', " ".join(final.all("LABEL")))
+    )
+    assert {"title", "description", "version", "licenses"} <= {k.rsplit(".", 1)[1] for k in labels}
+    version = dict(a.partition("=")[::2] for a in final.all("ARG"))["VERSION"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert version == project["version"]
+    assert labels["org.opencontainers.image.licenses"] == project["license"]["text"]
 
 
 def test_the_final_stage_has_no_build_tools_and_installs_offline() -> None:
