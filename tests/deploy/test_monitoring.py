@@ -247,6 +247,28 @@ def variables() -> dict[str, dict[str, Any]]:
     return {v["name"]: v for v in dashboard()["templating"]["list"]}
 
 
+def test_dashboard_variables_filter_every_panel() -> None:
+    found = variables()
+    assert found["datasource"]["type"] == "datasource"
+    assert found["datasource"]["query"] == "prometheus"
+    datasource = {"type": "prometheus", "uid": "${datasource}"}
+    for name in ("job", "namespace"):
+        assert found[name]["type"] == "query" and found[name]["datasource"] == datasource
+    assert found["job"]["current"]["value"] == "agent-gateway"
+    assert '{job="$job"}' in found["namespace"]["query"]["query"]
+    for panel in dashboard()["panels"]:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == datasource, panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == datasource, panel["title"]
+            for metric in METRIC_NAME.finditer(target["expr"]):
+                selector = re.match(r"\{([^}]*)\}", target["expr"][metric.end() :])
+                assert selector, (panel["title"], metric.group(1), "no label matchers")
+                matchers = set(selector.group(1).split(","))
+                assert {'namespace="$namespace"', 'job="$job"'} <= matchers, panel["title"]
+
+
 def test_every_metric_is_on_the_dashboard_and_documented() -> None:
     text = (COMPONENT / "grafana-dashboard.json").read_text()
     docs = (ROOT / "docs" / "metrics.md").read_text()
