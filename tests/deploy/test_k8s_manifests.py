@@ -418,3 +418,36 @@ def test_every_metric_is_on_the_dashboard_and_documented() -> None:
         name = family.name + ("_total" if family.type == "counter" else "")
         assert name in docs, f"{name} is not in docs/metrics.md"
         assert family.name in json.dumps(json.loads(dashboard)), f"{family.name}: no panel"
+
+
+# -- Redis --------------------------------------------------------------------------------
+#: the first 7.4 release with the fix for CVE-2025-49844 (use-after-free in the Lua
+#: interpreter; the gateway runs its store operations as Lua scripts)
+REDIS_MINIMUM = (7, 4, 6)
+REDIS_TAG = re.compile(
+    r"(?:[\w.-]+/)*redis:(\d+)\.(\d+)\.(\d+)(?:-[\w.]+)?(?:@sha256:[0-9a-f]{64})?"
+)
+
+
+def redis_version(image: str) -> tuple[int, int, int]:
+    found = REDIS_TAG.fullmatch(image)
+    assert found, f"{image}: pin Redis to a full x.y.z tag"
+    major, minor, patch = (int(part) for part in found.groups())
+    return major, minor, patch
+
+
+def test_redis_version_parsing_refuses_old_and_floating_tags() -> None:
+    assert redis_version("redis:7.4.6-alpine") == (7, 4, 6)
+    assert redis_version("docker.io/library/redis:8.0.4") == (8, 0, 4)
+    assert redis_version("redis:7.4.2-alpine") < REDIS_MINIMUM
+    for floating in ("redis:7.4-alpine", "redis:latest", "redis"):
+        with pytest.raises(AssertionError):
+            redis_version(floating)
+
+
+def test_the_bundled_redis_has_the_lua_fix() -> None:
+    path = K8S / "components" / "redis" / "deployment.yaml"
+    deployment = yaml.safe_load(path.read_text())
+    images = [c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]]
+    assert images and all(redis_version(image) >= REDIS_MINIMUM for image in images), images
+    assert container(objects("dev"), "redis")["image"] in images
