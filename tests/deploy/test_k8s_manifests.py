@@ -310,6 +310,69 @@ def test_network_policy_admits_the_ingress_controller_and_monitoring_only(
     assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
 
 
+#: the volume types Pod Security `restricted` allows
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+
+def restricted_violations(spec: dict[str, Any]) -> list[str]:
+    """What in a pod spec the Pod Security Standard `restricted` refuses (the checks of
+    Kubernetes' pod-security admission, policy version 1.29 and later)."""
+    found: list[str] = []
+    pod = spec.get("securityContext", {})
+    for field in ("hostNetwork", "hostPID", "hostIPC", "hostUsers"):
+        if spec.get(field) is (field != "hostUsers"):
+            found.append(field)
+    for volume in spec.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            found.append(f"volume {volume['name']}: {sorted(kinds)}")
+    for c in spec.get("initContainers", []) + spec["containers"]:
+        own = c.get("securityContext", {})
+        name = c["name"]
+
+        def setting(field: str, own: dict[str, Any] = own) -> Any:
+            return own.get(field, pod.get(field))
+
+        if own.get("privileged"):
+            found.append(f"{name}: privileged")
+        if own.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{name}: allowPrivilegeEscalation is not false")
+        if setting("runAsNonRoot") is not True:
+            found.append(f"{name}: runAsNonRoot is not true")
+        if setting("runAsUser") == 0:
+            found.append(f"{name}: runAsUser 0")
+        seccomp = setting("seccompProfile") or {}
+        if seccomp.get("type") not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{name}: no seccompProfile RuntimeDefault or Localhost")
+        capabilities = own.get("capabilities", {})
+        if "ALL" not in capabilities.get("drop", []):
+            found.append(f"{name}: capabilities not dropped")
+        if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+            found.append(f"{name}: capabilities added")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            found.append(f"{name}: hostPort")
+    return found
+
+
+def test_restricted_check_catches_what_pod_security_refuses() -> None:
+    spec = copy.deepcopy(pod_spec(one(objects("prod"), "Deployment", "agent-gateway")))
+    assert restricted_violations(spec) == []
+    spec["hostNetwork"] = True
+    spec["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
+    del spec["securityContext"]["seccompProfile"]
+    spec["containers"][0]["securityContext"]["capabilities"]["add"] = ["NET_ADMIN"]
+    assert len(restricted_violations(spec)) == 4
+
+
 def test_every_container_is_locked_down(overlay: str) -> None:
     objs = objects(overlay)
     deployments = [o for (k, _), o in objs.items() if k == "Deployment"]
@@ -319,6 +382,8 @@ def test_every_container_is_locked_down(overlay: str) -> None:
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
         assert spec["automountServiceAccountToken"] is False
+        # the namespace enforces Pod Security `restricted`: a pod it refuses never starts
+        assert restricted_violations(spec) == [], deployment["metadata"]["name"]
         for c in spec["containers"]:
             security = c["securityContext"]
             assert security["readOnlyRootFilesystem"] is True
@@ -326,6 +391,30 @@ def test_every_container_is_locked_down(overlay: str) -> None:
             assert security["capabilities"]["drop"] == ["ALL"]
             assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
             assert ":" in c["image"] and not c["image"].endswith(":latest")
+
+
+def test_each_overlay_creates_its_namespace_under_pod_security_restricted(overlay: str) -> None:
+    objs = objects(overlay)
+    namespaces = [o for (k, _), o in objs.items() if k == "Namespace"]
+    assert len(namespaces) == 1, "the overlay must create its namespace"
+    namespace = namespaces[0]
+    used = {o["metadata"]["namespace"] for (k, _), o in objs.items() if k != "Namespace"}
+    assert used == {namespace["metadata"]["name"]}
+    labels = namespace["metadata"]["labels"]
+    for mode in ("enforce", "audit", "warn"):
+        assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted"
+        assert f"pod-security.kubernetes.io/{mode}-version" in labels
+    # the documented `kubectl apply -k ... -l app.kubernetes.io/component=namespace`
+    # creates the namespace alone, before the Secrets
+    selected = [
+        o
+        for o in objs.values()
+        if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "namespace"
+    ]
+    assert selected == [namespace]
+    steps = (ROOT / "docs" / "operations.md").read_text()
+    assert "kubectl create namespace" not in steps, "the overlays create their namespace"
+    assert "-l app.kubernetes.io/component=namespace" in steps
 
 
 # -- monitoring ---------------------------------------------------------------------------

@@ -185,7 +185,10 @@ def _load(root: Path, component: bool = False) -> list[_Generated]:
         _patch(items, patch)
     if spec.get("namespace"):
         for item in items:
-            item.resource["metadata"]["namespace"] = spec["namespace"]
+            if item.resource["kind"] == "Namespace":  # kustomize names it after the field
+                item.resource["metadata"]["name"] = spec["namespace"]
+            else:
+                item.resource["metadata"]["namespace"] = spec["namespace"]
     _label(items, spec.get("labels", []))
     _set_images(items, spec.get("images", []))
     return items
