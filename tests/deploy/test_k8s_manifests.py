@@ -540,3 +540,21 @@ def test_the_bundled_redis_has_the_lua_fix() -> None:
     images = [c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]]
     assert images and all(redis_version(image) >= REDIS_MINIMUM for image in images), images
     assert container(objects("dev"), "redis")["image"] in images
+
+
+# -- images -------------------------------------------------------------------------------
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+def test_prod_never_runs_a_mutable_tag_it_may_not_pull() -> None:
+    """A tag can be moved; with IfNotPresent each node keeps whatever it pulled first, so
+    replicas run different code. Production names images by digest (or pulls Always)."""
+    for obj in objects("prod").values():
+        if obj["kind"] not in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+            continue
+        spec = pod_spec(obj)
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            pinned = DIGEST.search(c["image"]) is not None
+            assert pinned or c.get("imagePullPolicy") == "Always", (c["name"], c["image"])
+    docs = (ROOT / "docs" / "operations.md").read_text()
+    assert "kustomize edit set image agent-gateway=" in docs

@@ -151,8 +151,11 @@ def _set_images(items: list[_Generated], images: list[dict[str, Any]]) -> None:
             for image in images:
                 if image["name"] == name:
                     new = image.get("newName", name)
-                    tag = image.get("newTag")
-                    container["image"] = f"{new}:{tag}" if tag else new
+                    tag, digest = image.get("newTag"), image.get("digest")
+                    if digest:  # a digest wins over a tag, as in kustomize
+                        container["image"] = f"{new}@{digest}"
+                    else:
+                        container["image"] = f"{new}:{tag}" if tag else new
 
 
 def _label(items: list[_Generated], entries: list[dict[str, Any]]) -> None:
