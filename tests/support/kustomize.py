@@ -112,7 +112,10 @@ def _apply_operation(doc: Any, op: dict[str, Any]) -> None:
     node = doc
     for part in parents:
         node = node[int(part)] if isinstance(node, list) else node[part]
-    if op["op"] == "remove":
+    if op["op"] == "test":
+        found = node[int(last)] if isinstance(node, list) else node[last]
+        assert found == op["value"], f"patch test failed at {op['path']}: {found!r}"
+    elif op["op"] == "remove":
         del node[int(last) if isinstance(node, list) else last]
     elif isinstance(node, list):
         if last == "-":
