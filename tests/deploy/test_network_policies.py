@@ -18,6 +18,7 @@ import yaml
 
 from gateway.config import load_config
 from tests.deploy.test_k8s_manifests import K8S, K8S_VERSIONS, ROOT, one, pod_spec
+from tests.support import kustomize
 from tests.support.kustomize import render
 
 Objects = dict[tuple[str, str], dict[str, Any]]
@@ -205,6 +206,19 @@ def test_each_combination_allows_exactly_the_flows_it_needs(
     assert {flow[2] for flow in to_upstream} == {str(port)}
     if combination.own_namespaces:  # the documented trusted proxies replace the base's
         assert [str(n) for n in config.server.trusted_proxies] == ["10.42.0.0/16"]
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_the_fallback_renderer_agrees_on_the_combinations(
+    overlay: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if kustomize.kubectl() is None:
+        pytest.skip("kubectl is not installed: nothing to compare with")
+    redis = "redis-sentinel" if overlay == "prod" else None
+    combination = Combination(overlay, redis, True, True, True)
+    theirs = render_combination(combination, tmp_path / "kubectl")
+    monkeypatch.setattr(kustomize, "kubectl", lambda: None)
+    assert render_combination(combination, tmp_path / "fallback") == theirs
 
 
 def test_the_components_exist_and_document_themselves() -> None:

@@ -4,7 +4,8 @@ else with :func:`build`, a small renderer for the subset of kustomize the manife
 The subset: ``resources`` (files and directories), ``components``, ``configMapGenerator``
 and ``secretGenerator`` (``files``, ``literals``, ``options.labels``,
 ``options.disableNameSuffixHash``), inline JSON 6902 ``patches`` with a kind/name
-``target``, ``images``, ``namespace`` and ``labels`` (without selectors). Name suffixes
+``target`` (``add``, ``replace``, ``remove``, ``test``), ``images`` (tags and digests),
+``namespace`` (which names a Namespace object) and ``labels`` (without selectors). Name suffixes
 are kustomize's content hashes and references to generated objects follow them, so the
 output equals kubectl's (a test checks this wherever kubectl exists).
 """
