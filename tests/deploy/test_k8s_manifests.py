@@ -322,15 +322,31 @@ RESTRICTED_VOLUMES = {
     "secret",
 }
 
+SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+}
+
 
 def restricted_violations(spec: dict[str, Any]) -> list[str]:
     """What in a pod spec the Pod Security Standard `restricted` refuses (the checks of
     Kubernetes' pod-security admission, policy version 1.29 and later)."""
     found: list[str] = []
     pod = spec.get("securityContext", {})
-    for field in ("hostNetwork", "hostPID", "hostIPC", "hostUsers"):
-        if spec.get(field) is (field != "hostUsers"):
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(field):
             found.append(field)
+    unsafe = {s["name"] for s in pod.get("sysctls", [])} - SAFE_SYSCTLS
+    if unsafe:
+        found.append(f"sysctls {sorted(unsafe)}")
     for volume in spec.get("volumes", []):
         kinds = set(volume) - {"name"}
         if not kinds <= RESTRICTED_VOLUMES:
@@ -360,6 +376,11 @@ def restricted_violations(spec: dict[str, Any]) -> list[str]:
             found.append(f"{name}: capabilities added")
         if any(p.get("hostPort") for p in c.get("ports", [])):
             found.append(f"{name}: hostPort")
+        if own.get("procMount", "Default") != "Default":
+            found.append(f"{name}: procMount")
+        selinux = (setting("seLinuxOptions") or {}).get("type", "container_t")
+        if selinux not in ("container_t", "container_init_t", "container_kvm_t"):
+            found.append(f"{name}: SELinux type {selinux}")
     return found
 
 
@@ -370,7 +391,12 @@ def test_restricted_check_catches_what_pod_security_refuses() -> None:
     spec["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
     del spec["securityContext"]["seccompProfile"]
     spec["containers"][0]["securityContext"]["capabilities"]["add"] = ["NET_ADMIN"]
-    assert len(restricted_violations(spec)) == 4
+    spec["securityContext"]["sysctls"] = [{"name": "kernel.msgmax", "value": "1"}]
+    assert len(restricted_violations(spec)) == 5
+    spec = copy.deepcopy(pod_spec(one(objects("prod"), "Deployment", "agent-gateway")))
+    spec["hostUsers"] = False  # user namespaces: allowed
+    spec["containers"][0]["securityContext"]["runAsUser"] = 0
+    assert restricted_violations(spec) == ["gateway: runAsUser 0"]
 
 
 def test_every_container_is_locked_down(overlay: str) -> None:
