@@ -308,6 +308,95 @@ def test_network_policy_admits_the_ingress_controller_and_monitoring_only(
     assert {(p["port"], p["protocol"]) for p in dns["ports"]} == {(53, "UDP"), (53, "TCP")}
 
 
+#: the volume types Pod Security `restricted` allows
+RESTRICTED_VOLUMES = {
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+}
+
+SAFE_SYSCTLS = {
+    "kernel.shm_rmid_forced",
+    "net.ipv4.ip_local_port_range",
+    "net.ipv4.ip_unprivileged_port_start",
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.ping_group_range",
+    "net.ipv4.ip_local_reserved_ports",
+    "net.ipv4.tcp_keepalive_time",
+    "net.ipv4.tcp_fin_timeout",
+    "net.ipv4.tcp_keepalive_intvl",
+    "net.ipv4.tcp_keepalive_probes",
+}
+
+
+def restricted_violations(spec: dict[str, Any]) -> list[str]:
+    """What in a pod spec the Pod Security Standard `restricted` refuses (the checks of
+    Kubernetes' pod-security admission, policy version 1.29 and later)."""
+    found: list[str] = []
+    pod = spec.get("securityContext", {})
+    for field in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(field):
+            found.append(field)
+    unsafe = {s["name"] for s in pod.get("sysctls", [])} - SAFE_SYSCTLS
+    if unsafe:
+        found.append(f"sysctls {sorted(unsafe)}")
+    for volume in spec.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            found.append(f"volume {volume['name']}: {sorted(kinds)}")
+    for c in spec.get("initContainers", []) + spec["containers"]:
+        own = c.get("securityContext", {})
+        name = c["name"]
+
+        def setting(field: str, own: dict[str, Any] = own) -> Any:
+            return own.get(field, pod.get(field))
+
+        if own.get("privileged"):
+            found.append(f"{name}: privileged")
+        if own.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{name}: allowPrivilegeEscalation is not false")
+        if setting("runAsNonRoot") is not True:
+            found.append(f"{name}: runAsNonRoot is not true")
+        if setting("runAsUser") == 0:
+            found.append(f"{name}: runAsUser 0")
+        seccomp = setting("seccompProfile") or {}
+        if seccomp.get("type") not in ("RuntimeDefault", "Localhost"):
+            found.append(f"{name}: no seccompProfile RuntimeDefault or Localhost")
+        capabilities = own.get("capabilities", {})
+        if "ALL" not in capabilities.get("drop", []):
+            found.append(f"{name}: capabilities not dropped")
+        if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+            found.append(f"{name}: capabilities added")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            found.append(f"{name}: hostPort")
+        if own.get("procMount", "Default") != "Default":
+            found.append(f"{name}: procMount")
+        selinux = (setting("seLinuxOptions") or {}).get("type", "container_t")
+        if selinux not in ("container_t", "container_init_t", "container_kvm_t"):
+            found.append(f"{name}: SELinux type {selinux}")
+    return found
+
+
+def test_restricted_check_catches_what_pod_security_refuses() -> None:
+    spec = copy.deepcopy(pod_spec(one(objects("prod"), "Deployment", "agent-gateway")))
+    assert restricted_violations(spec) == []
+    spec["hostNetwork"] = True
+    spec["volumes"].append({"name": "host", "hostPath": {"path": "/"}})
+    del spec["securityContext"]["seccompProfile"]
+    spec["containers"][0]["securityContext"]["capabilities"]["add"] = ["NET_ADMIN"]
+    spec["securityContext"]["sysctls"] = [{"name": "kernel.msgmax", "value": "1"}]
+    assert len(restricted_violations(spec)) == 5
+    spec = copy.deepcopy(pod_spec(one(objects("prod"), "Deployment", "agent-gateway")))
+    spec["hostUsers"] = False  # user namespaces: allowed
+    spec["containers"][0]["securityContext"]["runAsUser"] = 0
+    assert restricted_violations(spec) == ["gateway: runAsUser 0"]
+
+
 def test_every_container_is_locked_down(overlay: str) -> None:
     objs = objects(overlay)
     deployments = [o for (k, _), o in objs.items() if k == "Deployment"]
@@ -317,6 +406,8 @@ def test_every_container_is_locked_down(overlay: str) -> None:
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
         assert spec["automountServiceAccountToken"] is False
+        # the namespace enforces Pod Security `restricted`: a pod it refuses never starts
+        assert restricted_violations(spec) == [], deployment["metadata"]["name"]
         for c in spec["containers"]:
             security = c["securityContext"]
             assert security["readOnlyRootFilesystem"] is True
@@ -324,3 +415,78 @@ def test_every_container_is_locked_down(overlay: str) -> None:
             assert security["capabilities"]["drop"] == ["ALL"]
             assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
             assert ":" in c["image"] and not c["image"].endswith(":latest")
+
+
+def test_each_overlay_creates_its_namespace_under_pod_security_restricted(overlay: str) -> None:
+    objs = objects(overlay)
+    namespaces = [o for (k, _), o in objs.items() if k == "Namespace"]
+    assert len(namespaces) == 1, "the overlay must create its namespace"
+    namespace = namespaces[0]
+    used = {o["metadata"]["namespace"] for (k, _), o in objs.items() if k != "Namespace"}
+    assert used == {namespace["metadata"]["name"]}
+    labels = namespace["metadata"]["labels"]
+    for mode in ("enforce", "audit", "warn"):
+        assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted"
+        assert f"pod-security.kubernetes.io/{mode}-version" in labels
+    # the documented `kubectl apply -k ... -l app.kubernetes.io/component=namespace`
+    # creates the namespace alone, before the Secrets
+    selected = [
+        o
+        for o in objs.values()
+        if o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "namespace"
+    ]
+    assert selected == [namespace]
+    steps = (ROOT / "docs" / "operations.md").read_text()
+    assert "kubectl create namespace" not in steps, "the overlays create their namespace"
+    assert "-l app.kubernetes.io/component=namespace" in steps
+
+
+# -- Redis --------------------------------------------------------------------------------
+#: the first 7.4 release with the fix for CVE-2025-49844 (use-after-free in the Lua
+#: interpreter; the gateway runs its store operations as Lua scripts)
+REDIS_MINIMUM = (7, 4, 6)
+REDIS_TAG = re.compile(
+    r"(?:[\w.-]+/)*redis:(\d+)\.(\d+)\.(\d+)(?:-[\w.]+)?(?:@sha256:[0-9a-f]{64})?"
+)
+
+
+def redis_version(image: str) -> tuple[int, int, int]:
+    found = REDIS_TAG.fullmatch(image)
+    assert found, f"{image}: pin Redis to a full x.y.z tag"
+    major, minor, patch = (int(part) for part in found.groups())
+    return major, minor, patch
+
+
+def test_redis_version_parsing_refuses_old_and_floating_tags() -> None:
+    assert redis_version("redis:7.4.6-alpine") == (7, 4, 6)
+    assert redis_version("docker.io/library/redis:8.0.4") == (8, 0, 4)
+    assert redis_version("redis:7.4.2-alpine") < REDIS_MINIMUM
+    for floating in ("redis:7.4-alpine", "redis:latest", "redis"):
+        with pytest.raises(AssertionError):
+            redis_version(floating)
+
+
+def test_the_bundled_redis_has_the_lua_fix() -> None:
+    path = K8S / "components" / "redis" / "deployment.yaml"
+    deployment = yaml.safe_load(path.read_text())
+    images = [c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]]
+    assert images and all(redis_version(image) >= REDIS_MINIMUM for image in images), images
+    assert container(objects("dev"), "redis")["image"] in images
+
+
+# -- images -------------------------------------------------------------------------------
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+def test_prod_never_runs_a_mutable_tag_it_may_not_pull() -> None:
+    """A tag can be moved; with IfNotPresent each node keeps whatever it pulled first, so
+    replicas run different code. Production names images by digest (or pulls Always)."""
+    for obj in objects("prod").values():
+        if obj["kind"] not in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+            continue
+        spec = pod_spec(obj)
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            pinned = DIGEST.search(c["image"]) is not None
+            assert pinned or c.get("imagePullPolicy") == "Always", (c["name"], c["image"])
+    docs = (ROOT / "docs" / "operations.md").read_text()
+    assert "kustomize edit set image agent-gateway=" in docs

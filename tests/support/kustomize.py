@@ -4,7 +4,8 @@ else with :func:`build`, a small renderer for the subset of kustomize the manife
 The subset: ``resources`` (files and directories), ``components``, ``configMapGenerator``
 and ``secretGenerator`` (``files``, ``literals``, ``options.labels``,
 ``options.disableNameSuffixHash``), inline JSON 6902 ``patches`` with a kind/name
-``target``, ``images``, ``namespace`` and ``labels`` (without selectors). Name suffixes
+``target`` (``add``, ``replace``, ``remove``, ``test``), ``images`` (tags and digests),
+``namespace`` (which names a Namespace object) and ``labels`` (without selectors). Name suffixes
 are kustomize's content hashes and references to generated objects follow them, so the
 output equals kubectl's (a test checks this wherever kubectl exists).
 """
@@ -112,7 +113,10 @@ def _apply_operation(doc: Any, op: dict[str, Any]) -> None:
     node = doc
     for part in parents:
         node = node[int(part)] if isinstance(node, list) else node[part]
-    if op["op"] == "remove":
+    if op["op"] == "test":
+        found = node[int(last)] if isinstance(node, list) else node[last]
+        assert found == op["value"], f"patch test failed at {op['path']}: {found!r}"
+    elif op["op"] == "remove":
         del node[int(last) if isinstance(node, list) else last]
     elif isinstance(node, list):
         if last == "-":
@@ -151,8 +155,11 @@ def _set_images(items: list[_Generated], images: list[dict[str, Any]]) -> None:
             for image in images:
                 if image["name"] == name:
                     new = image.get("newName", name)
-                    tag = image.get("newTag")
-                    container["image"] = f"{new}:{tag}" if tag else new
+                    tag, digest = image.get("newTag"), image.get("digest")
+                    if digest:  # a digest wins over a tag, as in kustomize
+                        container["image"] = f"{new}@{digest}"
+                    else:
+                        container["image"] = f"{new}:{tag}" if tag else new
 
 
 def _label(items: list[_Generated], entries: list[dict[str, Any]]) -> None:
@@ -185,7 +192,10 @@ def _load(root: Path, component: bool = False) -> list[_Generated]:
         _patch(items, patch)
     if spec.get("namespace"):
         for item in items:
-            item.resource["metadata"]["namespace"] = spec["namespace"]
+            if item.resource["kind"] == "Namespace":  # kustomize names it after the field
+                item.resource["metadata"]["name"] = spec["namespace"]
+            else:
+                item.resource["metadata"]["namespace"] = spec["namespace"]
     _label(items, spec.get("labels", []))
     _set_images(items, spec.get("images", []))
     return items
