@@ -22,7 +22,7 @@ What each known processor becomes:
 * the redaction processor (:func:`~gateway.observability.redaction.redact` or a
   :class:`~gateway.observability.redaction.Redactor`): the fields a client controls go
   through its ``text``; the others cannot hold a secret by construction (see
-  :meth:`AccessPlan.line`); constants are redacted once, here; a field whose name the
+  :func:`_line_function`); constants are redacted once, here; a field whose name the
   redactor blanks makes the plan refuse.
 * the renderer, last: :func:`~gateway.observability.logging.render_json` becomes
   ``orjson.dumps``; a ``JSONRenderer`` is called as the chain would call it.
