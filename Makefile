@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test lint typecheck bench soak screenshot clean
+.PHONY: run test test-quick lint typecheck bench soak screenshot clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
@@ -20,6 +20,11 @@ run: $(STAMP)
 # lint and types first (seconds), then the whole suite
 test: lint typecheck
 	$(BIN)/python -m pytest
+
+# the suite without the multi-process and fault-injection tests (marked slow), for the
+# edit-test loop: see the README's Layout section for what each runs and how long
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import redis
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from pytest_redis import factories
 from pytest_redis.executor import RedisExecutor
@@ -57,7 +58,7 @@ async def gateway_factory(
 ) -> AsyncIterator[GatewayFactory]:
     """``await gateway_factory(store="redis", policies="...", server={...})`` starts a
     configured gateway (each in its own directory); unprotected policy sets are allowed
-    unless ``allow_unprotected=False``."""
+    unless ``allow_unprotected=False``; ``prepare(app)`` runs before it starts."""
     started: list[Gateway] = []
 
     async def factory(
@@ -66,6 +67,7 @@ async def gateway_factory(
         environ: dict[str, str] | None = None,
         policies: str = NO_LIMITS,
         allow_unprotected: bool = True,
+        prepare: Callable[[web.Application], None] | None = None,
         **sections: Any,
     ) -> Gateway:
         redis_url = request.getfixturevalue("redis_url") if store == "redis" else None
@@ -83,7 +85,7 @@ async def gateway_factory(
             allow_unprotected=allow_unprotected,
             **sections,
         )
-        gateway = await start_gateway(config, environ)
+        gateway = await start_gateway(config, environ, prepare=prepare)
         started.append(gateway)
         return gateway
 

@@ -9,15 +9,16 @@ key, token, signing key or ``Authorization`` header can reach a line. Request co
 
 Lines logged from the event loop are written once per turn of the loop (one system call
 for all the access lines of the requests answered in that turn, instead of one each);
-lines logged without a running loop, or from another thread, are written at once. With
-the JSON format, access lines skip the generic chain (:mod:`gateway.observability.access_log`)
-and go to the same writer.
+lines logged without a running loop, or from another thread, are written at once. Access
+lines go to the same writer through a plan compiled from the chain in force
+(:mod:`gateway.observability.access_plan`) when it has one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextvars
 import logging
 import sys
 import threading
@@ -33,6 +34,13 @@ from gateway.observability.redaction import redact
 render_exceptions = structlog.processors.ExceptionRenderer(
     ExceptionDictTransformer(show_locals=False)
 )
+
+
+def render_json(logger: Any, method_name: str, event_dict: Any) -> bytes:
+    """The renderer of the JSON chain: one object per line, as
+    ``JSONRenderer(serializer=orjson.dumps)`` writes it, as a plain function so the access
+    line's plan knows what it does (:mod:`gateway.observability.access_plan`)."""
+    return orjson.dumps(event_dict)
 
 
 class LoopBatchedLogger:
@@ -83,12 +91,27 @@ class _BatchedLoggerFactory:
 
 _factory: _BatchedLoggerFactory | None = None
 
+#: the variables bound through :func:`context_var`, which ``merge_contextvars`` merges
+CONTEXT_VARS: list[contextvars.ContextVar[Any]] = []
+
+
+def context_var(name: str) -> contextvars.ContextVar[Any]:
+    """The variable behind ``structlog.contextvars.bind_contextvars(name=...)``. Setting it
+    binds as that function does, without its per-call bookkeeping (keyword dicts, name
+    building); resetting it restores what was bound before (in the gateway: nothing). The
+    gateway binds context only through these variables, so the access line's fast path
+    knows which ones to look at (:mod:`gateway.observability.access_plan`)."""
+    token = structlog.contextvars.bind_contextvars(**{name: None})[name]
+    token.var.reset(token)
+    if token.var not in CONTEXT_VARS:
+        CONTEXT_VARS.append(token.var)
+    return token.var
+
 
 class _Installed:
     """What :func:`configure` installed last, to tell whether it is still in force."""
 
     processors: list[structlog.typing.Processor] | None = None
-    renderer: structlog.typing.Processor | None = None
     #: the writer of access lines rendered outside the chain (JSON at info or below)
     access: LoopBatchedLogger | None = None
 
@@ -110,11 +133,9 @@ def _shared_processors() -> list[structlog.typing.Processor]:
 def configure(level: str = "info", fmt: str = "json", *, out: BinaryIO | None = None) -> None:
     """Install the processor chains; ``out`` (default stdout) receives gateway events."""
     numeric = logging.getLevelNamesMapping()[level.upper()]
-    renderer: structlog.typing.Processor
-    if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
-    else:
-        renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+    renderer: structlog.typing.Processor = (
+        structlog.dev.ConsoleRenderer(colors=False) if fmt == "console" else render_json
+    )
     processors = [structlog.contextvars.merge_contextvars, *_shared_processors(), redact, renderer]
     structlog.configure(
         processors=processors,
@@ -123,25 +144,25 @@ def configure(level: str = "info", fmt: str = "json", *, out: BinaryIO | None = 
         cache_logger_on_first_use=True,
     )
     _configure_stdlib(max(numeric, logging.WARNING), fmt)
-    _Installed.processors, _Installed.renderer = processors, renderer
+    _Installed.processors = processors
     # access lines are info lines: above info, structlog's filter drops them
     batched = _factory.logger if _factory is not None else None
     _Installed.access = batched if numeric <= logging.INFO else None
 
 
-def access_writer() -> LoopBatchedLogger | None:
+def access_writer() -> tuple[LoopBatchedLogger, list[structlog.typing.Processor]] | None:
     """Where to write an access line rendered outside the processor chain
-    (:mod:`gateway.observability.access_log`), or None for the chain itself: None unless
-    the JSON chain :func:`configure` installed is the one in force. Tests reset
-    structlog, or capture its events by swapping the processors of that same list (whose
-    last one is then no longer the renderer), and then see every line in the chain."""
+    (:mod:`gateway.observability.access_log`), with the chain in force to render it as
+    (its contents may change in place: tests capture events by swapping the processors of
+    that same list); None for the chain itself: unless the JSON writer :func:`configure`
+    installed is in force at info level, or when tests reset structlog."""
     access, installed = _Installed.access, _Installed.processors
     if access is None or installed is None:
         return None
     processors = structlog.get_config()["processors"]
-    if processors is not installed or installed[-1] is not _Installed.renderer:
+    if processors is not installed:
         return None
-    return access
+    return access, processors
 
 
 def _logger_factory(fmt: str, out: BinaryIO | None) -> Any:

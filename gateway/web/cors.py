@@ -1,11 +1,22 @@
-"""Per-key CORS for the public agent API, built on aiohttp-cors.
+"""Per-key CORS for the public agent API: a preflight handler and a response hook.
 
-aiohttp-cors answers preflights and decorates responses from a fixed
-``{origin: options}`` table per route. Here each agent key lists its own origins and keys
-change while the gateway runs, so the table is computed per request through the
-library's router-adapter extension point (:class:`KeyOriginsAdapter`); the library keeps
-doing the Fetch-standard mechanics (preflight parsing, allowed methods and headers,
-``Access-Control-*`` response headers).
+Each agent key lists its own origins and keys change while the gateway runs, so the grant
+is decided per request. aiohttp-cors' public API takes a fixed ``{origin: options}`` table
+per route; deciding per request needed its private router adapter (``_request_resource``,
+fragile past the version it was written for), so the gateway does the Fetch-standard
+mechanics itself (they are small), as aiohttp-cors 0.8.1 did them; a differential test
+holds the two to the same answers (tests/web/test_cors_differential.py):
+
+- a preflight (``OPTIONS`` with ``Origin`` and ``Access-Control-Request-Method``) on a
+  public route is answered 200 with ``Access-Control-Allow-Origin`` (the request's
+  ``Origin``, echoed), ``-Allow-Methods`` (the requested method, one of the route's),
+  ``-Allow-Headers`` (the requested names, upper-cased, when every one is allowed: see
+  :data:`ALLOWED_HEADERS`) and ``-Max-Age``; otherwise it is refused: 403
+  ``origin_not_allowed`` for an origin no key lists, else 400 ``invalid_request`` naming
+  what is wrong (no ``Origin``, no or another method, a header not allowed, a list that
+  is not of header names);
+- a granted actual request gets ``Access-Control-Allow-Origin`` and
+  ``Access-Control-Expose-Headers`` (:data:`EXPOSED_HEADERS`).
 
 The decision (see docs/browser.md):
 
@@ -28,11 +39,9 @@ The decision (see docs/browser.md):
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
-import aiohttp_cors
 from aiohttp import hdrs, web
-from aiohttp_cors.urldispatcher_router_adapter import ResourcesUrlDispatcherRouterAdapter
 
 from gateway.core.origins import normalise_origin, origin_allowed, origin_set, stored_origin_set
 from gateway.errors import ProblemError
@@ -49,9 +58,6 @@ PREFLIGHT_MAX_AGE = 600
 KEY_ORIGINS = web.RequestKey("key_origins", frozenset)
 #: a field name (RFC 9110 section 5.1: a token)
 FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-ResponseHook = Callable[[web.Request, web.StreamResponse], Awaitable[None]]
 
 
 class OriginIndex:
@@ -94,109 +100,117 @@ def admit_origin(request: web.Request, origins: tuple[str, ...]) -> None:
         )
 
 
-def require_field_names(request: web.Request) -> None:
-    """Refuse a preflight whose ``Access-Control-Request-Headers`` is not a list of header
-    names, before aiohttp-cors echoes the names it does not allow (which it cannot do for
-    bytes that are not UTF-8)."""
-    requested = request.headers.get(hdrs.ACCESS_CONTROL_REQUEST_HEADERS)
-    if requested is None:
-        return
-    for item in requested.split(","):
+class _Refused(Exception):
+    """A preflight the Fetch mechanics refuse; ``detail`` says why."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = "CORS preflight request failed: " + detail
+
+
+def requested_headers(request: web.BaseRequest) -> list[str]:
+    """The names of ``Access-Control-Request-Headers``, upper-cased, without repeats or
+    empty items, in their order; :class:`_Refused` when one is not a header name (which
+    could not be echoed: bytes that are not UTF-8, spaces inside a name)."""
+    value = request.headers.get(hdrs.ACCESS_CONTROL_REQUEST_HEADERS)
+    if value is None:
+        return []
+    names: list[str] = []
+    for item in value.split(","):
         name = item.strip(" \t")
-        if name and FIELD_NAME.fullmatch(name) is None:
-            raise web.HTTPForbidden(
-                text="CORS preflight request failed: "
-                "Access-Control-Request-Headers must list header names"
-            )
+        if not name:
+            continue
+        if FIELD_NAME.fullmatch(name) is None:
+            raise _Refused("Access-Control-Request-Headers must list header names")
+        upper = name.upper()
+        if upper not in names:
+            names.append(upper)
+    return names
 
 
-class KeyOriginsAdapter(ResourcesUrlDispatcherRouterAdapter):
-    """aiohttp-cors' router adapter, with each table computed for the request at hand."""
+class PublicCors:
+    """CORS on the public routes: the preflight handler (``OPTIONS`` on each) and the
+    response hook that grants actual requests and adds ``Vary``."""
 
-    def __init__(self, router: web.UrlDispatcher, index: OriginIndex) -> None:
-        super().__init__(router, defaults={})
+    def __init__(self, resources: frozenset[web.Resource], index: OriginIndex) -> None:
+        self._resources = resources
         self._index = index
-        self._options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
-            allow_credentials=False,
-            expose_headers=EXPOSED_HEADERS,
-            allow_headers=ALLOWED_HEADERS,
-            max_age=PREFLIGHT_MAX_AGE,
-        )
+        self._allowed = frozenset(name.upper() for name in ALLOWED_HEADERS)
+        self._exposed = ",".join(EXPOSED_HEADERS)
+        self._max_age = str(PREFLIGHT_MAX_AGE)
 
-    def add_preflight_handler(
-        self,
-        routing_entity: web.Resource | web.StaticResource | web.ResourceRoute,
-        handler: Handler,
-        webview: bool = False,
-    ) -> None:
-        async def preflight(request: web.Request) -> web.StreamResponse:
-            try:
-                require_field_names(request)
-                return await handler(request)
-            except web.HTTPForbidden as exc:
-                raise self._refusal(request, exc.text or "") from None
+    async def preflight(self, request: web.Request) -> web.StreamResponse:
+        """Answer a preflight, or raise the problem that refuses it."""
+        headers = request.headers
+        origin = headers.get(hdrs.ORIGIN)
+        try:
+            requested = requested_headers(request)
+            if origin is None:
+                raise _Refused("origin header is not specified in the request")
+            method = headers.get(hdrs.ACCESS_CONTROL_REQUEST_METHOD)
+            if method is None:
+                raise _Refused("'Access-Control-Request-Method' header is not specified")
+            if method not in self._methods(request):
+                raise _Refused(f"request method {method!r} is not allowed for {origin!r} origin")
+            if not self._index.allows(origin):
+                raise _Refused("no origins are allowed")
+            refused = [name for name in requested if name not in self._allowed]
+            if refused:
+                raise _Refused(f"headers are not allowed: {', '.join(refused)}")
+        except _Refused as exc:
+            raise self._refusal(origin, exc.detail) from None
+        response = web.Response()
+        answer = response.headers
+        answer[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
+        answer[hdrs.ACCESS_CONTROL_MAX_AGE] = self._max_age
+        answer[hdrs.ACCESS_CONTROL_ALLOW_METHODS] = method
+        if requested:
+            answer[hdrs.ACCESS_CONTROL_ALLOW_HEADERS] = ",".join(requested)
+        return response
 
-        super().add_preflight_handler(routing_entity, preflight)
+    @staticmethod
+    def _methods(request: web.Request) -> set[str]:
+        resource = request.match_info.route.resource
+        routes = resource if resource is not None else ()
+        return {route.method for route in routes} - {hdrs.METH_OPTIONS}
 
-    def _refusal(self, request: web.Request, detail: str) -> ProblemError:
-        origin = request.headers.get(hdrs.ORIGIN)
+    def _refusal(self, origin: str | None, detail: str) -> ProblemError:
         if origin is not None and not self._index.allows(origin):
             shown = normalise_origin(origin) or "this origin"
             return ProblemError("origin_not_allowed", f"no agent key allows requests from {shown}")
         return ProblemError("invalid_request", detail)
 
-    async def get_preflight_request_config(
-        self, preflight_request: web.Request, origin: str, requested_method: str
-    ) -> dict[str, aiohttp_cors.ResourceOptions]:
-        resource = self._request_resource(preflight_request)
-        methods = {route.method for route in resource} - {hdrs.METH_OPTIONS}
-        if requested_method not in methods:
-            raise KeyError(requested_method)  # aiohttp-cors refuses the preflight
-        return {origin: self._options} if self._index.allows(origin) else {}
-
-    def is_cors_enabled_on_request(self, request: web.Request) -> bool:
-        """Whether aiohttp-cors' response hook has anything to do. Never for a request
-        without ``Origin``: that is no CORS request, and the hook would end up leaving the
-        answer untouched after looking up its configuration."""
-        return hdrs.ORIGIN in request.headers and super().is_cors_enabled_on_request(request)
-
-    def get_non_preflight_request_config(
-        self, request: web.Request
-    ) -> dict[str, aiohttp_cors.ResourceOptions]:
-        origin = request.headers.get(hdrs.ORIGIN)
-        if origin is None:
-            return {}
-        key_origins = request.get(KEY_ORIGINS)
-        if key_origins is not None:
-            allowed = origin_allowed(origin, key_origins)
-        else:
-            allowed = self._index.allows(origin)
-        return {origin: self._options} if allowed else {}
-
-
-def vary_on_origin(resources: frozenset[web.Resource]) -> ResponseHook:
-    """The hook that puts ``Vary: Origin`` on every response of ``resources``."""
-
-    async def hook(request: web.Request, response: web.StreamResponse) -> None:
+    async def on_response_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Grant an actual request from an allowed origin; ``Vary`` on every answer."""
         resource = request.match_info.route.resource
-        if resource is None or resource not in resources:
+        if resource is None or resource not in self._resources:
             return
-        if request.method != hdrs.METH_OPTIONS and hdrs.VARY not in response.headers:
-            response.headers[hdrs.VARY] = hdrs.ORIGIN  # the usual case, without parsing
+        headers = response.headers
+        preflight = request.method == hdrs.METH_OPTIONS
+        origin = request.headers.get(hdrs.ORIGIN)
+        if origin is not None and not preflight and self._grants(request, origin):
+            headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = self._exposed
+            headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = origin
+        if not preflight and hdrs.VARY not in headers:
+            headers[hdrs.VARY] = hdrs.ORIGIN  # the usual case, without parsing
             return
         wanted = [hdrs.ORIGIN]
-        if request.method == hdrs.METH_OPTIONS:
+        if preflight:
             wanted += [hdrs.ACCESS_CONTROL_REQUEST_METHOD, hdrs.ACCESS_CONTROL_REQUEST_HEADERS]
         present = {
             item.strip().lower()
-            for value in response.headers.getall(hdrs.VARY, [])
+            for value in headers.getall(hdrs.VARY, [])
             for item in value.split(",")
         }
         missing = [name for name in wanted if name.lower() not in present]
         if missing:
-            response.headers.add(hdrs.VARY, ", ".join(missing))
+            headers.add(hdrs.VARY, ", ".join(missing))
 
-    return hook
+    def _grants(self, request: web.Request, origin: str) -> bool:
+        key_origins = request.get(KEY_ORIGINS)
+        if key_origins is not None:
+            return origin_allowed(origin, key_origins)
+        return self._index.allows(origin)
 
 
 def setup_public_cors(app: web.Application, paths: Iterable[str], store: KeyStore) -> None:
@@ -207,8 +221,9 @@ def setup_public_cors(app: web.Application, paths: Iterable[str], store: KeyStor
     )
     if len(chosen) != len(wanted):
         raise ValueError(f"no route for some of {sorted(wanted)}")
-    adapter = KeyOriginsAdapter(app.router, OriginIndex(store))
-    cors = aiohttp_cors.CorsConfig(app, router_adapter=adapter)
+    cors = PublicCors(chosen, OriginIndex(store))
     for resource in chosen:
-        cors.add(resource)
-    app.on_response_prepare.append(vary_on_origin(chosen))
+        if any(route.method in (hdrs.METH_OPTIONS, hdrs.METH_ANY) for route in resource):
+            raise ValueError(f"{resource!r} already answers OPTIONS")
+        resource.add_route(hdrs.METH_OPTIONS, cors.preflight)
+    app.on_response_prepare.append(cors.on_response_prepare)

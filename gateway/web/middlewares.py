@@ -11,12 +11,10 @@ request an id (bound for the request's log lines) and a client IP, turns every e
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import orjson
 import structlog
@@ -32,6 +30,7 @@ from gateway.core.client_ip import (
 from gateway.errors import ProblemError
 from gateway.observability import access_log
 from gateway.observability.health import Health
+from gateway.observability.logging import context_var
 from gateway.observability.metrics import Metrics
 from gateway.web.early_answers import SERVER
 from gateway.web.state import (
@@ -89,17 +88,8 @@ def http_problem(exc: web.HTTPException) -> tuple[str, web.Response]:
     return code, response
 
 
-def _context_var(name: str) -> contextvars.ContextVar[Any]:
-    """The variable behind ``structlog.contextvars.bind_contextvars(name=...)``. Setting it
-    binds as that function does, without its per-call bookkeeping (keyword dicts, name
-    building); resetting it restores what was bound before (in the gateway: nothing)."""
-    token = structlog.contextvars.bind_contextvars(**{name: None})[name]
-    token.var.reset(token)
-    return token.var
-
-
 #: merged into every structlog line written while a request is being handled
-REQUEST_ID_VAR = _context_var("request_id")
+REQUEST_ID_VAR = context_var("request_id")
 
 
 def new_request_id() -> str:

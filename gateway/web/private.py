@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from urllib.parse import unquote
 
 import aiohttp
@@ -44,6 +45,8 @@ FORWARDED_HEADERS = (
     "If-Unmodified-Since",
 )
 OAUTH = web.AppKey("oauth", Authenticator)
+#: the JWKS cache's clock when set before start (tests); ``time.monotonic`` otherwise
+JWKS_CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("jwks_clock")
 
 log = structlog.get_logger("gateway")
 security_log = structlog.get_logger("gateway.security")
@@ -207,6 +210,7 @@ def setup_private_routes(app: web.Application, settings: OAuthSettings) -> None:
             cache_seconds=settings.jwks_cache_seconds,
             min_refresh_seconds=settings.jwks_min_refresh_seconds,
             timeout_seconds=settings.jwks_timeout_seconds,
+            clock=app.get(JWKS_CLOCK, time.monotonic),
         )
         app[OAUTH] = Authenticator(settings, jwks)
         warm = asyncio.create_task(jwks.prime(), name="jwks-prime")

@@ -18,7 +18,7 @@ from playwright.async_api import BrowserContext, Page, Request, expect
 from tests.browser.conftest import WORD_DELAY
 from tests.support.harness import TOKEN_URL, Gateway
 
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a Chromium process
 
 QUESTION = "which ferns like a shady bathroom window"
 ANSWER = f"You said: {QUESTION}"

@@ -13,6 +13,8 @@ from tests.support.harness import SIGNING_ENV
 from tests.support.processes import run_cli
 from tests.support.replicas import SEND, TOKEN, replicas
 
+pytestmark = pytest.mark.slow  # replicas as processes
+
 #: the default box (20 failures a minute counting invalid_key), at a threshold a
 #: refusal of a genuine key would reach
 POLICIES = """

@@ -8,6 +8,8 @@ import redis
 
 from tests.support.replicas import burst, replicas
 
+pytestmark = pytest.mark.slow  # replicas as processes
+
 N = 10
 #: what admit.lua itself calls inside Redis
 SCRIPT_COMMANDS = {"time", "pttl", "get", "set", "hget", "hset", "pexpire"}

@@ -14,6 +14,8 @@ from pytest_redis.executor import RedisExecutor
 from tests.support.redis_servers import dedicated_redis, frozen
 from tests.support.replicas import SEND, Replicas, burst, replicas
 
+pytestmark = pytest.mark.slow  # replicas as processes
+
 N = 5
 POLICIES = f"""
 on_store_error: {{mode}}

@@ -77,6 +77,7 @@ async def test_the_command_reports_as_json_with_its_exit_status(name: str, place
     )
 
 
+@pytest.mark.slow  # a gateway process
 def test_the_shipped_configuration_passes(backend_process: str) -> None:
     """config.yaml as `make run` uses it; only the upstream's address is this test's."""
     result = run_cli(
@@ -118,6 +119,7 @@ STATIC_ERRORS = [
 ]
 
 
+@pytest.mark.slow  # a gateway process
 @pytest.mark.parametrize("name", STATIC_ERRORS)
 async def test_serve_refuses_what_doctor_finds_statically(name: str, place: Any) -> None:
     config = place(name)
@@ -133,6 +135,7 @@ async def test_serve_refuses_what_doctor_finds_statically(name: str, place: Any)
     assert "fix: " in outcome.stderr or name == "unknown_field"
 
 
+@pytest.mark.slow  # a gateway process
 @pytest.mark.parametrize("name", ["store_unreachable", "upstream_unreachable"])
 def test_serve_starts_while_a_dependency_is_down(name: str, tmp_path: Path) -> None:
     """Reachability is readiness's business: the process starts and says not ready."""
@@ -152,6 +155,7 @@ def test_serve_starts_while_a_dependency_is_down(name: str, tmp_path: Path) -> N
         assert ready.status_code == 503
 
 
+@pytest.mark.slow  # a gateway process
 def test_serve_logs_the_warnings_of_its_static_checks(tmp_path: Path) -> None:
     room = tmp_path / "room"
     shutil.copytree(FIXTURES, room)

@@ -13,6 +13,8 @@ from tests.support.harness import SIGNING_ENV
 from tests.support.processes import BIN, free_port, run_cli, running
 from tests.support.stack import write_config
 
+pytestmark = pytest.mark.slow  # gateway processes
+
 TOKEN = "/v1/chat/conversation/public/message/token/{model}"
 SEND = "/v1/chat/conversation/public/message"
 MESSAGES = "/v1/chat/conversation/public/messages/{token}"

@@ -26,6 +26,8 @@ from tests.support.harness import SIGNING_ENV
 from tests.support.processes import BIN, free_port, run_cli, running
 from tests.support.stack import ROOT, write_config
 
+pytestmark = pytest.mark.slow  # gateway processes
+
 DOCUMENTS = ("docs/configuration.md", "README.md")
 SHELL_BLOCK = re.compile(r"^```(?:sh|shell|bash|console)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 #: an inline override: `GATEWAY__STORE__TYPE=redis` (one or more assignments)

@@ -9,8 +9,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 
 from tests.support.stack import SEND, stack
+
+pytestmark = pytest.mark.slow  # gateway processes
 
 
 class StreamReader(threading.Thread):

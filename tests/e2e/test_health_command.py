@@ -10,6 +10,8 @@ from tests.support.harness import SIGNING_ENV
 from tests.support.processes import BIN, free_port, run_cli, running
 from tests.support.stack import stack, write_config
 
+pytestmark = pytest.mark.slow  # gateway processes
+
 
 def test_health_asks_the_configured_admin_port(tmp_path: Path) -> None:
     with stack(tmp_path) as running_stack:

@@ -12,6 +12,8 @@ from tests.support.harness import TOKEN_URL
 from tests.support.processes import run_cli
 from tests.support.stack import write_config
 
+pytestmark = pytest.mark.slow  # gateway processes
+
 
 @pytest.mark.parametrize(
     ("origin", "reason"),

@@ -8,10 +8,13 @@ from pathlib import Path
 from urllib.parse import quote
 
 import httpx
+import pytest
 
 from gateway.core import agent_keys
 from tests.support.processes import run_cli
 from tests.support.stack import SEND, TOKEN, stack
+
+pytestmark = pytest.mark.slow  # gateway processes
 
 SIGNING_SECRET = "redaction-test-" + secrets.token_urlsafe(32)
 UPSTREAM_PASSWORD = "upstream-" + secrets.token_hex(8)

@@ -31,6 +31,8 @@ from schemathesis import Case
 from tests.support.processes import run_cli
 from tests.support.stack import ROOT, Stack, stack
 
+pytestmark = pytest.mark.slow  # gateway processes
+
 DOCUMENT = ROOT / "gateway" / "static" / "openapi.json"
 TOKEN_PATH = "/v1/chat/conversation/public/message/token/{model_id}"
 MESSAGES_PATH = "/v1/chat/conversation/public/messages/{token}"

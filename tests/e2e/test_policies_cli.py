@@ -13,6 +13,8 @@ from tests.support.harness import SIGNING_ENV
 from tests.support.processes import BIN, free_port, run_cli, running
 from tests.support.stack import ROOT, write_config
 
+pytestmark = pytest.mark.slow  # gateway processes
+
 SEND = "/v1/chat/conversation/public/message"
 
 

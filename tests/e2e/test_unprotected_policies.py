@@ -9,6 +9,8 @@ from tests.support.harness import PROTECTED
 from tests.support.processes import BIN, free_port, run_cli, running
 from tests.support.stack import write_config
 
+pytestmark = pytest.mark.slow  # gateway processes
+
 SHADOW = PROTECTED.replace("burst: 5}", "burst: 5}\n    mode: shadow")
 
 

@@ -2,7 +2,6 @@
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import redis.asyncio
@@ -11,19 +10,6 @@ from gateway.config import Config
 from gateway.keystore.admin import KeySpecError, create_key
 from gateway.keystore.base import KeyStore, utcnow
 from gateway.keystore.factory import open_keystore
-from tests.support.harness import make_config
-
-
-@pytest.fixture(params=["file", "redis"])
-def keys_config(request: pytest.FixtureRequest, tmp_path: Path) -> Config:
-    if request.param == "file":
-        return make_config(tmp_path, "http://127.0.0.1:1", keys={"sync_seconds": 0.2})
-    url = request.getfixturevalue("redis_url")
-    return make_config(
-        tmp_path,
-        "http://127.0.0.1:1",
-        keys={"type": "redis", "redis_url": url, "sync_seconds": 0.2},
-    )
 
 
 @pytest.fixture

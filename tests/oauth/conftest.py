@@ -1,11 +1,14 @@
 """A local identity provider on a real socket, and gateways that trust it."""
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from gateway.web.private import JWKS_CLOCK
+from tests.support.clock import FixedClock
 from tests.support.harness import Gateway, deep_merge
 from tests.support.identity_provider import (
     AUDIENCE,
@@ -75,6 +78,26 @@ def oauth_section(idp: IdentityProvider, **overrides: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def private_gateway(gateway_factory, idp: IdentityProvider) -> Gateway:
-    gateway: Gateway = await gateway_factory(oauth=oauth_section(idp))
+def jwks_clock() -> FixedClock:
+    """The clock of the gateway's JWKS cache: ``jwks_clock.advance(1.05)`` passes
+    ``jwks_min_refresh_seconds`` without waiting for it."""
+    return FixedClock()
+
+
+def with_jwks_clock(clock: FixedClock) -> Callable[[web.Application], None]:
+    """A ``prepare`` hook for ``gateway_factory``: the gateway's JWKS cache reads ``clock``."""
+
+    def prepare(app: web.Application) -> None:
+        app[JWKS_CLOCK] = clock
+
+    return prepare
+
+
+@pytest.fixture
+async def private_gateway(
+    gateway_factory, idp: IdentityProvider, jwks_clock: FixedClock
+) -> Gateway:
+    gateway: Gateway = await gateway_factory(
+        oauth=oauth_section(idp), prepare=with_jwks_clock(jwks_clock)
+    )
     return gateway

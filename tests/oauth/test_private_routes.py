@@ -9,7 +9,8 @@ import pytest
 from aiohttp import ClientResponse
 from yarl import URL
 
-from tests.oauth.conftest import PRIVATE, oauth_section
+from tests.oauth.conftest import PRIVATE, oauth_section, with_jwks_clock
+from tests.support.clock import FixedClock
 from tests.support.harness import Gateway
 from tests.support.identity_provider import IdentityProvider, SigningKey, tampered
 
@@ -51,7 +52,10 @@ async def eventually(check: Any, timeout: float = 5.0) -> None:
 
 
 async def test_valid_rsa_and_ec_tokens_reach_the_upstream_as_identity_headers(
-    private_gateway: Gateway, idp: IdentityProvider, key_pool: dict[str, SigningKey]
+    private_gateway: Gateway,
+    idp: IdentityProvider,
+    key_pool: dict[str, SigningKey],
+    jwks_clock: FixedClock,
 ) -> None:
     for key in (idp.key("rsa-1"), idp.key("ec-1")):
         resp, body = await call(
@@ -71,7 +75,7 @@ async def test_valid_rsa_and_ec_tokens_reach_the_upstream_as_identity_headers(
         }
         assert resp.headers["X-Request-Id"]
     idp.keys.append(key_pool["ps-1"])  # RSASSA-PSS, published later: found by a refetch
-    await asyncio.sleep(1.05)  # jwks_min_refresh_seconds
+    jwks_clock.advance(1.05)  # jwks_min_refresh_seconds
     resp, body = await call(private_gateway, "GET", "/v1/whoami", idp.sign(key_pool["ps-1"]))
     assert resp.status == 200, body
 
@@ -227,27 +231,30 @@ async def test_paths_cannot_escape_the_upstream_prefix(
 
 
 async def test_key_rotation_at_the_provider(
-    private_gateway: Gateway, idp: IdentityProvider, key_pool: dict[str, SigningKey]
+    private_gateway: Gateway,
+    idp: IdentityProvider,
+    key_pool: dict[str, SigningKey],
+    jwks_clock: FixedClock,
 ) -> None:
     old_token = idp.sign(idp.key("rsa-1"))
     resp, _ = await call(private_gateway, "GET", "/v1/whoami", old_token)
     assert resp.status == 200
     withdrawn = idp.rotate(key_pool["rsa-2"])
     assert withdrawn.kid == "rsa-1"
-    await asyncio.sleep(1.05)  # jwks_min_refresh_seconds
+    jwks_clock.advance(1.05)  # jwks_min_refresh_seconds
     resp, _ = await call(private_gateway, "GET", "/v1/whoami", idp.sign(key_pool["rsa-2"]))
     assert resp.status == 200  # the new kid made the gateway refetch
     await assert_invalid(private_gateway, old_token, "unknown key")  # the old key is gone
 
 
 async def test_forged_kids_do_not_hammer_the_provider(
-    private_gateway: Gateway, idp: IdentityProvider
+    private_gateway: Gateway, idp: IdentityProvider, jwks_clock: FixedClock
 ) -> None:
     await eventually(lambda: idp.fetches == 1)  # fetched once at start
     forged_now = idp.sign(headers={"kid": "forged-early"})
     resp, _ = await call(private_gateway, "GET", "/v1/whoami", forged_now)
     assert resp.status == 401 and idp.fetches == 1  # within the interval: no refetch
-    await asyncio.sleep(1.05)  # jwks_min_refresh_seconds
+    jwks_clock.advance(1.05)  # jwks_min_refresh_seconds
     forged = [idp.sign(headers={"kid": f"forged-{i}"}) for i in range(30)]
     results = await asyncio.gather(
         *(call(private_gateway, "GET", "/v1/whoami", token) for token in forged)
@@ -256,15 +263,17 @@ async def test_forged_kids_do_not_hammer_the_provider(
     assert idp.fetches == 2  # one refetch for the first unknown kid, then throttled
 
 
-async def test_provider_down_is_503_not_401(gateway_factory, idp: IdentityProvider) -> None:
+async def test_provider_down_is_503_not_401(
+    gateway_factory, idp: IdentityProvider, jwks_clock: FixedClock
+) -> None:
     idp.status = 500
-    gateway = await gateway_factory(oauth=oauth_section(idp))
+    gateway = await gateway_factory(oauth=oauth_section(idp), prepare=with_jwks_clock(jwks_clock))
     await eventually(lambda: idp.fetches == 1)
     resp, body = await call(gateway, "GET", "/v1/whoami", idp.sign())
     assert resp.status == 503 and body["code"] == "identity_provider_unavailable"
     assert resp.headers["Retry-After"]
     idp.status = 200
-    await asyncio.sleep(1.05)
+    jwks_clock.advance(1.05)  # jwks_min_refresh_seconds
     resp, _ = await call(gateway, "GET", "/v1/whoami", idp.sign())
     assert resp.status == 200
 

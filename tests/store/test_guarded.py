@@ -33,6 +33,8 @@ from gateway.store.guarded import GuardedStore
 from gateway.store.redis import RedisStore
 from tests.support.redis_servers import dedicated_redis
 
+pytestmark = pytest.mark.slow  # fault injection: Redis servers stalled and stopped
+
 T = TypeVar("T")
 Run = Callable[[Coroutine[Any, Any, T]], T]
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}

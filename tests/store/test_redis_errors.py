@@ -28,6 +28,8 @@ from gateway.store.redis import RedisStore
 from tests.support.harness import SEND_URL, make_config, start_gateway, stop_gateway
 from tests.support.redis_servers import dedicated_redis
 
+pytestmark = pytest.mark.slow  # fault injection: Redis out of memory, read-only
+
 REQUEST = AdmitRequest(limits=(LimitSpec("errors", interval_us=1_000, burst=1_000),))
 RULE = PenaltyRule(window_ms=60_000, threshold=20, cooldown_ms=60_000)
 

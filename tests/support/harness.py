@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -228,9 +228,17 @@ class ListenerTestServer(TestServer):
 
 
 async def start_gateway(
-    config: Config, environ: Mapping[str, str] | None = None, **app_kwargs: Any
+    config: Config,
+    environ: Mapping[str, str] | None = None,
+    *,
+    prepare: Callable[[web.Application], None] | None = None,
+    **app_kwargs: Any,
 ) -> Gateway:
+    """A gateway on a socket; ``prepare`` sees its application before it starts (to set
+    what a test injects, e.g. ``JWKS_CLOCK``)."""
     app = create_app(config, environ=SIGNING_ENV if environ is None else environ, **app_kwargs)
+    if prepare is not None:
+        prepare(app)
     listener = Listener.public(config.server, app[METRICS])
     server = ListenerTestServer(app, listener, host="127.0.0.1")
     await server.start_server()

@@ -87,7 +87,7 @@ def test_every_route_is_documented_and_every_operation_exists(
     documented = {(method, path) for path, method, _ in operations(document)}
     assert served - documented == set(), "routes missing from docs/openapi.json"
     assert documented - served == set(), "documented operations the gateway does not serve"
-    # OPTIONS (aiohttp-cors' preflights) and HEAD (static files) are counted above
+    # OPTIONS (CORS preflights) and HEAD (static files) are counted above
     assert {method for method, _ in served} == {"get", "head", "post", "options"}
 
 

@@ -1,4 +1,5 @@
-"""Forwarding: the upstream contract's headers, credential hygiene, failures mapped."""
+"""Forwarding through a whole gateway, with each upstream client (``client``, from this
+folder's conftest): the upstream contract's headers, credential hygiene, failures mapped."""
 
 import asyncio
 import socket
@@ -11,12 +12,6 @@ from tests.oauth.conftest import idp, key_pool, oauth_section  # noqa: F401  (fi
 from tests.support.harness import Gateway
 from tests.support.identity_provider import IdentityProvider
 from tests.support.upstreams import Script
-
-
-@pytest.fixture(params=["builtin", "aiohttp"])
-def client(request: pytest.FixtureRequest) -> str:
-    """The upstream client (``upstream.client``) the gateway runs with."""
-    return str(request.param)
 
 
 def closed_port() -> int:
