@@ -37,7 +37,7 @@ class ReadinessChecks:
             if services is None:
                 return None
             config = services.config
-            policies = services.admissions.policies
+            policies = services.policies
 
             def store_required() -> bool:
                 # a replica that fails open keeps serving under local limits: still ready
@@ -46,7 +46,7 @@ class ReadinessChecks:
             self._checks = [
                 CachedCheck(
                     "store",
-                    services.admissions.store.ping,
+                    services.store.ping,
                     timeout=max(config.store.timeout_ms / 1000, MIN_STORE_CHECK_SECONDS),
                     required=store_required,
                 ),

@@ -33,6 +33,7 @@ from gateway.web.cors import setup_public_cors
 from gateway.web.middlewares import make_context_middleware, make_response_hook
 from gateway.web.private import setup_private_routes
 from gateway.web.state import HEALTH, METRICS, SERVICES, Services
+from gateway.web.token_issuer import TokenIssuer
 
 log = structlog.get_logger("gateway")
 
@@ -148,8 +149,18 @@ def create_app(
         metrics.watch_upstream_pool(transport)
         app[SERVICES] = Services(
             config=config,
+            codec=codec,
+            store=state_store,
+            policies=live_policies,
             keys=verifier,
             admissions=admissions,
+            tokens=TokenIssuer(
+                codec=codec,
+                admissions=admissions,
+                keys=verifier,
+                models=config.models,
+                metrics=metrics,
+            ),
             upstream=UpstreamClient(config.upstream, transport, metrics),
             metrics=metrics,
         )

@@ -4,7 +4,6 @@ token's claims and the relay of a streamed answer."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import time
@@ -16,12 +15,11 @@ from aiohttp import web
 
 from gateway.core.token_codec import ClientToken
 from gateway.errors import ProblemError
-from gateway.keystore.verifier import KeyRejected, VerifierBusy
 from gateway.observability.metrics import StreamOutcome
 from gateway.upstream import ForwardContext, UpstreamResponse, error_reason
 from gateway.web.cors import admit_origin
 from gateway.web.payloads import (
-    bearer_credential,
+    bearer,
     client_of,
     defer_continue,
     parse_send_message,
@@ -35,6 +33,7 @@ from gateway.web.state import (
     SERVICES,
     TOKEN_HASH,
 )
+from gateway.web.token_issuer import TokenRequest
 
 TOKEN_PATH = "/v1/chat/conversation/public/message/token/{model_id}"
 MESSAGES_PATH = "/v1/chat/conversation/public/messages/{token}"
@@ -42,9 +41,6 @@ SEND_PATH = "/v1/chat/conversation/public/message"
 PATHS = (TOKEN_PATH, MESSAGES_PATH, SEND_PATH)
 
 NO_STORE = {"Cache-Control": "no-store"}
-#: token refusals that are security events (expired tokens are ordinary)
-SUSPICIOUS_TOKEN_CODES = {"token_reuse_suspected": "token_reuse", "token_invalid": "invalid_token"}
-security_log = structlog.get_logger("gateway.security")
 log = structlog.get_logger("gateway")
 
 
@@ -71,65 +67,26 @@ def json_response(data: object, status: int = 200) -> web.Response:
 
 
 async def issue_token(request: web.Request) -> web.Response:
-    try:
-        return await _issue_token(request)
-    except ProblemError as err:
-        if err.code != "key_not_found":  # counted with its precise reason below
-            request.app[SERVICES].metrics.token_refused(err.code)
-        raise
-
-
-async def _issue_token(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    admissions, keys, metrics = services.admissions, services.keys, services.metrics
-    model_id = request.match_info["model_id"]
-    client = client_of(request)
-    admissions.refuse_if_penalized(client)
-    presented = bearer_credential(request)
-
-    try:
-        try:
-            candidate = await keys.resolve(presented)  # a key newer than the snapshot: served
-        except KeyRejected:
-            await admissions.failed(client, "invalid_key")
-            raise
-        request[KEY_ID] = candidate.record.key_id
-        # argon2 (unless cached), counted by the penalty box before it runs: one unit that
-        # a client hanging up cannot interrupt
-        record = await asyncio.shield(admissions.verify_key(client, keys, candidate))
-    except KeyRejected as exc:
-        if exc.key_id:
-            request[KEY_ID] = exc.key_id
-        security_log.warning("invalid_key", reason=exc.reason, key_id=exc.key_id)
-        metrics.token_refused(exc.reason)
-        metrics.suspicious_event("invalid_key")
-        raise ProblemError("key_not_found", "no active agent key matches") from None
-    except VerifierBusy:
-        raise ProblemError(
-            "overloaded", "too many key verifications in progress", {"Retry-After": "1"}
-        ) from None
-    admit_origin(request, record.origins)
-    if model_id not in record.models or model_id not in services.config.models:
-        raise ProblemError("model_not_found", f"this key has no model {model_id!r}")
-    headers = await admissions.admit_request(
-        "token", client, request.method, key_id=record.key_id, model=model_id
+    grant = await services.tokens.issue(
+        TokenRequest(
+            model_id=request.match_info["model_id"],
+            method=request.method,
+            client=client_of(request),
+            credential=bearer(request),
+            note_key=functools.partial(request.__setitem__, KEY_ID),
+            admit_origins=functools.partial(admit_origin, request),
+        )
     )
-    issued = admissions.codec.issue(
-        key_id=record.key_id,
-        model_id=model_id,
-        now=admissions.now(),
-        fingerprint=admissions.issue_fingerprint(client),
-    )
-    metrics.token_issued(model_id)
-    expires_at = datetime.fromtimestamp(issued.claims.expires_at, UTC)
+    expires_at = datetime.fromtimestamp(grant.issued.claims.expires_at, UTC)
     response = json_response(
         {
-            "token": issued.token,
-            "expires_in": admissions.codec.ttl_seconds,
+            "token": grant.issued.token,
+            "expires_in": grant.expires_in,
             "expires_at": expires_at.isoformat().replace("+00:00", "Z"),
         }
     )
-    response.headers.update(headers)
+    response.headers.update(grant.headers)
     return response
 
 
@@ -151,14 +108,7 @@ async def _admit_token(
         admit_origin(request, record.origins if record is not None else ())
         headers = await admissions.use_token(claims, client, route, request.method)
     except ProblemError as err:
-        if err.code.startswith("token_"):
-            services.metrics.token_use_refused(err.code)
-        if err.code in SUSPICIOUS_TOKEN_CODES:
-            services.metrics.suspicious_event(SUSPICIOUS_TOKEN_CODES[err.code])
-        if err.code in ("token_invalid", "token_revoked"):
-            security_log.warning("token_refused", code=err.code, key_id=request.get(KEY_ID))
-        if err.code == "token_invalid":
-            await admissions.failed(client, "invalid_token")
+        await admissions.token_refused(err, client, request.get(KEY_ID))
         raise
     return claims, headers
 
