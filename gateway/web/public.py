@@ -1,22 +1,19 @@
 """The public agent API: its three handlers (token issuance, reading and sending
-messages) with what they still do themselves: the token issuance, the check of a client
-token's claims and the relay of a streamed answer."""
+messages). Token issuance is :class:`~gateway.web.token_issuer.TokenIssuer`'s, streams
+are relayed by :mod:`gateway.web.relay`; what the message handlers still do themselves is
+the check of a client token (decode, key origins, admission)."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import time
 from datetime import UTC, datetime
 
-import orjson
-import structlog
 from aiohttp import web
 
 from gateway.core.token_codec import ClientToken
 from gateway.errors import ProblemError
-from gateway.observability.metrics import StreamOutcome
-from gateway.upstream import ForwardContext, UpstreamResponse, error_reason
+from gateway.upstream import ForwardContext
 from gateway.web.cors import admit_origin
 from gateway.web.payloads import (
     bearer,
@@ -25,11 +22,12 @@ from gateway.web.payloads import (
     parse_send_message,
     read_json_object,
 )
+from gateway.web.relay import EVENT_STREAM, relay, response_for
+from gateway.web.responses import NO_STORE, json_response
 from gateway.web.state import (
     CLIENT_IP,
     KEY_ID,
     REQUEST_ID,
-    REQUEST_STARTED,
     SERVICES,
     TOKEN_HASH,
 )
@@ -39,9 +37,6 @@ TOKEN_PATH = "/v1/chat/conversation/public/message/token/{model_id}"
 MESSAGES_PATH = "/v1/chat/conversation/public/messages/{token}"
 SEND_PATH = "/v1/chat/conversation/public/message"
 PATHS = (TOKEN_PATH, MESSAGES_PATH, SEND_PATH)
-
-NO_STORE = {"Cache-Control": "no-store"}
-log = structlog.get_logger("gateway")
 
 
 def short_hash(token: str) -> str:
@@ -58,12 +53,6 @@ def _hash(token: str) -> str:
 #: a client sends many messages with one token: its hash is computed once (bounded)
 _remembered_hash = functools.lru_cache(maxsize=8192)(_hash)
 _REMEMBERED_TOKEN_CHARS = 1024
-
-
-def json_response(data: object, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps(data), content_type="application/json", headers=NO_STORE
-    )
 
 
 async def issue_token(request: web.Request) -> web.Response:
@@ -158,66 +147,15 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     upstream = services.upstream
     with await upstream.send_message(_forward_context(request, claims), payload) as resp:
         _check_upstream_status(resp.status)
-        if resp.content_type == "text/event-stream":
-            return await _relay_stream(request, resp, limits)
+        if resp.content_type == EVENT_STREAM:
+            out = response_for(request, resp, limits)
+            out.headers["Cache-Control"] = "no-cache, no-store"
+            return await relay(request, resp, out, operation="send_message", error_event=True)
         answer = await upstream.buffer(resp)
         response = web.Response(status=answer.status, body=answer.body, headers=answer.headers)
         response.headers.update(NO_STORE)
         response.headers.update(limits)
         return response
-
-
-async def _relay_stream(
-    request: web.Request, upstream: UpstreamResponse, limits: dict[str, str]
-) -> web.StreamResponse:
-    services = request.app[SERVICES]
-    metrics = services.metrics
-    out = web.StreamResponse(
-        status=upstream.status, headers=services.upstream.relayable(upstream.headers)
-    )
-    out.headers.update(limits)
-    out.headers["Cache-Control"] = "no-cache, no-store"
-    out.headers["X-Accel-Buffering"] = "no"
-    outcome: StreamOutcome = "client_disconnected"  # unless the relay gets further
-    with metrics.stream():
-        try:
-            await out.prepare(request)
-            outcome = await _relay_chunks(request, upstream, out)
-            if outcome != "truncated":
-                await out.write_eof()
-        finally:
-            metrics.stream_ended(outcome)
-    return out
-
-
-async def _relay_chunks(
-    request: web.Request, upstream: UpstreamResponse, out: web.StreamResponse
-) -> StreamOutcome:
-    """Copy the upstream's chunks as they arrive; on an upstream failure, end with an
-    ``error`` event when between events, else cut the connection."""
-    services = request.app[SERVICES]
-    metrics = services.metrics
-    tail = b"\n\n"
-    first = True
-    try:
-        async for chunk in services.upstream.chunks(upstream):
-            await out.write(chunk)
-            if first:
-                first = False
-                metrics.stream_first_byte(time.perf_counter() - request[REQUEST_STARTED])
-            tail = (tail + chunk)[-2:]
-    except ProblemError as err:
-        log.warning("upstream_stream_failed", code=err.code)
-        metrics.upstream_error("send_message", error_reason(err.code))
-        if tail.endswith(b"\n\n") or tail.endswith(b"\r\n"):
-            event = orjson.dumps({"code": err.code, "detail": err.detail})
-            await out.write(b"event: error\ndata: " + event + b"\n\n")
-            return "upstream_error"
-        # mid-event: a truncated response is the only honest signal
-        if request.transport is not None:
-            request.transport.close()
-        return "truncated"
-    return "completed"
 
 
 def add_routes(app: web.Application) -> None:
