@@ -23,7 +23,7 @@ import structlog
 from gateway.core.fingerprint import FingerprintCache
 from gateway.core.policy import PolicySet, RequestFacts, Selection, retry_after_seconds
 from gateway.core.revocations import RevocationSet
-from gateway.core.token_codec import ClientToken, TokenCodec, TokenRejected
+from gateway.core.token_codec import ClientToken, TokenCodec, TokenRejected, VerifiedToken
 from gateway.errors import ProblemError
 from gateway.keystore.base import KeyRecord
 from gateway.keystore.verifier import Candidate, KeyRejected, KeyVerifier
@@ -398,10 +398,14 @@ class Admissions:
 
     # -- message routes ----------------------------------------------------------------
     def decode(self, token: str) -> ClientToken:
+        return self.verify(token).claims
+
+    def verify(self, token: str) -> VerifiedToken:
+        """The token's claims and log hash, or its problem (403 ``token_*``)."""
         if not token or len(token) > self._max_token_chars:
             raise ProblemError("token_invalid", "the token is malformed")
         try:
-            return self._codec.decode(token, self._clock())
+            return self._codec.verify(token, self._clock())
         except TokenRejected as exc:
             raise ProblemError(exc.code, exc.detail) from None
 

@@ -6,12 +6,11 @@ the check of a client token (decode, key origins, admission)."""
 from __future__ import annotations
 
 import functools
-import hashlib
 from datetime import UTC, datetime
 
 from aiohttp import web
 
-from gateway.core.token_codec import ClientToken
+from gateway.core.token_codec import ClientToken, log_hash
 from gateway.errors import ProblemError
 from gateway.upstream import ForwardContext
 from gateway.web.cors import admit_origin
@@ -37,22 +36,6 @@ TOKEN_PATH = "/v1/chat/conversation/public/message/token/{model_id}"
 MESSAGES_PATH = "/v1/chat/conversation/public/messages/{token}"
 SEND_PATH = "/v1/chat/conversation/public/message"
 PATHS = (TOKEN_PATH, MESSAGES_PATH, SEND_PATH)
-
-
-def short_hash(token: str) -> str:
-    """What logs show instead of a token: enough to correlate, useless to replay."""
-    if len(token) <= _REMEMBERED_TOKEN_CHARS:  # ours are about 350 characters
-        return _remembered_hash(token)
-    return _hash(token)
-
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()[:12]
-
-
-#: a client sends many messages with one token: its hash is computed once (bounded)
-_remembered_hash = functools.lru_cache(maxsize=8192)(_hash)
-_REMEMBERED_TOKEN_CHARS = 1024
 
 
 async def issue_token(request: web.Request) -> web.Response:
@@ -83,13 +66,14 @@ async def _admit_token(
     request: web.Request, token: str, route: str
 ) -> tuple[ClientToken, dict[str, str]]:
     """Decode and admit the client token; the claims and the RateLimit headers."""
-    request[TOKEN_HASH] = short_hash(token)
     services = request.app[SERVICES]
     admissions = services.admissions
     client = client_of(request)
     try:
         admissions.refuse_if_penalized(client)
-        claims = admissions.decode(token)
+        verified = admissions.verify(token)
+        request[TOKEN_HASH] = verified.log_hash  # kept with the claims: computed once
+        claims = verified.claims
         request[KEY_ID] = claims.key_id
         record = services.keys.store.lookup(claims.key_id)
         if record is None:  # issued by a replica that knows a key newer than this snapshot
@@ -97,6 +81,8 @@ async def _admit_token(
         admit_origin(request, record.origins if record is not None else ())
         headers = await admissions.use_token(claims, client, route, request.method)
     except ProblemError as err:
+        if TOKEN_HASH not in request:  # refused before or by the token's checks
+            request[TOKEN_HASH] = log_hash(token)
         await admissions.token_refused(err, client, request.get(KEY_ID))
         raise
     return claims, headers
