@@ -50,8 +50,8 @@ async def relay(
     """Send ``out`` with the upstream's body (see the module docstring); ``operation``:
     the upstream operation failures are counted under; ``error_event``: end a stream that
     fails between events with an ``error`` event (the public API's format)."""
-    if upstream.content_type != EVENT_STREAM:
-        await _send(request, upstream, out, operation, error_event, stream=False)
+    if upstream.content_type != EVENT_STREAM:  # not events: an error event cannot end it
+        await _send(request, upstream, out, operation, False, stream=False)
         return out
     metrics = request.app[SERVICES].metrics
     outcome: StreamOutcome = "client_disconnected"  # unless the relay gets further
@@ -72,25 +72,11 @@ async def _send(
     *,
     stream: bool,
 ) -> StreamOutcome:
-    await out.prepare(request)
-    outcome = await _copy(request, upstream, out, operation, error_event, stream=stream)
-    if outcome != "truncated":
-        await out.write_eof()
-    return outcome
-
-
-async def _copy(
-    request: web.Request,
-    upstream: UpstreamResponse,
-    out: web.StreamResponse,
-    operation: str,
-    error_event: bool,
-    *,
-    stream: bool,
-) -> StreamOutcome:
-    """Copy the upstream's chunks as they arrive (a stream's first one timed)."""
+    """Prepare ``out`` and copy the upstream's chunks as they arrive (a stream's first
+    one timed); how it ended."""
     services = request.app[SERVICES]
     metrics = services.metrics
+    await out.prepare(request)
     tail = b"\n\n"
     first = stream
     try:
@@ -106,8 +92,10 @@ async def _copy(
         if error_event and (tail.endswith(b"\n\n") or tail.endswith(b"\r\n")):
             event = orjson.dumps({"code": err.code, "detail": err.detail})
             await out.write(b"event: error\ndata: " + event + b"\n\n")
+            await out.write_eof()
             return "upstream_error"
         if request.transport is not None:
             request.transport.close()
         return "truncated"
+    await out.write_eof()
     return "completed"

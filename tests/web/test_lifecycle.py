@@ -19,17 +19,13 @@ from gateway.keystore.base import KeyStoreError
 from gateway.web.app import create_app
 from tests.support.harness import SIGNING_ENV, make_config
 from tests.support.processes import free_port
-from tests.support.redis_servers import dedicated_redis
+from tests.support.redis_servers import running_redis
 
 
 @pytest.fixture
 def dedicated(tmp_path: Path) -> Iterator[RedisExecutor]:
-    datadir = tmp_path / "redis"
-    datadir.mkdir()
-    executor = dedicated_redis(datadir)
-    yield executor
-    if executor.running():
-        executor.stop()
+    with running_redis(tmp_path / "redis") as executor:
+        yield executor
 
 
 def open_fds() -> set[str]:
