@@ -188,7 +188,7 @@ async def build(work: Path) -> tuple[web.Application, str]:
     await runner.setup()
     services = app[SERVICES]
     services.upstream = StubUpstream()  # type: ignore[assignment]
-    token = services.admissions.codec.issue(
+    token = services.codec.issue(
         key_id=KEY_ID, model_id="demo", now=services.admissions.now()
     ).token
     return app, token

@@ -23,7 +23,7 @@ import structlog
 from gateway.core.fingerprint import FingerprintCache
 from gateway.core.policy import PolicySet, RequestFacts, Selection, retry_after_seconds
 from gateway.core.revocations import RevocationSet
-from gateway.core.token_codec import ClientToken, TokenCodec, TokenRejected
+from gateway.core.token_codec import ClientToken, TokenCodec, TokenRejected, VerifiedToken
 from gateway.errors import ProblemError
 from gateway.keystore.base import KeyRecord
 from gateway.keystore.verifier import Candidate, KeyRejected, KeyVerifier
@@ -47,6 +47,19 @@ MAX_LOCAL_PENALTIES = 100_000
 #: an attempt refused because the client's attempts in flight fill its allowance may come
 #: back as soon as they end (an argon2 run lasts milliseconds): Retry-After 1
 IN_FLIGHT_RETRY_MS = 1000
+#: the problem codes of a refused client token (``gateway_token_uses_refused_total``)
+TOKEN_REFUSALS = frozenset(
+    {"token_expired", "token_invalid", "token_revoked", "token_reuse_suspected"}
+)
+#: token refusals that are security events (expired tokens are ordinary), by event name
+SUSPICIOUS_TOKEN_REFUSALS = {
+    "token_reuse_suspected": "token_reuse",
+    "token_invalid": "invalid_token",
+}
+#: token refusals written to the security log
+LOGGED_TOKEN_REFUSALS = frozenset({"token_invalid", "token_revoked"})
+#: token refusals counted by the penalty box
+COUNTED_TOKEN_REFUSALS = frozenset({"token_invalid"})
 
 
 class Client(NamedTuple):
@@ -111,10 +124,9 @@ class Attempt:
         """The attempt failed: counted as one failure in its place in flight (or, when
         ``reason`` is not counted by the box, released)."""
         subject, rule = self._subject, self._rule
-        penalty = self._admissions.policies.current.penalty
         if subject is None or rule is None:
             return
-        if penalty is None or reason not in penalty.count:
+        if not self._admissions.boxes(reason):
             await self.release()
             return
         await self._admissions.record_failure(subject, rule, reason, self._store)
@@ -142,13 +154,13 @@ class Admissions:
         fallback: StateStore,
         key_active: Callable[[str], bool],
         max_token_chars: int,
+        metrics: Metrics,
         clock: Callable[[], float] = time.time,
-        metrics: Metrics | None = None,
     ) -> None:
-        self.metrics = metrics if metrics is not None else Metrics()
-        self.codec = codec
-        self.store = store
-        self.policies = policies
+        self.metrics = metrics
+        self._codec = codec
+        self._store = store
+        self._policies = policies
         #: local limits used while the shared store is down and the policy set fails open
         self.fallback = fallback
         self._key_active = key_active
@@ -167,14 +179,14 @@ class Admissions:
 
     # -- fingerprints ------------------------------------------------------------------
     def fingerprint(self, client: Client, policies: PolicySet | None = None) -> str:
-        rule = (policies or self.policies.current).binding.rule
+        rule = (policies or self._policies.current).binding.rule
         if not rule.enabled:
             return ""
         return self._fingerprints(rule, client.ip, client.user_agent)
 
     def issue_fingerprint(self, client: Client) -> str | None:
         """The fingerprint to sign into the token when tokens are bound at issue."""
-        policies = self.policies.current
+        policies = self._policies.current
         if policies.binding.bind_at != "issue" or not policies.binding.rule.enabled:
             return None
         return self.fingerprint(client, policies)
@@ -182,7 +194,7 @@ class Admissions:
     # -- the penalty box ---------------------------------------------------------------
     def refuse_if_penalized(self, client: Client) -> None:
         """Local check, before any signature or argon2 work."""
-        subject = self.policies.current.penalty_subject(client.ip)
+        subject = self._policies.current.penalty_subject(client.ip)
         if subject is None:
             return
         left = self.penalties.remaining_ms(subject)
@@ -190,9 +202,14 @@ class Admissions:
             self.metrics.penalty_box_event("refused")
             raise _rate_limited("too many failed attempts from this client", left)
 
+    def boxes(self, reason: str) -> bool:
+        """Whether the penalty box counts failures of ``reason``."""
+        penalty = self._policies.current.penalty
+        return penalty is not None and reason in penalty.count
+
     async def failed(self, client: Client, reason: str) -> None:
         """Count a failure (``invalid_key``, ``invalid_token``, ``reuse``) for the box."""
-        policies = self.policies.current
+        policies = self._policies.current
         penalty = policies.penalty
         subject = policies.penalty_subject(client.ip)
         if penalty is None or subject is None or reason not in penalty.count:
@@ -209,7 +226,7 @@ class Admissions:
     ) -> None:
         """One failure in the store (the local one when the store fails); ``reserved_on``:
         the store where the failed attempt was counted in flight."""
-        store = self.store if reserved_on is None else reserved_on
+        store = self._store if reserved_on is None else reserved_on
         try:
             with StoreCall(self.metrics, "record_failure"):
                 boxed_ms = await store.record_failure(
@@ -232,13 +249,13 @@ class Admissions:
         check and one more attempt in flight, in one store call. 429 when the client is
         boxed, or when its failures and attempts in flight already reach the threshold
         (then nothing is counted: it may come back once those end)."""
-        policies = self.policies.current
+        policies = self._policies.current
         penalty = policies.penalty
         subject = policies.penalty_subject(client.ip)
         if penalty is None or subject is None:
-            return Attempt(self, None, None, self.store)
+            return Attempt(self, None, None, self._store)
         rule = PenaltyRule(penalty.window_ms, penalty.threshold, penalty.cooldown_ms)
-        store = self.store
+        store = self._store
         try:
             with StoreCall(self.metrics, "reserve_attempt"):
                 slot = await store.reserve_attempt(subject, rule)
@@ -298,13 +315,13 @@ class Admissions:
         codec's clock; the leeway is added here), before and without the store: a token
         revoked for reuse, one the store said was revoked, and (for a token renewal) a
         token retired by rotation. Bounded: see :class:`RevocationSet`."""
-        self.revocations.add(jti, expires_at + self.codec.leeway_seconds, self._clock())
+        self.revocations.add(jti, expires_at + self._codec.leeway_seconds, self._clock())
 
     # -- the store call ----------------------------------------------------------------
     async def _admit(self, request: AdmitRequest, policies: PolicySet) -> Admission:
         try:
             with StoreCall(self.metrics, "admit"):  # latency and errors, by operation
-                admission = await self.store.admit(request)
+                admission = await self._store.admit(request)
         except StoreUnavailable as exc:
             self._fail_open_or_refuse(policies, "admit", exc)
             return await self.fallback.admit(request)
@@ -368,7 +385,7 @@ class Admissions:
         model: str | None = None,
     ) -> dict[str, str]:
         """Penalty box and the route's limits; the response's RateLimit headers."""
-        policies = self.policies.current
+        policies = self._policies.current
         selection = policies.select(route, method, model, key_id)
         facts = RequestFacts(route, method, client.ip, key_id=key_id, model=model)
         subject = policies.penalty_subject(client.ip)
@@ -381,12 +398,31 @@ class Admissions:
 
     # -- message routes ----------------------------------------------------------------
     def decode(self, token: str) -> ClientToken:
+        return self.verify(token).claims
+
+    def verify(self, token: str) -> VerifiedToken:
+        """The token's claims and log hash, or its problem (403 ``token_*``)."""
         if not token or len(token) > self._max_token_chars:
             raise ProblemError("token_invalid", "the token is malformed")
         try:
-            return self.codec.decode(token, self._clock())
+            return self._codec.verify(token, self._clock())
         except TokenRejected as exc:
             raise ProblemError(exc.code, exc.detail) from None
+
+    async def token_refused(self, err: ProblemError, client: Client, key_id: str | None) -> None:
+        """A message route refused ``client``'s token with ``err`` (any problem while
+        admitting it): counted, logged and boxed by its code (the sets above)."""
+        code = err.code
+        if code not in TOKEN_REFUSALS:
+            return
+        self.metrics.token_use_refused(code)
+        event = SUSPICIOUS_TOKEN_REFUSALS.get(code)
+        if event is not None:
+            self.metrics.suspicious_event(event)
+        if code in LOGGED_TOKEN_REFUSALS:
+            log.warning("token_refused", code=code, key_id=key_id)
+        if code in COUNTED_TOKEN_REFUSALS:
+            await self.failed(client, "invalid_token")
 
     async def use_token(
         self, claims: ClientToken, client: Client, route: str, method: str
@@ -398,7 +434,7 @@ class Admissions:
         now = self._clock()
         if self.revocations.revoked(claims.jti, now):  # seen here: no need to ask the store
             raise ProblemError("token_revoked", "the token has been revoked")
-        policies = self.policies.current
+        policies = self._policies.current
         binding = policies.binding
         use = TokenUse(
             jti=claims.jti,
@@ -408,7 +444,7 @@ class Admissions:
             on_reuse=binding.action,
             # the record (revocation, binding) must outlive every moment the codec still
             # accepts the token, expiry leeway included
-            ttl_ms=int((claims.remaining(now) + self.codec.leeway_seconds + 1) * 1000),
+            ttl_ms=int((claims.remaining(now) + self._codec.leeway_seconds + 1) * 1000),
         )
         selection = policies.select(route, method, claims.model_id, claims.key_id)
         facts = RequestFacts(

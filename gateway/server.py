@@ -89,7 +89,7 @@ async def serve(config: Config, environ: Mapping[str, str]) -> None:
         shutdown_timeout=server.shutdown_grace_seconds,
     )
     await public.setup()  # runs the application's startup: services are built here
-    policies = app[SERVICES].admissions.policies
+    policies = app[SERVICES].policies
     loop.add_signal_handler(signal.SIGHUP, policies.reload, "sighup")
     admin: web.AppRunner | None = None
     lag = asyncio.create_task(watch_loop_lag(metrics), name="loop-lag")

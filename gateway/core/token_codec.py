@@ -19,6 +19,9 @@ fixed keys the signature, JSON and claim checks always give the same verdict: th
 claims of the last ``VERIFIED_CACHE`` tokens that passed them are kept, and only the
 clock-dependent checks (expiry, not-before) run again on each use. Only tokens that
 passed enter, so junk cannot fill it; revocation and binding are the store's, per use.
+Like the agent keys (:mod:`gateway.core.key_hash`), the tokens themselves are not kept:
+the cache is keyed by a BLAKE2b of the token under a random per-codec key, and holds
+what the log needs (:func:`log_hash`), so a memory dump shows no client token.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -45,8 +49,10 @@ from gateway.core.identifiers import (
 )
 from gateway.core.signing_keys import KeySet, SigningKey, SigningKeyError
 
-#: verified tokens remembered (about 1 KiB each, token string included)
+#: verified tokens remembered (about 700 bytes each)
 VERIFIED_CACHE = 8192
+#: bytes of the BLAKE2b that keys the cache of verified tokens
+CACHE_DIGEST_BYTES = 16
 MIN_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
 REQUIRED_CLAIMS = ("iss", "aud", "iat", "exp", "jti", "cid", "mid", "akid")
 DIGESTS: dict[str, Callable[[], Any]] = {
@@ -76,6 +82,21 @@ class ClientToken(NamedTuple):
 
     def remaining(self, now: float) -> float:
         return self.expires_at - now
+
+
+def log_hash(token: str) -> str:
+    """What logs show instead of a token: enough to correlate, useless to replay."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedToken:
+    """A token that passed every check but the clock's: its claims, the time before
+    which it is not valid yet, and its :func:`log_hash` (never the token itself)."""
+
+    claims: ClientToken
+    not_before: int
+    log_hash: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,8 +142,13 @@ class TokenCodec:
         #: that key's secret and fed nothing, copied per token (keying costs a third of it)
         self._own_headers = {self._header_segment(key): self._keyed(key) for key in keyset.keys}
         self._active_header = (self._header_segment(keyset.active).encode(), keyset.active)
-        #: token -> (its claims, its not-before), oldest first (see the module docstring)
-        self._verified: dict[str, tuple[ClientToken, int]] = {}
+        #: keyed BLAKE2b of a token -> what its checks found, oldest first (see the module
+        #: docstring); the key is random, per codec, and never leaves it
+        self._verified: dict[bytes, VerifiedToken] = {}
+        #: BLAKE2b keyed once with a random key, copied per token (keying costs a third)
+        self._cache_hash = hashlib.blake2b(
+            key=secrets.token_bytes(32), digest_size=CACHE_DIGEST_BYTES
+        )
 
     def _keyed(self, key: SigningKey) -> hmac.HMAC:
         return hmac.new(key.secret, digestmod=self._digest)
@@ -174,26 +200,38 @@ class TokenCodec:
         return (signing_input + b"." + signature).decode()
 
     def decode(self, token: str, now: float) -> ClientToken:
-        known = self._verified.get(token)
+        return self.verify(token, now).claims
+
+    def verify(self, token: str, now: float) -> VerifiedToken:
+        """The token's claims and log hash if it passes every check now, else
+        :class:`TokenRejected`."""
+        key = self._key(token)
+        known = self._verified.get(key)
         if known is None:
             claims = self._own_claims(token)
             if claims is None:
                 claims = self._pyjwt_claims(token)
-            known = self._parse(claims)
+            parsed, not_before = self._parse(claims)
+            known = VerifiedToken(parsed, not_before, log_hash(token))
             verified = self._verified
             if len(verified) >= VERIFIED_CACHE:
                 del verified[next(iter(verified))]
-            verified[token] = known
+            verified[key] = known
         return self._in_time(known, now)
 
-    def _in_time(self, known: tuple[ClientToken, int], now: float) -> ClientToken:
+    def _key(self, token: str) -> bytes:
+        """The cache's key for ``token``: a BLAKE2b keyed with this codec's random key."""
+        digest = self._cache_hash.copy()
+        digest.update(token.encode())
+        return digest.digest()
+
+    def _in_time(self, known: VerifiedToken, now: float) -> VerifiedToken:
         """The clock-dependent checks, on every use."""
-        parsed, not_before = known
-        if now >= parsed.expires_at + self._leeway:
+        if now >= known.claims.expires_at + self._leeway:
             raise TokenRejected("token_expired", "the token has expired")
-        if now + self._leeway < not_before:
+        if now + self._leeway < known.not_before:
             raise TokenRejected("token_invalid", "the token is not valid yet")
-        return parsed
+        return known
 
     def _own_claims(self, token: str) -> dict[str, Any] | None:
         """The claims of a token exactly as this codec issues it, or None (see the module

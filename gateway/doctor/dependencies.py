@@ -16,6 +16,7 @@ from gateway.config import Config, UpstreamSettings
 from gateway.doctor.findings import Finding, error, ok
 from gateway.oauth.jwks import MAX_JWKS_BYTES, KeySet
 from gateway.oauth.settings import OAuthSettings
+from gateway.observability.metrics import Metrics
 from gateway.redis_connect import RedisUrlError, connect, safe_url
 from gateway.upstream import UpstreamClient, open_transport
 
@@ -55,7 +56,8 @@ async def probe(settings: UpstreamSettings) -> None:
     """The running gateway's upstream readiness probe (``UpstreamClient.probe``), once."""
     transport = open_transport(settings)
     try:
-        await UpstreamClient(settings, transport).probe()
+        # the probe counts nothing: its own registry, not the process's
+        await UpstreamClient(settings, transport, Metrics()).probe()
     finally:
         await transport.close()
 

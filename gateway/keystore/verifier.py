@@ -59,11 +59,11 @@ class KeyVerifier:
         workers: int = 2,
         max_pending: int = 64,
         clock: Callable[[], float] = time.monotonic,
-        metrics: Metrics | None = None,
+        metrics: Metrics,
     ) -> None:
         self.store = store
         #: every outcome is counted in ``gateway_key_verifications_total``
-        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics = metrics
         self.cache = cache
         self._hasher = hasher or PasswordHasher()
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="argon2")

@@ -88,11 +88,11 @@ class UpstreamClient:
         self,
         settings: UpstreamSettings,
         transport: Transport,
-        metrics: Metrics | None = None,
+        metrics: Metrics,
     ) -> None:
         self._settings = settings
         self._transport = transport
-        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics = metrics
         timeouts = settings.timeouts
         self._read_timeout = timeouts.read
         self._idle_timeout = timeouts.stream_idle

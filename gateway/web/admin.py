@@ -8,20 +8,19 @@ address. It reads the public application's services (store, upstream) and shares
 
 from __future__ import annotations
 
-import orjson
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from gateway.observability.health import CachedCheck, Health
 from gateway.observability.metrics import Metrics
 from gateway.web.early_answers import SERVER
+from gateway.web.responses import NO_STORE, json_response
 from gateway.web.state import HEALTH, METRICS, SERVICES
 
 #: how long an upstream reachability result is reused
 UPSTREAM_CHECK_TTL = 2.0
 #: the store ping gets the store timeout, but never less than this
 MIN_STORE_CHECK_SECONDS = 0.25
-NO_STORE = {"Cache-Control": "no-store"}
 
 
 class ReadinessChecks:
@@ -37,7 +36,7 @@ class ReadinessChecks:
             if services is None:
                 return None
             config = services.config
-            policies = services.admissions.policies
+            policies = services.policies
 
             def store_required() -> bool:
                 # a replica that fails open keeps serving under local limits: still ready
@@ -46,7 +45,7 @@ class ReadinessChecks:
             self._checks = [
                 CachedCheck(
                     "store",
-                    services.admissions.store.ping,
+                    services.store.ping,
                     timeout=max(config.store.timeout_ms / 1000, MIN_STORE_CHECK_SECONDS),
                     required=store_required,
                 ),
@@ -65,12 +64,6 @@ ADMIN_HEALTH = web.AppKey("admin_health", Health)
 ADMIN_METRICS = web.AppKey("admin_metrics", Metrics)
 
 
-def _json(data: object, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps(data), content_type="application/json", headers=NO_STORE
-    )
-
-
 async def metrics_handler(request: web.Request) -> web.Response:
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     body = encoder(request.app[ADMIN_METRICS].registry)
@@ -79,12 +72,12 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: answering at all means the process and its event loop run."""
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
     report = await request.app[ADMIN_HEALTH].readiness(request.app[CHECKS].get())
-    return _json(report.body(), 200 if report.ready else 503)
+    return json_response(report.body(), 200 if report.ready else 503)
 
 
 async def security_headers(request: web.BaseRequest, response: web.StreamResponse) -> None:

@@ -1,4 +1,5 @@
-"""``create_app``: builds every service from the configuration and owns their lifecycles."""
+"""``create_app``: validates the configuration and wires the application; on startup
+``start_services`` opens every resource in one exit stack, closed on cleanup."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 
 import structlog
 from aiohttp import web
@@ -16,7 +19,7 @@ from gateway.config.signing_keys import load_keyset
 from gateway.core.key_hash import VerifiedKeyCache
 from gateway.core.token_codec import TokenCodec
 from gateway.doctor.keys import log_if_empty
-from gateway.keystore.base import KeyStore
+from gateway.keystore.base import Found, KeyRecord, KeyStore, KeyStoreError
 from gateway.keystore.factory import open_keystore
 from gateway.keystore.verifier import KeyVerifier
 from gateway.observability.health import Health
@@ -33,6 +36,7 @@ from gateway.web.cors import setup_public_cors
 from gateway.web.middlewares import make_context_middleware, make_response_hook
 from gateway.web.private import setup_private_routes
 from gateway.web.state import HEALTH, METRICS, SERVICES, Services
+from gateway.web.token_issuer import TokenIssuer
 
 log = structlog.get_logger("gateway")
 
@@ -68,6 +72,132 @@ def register_url_passwords(config: Config) -> None:
                 register_secret(password)
 
 
+class StartedKeyStore:
+    """The key store the application's lifecycle opens, for what is wired before it
+    starts (CORS reads the origins of the keys): an empty snapshot until then."""
+
+    def __init__(self) -> None:
+        self._store: KeyStore | None = None
+
+    def bind(self, store: KeyStore) -> None:
+        self._store = store
+
+    @property
+    def store(self) -> KeyStore:
+        if self._store is None:
+            raise KeyStoreError("the key store is not open yet")
+        return self._store
+
+    def lookup(self, key_id: str) -> KeyRecord | None:
+        return None if self._store is None else self._store.lookup(key_id)
+
+    def snapshot(self) -> Mapping[str, KeyRecord]:
+        return {} if self._store is None else self._store.snapshot()
+
+    async def find(self, key_id: str) -> Found:
+        return await self.store.find(key_id)
+
+    async def refresh(self) -> None:
+        await self.store.refresh()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.store.run(stop)
+
+    async def create(self, record: KeyRecord) -> None:
+        await self.store.create(record)
+
+    async def list(self) -> list[KeyRecord]:
+        return await self.store.list()
+
+    async def revoke(self, key_id: str, at: datetime) -> KeyRecord | None:
+        return await self.store.revoke(key_id, at)
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """What :func:`create_app` validated or was given; :func:`start_services` opens the
+    rest. ``store``/``keystore``: the caller's, which it closes itself."""
+
+    config: Config
+    codec: TokenCodec
+    policies: LivePolicies
+    metrics: Metrics
+    store: StateStore | None = None
+    keystore: KeyStore | None = None
+
+
+async def start_services(parts: Parts, stack: contextlib.AsyncExitStack) -> Services:
+    """Open and start every resource of the application, each closed by ``stack`` (last
+    opened, first closed): a start that fails half-way closes what it had opened."""
+    config, metrics = parts.config, parts.metrics
+    state_store = parts.store
+    if state_store is None:
+        state_store = open_store(
+            config.store,
+            on_deadline_extended=metrics.store_deadline_extended,
+            on_breaker_change=metrics.store_circuit,
+        )
+        stack.push_async_callback(state_store.close)
+    key_store = parts.keystore
+    if key_store is None:
+        key_store = open_keystore(config)
+        stack.push_async_callback(key_store.close)
+    await key_store.refresh()
+    log_if_empty(config, key_store.snapshot())
+    await state_store.start()
+    metrics.config_reload("config", ok=True)
+    verifier = KeyVerifier(
+        key_store,
+        VerifiedKeyCache(config.keys.verified_cache_seconds, config.keys.verified_cache_size),
+        metrics=metrics,
+    )
+    stack.callback(verifier.close)
+    transport = open_transport(config.upstream)
+    stack.push_async_callback(transport.close)
+    metrics.watch_upstream_pool(transport)
+    admissions = Admissions(
+        parts.codec,
+        state_store,
+        parts.policies,
+        fallback=MemoryStore(),
+        key_active=verifier.key_active,
+        max_token_chars=config.server.max_token_chars,
+        metrics=metrics,
+    )
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(key_store.run(stop), name="keystore-sync")]
+    if config.policies.watch:
+        tasks.append(asyncio.create_task(parts.policies.run(stop), name="policy-watch"))
+    stack.push_async_callback(_stop_tasks, stop, tasks)
+    return Services(
+        config=config,
+        codec=parts.codec,
+        store=state_store,
+        policies=parts.policies,
+        keys=verifier,
+        admissions=admissions,
+        tokens=TokenIssuer(
+            codec=parts.codec,
+            admissions=admissions,
+            keys=verifier,
+            models=config.models,
+            metrics=metrics,
+        ),
+        upstream=UpstreamClient(config.upstream, transport, metrics),
+        metrics=metrics,
+    )
+
+
+async def _stop_tasks(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    stop.set()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asyncio.wait_for(task, timeout=5)
+
+
 def create_app(
     config: Config,
     *,
@@ -78,29 +208,15 @@ def create_app(
     metrics: Metrics | None = None,
     health: Health | None = None,
 ) -> web.Application:
-    """The public application. ``store``/``keystore`` replace the configured ones (the
-    caller then owns them); everything else is built here and closed on cleanup.
-    ``metrics`` defaults to a fresh registry per application."""
+    """The public application. Here only what validates the configuration (the signing
+    keys, the policy set); every resource is opened on startup by :func:`start_services`
+    and closed on cleanup. ``store``/``keystore`` replace the configured ones (the caller
+    then owns them). ``metrics`` defaults to a fresh registry per application."""
     environ = os.environ if environ is None else environ
     metrics = metrics if metrics is not None else Metrics()
     health = health if health is not None else Health(metrics)
     register_url_passwords(config)
     codec = build_codec(config, environ)
-    state_store = (
-        store
-        if store is not None
-        else open_store(
-            config.store,
-            on_deadline_extended=metrics.store_deadline_extended,
-            on_breaker_change=metrics.store_circuit,
-        )
-    )
-    key_store = keystore if keystore is not None else open_keystore(config)
-    verifier = KeyVerifier(
-        key_store,
-        VerifiedKeyCache(config.keys.verified_cache_seconds, config.keys.verified_cache_size),
-        metrics=metrics,
-    )
     live_policies = (
         policies
         if policies is not None
@@ -112,15 +228,8 @@ def create_app(
     )
     live_policies.load()  # an invalid or unprotected set stops the start with a precise error
     metrics.config_reload("policies", ok=True)
-    admissions = Admissions(
-        codec,
-        state_store,
-        live_policies,
-        fallback=MemoryStore(),
-        key_active=verifier.key_active,
-        max_token_chars=config.server.max_token_chars,
-        metrics=metrics,
-    )
+    parts = Parts(config, codec, live_policies, metrics, store=store, keystore=keystore)
+    key_store = StartedKeyStore()
 
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
@@ -136,36 +245,11 @@ def create_app(
     openapi.add_routes(app)  # the public API's description (docs/openapi.json)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        await key_store.refresh()
-        log_if_empty(config, key_store.snapshot())
-        await state_store.start()
-        metrics.config_reload("config", ok=True)
-        stop = asyncio.Event()
-        tasks = [asyncio.create_task(key_store.run(stop), name="keystore-sync")]
-        if config.policies.watch:
-            tasks.append(asyncio.create_task(live_policies.run(stop), name="policy-watch"))
-        transport = open_transport(config.upstream)
-        metrics.watch_upstream_pool(transport)
-        app[SERVICES] = Services(
-            config=config,
-            keys=verifier,
-            admissions=admissions,
-            upstream=UpstreamClient(config.upstream, transport, metrics),
-            metrics=metrics,
-        )
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            services = await start_services(parts, stack)
+            key_store.bind(services.keys.store)
+            app[SERVICES] = services
             yield
-        finally:
-            stop.set()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait_for(task, timeout=5)
-            await transport.close()
-            verifier.close()
-            if keystore is None:
-                await key_store.close()
-            if store is None:
-                await state_store.close()
 
     app.cleanup_ctx.append(lifecycle)
     if config.oauth is not None:  # OAuth2-protected private routes (docs/oauth.md)

@@ -33,6 +33,7 @@ from gateway.observability.health import Health
 from gateway.observability.logging import context_var
 from gateway.observability.metrics import Metrics
 from gateway.web.early_answers import SERVER
+from gateway.web.responses import NO_STORE
 from gateway.web.state import (
     CLIENT_IP,
     KEY_ID,
@@ -59,7 +60,7 @@ def problem_response(err: ProblemError) -> web.Response:
         status=err.status,
         body=orjson.dumps(err.body()),
         content_type="application/problem+json",
-        headers={"Cache-Control": "no-store", **err.headers},
+        headers={**NO_STORE, **err.headers},
     )
 
 

@@ -23,17 +23,34 @@ def client_of(request: web.Request) -> Client:
     return Client(ip=request[CLIENT_IP], user_agent=request.headers.get("User-Agent", ""))
 
 
-def bearer_credential(request: web.Request) -> str:
-    """The credential of ``Authorization: Bearer <credential>``, else 401."""
-    header = request.headers.get("Authorization", "")
-    scheme, _, credential = header.strip().partition(" ")
-    if not header or scheme.lower() != "bearer" or not credential.strip():
-        raise ProblemError(
-            "missing_credentials",
-            "send the public agent key as 'Authorization: Bearer <key>'",
-            {"WWW-Authenticate": 'Bearer realm="agent-gateway"'},
-        )
-    return credential.strip()
+#: the ``WWW-Authenticate`` challenge of a request without a bearer credential
+BEARER_CHALLENGE = 'Bearer realm="agent-gateway"'
+#: what a request for a client token must send
+AGENT_KEY_HINT = "send the public agent key as 'Authorization: Bearer <key>'"
+
+
+def bearer(request: web.Request) -> str | None:
+    """The credential of ``Authorization: Bearer <credential>``, or None."""
+    scheme, _, credential = request.headers.get("Authorization", "").strip().partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential:
+        return None
+    return credential
+
+
+def missing_credentials(hint: str, challenge: str = BEARER_CHALLENGE) -> ProblemError:
+    """401: the request has no bearer credential; ``hint`` says which to send."""
+    return ProblemError("missing_credentials", hint, {"WWW-Authenticate": challenge})
+
+
+def bearer_credential(
+    request: web.Request, hint: str = AGENT_KEY_HINT, challenge: str = BEARER_CHALLENGE
+) -> str:
+    """The credential of ``Authorization: Bearer <credential>``, else 401 with ``hint``."""
+    credential = bearer(request)
+    if credential is None:
+        raise missing_credentials(hint, challenge)
+    return credential
 
 
 async def defer_continue(request: web.Request) -> None:

@@ -29,8 +29,8 @@ from gateway.oauth.access_token import AccessToken, TokenInvalid, TokenKeyUnknow
 from gateway.oauth.authenticator import Authenticator
 from gateway.oauth.jwks import JwksCache, JwksUnavailable
 from gateway.oauth.settings import OAuthSettings, PrivateRoute
-from gateway.upstream import UpstreamResponse
-from gateway.web.payloads import client_of
+from gateway.web.payloads import bearer_credential, client_of
+from gateway.web.relay import relay, response_for
 from gateway.web.state import CLIENT_IP, REQUEST_ID, SERVICES
 
 REALM = "agent-gateway"
@@ -47,6 +47,7 @@ FORWARDED_HEADERS = (
 OAUTH = web.AppKey("oauth", Authenticator)
 #: the JWKS cache's clock when set before start (tests); ``time.monotonic`` otherwise
 JWKS_CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("jwks_clock")
+OAUTH_HINT = "send an OAuth2 access token as 'Authorization: Bearer <token>'"
 
 log = structlog.get_logger("gateway")
 security_log = structlog.get_logger("gateway.security")
@@ -64,19 +65,8 @@ def challenge(error: str | None = None, description: str = "", scope: str = "") 
     return "Bearer " + ", ".join(params)
 
 
-def bearer_token(request: web.Request) -> str:
-    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise ProblemError(
-            "missing_credentials",
-            "send an OAuth2 access token as 'Authorization: Bearer <token>'",
-            {"WWW-Authenticate": challenge()},
-        )
-    return token.strip()
-
-
 async def authenticate(request: web.Request) -> AccessToken:
-    token = bearer_token(request)
+    token = bearer_credential(request, OAUTH_HINT, challenge())
     try:
         return await request.app[OAUTH].authenticate(token)
     except TokenInvalid as exc:
@@ -161,31 +151,9 @@ class PrefixHandler:
             headers["X-Auth-Client-Id"] = caller.client_id
         upstream = request.app[SERVICES].upstream
         with await upstream.forward(request.method, path, headers, body) as resp:
-            return await relay(request, resp, limits)
-
-
-async def relay(
-    request: web.Request, upstream: UpstreamResponse, limits: dict[str, str]
-) -> web.StreamResponse:
-    services = request.app[SERVICES]
-    out = web.StreamResponse(
-        status=upstream.status, headers=services.upstream.relayable(upstream.headers)
-    )
-    out.headers.update(limits)
-    out.headers.setdefault("Cache-Control", "private, no-store")
-    if upstream.content_type == "text/event-stream":
-        out.headers["X-Accel-Buffering"] = "no"
-    await out.prepare(request)
-    try:
-        async for chunk in services.upstream.chunks(upstream):
-            await out.write(chunk)
-    except ProblemError as err:  # mid-answer: a truncated response is the honest signal
-        log.warning("upstream_stream_failed", code=err.code)
-        if request.transport is not None:
-            request.transport.close()
-        return out
-    await out.write_eof()
-    return out
+            out = response_for(request, resp, limits)
+            out.headers.setdefault("Cache-Control", "private, no-store")
+            return await relay(request, resp, out, operation="forward", error_event=False)
 
 
 def setup_private_routes(app: web.Application, settings: OAuthSettings) -> None:

@@ -1,135 +1,64 @@
 """The public agent API: its three handlers (token issuance, reading and sending
-messages) with what they still do themselves: the token issuance, the check of a client
-token's claims and the relay of a streamed answer."""
+messages). Token issuance is :class:`~gateway.web.token_issuer.TokenIssuer`'s, streams
+are relayed by :mod:`gateway.web.relay`; what the message handlers still do themselves is
+the check of a client token (decode, key origins, admission)."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import hashlib
-import time
 from datetime import UTC, datetime
 
-import orjson
-import structlog
 from aiohttp import web
 
-from gateway.core.token_codec import ClientToken
+from gateway.core.token_codec import ClientToken, log_hash
 from gateway.errors import ProblemError
-from gateway.keystore.verifier import KeyRejected, VerifierBusy
-from gateway.observability.metrics import StreamOutcome
-from gateway.upstream import ForwardContext, UpstreamResponse, error_reason
+from gateway.upstream import ForwardContext
 from gateway.web.cors import admit_origin
 from gateway.web.payloads import (
-    bearer_credential,
+    bearer,
     client_of,
     defer_continue,
     parse_send_message,
     read_json_object,
 )
+from gateway.web.relay import EVENT_STREAM, relay, response_for
+from gateway.web.responses import NO_STORE, json_response
 from gateway.web.state import (
     CLIENT_IP,
     KEY_ID,
     REQUEST_ID,
-    REQUEST_STARTED,
     SERVICES,
     TOKEN_HASH,
 )
+from gateway.web.token_issuer import TokenRequest
 
 TOKEN_PATH = "/v1/chat/conversation/public/message/token/{model_id}"
 MESSAGES_PATH = "/v1/chat/conversation/public/messages/{token}"
 SEND_PATH = "/v1/chat/conversation/public/message"
 PATHS = (TOKEN_PATH, MESSAGES_PATH, SEND_PATH)
 
-NO_STORE = {"Cache-Control": "no-store"}
-#: token refusals that are security events (expired tokens are ordinary)
-SUSPICIOUS_TOKEN_CODES = {"token_reuse_suspected": "token_reuse", "token_invalid": "invalid_token"}
-security_log = structlog.get_logger("gateway.security")
-log = structlog.get_logger("gateway")
-
-
-def short_hash(token: str) -> str:
-    """What logs show instead of a token: enough to correlate, useless to replay."""
-    if len(token) <= _REMEMBERED_TOKEN_CHARS:  # ours are about 350 characters
-        return _remembered_hash(token)
-    return _hash(token)
-
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()[:12]
-
-
-#: a client sends many messages with one token: its hash is computed once (bounded)
-_remembered_hash = functools.lru_cache(maxsize=8192)(_hash)
-_REMEMBERED_TOKEN_CHARS = 1024
-
-
-def json_response(data: object, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, body=orjson.dumps(data), content_type="application/json", headers=NO_STORE
-    )
-
 
 async def issue_token(request: web.Request) -> web.Response:
-    try:
-        return await _issue_token(request)
-    except ProblemError as err:
-        if err.code != "key_not_found":  # counted with its precise reason below
-            request.app[SERVICES].metrics.token_refused(err.code)
-        raise
-
-
-async def _issue_token(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    admissions, keys, metrics = services.admissions, services.keys, services.metrics
-    model_id = request.match_info["model_id"]
-    client = client_of(request)
-    admissions.refuse_if_penalized(client)
-    presented = bearer_credential(request)
-
-    try:
-        try:
-            candidate = await keys.resolve(presented)  # a key newer than the snapshot: served
-        except KeyRejected:
-            await admissions.failed(client, "invalid_key")
-            raise
-        request[KEY_ID] = candidate.record.key_id
-        # argon2 (unless cached), counted by the penalty box before it runs: one unit that
-        # a client hanging up cannot interrupt
-        record = await asyncio.shield(admissions.verify_key(client, keys, candidate))
-    except KeyRejected as exc:
-        if exc.key_id:
-            request[KEY_ID] = exc.key_id
-        security_log.warning("invalid_key", reason=exc.reason, key_id=exc.key_id)
-        metrics.token_refused(exc.reason)
-        metrics.suspicious_event("invalid_key")
-        raise ProblemError("key_not_found", "no active agent key matches") from None
-    except VerifierBusy:
-        raise ProblemError(
-            "overloaded", "too many key verifications in progress", {"Retry-After": "1"}
-        ) from None
-    admit_origin(request, record.origins)
-    if model_id not in record.models or model_id not in services.config.models:
-        raise ProblemError("model_not_found", f"this key has no model {model_id!r}")
-    headers = await admissions.admit_request(
-        "token", client, request.method, key_id=record.key_id, model=model_id
+    grant = await services.tokens.issue(
+        TokenRequest(
+            model_id=request.match_info["model_id"],
+            method=request.method,
+            client=client_of(request),
+            credential=bearer(request),
+            note_key=functools.partial(request.__setitem__, KEY_ID),
+            admit_origins=functools.partial(admit_origin, request),
+        )
     )
-    issued = admissions.codec.issue(
-        key_id=record.key_id,
-        model_id=model_id,
-        now=admissions.now(),
-        fingerprint=admissions.issue_fingerprint(client),
-    )
-    metrics.token_issued(model_id)
-    expires_at = datetime.fromtimestamp(issued.claims.expires_at, UTC)
+    expires_at = datetime.fromtimestamp(grant.issued.claims.expires_at, UTC)
     response = json_response(
         {
-            "token": issued.token,
-            "expires_in": admissions.codec.ttl_seconds,
+            "token": grant.issued.token,
+            "expires_in": grant.expires_in,
             "expires_at": expires_at.isoformat().replace("+00:00", "Z"),
         }
     )
-    response.headers.update(headers)
+    response.headers.update(grant.headers)
     return response
 
 
@@ -137,13 +66,14 @@ async def _admit_token(
     request: web.Request, token: str, route: str
 ) -> tuple[ClientToken, dict[str, str]]:
     """Decode and admit the client token; the claims and the RateLimit headers."""
-    request[TOKEN_HASH] = short_hash(token)
     services = request.app[SERVICES]
     admissions = services.admissions
     client = client_of(request)
     try:
         admissions.refuse_if_penalized(client)
-        claims = admissions.decode(token)
+        verified = admissions.verify(token)
+        request[TOKEN_HASH] = verified.log_hash  # kept with the claims: computed once
+        claims = verified.claims
         request[KEY_ID] = claims.key_id
         record = services.keys.store.lookup(claims.key_id)
         if record is None:  # issued by a replica that knows a key newer than this snapshot
@@ -151,14 +81,9 @@ async def _admit_token(
         admit_origin(request, record.origins if record is not None else ())
         headers = await admissions.use_token(claims, client, route, request.method)
     except ProblemError as err:
-        if err.code.startswith("token_"):
-            services.metrics.token_use_refused(err.code)
-        if err.code in SUSPICIOUS_TOKEN_CODES:
-            services.metrics.suspicious_event(SUSPICIOUS_TOKEN_CODES[err.code])
-        if err.code in ("token_invalid", "token_revoked"):
-            security_log.warning("token_refused", code=err.code, key_id=request.get(KEY_ID))
-        if err.code == "token_invalid":
-            await admissions.failed(client, "invalid_token")
+        if TOKEN_HASH not in request:  # refused before or by the token's checks
+            request[TOKEN_HASH] = log_hash(token)
+        await admissions.token_refused(err, client, request.get(KEY_ID))
         raise
     return claims, headers
 
@@ -208,66 +133,15 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     upstream = services.upstream
     with await upstream.send_message(_forward_context(request, claims), payload) as resp:
         _check_upstream_status(resp.status)
-        if resp.content_type == "text/event-stream":
-            return await _relay_stream(request, resp, limits)
+        if resp.content_type == EVENT_STREAM:
+            out = response_for(request, resp, limits)
+            out.headers["Cache-Control"] = "no-cache, no-store"
+            return await relay(request, resp, out, operation="send_message", error_event=True)
         answer = await upstream.buffer(resp)
         response = web.Response(status=answer.status, body=answer.body, headers=answer.headers)
         response.headers.update(NO_STORE)
         response.headers.update(limits)
         return response
-
-
-async def _relay_stream(
-    request: web.Request, upstream: UpstreamResponse, limits: dict[str, str]
-) -> web.StreamResponse:
-    services = request.app[SERVICES]
-    metrics = services.metrics
-    out = web.StreamResponse(
-        status=upstream.status, headers=services.upstream.relayable(upstream.headers)
-    )
-    out.headers.update(limits)
-    out.headers["Cache-Control"] = "no-cache, no-store"
-    out.headers["X-Accel-Buffering"] = "no"
-    outcome: StreamOutcome = "client_disconnected"  # unless the relay gets further
-    with metrics.stream():
-        try:
-            await out.prepare(request)
-            outcome = await _relay_chunks(request, upstream, out)
-            if outcome != "truncated":
-                await out.write_eof()
-        finally:
-            metrics.stream_ended(outcome)
-    return out
-
-
-async def _relay_chunks(
-    request: web.Request, upstream: UpstreamResponse, out: web.StreamResponse
-) -> StreamOutcome:
-    """Copy the upstream's chunks as they arrive; on an upstream failure, end with an
-    ``error`` event when between events, else cut the connection."""
-    services = request.app[SERVICES]
-    metrics = services.metrics
-    tail = b"\n\n"
-    first = True
-    try:
-        async for chunk in services.upstream.chunks(upstream):
-            await out.write(chunk)
-            if first:
-                first = False
-                metrics.stream_first_byte(time.perf_counter() - request[REQUEST_STARTED])
-            tail = (tail + chunk)[-2:]
-    except ProblemError as err:
-        log.warning("upstream_stream_failed", code=err.code)
-        metrics.upstream_error("send_message", error_reason(err.code))
-        if tail.endswith(b"\n\n") or tail.endswith(b"\r\n"):
-            event = orjson.dumps({"code": err.code, "detail": err.detail})
-            await out.write(b"event: error\ndata: " + event + b"\n\n")
-            return "upstream_error"
-        # mid-event: a truncated response is the only honest signal
-        if request.transport is not None:
-            request.transport.close()
-        return "truncated"
-    return "completed"
 
 
 def add_routes(app: web.Application) -> None:

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from gateway.admission import Admissions
 from gateway.config import Config
+from gateway.core.token_codec import TokenCodec
 from gateway.keystore.verifier import KeyVerifier
 from gateway.observability.health import Health
 from gateway.observability.metrics import Metrics
+from gateway.policies.live import LivePolicies
+from gateway.store.base import StateStore
 from gateway.upstream import UpstreamClient
+
+if TYPE_CHECKING:  # it imports (through payloads) the request keys below
+    from gateway.web.token_issuer import TokenIssuer
 
 
 @dataclass
@@ -19,8 +26,12 @@ class Services:
     """Everything a handler needs; built by :func:`gateway.web.app.create_app`."""
 
     config: Config
+    codec: TokenCodec
+    store: StateStore
+    policies: LivePolicies
     keys: KeyVerifier
     admissions: Admissions
+    tokens: TokenIssuer
     upstream: UpstreamClient
     metrics: Metrics
 

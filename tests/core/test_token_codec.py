@@ -1,7 +1,10 @@
 import base64
+import gc
 import hashlib
 import hmac
 import json
+from collections.abc import Iterator
+from types import ModuleType
 
 import jwt
 import pytest
@@ -12,7 +15,7 @@ from gateway.core.signing_keys import (
     SigningKeyError,
     parse_keyset,
 )
-from gateway.core.token_codec import TokenCodec, TokenRejected
+from gateway.core.token_codec import TokenCodec, TokenRejected, VerifiedToken
 
 NOW = 1_800_000_000.0
 OLD = SigningKey("old", b"o" * 40)
@@ -218,7 +221,8 @@ def test_fast_path_and_pyjwt_agree(case: str) -> None:
     token = FAST_PATH_CASES[case](c)
 
     def pyjwt_only(token: str, now: float) -> object:
-        return c._in_time(c._parse(c._pyjwt_claims(token)), now)
+        claims, not_before = c._parse(c._pyjwt_claims(token))
+        return c._in_time(VerifiedToken(claims, not_before, ""), now).claims
 
     assert _outcome(c, c.decode, token) == _outcome(c, pyjwt_only, token)
 
@@ -271,11 +275,11 @@ def test_only_tokens_that_pass_are_remembered_and_their_number_is_bounded(
     for _ in range(2):
         with pytest.raises(TokenRejected):
             c.decode(forged, NOW)
-    assert forged not in c._verified
+    assert c._key(forged) not in c._verified
     tokens = [c.issue(key_id="K" * 12, model_id="demo", now=NOW).token for _ in range(8)]
     for token in tokens:
         c.decode(token, NOW)
-    assert list(c._verified) == tokens[-5:]  # the oldest go first
+    assert list(c._verified) == [c._key(t) for t in tokens[-5:]]  # the oldest go first
     assert c.decode(tokens[0], NOW).jti  # forgotten, verified again
 
 
@@ -307,7 +311,7 @@ def test_claims_of_a_shape_never_issued_are_refused(case: str, path: str) -> Non
     token = jwt.encode(payload, OLD.secret, headers=headers)
     assert (c._own_claims(token) is not None) == (path == "fast")
     assert rejected(c, token) == "token_invalid"
-    assert token not in c._verified
+    assert c._key(token) not in c._verified
 
 
 def test_issued_ids_have_the_shapes_the_codec_accepts() -> None:
@@ -320,3 +324,42 @@ def test_issued_ids_have_the_shapes_the_codec_accepts() -> None:
         assert identifiers.CONVERSATION_ID_SHAPE.fullmatch(issued.claims.conversation_id)
         assert identifiers.TOKEN_ID_SHAPE.fullmatch(issued.claims.jti)
         assert c.decode(issued.token, NOW) == issued.claims
+
+
+def reachable(root: object) -> Iterator[object]:
+    """Every object reachable from ``root`` through containers and attributes."""
+    seen: set[int] = set()
+    todo = [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or isinstance(obj, type | ModuleType) or callable(obj):
+            continue
+        seen.add(id(obj))
+        yield obj
+        if isinstance(obj, dict):
+            todo += [*obj.keys(), *obj.values()]
+        elif isinstance(obj, list | tuple | set | frozenset):
+            todo += list(obj)
+        elif not isinstance(obj, str | bytes | int | float | bool | type(None)):
+            todo += [
+                getattr(obj, name) for name in getattr(obj, "__slots__", ()) if hasattr(obj, name)
+            ]
+            todo += list(getattr(obj, "__dict__", {}).values())
+
+
+def test_the_codec_keeps_no_client_token_in_memory() -> None:
+    c = codec(NEW, OLD)
+    tokens = [c.issue(key_id="K" * 12, model_id="demo", now=NOW).token for _ in range(3)]
+    other_header = {"kid": "old", "x": 1}  # verified by pyjwt, not the fast path
+    tokens.append(jwt.encode({**_payload(c), "fph": "0" * 16}, OLD.secret, headers=other_header))
+    for token in tokens:
+        c.decode(token, NOW)
+        c.decode(token, NOW + 1)  # from the cache
+    assert len(c._verified) == len(tokens)
+    segments = [segment for t in tokens for segment in t.split(".")[1:]]  # claims, signature
+    for obj in reachable(c):
+        if isinstance(obj, str | bytes):
+            text = obj if isinstance(obj, str) else obj.decode("latin-1")
+            assert not any(s in text for s in segments), "a client token is kept"
+    for token in tokens:
+        assert not any(r is c._verified or r is c.__dict__ for r in gc.get_referrers(token))

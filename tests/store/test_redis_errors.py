@@ -121,7 +121,7 @@ async def test_the_gateway_counts_and_logs_the_kind(
     try:
         await gw.create_key()
         # a token as the token route would issue it (that route needs the store too)
-        token = gw.services.admissions.codec.issue(
+        token = gw.services.codec.issue(
             key_id=next(iter(gw.keys)), model_id="demo", now=gw.services.admissions.now()
         ).token
         with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as events:

@@ -39,6 +39,18 @@ def dedicated_redis(datadir: Path) -> RedisExecutor:
 
 
 @contextmanager
+def running_redis(datadir: Path) -> Iterator[RedisExecutor]:
+    """:func:`dedicated_redis` for the block, stopped after it."""
+    datadir.mkdir(parents=True, exist_ok=True)
+    executor = dedicated_redis(datadir)
+    try:
+        yield executor
+    finally:
+        if executor.running():
+            executor.stop()
+
+
+@contextmanager
 def frozen(executor: RedisExecutor) -> Iterator[None]:
     """The server stopped with SIGSTOP for the block: connections stay open and the kernel
     still accepts new ones, but nothing answers (a hung or swapping server); then resumed."""

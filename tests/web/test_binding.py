@@ -143,7 +143,7 @@ async def test_a_revoked_token_stays_revoked_through_the_expiry_leeway(
         assert resp.status == 403
     claims = gw.services.admissions.decode(token)
     use_ttl_ms = (claims.remaining(gw.services.admissions.now()) + 30 + 1) * 1000
-    store = gw.services.admissions.store
+    store = gw.services.store
     if store_kind == "redis":
         inner = store.inner  # type: ignore[attr-defined]
         pttl = await inner.redis.pttl(inner.token_key(claims.jti))

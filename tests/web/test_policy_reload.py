@@ -25,7 +25,7 @@ def policy_file(gw: Gateway) -> Path:
 async def wait_for_burst(gw: Gateway, burst: int, timeout: float = 5.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
-        policies = gw.services.admissions.policies.current.policies
+        policies = gw.services.policies.current.policies
         if policies and policies[0].limit.burst == burst:
             return
         await asyncio.sleep(0.05)
@@ -59,14 +59,14 @@ async def test_an_invalid_change_keeps_the_last_good_policies(
     gateway_factory: Any, capsys: Any
 ) -> None:
     gw: Gateway = await gateway_factory(policies=LIMIT.format(burst=2))
-    before = gw.services.admissions.policies.current
+    before = gw.services.policies.current
     policy_file(gw).write_text(LIMIT.format(burst=2).replace("burst: 2", "burst: lots"))
     deadline = asyncio.get_running_loop().time() + 5
     while "policies_reload_failed" not in (out := capsys.readouterr().out):
         assert asyncio.get_running_loop().time() < deadline, "no reload attempt seen"
         await asyncio.sleep(0.05)
     assert "test.yaml:6: policies[0].limit.burst: Input should be a valid integer" in out
-    assert gw.services.admissions.policies.current is before
+    assert gw.services.policies.current is before
     token = await gw.new_token()
     for status in (200, 200, 429):
         async with gw.send(token) as reply:
@@ -78,7 +78,7 @@ async def test_an_invalid_change_keeps_the_last_good_policies(
 
 async def test_adding_a_file_to_the_directory_is_picked_up(gateway_factory: Any) -> None:
     gw: Gateway = await gateway_factory()
-    assert gw.services.admissions.policies.current.policies == ()
+    assert gw.services.policies.current.policies == ()
     (gw.config.policies.path / "more.yaml").write_text(LIMIT.format(burst=7))
     await wait_for_burst(gw, 7)
 
@@ -94,7 +94,7 @@ async def test_changing_the_binding_rule_does_not_revoke_live_tokens(
         assert resp.status == 200
     policy_file(gw).write_text("binding: {components: [client_ip]}\n")
     deadline = asyncio.get_running_loop().time() + 5
-    while gw.services.admissions.policies.current.binding.rule.components != ("client_ip",):
+    while gw.services.policies.current.binding.rule.components != ("client_ip",):
         assert asyncio.get_running_loop().time() < deadline, "the new rule never applied"
         await asyncio.sleep(0.05)
     for _ in range(2):  # the same client: bound again under the new rule, then as usual
@@ -140,7 +140,7 @@ async def test_a_change_that_leaves_no_defence_keeps_the_last_good_set(
 ) -> None:
     gw: Gateway = await gateway_factory(policies=PROTECTED, allow_unprotected=False)
     key = await gw.create_key()
-    before = gw.services.admissions.policies.current
+    before = gw.services.policies.current
     failed, succeeded = reloads(gw, "failure"), reloads(gw, "success")
     with capture_logs() as events:
         unprotect(gw.config.policies.path, how)
@@ -150,7 +150,7 @@ async def test_a_change_that_leaves_no_defence_keeps_the_last_good_set(
             await asyncio.sleep(0.05)
     assert reloads(gw, "success") == succeeded, "an unprotected set was put in force"
     assert reloads(gw, "failure") == failed + 1
-    assert gw.services.admissions.policies.current is before
+    assert gw.services.policies.current is before
     (failure,) = [e for e in events if e["event"] == "policies_reload_failed"]
     assert failure["log_level"] == "error"
     assert "no enforcing limit on the token route" in failure["error"]
@@ -191,10 +191,10 @@ async def test_a_file_rewritten_in_place_is_loaded_only_once_complete(
                 # longer than the watcher's debounce, shorter than the settle interval
                 await asyncio.sleep(0.2)
         deadline = asyncio.get_running_loop().time() + 10
-        while len(gw.services.admissions.policies.current.policies) != 3:
+        while len(gw.services.policies.current.policies) != 3:
             assert asyncio.get_running_loop().time() < deadline, "the complete file never loaded"
             await asyncio.sleep(0.05)
-    current = gw.services.admissions.policies.current
+    current = gw.services.policies.current
     assert [p.name for p in current.policies] == [
         "token-per-ip",
         "send-per-token",

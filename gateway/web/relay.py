@@ -1,0 +1,101 @@
+"""Relaying an upstream answer to the client chunk by chunk, for the public and the
+private routes alike.
+
+A streamed answer (``text/event-stream``) is counted while it is relayed
+(``gateway_streams_in_flight``), by the time to its first byte and by how it ended
+(``gateway_streams_total``). A failure of the upstream in the middle of any answer is
+counted under the route's upstream operation; then the answer ends with an ``error``
+event when the route asks for one and the stream is between events, else the connection
+is cut: a truncated response is the only honest signal.
+"""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import structlog
+from aiohttp import web
+
+from gateway.errors import ProblemError
+from gateway.observability.metrics import StreamOutcome
+from gateway.upstream import UpstreamResponse, error_reason
+from gateway.web.state import REQUEST_STARTED, SERVICES
+
+EVENT_STREAM = "text/event-stream"
+log = structlog.get_logger("gateway")
+
+
+def response_for(
+    request: web.Request, upstream: UpstreamResponse, limits: dict[str, str]
+) -> web.StreamResponse:
+    """The client's response, not prepared yet: the upstream's status and the headers
+    clients may see, the RateLimit headers, and no proxy buffering for a stream."""
+    relayable = request.app[SERVICES].upstream.relayable(upstream.headers)
+    out = web.StreamResponse(status=upstream.status, headers=relayable)
+    out.headers.update(limits)
+    if upstream.content_type == EVENT_STREAM:
+        out.headers["X-Accel-Buffering"] = "no"
+    return out
+
+
+async def relay(
+    request: web.Request,
+    upstream: UpstreamResponse,
+    out: web.StreamResponse,
+    *,
+    operation: str,
+    error_event: bool,
+) -> web.StreamResponse:
+    """Send ``out`` with the upstream's body (see the module docstring); ``operation``:
+    the upstream operation failures are counted under; ``error_event``: end a stream that
+    fails between events with an ``error`` event (the public API's format)."""
+    if upstream.content_type != EVENT_STREAM:  # not events: an error event cannot end it
+        await _send(request, upstream, out, operation, False, stream=False)
+        return out
+    metrics = request.app[SERVICES].metrics
+    outcome: StreamOutcome = "client_disconnected"  # unless the relay gets further
+    with metrics.stream():
+        try:
+            outcome = await _send(request, upstream, out, operation, error_event, stream=True)
+        finally:
+            metrics.stream_ended(outcome)
+    return out
+
+
+async def _send(
+    request: web.Request,
+    upstream: UpstreamResponse,
+    out: web.StreamResponse,
+    operation: str,
+    error_event: bool,
+    *,
+    stream: bool,
+) -> StreamOutcome:
+    """Prepare ``out`` and copy the upstream's chunks as they arrive (a stream's first
+    one timed); how it ended."""
+    services = request.app[SERVICES]
+    metrics = services.metrics
+    await out.prepare(request)
+    tail = b"\n\n"
+    first = stream
+    try:
+        async for chunk in services.upstream.chunks(upstream):
+            await out.write(chunk)
+            if first:
+                first = False
+                metrics.stream_first_byte(time.perf_counter() - request[REQUEST_STARTED])
+            tail = (tail + chunk)[-2:]
+    except ProblemError as err:
+        log.warning("upstream_stream_failed", code=err.code)
+        metrics.upstream_error(operation, error_reason(err.code))
+        if error_event and (tail.endswith(b"\n\n") or tail.endswith(b"\r\n")):
+            event = orjson.dumps({"code": err.code, "detail": err.detail})
+            await out.write(b"event: error\ndata: " + event + b"\n\n")
+            await out.write_eof()
+            return "upstream_error"
+        if request.transport is not None:
+            request.transport.close()
+        return "truncated"
+    await out.write_eof()
+    return "completed"
