@@ -89,8 +89,15 @@ TokenRefusal = Literal[
 KeyLookupOutcome = Literal[
     "found", "not_found", "known_missing", "over_budget", "disabled", "error"
 ]
-UpstreamOperation = Literal["get_messages", "send_message"]
-UpstreamErrorReason = Literal["timeout", "unavailable", "bad_response", "status_5xx"]
+UpstreamOperation = Literal["get_messages", "send_message", "forward"]
+UpstreamErrorReason = Literal[
+    "timeout",
+    "unavailable",
+    "bad_response",
+    "status_5xx",
+    "request_id_mismatch",
+    "request_id_missing",
+]
 ConnectionRefusal = Literal["client_limit", "total_limit"]
 ConnectionPhase = Literal["request_head", "request_body", "response", "keep_alive"]
 #: label children remembered per metric and label values (the values are bounded already;

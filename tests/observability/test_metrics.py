@@ -2,10 +2,12 @@
 
 import asyncio
 import itertools
+import re
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, get_args
 
 import pytest
@@ -340,6 +342,31 @@ def test_every_labelled_series_with_known_values_exists_at_start() -> None:
             if sample.name.endswith("_total") and sample.value == 0
         }
         assert found == expected, name
+
+
+METRICS_DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
+
+
+def test_the_documented_label_values_are_the_series_created() -> None:
+    """Where docs/metrics.md lists a label's values, they are exactly the ``Literal``'s:
+    an alert on a documented value (``request_id_mismatch``) must find its series at zero,
+    and an undocumented value is a series nobody knows to watch."""
+    rows = {
+        match[1]: match[2]
+        for match in re.finditer(
+            r"^\| `(gateway_\w+)` \| \w+ \| ([^|]*)\|", METRICS_DOC.read_text(), re.M
+        )
+    }
+    checked = 0
+    for name, literals in PRE_INITIALISED.items():
+        (row,) = (cells for metric, cells in rows.items() if metric.removesuffix("_total") == name)
+        for label, literal in literals.items():
+            listed = re.search(rf"`{label}` \(([^)]*)\)", row)
+            if listed is None:
+                continue  # the row names the label without listing its values
+            assert set(re.findall(r"`(\w+)`", listed[1])) == set(get_args(literal)), (name, label)
+            checked += 1
+    assert checked >= 10
 
 
 def test_key_lookup_outcomes_are_the_key_stores_but_snapshot() -> None:

@@ -32,6 +32,13 @@ policies:
     partition: [token]
     limit: {rate: 1, per: 10m, burst: 2}
 """
+CODEC = TokenCodec(
+    KeySet((SigningKey("k1", b"s" * 40),)),
+    issuer="agent-gateway",
+    audience="public-agent-api",
+    ttl_seconds=TTL,
+    leeway_seconds=LEEWAY,
+)
 VISITOR = Client("203.0.113.5", "visitor/1.0")
 ELSEWHERE = Client("198.51.100.9", "other/2.0")
 
@@ -51,15 +58,8 @@ def clock() -> FixedClock:
 
 @pytest.fixture
 def admissions(store: StateStore, tmp_path: Path, clock: FixedClock) -> Admissions:
-    codec = TokenCodec(
-        KeySet((SigningKey("k1", b"s" * 40),)),
-        issuer="agent-gateway",
-        audience="public-agent-api",
-        ttl_seconds=TTL,
-        leeway_seconds=LEEWAY,
-    )
     return Admissions(
-        codec,
+        CODEC,
         store,
         policies_at(tmp_path),
         fallback=MemoryStore(),
@@ -72,7 +72,7 @@ def admissions(store: StateStore, tmp_path: Path, clock: FixedClock) -> Admissio
 
 def issued(admissions: Admissions, key_id: str = "AbCdEf012345") -> str:
     """A token issued now on the admissions' clock (a new partition for the store)."""
-    return admissions.codec.issue(
+    return CODEC.issue(
         key_id=key_id, model_id=f"m-{uuid.uuid4().hex[:8]}", now=admissions.now()
     ).token
 
