@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from gateway.admission import Admissions, Client
 from gateway.core.signing_keys import KeySet, SigningKey
@@ -177,3 +178,47 @@ async def test_attempts_in_flight_count_before_they_run(admissions: Admissions) 
     with pytest.raises(ProblemError) as info:
         admissions.refuse_if_penalized(client)
     assert code_of(info) == "rate_limited"
+
+
+@pytest.mark.parametrize(
+    ("code", "suspicious", "logged", "boxed"),
+    [
+        ("token_invalid", "invalid_token", True, True),
+        ("token_reuse_suspected", "token_reuse", False, False),
+        ("token_revoked", None, True, False),
+        ("token_expired", None, False, False),
+    ],
+)
+async def test_each_token_refusal_is_counted_logged_and_boxed_by_its_code(
+    admissions: Admissions, code: str, suspicious: str | None, logged: bool, boxed: bool
+) -> None:
+    registry = admissions.metrics.registry
+    client = Client(f"192.0.2.{uuid.uuid4().int % 250 + 1}", "refused/1.0")
+    for _ in range(3):  # the penalty box's threshold
+        with structlog.testing.capture_logs() as logs:
+            await admissions.token_refused(ProblemError(code, "refused"), client, "AbCdEf012345")
+        assert [e["code"] for e in logs if e["event"] == "token_refused"] == (
+            [code] if logged else []
+        )
+    assert registry.get_sample_value("gateway_token_uses_refused_total", {"reason": code}) == 3
+    events = {
+        reason: registry.get_sample_value("gateway_suspicious_events_total", {"reason": reason})
+        for reason in ("invalid_token", "token_reuse")
+    }
+    assert events == {r: (3.0 if r == suspicious else 0.0) for r in events}
+    if boxed:
+        with pytest.raises(ProblemError) as info:
+            admissions.refuse_if_penalized(client)
+        assert code_of(info) == "rate_limited"
+    else:
+        admissions.refuse_if_penalized(client)
+
+
+async def test_other_problems_are_not_token_refusals(admissions: Admissions) -> None:
+    client = Client("192.0.2.77", "refused/1.0")
+    for code in ("rate_limited", "store_unavailable", "upstream_timeout"):
+        await admissions.token_refused(ProblemError(code, "x"), client, None)
+    (family,) = (
+        f for f in admissions.metrics.registry.collect() if f.name == "gateway_token_uses_refused"
+    )
+    assert [sample for sample in family.samples if sample.value] == []
