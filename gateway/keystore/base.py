@@ -63,13 +63,13 @@ class KeyStoreError(Exception):
     """The key store cannot be read or written; the message names what and where."""
 
 
-#: how a :meth:`KeyStore.find` ended: ``snapshot`` (known locally, no I/O), ``found`` (read
-#: from the backing store), ``not_found``, or not looked up: ``known_missing`` (looked up
-#: and missing a moment ago), ``over_budget`` (too many look-ups), ``disabled``; ``error``:
-#: the backing store did not answer
-FindOutcome = Literal[
-    "snapshot", "found", "not_found", "known_missing", "over_budget", "disabled", "error"
-]
+#: how a :meth:`KeyStore.find` ended: ``snapshot`` (known locally, no I/O), or, for a key id
+#: missing from the snapshot (``LookupOutcome``, the values of ``gateway_key_lookups_total``):
+#: ``found`` (read from the backing store), ``not_found``, or not looked up:
+#: ``known_missing`` (looked up and missing a moment ago), ``over_budget`` (too many
+#: look-ups), ``disabled``; ``error``: the backing store did not answer
+LookupOutcome = Literal["found", "not_found", "known_missing", "over_budget", "disabled", "error"]
+FindOutcome = Literal["snapshot", LookupOutcome]
 
 
 class Found(NamedTuple):

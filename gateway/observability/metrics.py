@@ -31,6 +31,7 @@ from prometheus_client.gc_collector import GCCollector
 
 from gateway import __version__
 from gateway.core.breaker import BreakerState
+from gateway.keystore.base import LookupOutcome
 from gateway.observability.labels import (
     POLICY_NAME,
     Vocabulary,
@@ -83,11 +84,6 @@ TokenRefusal = Literal[
     "wrong_secret",
     "model_not_found",
     "rate_limited",
-]
-#: a key id missing from the snapshot, and what the key store said (the outcomes of
-#: :meth:`gateway.keystore.base.KeyStore.find` but ``snapshot``)
-KeyLookupOutcome = Literal[
-    "found", "not_found", "known_missing", "over_budget", "disabled", "error"
 ]
 UpstreamOperation = Literal["get_messages", "send_message", "forward"]
 UpstreamErrorReason = Literal[
@@ -272,7 +268,7 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
-        _initialise(self.key_lookups, KeyLookupOutcome)
+        _initialise(self.key_lookups, LookupOutcome)
         self.suspicious = Counter(
             "gateway_suspicious_events",
             "Security events worth a look, by reason.",

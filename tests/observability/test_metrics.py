@@ -13,7 +13,7 @@ from typing import Any, get_args
 import pytest
 from prometheus_client import Counter, Gauge, Histogram, generate_latest
 
-from gateway.keystore.base import FindOutcome
+from gateway.keystore.base import FindOutcome, LookupOutcome
 from gateway.observability import metrics as metrics_module
 from gateway.observability.labels import OTHER, Vocabulary, status_class
 from gateway.observability.metrics import Metrics
@@ -289,7 +289,7 @@ PRE_INITIALISED: dict[str, dict[str, Any]] = {
     },
     "gateway_streams": {"outcome": metrics_module.StreamOutcome},
     "gateway_tokens_refused": {"reason": metrics_module.TokenRefusal},
-    "gateway_key_lookups": {"outcome": metrics_module.KeyLookupOutcome},
+    "gateway_key_lookups": {"outcome": LookupOutcome},
     "gateway_suspicious_events": {"reason": metrics_module.SuspiciousReason},
     "gateway_penalty_box_events": {"event": metrics_module.PenaltyEvent},
     "gateway_store_errors": {
@@ -370,9 +370,7 @@ def test_the_documented_label_values_are_the_series_created() -> None:
 
 
 def test_key_lookup_outcomes_are_the_key_stores_but_snapshot() -> None:
-    assert set(get_args(metrics_module.KeyLookupOutcome)) == set(get_args(FindOutcome)) - {
-        "snapshot"
-    }
+    assert set(get_args(LookupOutcome)) == set(get_args(FindOutcome)) - {"snapshot"}
 
 
 def test_helpers_for_policies_and_reloads() -> None:
