@@ -34,6 +34,8 @@ class SigningKey:
 class KeySet:
     keys: tuple[SigningKey, ...]
     generated: bool = False
+    #: where the keys were read (a file, or the environment variable): for messages
+    source: str = "generated"
 
     def __post_init__(self) -> None:
         if not self.keys:
@@ -73,7 +75,7 @@ def parse_keyset(text: str, source: str) -> KeySet:
         keys.append(SigningKey(kid=kid, secret=secret.encode()))
     if not keys:
         raise SigningKeyError(f"{source}: no signing key found")
-    return KeySet(tuple(keys))
+    return KeySet(tuple(keys), source=source)
 
 
 def generated_keyset() -> KeySet:

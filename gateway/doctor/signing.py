@@ -19,15 +19,6 @@ FIX_MISSING = (
 )
 
 
-def _source(config: Config, environ: Mapping[str, str]) -> str:
-    if environ.get(ENV_KEYS, "").strip():
-        return f"environment {ENV_KEYS}"
-    file_name = environ.get(ENV_KEYS_FILE, "").strip()
-    if file_name:
-        return file_name
-    return str(config.tokens.signing_keys_file)
-
-
 def _codec_check(config: Config, keyset: KeySet) -> str | None:
     """The token codec's own refusal of these keys (length per algorithm), if any."""
     tokens = config.tokens
@@ -60,7 +51,7 @@ def check(config: Config, environ: Mapping[str, str]) -> list[Finding]:
                 FIX_MISSING,
             )
         ]
-    source = _source(config, environ)
+    source = keyset.source
     refusal = _codec_check(config, keyset)
     if refusal is not None:
         return [
