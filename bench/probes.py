@@ -14,6 +14,9 @@ import orjson
 import redis
 
 from bench.client import Connection, http_request, send_all
+from gateway.config.settings import StoreSettings
+from gateway.core.policy import PARTITION_SEPARATOR
+from gateway.core.redis_keys import StateKeys
 
 SEND_PATH = "/v1/chat/conversation/public/message"
 TOKEN_PATH = "/v1/chat/conversation/public/message/token/demo"
@@ -193,6 +196,10 @@ class TokenMemory:
     layout: dict[str, int]  # key kind -> count
 
 
+#: the keys of the store the benchmarks' gateways run with (the default prefix)
+STATE_KEYS = StateKeys(StoreSettings().prefix)
+
+
 def _use_once(port: int, tokens: list[str], first_ip: int, per_ip: int) -> None:
     requests = []
     json_type = "Content-Type: application/json"
@@ -234,12 +241,11 @@ def memory_probe(
     token_bytes = token_keys = other = 0
     layout: Counter[str] = Counter()
     for raw in client.scan_iter(count=1000):
-        key = raw.decode()
-        parts = _id_parts(key)
+        kind, parts = _kind_and_ids(raw.decode())
         scoped = any(part in ids for part in parts)
         if not scoped and any(part in warm_ids for part in parts):
             continue  # the warm-up's
-        layout[_kind(key)] += 1
+        layout[kind] += 1
         if scoped:
             token_keys += 1
             token_bytes += int(client.memory_usage(raw, samples=0) or 0)
@@ -251,15 +257,16 @@ def memory_probe(
     )
 
 
-def _id_parts(key: str) -> list[str]:
-    return [p for chunk in key.split(":") for p in chunk.split("|")]
-
-
-def _kind(key: str) -> str:
-    parts = key.split(":")
-    if len(parts) > 2 and parts[1] == "rl":
-        return f"rl:{parts[2]}"
-    return parts[1] if len(parts) > 1 else key
+def _kind_and_ids(key: str) -> tuple[str, list[str]]:
+    """A state key's kind (``rl:<policy>`` for a limit) and the values that may name a
+    token or a conversation (a jti, a limit's partition values); other keys: themselves."""
+    parsed = STATE_KEYS.parse(key)
+    if parsed is None:
+        return key, []
+    if parsed.kind != "rl":
+        return parsed.kind, [parsed.name]
+    policy, _, partition = parsed.name.partition(":")
+    return f"rl:{policy}", partition.split(PARTITION_SEPARATOR)
 
 
 # -- the checks are on -----------------------------------------------------------------------

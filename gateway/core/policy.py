@@ -20,6 +20,8 @@ from gateway.core.redis_keys import limit_name
 Mode = Literal["enforce", "shadow"]
 ReuseAction = Literal["deny", "revoke", "flag"]
 MAX_RAW_PARTITION = 40
+#: joins the values of a partition (its components, in the policy's order)
+PARTITION_SEPARATOR = "|"
 #: partition components that belong to one token: a limit partitioned by any of these
 #: keeps its state with the token (a conversation has exactly one token)
 TOKEN_SCOPED = frozenset({"token", "conversation"})
@@ -140,7 +142,7 @@ def _partition_value(facts: RequestFacts, parts: tuple[str, ...], v4: int, v6: i
             values.append(facts.conversation or "-")
         else:  # pragma: no cover - validated by the schema
             raise ValueError(f"unknown partition component {part!r}")
-    raw = "|".join(values)
+    raw = PARTITION_SEPARATOR.join(values)
     if len(raw) <= MAX_RAW_PARTITION:
         return raw
     digest = hashlib.blake2b(raw.encode(), digest_size=12).digest()

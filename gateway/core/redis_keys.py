@@ -8,6 +8,8 @@ the key store's (:class:`KeyStoreKeys`) have a prefix each.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 #: (key pattern, Redis type) of every key, as in docs/operations.md; ``{prefix}`` is the
 #: store's hash tag, ``<...>`` one non-empty value
 STATE_KEY_SHAPES = (
@@ -33,6 +35,18 @@ def limit_name(policy: str, partition: str) -> str:
     """A rate limit's name for one partition of a policy: the ``rl`` key's suffix, or the
     field of a token's state hash."""
     return f"{policy}:{partition}"
+
+
+class StateKey(NamedTuple):
+    """A state key read back: its kind (``ts``, ``rl``, ``pb``, ``pf``, ``pa``, as in
+    :data:`STATE_KEY_SHAPES`) and what follows it (a jti, a limit name, a subject)."""
+
+    kind: str
+    name: str
+
+
+#: the kinds of :class:`StateKeys`' keys
+STATE_KINDS = frozenset(shape.split(":")[1] for shape, _ in STATE_KEY_SHAPES)
 
 
 class StateKeys:
@@ -66,6 +80,14 @@ class StateKeys:
     def attempts(self, subject: str) -> str:
         """Attempts of ``subject`` counted before their verification ran."""
         return self._pa + subject
+
+    def parse(self, key: str) -> StateKey | None:
+        """The kind and name of one of these keys; ``None`` for any other key."""
+        head, sep, rest = key.partition(":")
+        kind, sep2, name = rest.partition(":")
+        if head != self.tag or not (sep and sep2 and name) or kind not in STATE_KINDS:
+            return None
+        return StateKey(kind, name)
 
     def failure_script(self, subject: str) -> list[str]:
         """failure.lua's KEYS."""

@@ -2,7 +2,7 @@
 
 from redis.crc import key_slot
 
-from gateway.core.redis_keys import KeyStoreKeys, StateKeys, hash_tag, limit_name
+from gateway.core.redis_keys import KeyStoreKeys, StateKey, StateKeys, hash_tag, limit_name
 
 
 def test_state_keys() -> None:
@@ -14,6 +14,25 @@ def test_state_keys() -> None:
     assert keys.attempts("s") == "{gw}:pa:s"
     assert keys.failure_script("s") == ["{gw}:pf:s", "{gw}:pb:s", "{gw}:pa:s"]
     assert keys.reserve_script("s") == ["{gw}:pb:s", "{gw}:pf:s", "{gw}:pa:s"]
+
+
+def test_state_keys_read_back() -> None:
+    keys = StateKeys("gw")
+    name = limit_name("per-ip", "2001:db8::|AbCdEf012345")
+    assert keys.parse(keys.token("J1")) == StateKey("ts", "J1")
+    assert keys.parse(keys.limit(name)) == StateKey("rl", name)
+    assert keys.parse(keys.penalty("2001:db8::/64")) == StateKey("pb", "2001:db8::/64")
+    assert keys.parse(keys.failures("s")) == StateKey("pf", "s")
+    assert keys.parse(keys.attempts("s")) == StateKey("pa", "s")
+    for other in (
+        "{gwkeys}:key:k1",  # the key store's
+        "{gw2}:ts:J1",  # another prefix
+        "{gw}:xx:J1",  # no such kind
+        "{gw}:ts:",  # no name
+        "{gw}:ts",
+        "gw:ts:J1",
+    ):
+        assert keys.parse(other) is None, other
 
 
 def test_key_store_keys() -> None:
