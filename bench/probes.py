@@ -259,10 +259,11 @@ def memory_probe(
 
 def _kind_and_ids(key: str) -> tuple[str, list[str]]:
     """A state key's kind (``rl:<policy>`` for a limit) and the values that may name a
-    token or a conversation (a jti, a limit's partition values); other keys: themselves."""
+    token or a conversation (a jti, a limit's partition values); any other key (the key
+    store's, when it shares the Redis) is of kind ``other``."""
     parsed = STATE_KEYS.parse(key)
     if parsed is None:
-        return key, []
+        return "other", []
     if parsed.kind != "rl":
         return parsed.kind, [parsed.name]
     policy, _, partition = parsed.name.partition(":")
