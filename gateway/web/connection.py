@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
@@ -45,6 +44,7 @@ from aiohttp.web_protocol import ERROR, RequestHandler, _ErrInfo
 from gateway.errors import ProblemError
 from gateway.web.early_answers import SERVER, parse_refusal
 from gateway.web.middlewares import new_request_id
+from gateway.web.responses import NOSNIFF, problem_response
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -328,17 +328,7 @@ class GuardedConnection(RequestHandler):
         HTTP/1.1, never the request's bytes, never a stack trace; one access line."""
         err = exc if isinstance(exc, ProblemError) else parse_refusal(exc)
         request_id = new_request_id()
-        response = web.Response(
-            status=err.status,
-            body=orjson.dumps(err.body()),
-            content_type="application/problem+json",
-            headers={
-                "Cache-Control": "no-store",
-                "Server": SERVER,
-                "X-Request-Id": request_id,
-                "X-Content-Type-Options": "nosniff",
-            },
-        )
+        response = problem_response(err, {"Server": SERVER, "X-Request-Id": request_id, **NOSNIFF})
         response.force_close()
         # aiohttp builds the refused request as HTTP/1.0: answer through an HTTP/1.1 one
         reply_to = web.BaseRequest(
@@ -368,12 +358,7 @@ class GuardedConnection(RequestHandler):
             raise ConnectionError("the answer had started: the connection is cut")
         code = "upstream_timeout" if status == 504 else "internal_error"
         err = ProblemError(code, "the request could not be completed")
-        response = web.Response(
-            status=err.status,
-            body=orjson.dumps(err.body()),
-            content_type="application/problem+json",
-            headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"},
-        )
+        response = problem_response(err, NOSNIFF)
         response.force_close()
         return response
 

@@ -29,6 +29,7 @@ from aiohttp.http_exceptions import (
 )
 
 from gateway.errors import ProblemError
+from gateway.web.responses import NO_STORE, NOSNIFF
 
 #: aiohttp's limits, made explicit: the request target (URL) and one header line (name
 #: and value) in bytes, and the number of header fields. The request-target limit is
@@ -84,16 +85,17 @@ def problem_bytes(
 ) -> bytes:
     """A whole ``Connection: close`` HTTP/1.1 answer carrying ``err``."""
     body = orjson.dumps(err.body())
-    lines = [
-        f"HTTP/1.1 {err.status} {HTTPStatus(err.status).phrase}",
-        "Content-Type: application/problem+json",
-        f"Content-Length: {len(body)}",
-        "Cache-Control: no-store",
-        "Connection: close",
-        f"Date: {formatdate(usegmt=True)}",
-        f"Server: {SERVER}",
-        f"X-Request-Id: {request_id}",
-        "X-Content-Type-Options: nosniff",
-    ]
-    lines.extend(f"{name}: {value}" for name, value in (headers or {}).items())
+    fields = {
+        "Content-Type": "application/problem+json",
+        "Content-Length": str(len(body)),
+        **NO_STORE,
+        "Connection": "close",
+        "Date": formatdate(usegmt=True),
+        "Server": SERVER,
+        "X-Request-Id": request_id,
+        **NOSNIFF,
+        **(headers or {}),
+    }
+    lines = [f"HTTP/1.1 {err.status} {HTTPStatus(err.status).phrase}"]
+    lines.extend(f"{name}: {value}" for name, value in fields.items())
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body

@@ -16,7 +16,6 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-import orjson
 import structlog
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
@@ -33,7 +32,7 @@ from gateway.observability.health import Health
 from gateway.observability.logging import context_var
 from gateway.observability.metrics import Metrics
 from gateway.web.early_answers import SERVER
-from gateway.web.responses import NO_STORE
+from gateway.web.responses import problem_response
 from gateway.web.state import (
     CLIENT_IP,
     KEY_ID,
@@ -53,15 +52,6 @@ BODY_UNREADABLE = ProblemError(
 )
 
 log = structlog.get_logger("gateway")
-
-
-def problem_response(err: ProblemError) -> web.Response:
-    return web.Response(
-        status=err.status,
-        body=orjson.dumps(err.body()),
-        content_type="application/problem+json",
-        headers={**NO_STORE, **err.headers},
-    )
 
 
 _HTTP_CODES = {
