@@ -232,6 +232,18 @@ def test_the_gateway_loads_the_mounted_configuration() -> None:
     assert (COMPOSE_DIR / policies).resolve() == ROOT / "policies"
 
 
+def test_the_agent_keys_survive_a_redis_restart() -> None:
+    """keys.type redis: the agent keys live in this Redis, so it keeps an append-only
+    file on a named volume (not a tmpfs, not the container's layer)."""
+    assert gateway_config().keys.type == "redis"
+    redis = services()["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    volume, target = redis["volumes"][0].split(":")
+    assert target == "/data" and volume in compose()["volumes"]
+    assert not any(t.startswith("/data") for t in redis.get("tmpfs", []))
+
+
 def test_the_signing_keys_are_a_compose_secret() -> None:
     config = gateway_config()
     declared = compose()["secrets"]
