@@ -33,6 +33,7 @@ from gateway.core.client_ip import resolve_client_ip
 from gateway.core.signing_keys import parse_keyset
 from tests.deploy.test_k8s_manifests import K8S, ROOT, admin_routes
 from tests.support.processes import free_port, running
+from tests.support.promtool import run_promtool
 
 COMPOSE_DIR = ROOT / "deploy" / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "compose.yaml"
@@ -512,32 +513,10 @@ def test_the_alerts_are_the_prometheus_rule() -> None:
     assert ALERTS.read_text() == rendered_alerts(), "run: python -m tests.deploy.test_compose"
 
 
-def promtool() -> str:
-    tool = shutil.which("promtool")
-    if tool is None:
-        pytest.skip("promtool is not installed (Debian: apt-get install prometheus; .ci/run does)")
-    return tool
-
-
 def test_promtool_accepts_the_prometheus_configuration_and_rules() -> None:
-    tool = promtool()
-    config = subprocess.run(
-        [tool, "check", "config", "prometheus.yml"],
-        cwd=PROMETHEUS_DIR,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    config = run_promtool("check", "config", "prometheus.yml", cwd=PROMETHEUS_DIR)
     assert config.returncode == 0, config.stdout + config.stderr
-    rules = subprocess.run(
-        [tool, "check", "rules", ALERTS.name],
-        cwd=PROMETHEUS_DIR,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
+    rules = run_promtool("check", "rules", ALERTS.name, cwd=PROMETHEUS_DIR)
     assert rules.returncode == 0, rules.stdout + rules.stderr
     count = sum(len(group["rules"]) for group in prometheus_rule_groups())
     assert f"SUCCESS: {count} rules found" in rules.stdout

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from prometheus_client.registry import CollectorRegistry
 from gateway.observability.metrics import Metrics
 from tests.deploy.test_k8s_manifests import K8S, ROOT, admin_routes, objects, one, selects
 from tests.support.kustomize import render
+from tests.support.promtool import run_promtool
 
 COMPONENT = K8S / "components" / "monitoring"
 UNIT_TESTS = Path(__file__).parent / "promtool" / "alerts.yaml"
@@ -80,19 +80,6 @@ def heading_anchors(markdown: str) -> set[str]:
 
 
 # -- promtool ------------------------------------------------------------------------------
-def promtool() -> str:
-    tool = shutil.which("promtool")
-    if tool is None:
-        pytest.skip("promtool is not installed (Debian: apt-get install prometheus; .ci/run does)")
-    return tool
-
-
-def run_promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [promtool(), *args], cwd=cwd, capture_output=True, text=True, check=False, timeout=60
-    )
-
-
 @pytest.fixture(scope="module")
 def rules_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The rendered PrometheusRule's groups as a Prometheus rule file, with the unit tests."""
