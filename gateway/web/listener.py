@@ -49,8 +49,10 @@ from gateway.web.relay import OPEN_STREAMS, OpenStreams
 #: at most one ``connections_refused`` line per this many seconds
 REFUSAL_LOG_SECONDS = 10.0
 #: at shutdown, once the grace is over: what ended streams get to send their final event
-#: and cancelled handlers to unwind, then what aiohttp gets to close each connection
+#: and cancelled handlers to unwind
 END_SECONDS = 1.0
+#: then what aiohttp's own shutdown gets to close each connection (see ListenerServer)
+CLOSE_SECONDS = 0.1
 #: the route and method the access line and metrics give a request that was never parsed
 UNPARSED_ROUTE = "unparsed"
 UNPARSED_METHOD = "UNKNOWN"
@@ -239,7 +241,7 @@ class ListenerServer(web.Server):
     async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (aiohttp's)
         """Give the requests in flight ``timeout`` seconds (the grace) in all, then end
         them: streams with their final event, other handlers cancelled (see the module
-        docstring). Waits at most ``timeout + 2 * END_SECONDS``."""
+        docstring). Waits at most ``timeout + END_SECONDS + 2 * CLOSE_SECONDS``."""
         busy = {
             task
             for conn in self._connections
@@ -261,8 +263,9 @@ class ListenerServer(web.Server):
                 task.cancel()
         else:
             self.streams.end()
-        # what is left for aiohttp: connections with no handler running, closed at once
-        await super().shutdown(END_SECONDS)
+        # what is left for aiohttp: connections whose handler is done, closed at once (a
+        # handler that survived two cancellations gets CLOSE_SECONDS twice, no more)
+        await super().shutdown(CLOSE_SECONDS)
 
 
 class ListenerRunner(web.AppRunner):
