@@ -6,12 +6,20 @@ On SIGTERM (or SIGINT):
    ``Connection: close``, while the public listener keeps accepting for
    ``server.drain_seconds`` so load balancers notice and stop sending new connections
    (a second signal ends this wait early);
-2. the public listener closes and idle keep-alive connections are closed; in-flight
-   requests and streams get ``server.shutdown_grace_seconds`` to finish, then are
-   cancelled (aiohttp ``AppRunner.cleanup``: sites stop, then each connection's
-   handler is awaited up to the runner's ``shutdown_timeout``);
+2. the public listener closes and idle keep-alive connections are closed; requests and
+   streams in flight get ``server.shutdown_grace_seconds`` to finish, once for all of
+   them (:meth:`gateway.web.listener.ListenerServer.shutdown`); then the streams still
+   running end with a final ``shutting_down`` event asking the client to retry on a new
+   connection (:class:`gateway.web.relay.OpenStreams`), the other handlers are cancelled
+   with their upstream calls (logged as 499), and their connections close;
 3. the application's resources (upstream pool, store, key store) close, then the admin
    listener, which answers probes and scrapes until the end; the process exits 0.
+
+From the signal to the exit: at most ``drain_seconds + shutdown_grace_seconds +
+SHUTDOWN_MARGIN_SECONDS``; a pod's ``terminationGracePeriodSeconds`` must cover that
+(tests/deploy checks the manifests). The margin is a bound, not the usual cost: with
+streams and slow requests cut at the end of the grace, the process exits about 0.1 s
+after it (tests/e2e/test_shutdown.py).
 """
 
 from __future__ import annotations
@@ -37,6 +45,11 @@ from gateway.web.state import SERVICES
 
 log = structlog.get_logger("gateway")
 LAG_INTERVAL = 0.5
+#: past drain and grace, the most shutdown takes (see ListenerServer.shutdown): the public
+#: listener's final events and cancelled handlers (END_SECONDS + 2 * CLOSE_SECONDS, 1.2 s),
+#: then the admin listener's grace (1 s) and the same again, closing the resources;
+#: measured: about 0.1 s when streams and requests are ended at the end of the grace
+SHUTDOWN_MARGIN_SECONDS = 5.0
 
 
 async def watch_loop_lag(metrics: Metrics, interval: float = LAG_INTERVAL) -> None:

@@ -65,7 +65,9 @@ LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5)
 
 #: label values: each metric's known values are created at zero (from these types, so a new
 #: value cannot be forgotten), so alerts on ``increase()`` see the very first event
-StreamOutcome = Literal["completed", "upstream_error", "truncated", "client_disconnected"]
+StreamOutcome = Literal[
+    "completed", "upstream_error", "shutting_down", "truncated", "client_disconnected"
+]
 RateLimitOutcome = Literal["allowed", "limited", "shadow_limited"]
 PenaltyEvent = Literal["entered", "refused", "in_flight"]
 ReloadKind = Literal["policies", "config"]

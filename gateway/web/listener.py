@@ -44,9 +44,15 @@ from gateway.web.early_answers import (
     problem_bytes,
 )
 from gateway.web.middlewares import new_request_id
+from gateway.web.relay import OPEN_STREAMS, OpenStreams
 
 #: at most one ``connections_refused`` line per this many seconds
 REFUSAL_LOG_SECONDS = 10.0
+#: at shutdown, once the grace is over: what ended streams get to send their final event
+#: and cancelled handlers to unwind
+END_SECONDS = 1.0
+#: then what aiohttp's own shutdown gets to close each connection (see ListenerServer)
+CLOSE_SECONDS = 0.1
 #: the route and method the access line and metrics give a request that was never parsed
 UNPARSED_ROUTE = "unparsed"
 UNPARSED_METHOD = "UNKNOWN"
@@ -217,12 +223,49 @@ def _log_refusals(summary: RefusalSummary) -> None:
 class ListenerServer(web.Server):
     """aiohttp's low-level server, making :class:`GuardedConnection` connections."""
 
-    def __init__(self, handler: Any, *, listener: Listener, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        handler: Any,
+        *,
+        listener: Listener,
+        streams: OpenStreams | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(handler, **kwargs)
         self.listener = listener
+        self.streams = streams or OpenStreams()
 
     def __call__(self) -> RequestHandler:
         return GuardedConnection(self, loop=self._loop, listener=self.listener, **self._kwargs)
+
+    async def shutdown(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (aiohttp's)
+        """Give the requests in flight ``timeout`` seconds (the grace) in all, then end
+        them: streams with their final event, other handlers cancelled (see the module
+        docstring). Waits at most ``timeout + END_SECONDS + 2 * CLOSE_SECONDS``."""
+        busy = {
+            task
+            for conn in self._connections
+            if conn._request_in_progress and (task := conn._task_handler) is not None
+        }
+        pending = {task for task in busy if not task.done()}
+        if pending and (timeout is None or timeout > 0):
+            _, pending = await asyncio.wait(pending, timeout=timeout)
+        if pending:
+            ending = self.streams.end() & pending
+            cancelled = pending - ending
+            for task in cancelled:
+                task.cancel()
+            log.warning(
+                "shutdown_grace_over", streams_ended=len(ending), requests_cancelled=len(cancelled)
+            )
+            _, stuck = await asyncio.wait(pending, timeout=END_SECONDS)
+            for task in stuck:  # e.g. a client that does not take the final event
+                task.cancel()
+        else:
+            self.streams.end()
+        # what is left for aiohttp: connections whose handler is done, closed at once (a
+        # handler that survived two cancellations gets CLOSE_SECONDS twice, no more)
+        await super().shutdown(CLOSE_SECONDS)
 
 
 class ListenerRunner(web.AppRunner):
@@ -239,6 +282,8 @@ class ListenerRunner(web.AppRunner):
         return self._listener
 
     async def _make_server(self) -> web.Server:
+        streams = OpenStreams()
+        self.app[OPEN_STREAMS] = streams  # before the startup freezes the application
         plain = await super()._make_server()  # runs the application's startup
         return ListenerServer(
             plain.request_handler,
@@ -246,6 +291,7 @@ class ListenerRunner(web.AppRunner):
             handler_cancellation=plain.handler_cancellation,
             loop=plain._loop,
             listener=self._listener,
+            streams=streams,
             **plain._kwargs,
         )
 

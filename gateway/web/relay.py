@@ -7,10 +7,17 @@ A streamed answer (``text/event-stream``) is counted while it is relayed
 counted under the route's upstream operation; then the answer ends with an ``error``
 event when the route asks for one and the stream is between events, else the connection
 is cut: a truncated response is the only honest signal.
+
+At shutdown, a stream still running when ``server.shutdown_grace_seconds`` is over is
+ended by the gateway (:class:`OpenStreams`): its upstream read is cancelled and, between
+events on the public API, the answer ends with a ``shutting_down`` ``error`` event that
+tells the client to retry on a new connection (counted as ``shutting_down``); else it is
+cut (``truncated``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import orjson
@@ -23,7 +30,51 @@ from gateway.upstream import UpstreamResponse, error_reason
 from gateway.web.state import REQUEST_STARTED, SERVICES
 
 EVENT_STREAM = "text/event-stream"
+#: what the final event of a stream ended by shutdown asks of the client: retry after this
+#: many seconds, on a new connection (another replica)
+SHUTDOWN_RETRY_SECONDS = 1
+SHUTTING_DOWN_EVENT = (
+    b"event: error\nretry: %d\ndata: " % (SHUTDOWN_RETRY_SECONDS * 1000)
+    + orjson.dumps(
+        {
+            "code": "shutting_down",
+            "detail": "the gateway is shutting down: retry on a new connection",
+            "retry_after": SHUTDOWN_RETRY_SECONDS,
+        }
+    )
+    + b"\n\n"
+)
 log = structlog.get_logger("gateway")
+
+
+class OpenStreams:
+    """The event streams being relayed through one listener, which ends them when its
+    shutdown grace is over (:meth:`end`): each relay's upstream read (or its write to a
+    slow client) is interrupted at once and the relay ends its answer. A stream that
+    starts after that ends at once too."""
+
+    def __init__(self) -> None:
+        self._open: dict[asyncio.Timeout, web.BaseRequest] = {}
+        self.ended = False
+
+    def add(self, scope: asyncio.Timeout, request: web.BaseRequest) -> None:
+        self._open[scope] = request
+        if self.ended:
+            scope.reschedule(asyncio.get_running_loop().time())
+
+    def discard(self, scope: asyncio.Timeout) -> None:
+        self._open.pop(scope, None)
+
+    def end(self) -> set[asyncio.Task[None]]:
+        """End every open stream; the connection tasks that serve them."""
+        self.ended = True
+        now = asyncio.get_running_loop().time()
+        for scope in self._open:
+            scope.reschedule(now)
+        return {request.task for request in self._open.values()}
+
+
+OPEN_STREAMS = web.AppKey("open_streams", OpenStreams)
 
 
 def response_for(
@@ -76,16 +127,34 @@ async def _send(
     one timed); how it ended."""
     services = request.app[SERVICES]
     metrics = services.metrics
+    streams = request.app.get(OPEN_STREAMS) if stream else None
     await out.prepare(request)
     tail = b"\n\n"
     first = stream
     try:
-        async for chunk in services.upstream.chunks(upstream):
-            await out.write(chunk)
-            if first:
-                first = False
-                metrics.stream_first_byte(time.perf_counter() - request[REQUEST_STARTED])
-            tail = (tail + chunk)[-2:]
+        async with asyncio.timeout(None) as scope:  # until the listener ends the streams
+            if streams is not None:
+                streams.add(scope, request)
+            try:
+                async for chunk in services.upstream.chunks(upstream):
+                    tail = (tail + chunk)[-2:]  # before: a cancelled write has been buffered
+                    await out.write(chunk)
+                    if first:
+                        first = False
+                        metrics.stream_first_byte(time.perf_counter() - request[REQUEST_STARTED])
+            finally:
+                if streams is not None:
+                    streams.discard(scope)
+    except TimeoutError:
+        if not scope.expired():
+            raise
+        if error_event and (tail.endswith(b"\n\n") or tail.endswith(b"\r\n")):
+            await out.write(SHUTTING_DOWN_EVENT)
+            await out.write_eof()
+            return "shutting_down"
+        if request.transport is not None:
+            request.transport.close()
+        return "truncated"
     except ProblemError as err:
         log.warning("upstream_stream_failed", code=err.code)
         metrics.upstream_error(operation, error_reason(err.code))

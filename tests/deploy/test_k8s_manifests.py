@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from gateway.config import Config, load_config
+from gateway.server import SHUTDOWN_MARGIN_SECONDS
 from gateway.web.admin import create_admin_app
 from gateway.web.app import create_app
 from tests.support.harness import SIGNING_ENV
@@ -141,9 +142,62 @@ def test_the_configmap_config_is_valid_and_fits_the_deployment(
     env = {e["name"]: e for e in gateway["env"]}
     assert env["GATEWAY__STORE__URL"]["valueFrom"]["secretKeyRef"]["key"] == "url"
 
-    spec = pod_spec(one(objs, "Deployment", "agent-gateway"))
-    drain_and_grace = config.server.drain_seconds + config.server.shutdown_grace_seconds
-    assert spec["terminationGracePeriodSeconds"] >= drain_and_grace + 5
+
+def pre_stop_seconds(gateway: dict[str, Any]) -> float:
+    """How long the container's preStop hook delays the SIGTERM (0 without one): a
+    ``sleep`` action, or an ``exec`` of ``sleep N``; any other hook has no known length."""
+    hook = gateway.get("lifecycle", {}).get("preStop")
+    if hook is None:
+        return 0.0
+    if "sleep" in hook:
+        return float(hook["sleep"]["seconds"])
+    command = " ".join(hook.get("exec", {}).get("command", []))
+    found = re.fullmatch(r"(?:\S*/)?(?:sh -c )?(?:\S*/)?sleep (\d+(?:\.\d+)?)", command)
+    assert found, f"a preStop hook of unknown length: {hook}"
+    return float(found[1])
+
+
+def shutdown_seconds(deployment: dict[str, Any], tmp_path: Path, objs: Objects) -> float:
+    """From the pod's deletion to the gateway's exit at worst: the preStop hook, then
+    (gateway/server.py) drain, grace and the shutdown margin, with the configuration the
+    pod loads (the mounted config.yaml and the container's literal environment)."""
+    spec = pod_spec(deployment)
+    gateway = spec["containers"][0]
+    data = one(objs, "ConfigMap", "agent-gateway-config")["data"]["config.yaml"]
+    path = tmp_path / "config.yaml"
+    path.write_text(data)
+    environ = {e["name"]: e["value"] for e in gateway.get("env", []) if "value" in e}
+    config = load_config(path, environ={"GATEWAY__STORE__URL": "redis://r:6379/0", **environ})
+    server = config.server
+    return (
+        pre_stop_seconds(gateway)
+        + server.drain_seconds
+        + server.shutdown_grace_seconds
+        + SHUTDOWN_MARGIN_SECONDS
+    )
+
+
+def test_the_termination_grace_covers_the_whole_shutdown(overlay: str, tmp_path: Path) -> None:
+    """Past terminationGracePeriodSeconds the kubelet kills the gateway, streams and all."""
+    objs = objects(overlay)
+    deployment = one(objs, "Deployment", "agent-gateway")
+    needed = shutdown_seconds(deployment, tmp_path, objs)
+    granted = pod_spec(deployment)["terminationGracePeriodSeconds"]
+    assert granted >= needed, f"{overlay}: {granted} s granted, {needed:g} s needed"
+
+
+def test_the_shutdown_budget_counts_a_pre_stop_hook(tmp_path: Path) -> None:
+    objs = objects("prod")
+    deployment = copy.deepcopy(one(objs, "Deployment", "agent-gateway"))
+    before = shutdown_seconds(deployment, tmp_path, objs)
+    gateway = pod_spec(deployment)["containers"][0]
+    gateway["lifecycle"] = {"preStop": {"sleep": {"seconds": 7}}}
+    assert shutdown_seconds(deployment, tmp_path, objs) == before + 7
+    gateway["lifecycle"] = {"preStop": {"exec": {"command": ["/bin/sh", "-c", "sleep 3"]}}}
+    assert shutdown_seconds(deployment, tmp_path, objs) == before + 3
+    gateway["lifecycle"] = {"preStop": {"httpGet": {"path": "/drain", "port": "admin"}}}
+    with pytest.raises(AssertionError, match="unknown length"):
+        shutdown_seconds(deployment, tmp_path, objs)
 
 
 def test_secrets_are_generated_for_dev_and_only_referenced_in_prod() -> None:

@@ -99,9 +99,10 @@ def test_sigterm_drains_finishes_the_stream_and_exits_zero(tmp_path: Path) -> No
     assert streamed[-1]["status"] == 200
 
 
-def test_streams_past_the_grace_period_are_cut_and_the_exit_is_still_clean(
+def test_streams_past_the_grace_period_end_with_a_retry_event_and_the_exit_is_clean(
     tmp_path: Path,
 ) -> None:
+    """The gateway ends the stream itself (tests/e2e/test_shutdown.py checks the timing)."""
     with stack(tmp_path, word_delay=0.2, shutdown_grace_seconds=0.5) as gw:
         _key, token = gw.token()
         reader = StreamReader(gw.public, token, words=60)  # about 12 s of answer
@@ -115,6 +116,10 @@ def test_streams_past_the_grace_period_are_cut_and_the_exit_is_still_clean(
 
     assert stopped_after < 8, "shutdown waited for the whole stream"
     assert "event: done" not in reader.body
+    assert reader.error is None
+    last = reader.body.rstrip("\n").rsplit("\n\n", 1)[-1]
+    assert last.startswith("event: error\nretry: ")
+    assert json.loads(last.rsplit("data: ", 1)[1])["code"] == "shutting_down"
     events = [json.loads(line) for line in gw.log().splitlines() if line.startswith("{")]
-    cut = [e for e in events if e["event"] == "request" and e["route"] == SEND]
-    assert cut[-1]["status"] == 499
+    ended = [e for e in events if e["event"] == "request" and e["route"] == SEND]
+    assert ended[-1]["status"] == 200  # answered: the stream ended as the gateway chose

@@ -22,6 +22,7 @@ from referencing.jsonschema import DRAFT202012
 from gateway.errors import KINDS, PROBLEM_TYPE_BASE
 from gateway.web.app import create_app
 from gateway.web.openapi import load_document
+from gateway.web.relay import SHUTDOWN_RETRY_SECONDS, SHUTTING_DOWN_EVENT
 from tests.support.harness import SIGNING_ENV, Gateway, make_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -261,3 +262,17 @@ async def test_the_document_is_served(gateway_factory: Any) -> None:
     async with gateway.http.post(gateway.url + "/openapi.json") as resp:
         assert resp.status == 405
         assert resp.headers[hdrs.ALLOW] == "GET,HEAD"
+
+
+def test_the_shutdown_event_is_a_documented_stream_event(document: dict[str, Any]) -> None:
+    """The event that ends a stream at shutdown (gateway/web/relay.py) is one clients
+    can read from the document: an ``error`` event with its code and retry hint."""
+    schema = {"$ref": "#/components/schemas/StreamEvent"}
+    (event,) = _sse_events(SHUTTING_DOWN_EVENT.decode())
+    assert event["event"] == "error"
+    assert list(_validator(document, schema).iter_errors(event)) == []
+    content = _validator(document, _content_schema(document, schema, "error"))
+    data = json.loads(event["data"])
+    assert list(content.iter_errors(data)) == []
+    assert data["code"] == "shutting_down" and data["retry_after"] == SHUTDOWN_RETRY_SECONDS
+    assert list(content.iter_errors({**data, "code": "shutting-down"})) != []

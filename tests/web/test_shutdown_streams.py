@@ -1,0 +1,143 @@
+"""The listener's shutdown (``ListenerServer.shutdown``) with streams in flight: the grace
+is a deadline, not a wait; past it a stream between events gets the ``shutting_down``
+event, one cut mid-event is closed, and the upstream call is cancelled either way.
+tests/e2e/test_shutdown.py checks the same with `gateway serve` and signals."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from gateway.web.listener import ListenerServer
+from gateway.web.relay import SHUTDOWN_RETRY_SECONDS
+from tests.support.harness import SEND_URL, Gateway
+from tests.support.upstreams import Script
+
+GRACE = 1.0
+#: within the grace and well short of aiohttp's own shutdown, which waited it twice
+BOUND = GRACE + 0.6
+
+
+def sse(delta: str) -> bytes:
+    return b'data: {"delta": "%s"}\n\n' % delta.encode()
+
+
+async def shut_down(gw: Gateway, grace: float) -> float:
+    """What ``ListenerRunner.cleanup`` does once the listening socket is closed: idle
+    connections closed, then the grace; how long that took."""
+    runner = gw.server.runner
+    assert runner is not None and isinstance(runner.server, ListenerServer)
+    started = time.monotonic()
+    runner.server.pre_shutdown()
+    await runner.server.shutdown(grace)
+    return time.monotonic() - started
+
+
+class Stream:
+    """A streamed answer read in a task: its raw body, whether it ended cleanly."""
+
+    def __init__(self, gw: Gateway, token: str) -> None:
+        self.gw, self.token = gw, token
+        self.body = b""
+        self.first = asyncio.Event()
+        self.error: Exception | None = None
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        body = {"client_token": self.token, "message": "hi", "stream": True}
+        try:
+            async with (
+                httpx.AsyncClient(timeout=10) as client,
+                client.stream("POST", self.gw.url + SEND_URL, json=body) as resp,
+            ):
+                async for chunk in resp.aiter_raw():
+                    self.body += chunk
+                    self.first.set()
+        except httpx.HTTPError as exc:
+            self.error = exc
+        finally:
+            self.first.set()
+
+
+async def start_stream(gateway_factory: Any, url: str) -> tuple[Gateway, Stream]:
+    gw: Gateway = await gateway_factory(upstream={"url": url})
+    stream = Stream(gw, await gw.new_token())
+    await asyncio.wait_for(stream.first.wait(), 5)
+    return gw, stream
+
+
+async def test_a_stream_past_the_grace_ends_with_the_shutting_down_event(
+    gateway_factory: Any, scripted: tuple[Script, str]
+) -> None:
+    script, url = scripted
+    script.chunks = [(0.05, sse(str(i))) for i in range(2000)]  # about 100 s
+    gw, stream = await start_stream(gateway_factory, url)
+    took = await shut_down(gw, GRACE)
+    await asyncio.wait_for(stream.task, 5)
+
+    assert GRACE <= took < BOUND, took
+    assert stream.error is None
+    *deltas, last = stream.body.decode().rstrip("\n").split("\n\n")
+    assert len(deltas) >= 3 and all(d.startswith("data: ") for d in deltas)
+    head, retry, data = last.split("\n")
+    assert head == "event: error" and retry == f"retry: {SHUTDOWN_RETRY_SECONDS * 1000}"
+    assert json.loads(data.removeprefix("data: "))["code"] == "shutting_down"
+    await asyncio.wait_for(script.cancelled.wait(), 2)  # the upstream call was cancelled
+    assert gw.sample("gateway_streams_total", outcome="shutting_down") == 1
+    assert gw.sample("gateway_streams_in_flight") == 0
+
+
+async def test_a_stream_cut_mid_event_at_the_end_of_the_grace_is_closed(
+    gateway_factory: Any, scripted: tuple[Script, str]
+) -> None:
+    script, url = scripted
+    script.chunks = [(0, sse("a")), (0, b'data: {"delta": "par'), (30, b'tial"}\n\n')]
+    gw, stream = await start_stream(gateway_factory, url)
+    await shut_down(gw, GRACE)
+    await asyncio.wait_for(stream.task, 5)
+
+    assert isinstance(stream.error, httpx.RemoteProtocolError)  # no final chunk: cut
+    assert b"shutting_down" not in stream.body
+    await asyncio.wait_for(script.cancelled.wait(), 2)
+    assert gw.sample("gateway_streams_total", outcome="truncated") == 1
+
+
+async def test_a_stream_that_ends_within_the_grace_is_not_waited_for_longer(
+    gateway_factory: Any, scripted: tuple[Script, str]
+) -> None:
+    script, url = scripted
+    script.chunks = [(0.1, sse(str(i))) for i in range(4)] + [(0, b"event: done\ndata: {}\n\n")]
+    gw, stream = await start_stream(gateway_factory, url)
+    took = await shut_down(gw, 10)
+    await asyncio.wait_for(stream.task, 5)
+
+    assert took < 2, took
+    assert stream.error is None and stream.body.endswith(b"event: done\ndata: {}\n\n")
+    assert gw.sample("gateway_streams_total", outcome="completed") == 1
+
+
+async def test_a_request_past_the_grace_is_cancelled_with_its_upstream_call(
+    gateway_factory: Any, scripted: tuple[Script, str]
+) -> None:
+    script, url = scripted
+    script.headers_delay = 30  # the upstream never answers in time
+    gw: Gateway = await gateway_factory(upstream={"url": url})
+    token = await gw.new_token()
+    body = {"client_token": token, "message": "hi"}
+    async with httpx.AsyncClient(timeout=10) as client:
+        request = asyncio.create_task(client.post(gw.url + SEND_URL, json=body))
+        for _ in range(500):  # until the upstream has the request
+            if script.seen_headers:
+                break
+            await asyncio.sleep(0.01)
+        assert script.seen_headers
+        took = await shut_down(gw, GRACE)
+        with pytest.raises(httpx.RemoteProtocolError):
+            await request
+    assert GRACE <= took < BOUND, took
+    await asyncio.wait_for(script.cancelled.wait(), 2)
