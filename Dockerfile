@@ -28,7 +28,9 @@
 # Offline: the builder takes the locked wheels from wheelhouse/ when it holds any
 # (`make wheelhouse` downloads them, hash-checked) and then never asks an index, so
 #   make wheelhouse && docker build --network none ...   builds with no network at all.
-# Otherwise it downloads them from PIP_INDEX_URL (a build argument, PyPI by default).
+# Otherwise it downloads them from PIP_INDEX_URL (a build argument, PyPI by default);
+# behind a TLS-inspecting proxy, hand pip its CA bundle as a build secret:
+#   docker build --secret id=ca-bundle,src=/etc/ssl/certs/ca-certificates.crt ...
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:0bee7276f83efd4a1ee05bbbf4281d95ed28e079220a9457f25a93e3f1e3c31b
 
@@ -42,9 +44,11 @@ WORKDIR /src
 # (requirements/build.lock) for the project's own wheels, both --require-hashes
 RUN --mount=type=bind,source=requirements,target=/src/requirements \
     --mount=type=bind,source=wheelhouse,target=/wheelhouse \
+    --mount=type=secret,id=ca-bundle \
     set -eu; \
     if ls /wheelhouse/*.whl >/dev/null 2>&1; then set -- --no-index --find-links=/wheelhouse; \
     else set -- --index-url="$PIP_INDEX_URL"; fi; \
+    if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi; \
     pip wheel --require-hashes --no-deps --only-binary=:all: --wheel-dir=/wheels/deps \
         -r requirements/runtime.lock "$@"; \
     pip install --require-hashes --no-deps --only-binary=:all: \

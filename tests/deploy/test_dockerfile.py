@@ -488,6 +488,13 @@ def test_hadolint_finds_nothing() -> None:
 
 def test_the_gateway_wheel_carries_neither_the_backend_nor_its_script(tmp_path: Path) -> None:
     """Built as the builder stage builds it: from a tree without chat_backend."""
+    build = [Requirement(r) for r in project()["build-system"]["requires"]]  # type: ignore[index]
+    for requirement in build:  # as requirements/build.lock installs them for `make test`
+        installed = metadata.version(requirement.name)
+        assert requirement.specifier.contains(installed), (
+            f"{requirement.name} {installed} is installed; the build needs {requirement}: "
+            "pip install --require-hashes -r requirements/build.lock"
+        )
     for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(
