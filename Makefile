@@ -86,7 +86,8 @@ wheelhouse:
 		--implementation cp --abi cp311 --abi abi3 --abi none --index-url $(LOCK_INDEX) \
 		--dest wheelhouse -r requirements/runtime.lock -r requirements/build.lock
 
-# the images (BuildKit: Docker 23+, or DOCKER_BUILDKIT=1 with older engines). Another base:
+# the images, with BuildKit (a Docker CLI 23+ needs its buildx plugin for it; Debian
+# bookworm's docker.io 20.10 has it built in). DOCKER=/path/to/docker picks the client. Another base:
 # make image PYTHON_IMAGE=registry.example/python:3.11-slim-bookworm@sha256:...
 IMAGE        ?= agent-gateway
 VERSION      := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
