@@ -5,13 +5,16 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test test-quick lint typecheck bench soak screenshot clean
+.PHONY: run test test-quick lint typecheck bench soak screenshot clean lock wheelhouse image image-backend
 
-$(STAMP): pyproject.toml
+# the dependencies exactly as requirements/dev.lock pins and hashes them, then the project
+# itself (editable, no dependencies) with the locked build backend
+$(STAMP): pyproject.toml setup.py requirements/dev.lock requirements/build.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null || \
 		{ echo "make: Python 3.11 or newer is needed (found '$(PYTHON)'; set PYTHON=...)"; exit 2; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.lock -r requirements/build.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 run: $(STAMP)
@@ -51,6 +54,54 @@ bench: $(BENCH_STAMP)
 # fails when the gateway's memory grows more than 10% after the first minute
 soak: $(BENCH_STAMP)
 	$(BIN)/python -m bench.soak
+
+# requirements/*.lock: every dependency pinned with the sha256 of each of its files, resolved
+# against PyPI alone (this machine's pip configuration, its find-links, extra indexes and
+# constraints, stays out). Existing pins are kept; `make lock LOCK_ARGS=--upgrade` moves them.
+LOCK_VENV  ?= /tmp/agent-gateway-lock-venv
+LOCK_INDEX ?= https://pypi.org/simple
+LOCK_ARGS  ?=
+PIP_ALONE  := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL -u PIP_INDEX_URL -u PIP_CONSTRAINT \
+	-u PIP_NO_INDEX PIP_CONFIG_FILE=/dev/null
+COMPILE    := $(PIP_ALONE) CUSTOM_COMPILE_COMMAND="make lock" $(LOCK_VENV)/bin/pip-compile \
+	--quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+	--no-emit-find-links --index-url $(LOCK_INDEX) $(LOCK_ARGS)
+
+lock:
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(PIP_ALONE) $(LOCK_VENV)/bin/pip install --quiet --index-url $(LOCK_INDEX) 'pip-tools==7.7.0'
+	$(COMPILE) -o requirements/runtime.lock pyproject.toml requirements/older-3.11.in
+	$(COMPILE) --extra dev -o requirements/dev.lock pyproject.toml requirements/older-3.11.in
+	$(COMPILE) --build-deps-for wheel --only-build-deps -o requirements/build.lock pyproject.toml
+
+# the image's wheels for a build with no network (`docker build --network none`): the
+# builder stage installs from wheelhouse/ alone when it holds any. The wheels are those
+# that run in the base image: CPython 3.11, glibc 2.36 (bookworm) or older, this machine's
+# architecture unless WHEEL_ARCH says another (make wheelhouse WHEEL_ARCH=aarch64)
+WHEEL_ARCH ?= $(shell uname -m)
+wheelhouse:
+	$(PIP_ALONE) $(PYTHON) -m pip download --quiet --require-hashes --no-deps \
+		--only-binary=:all: --python-version 3.11 --platform manylinux2014_$(WHEEL_ARCH) \
+		$(foreach n,$(shell seq 36 -1 17),--platform manylinux_2_$(n)_$(WHEEL_ARCH)) \
+		--implementation cp --abi cp311 --abi abi3 --abi none --index-url $(LOCK_INDEX) \
+		--dest wheelhouse -r requirements/runtime.lock -r requirements/build.lock
+
+# the images, with BuildKit (a Docker CLI 23+ needs its buildx plugin for it; Debian
+# bookworm's docker.io 20.10 has it built in). DOCKER=/path/to/docker picks the client. Another base:
+# make image PYTHON_IMAGE=registry.example/python:3.11-slim-bookworm@sha256:...
+IMAGE        ?= agent-gateway
+VERSION      := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+PYTHON_IMAGE ?=
+DOCKER       ?= docker
+DOCKER_ARGS  ?=
+IMAGE_BUILD   = DOCKER_BUILDKIT=1 $(DOCKER) build --build-arg VERSION=$(VERSION) \
+	$(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) $(DOCKER_ARGS)
+
+image:
+	$(IMAGE_BUILD) --target gateway -t $(IMAGE):$(VERSION) .
+
+image-backend:
+	$(IMAGE_BUILD) --target chat-backend -t $(IMAGE)-chat-backend:$(VERSION) .
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
