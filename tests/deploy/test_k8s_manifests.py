@@ -544,3 +544,29 @@ def test_prod_never_runs_a_mutable_tag_it_may_not_pull() -> None:
             assert pinned or c.get("imagePullPolicy") == "Always", (c["name"], c["image"])
     docs = (ROOT / "docs" / "operations.md").read_text()
     assert "kustomize edit set image agent-gateway=" in docs
+
+
+#: the images the Dockerfile builds (its targets), by the program each one runs
+IMAGE_PROGRAMS = {"agent-gateway": "gateway", "agent-gateway-chat-backend": "chat-backend"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_container_runs_the_image_target_that_has_its_program(overlay: str) -> None:
+    """The gateway image carries no reference backend: a container running chat-backend
+    from it would fail at start, so each program runs from its own image target."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for program, target in (("gateway", "gateway"), ("chat-backend", "chat-backend")):
+        assert re.search(rf"^FROM \S+ AS {target}$", dockerfile, re.M), target
+        assert f'ENTRYPOINT ["{program}"]' in dockerfile
+    for obj in objects(overlay).values():
+        if obj["kind"] != "Deployment":
+            continue
+        for c in pod_spec(obj)["containers"]:
+            name = c["image"].split("@")[0].rsplit(":", 1)[0]
+            if name not in IMAGE_PROGRAMS:
+                continue  # another project's image (redis)
+            program = (c.get("command") or [IMAGE_PROGRAMS[name]])[0]
+            assert program == IMAGE_PROGRAMS[name], (obj["metadata"]["name"], c["image"], program)
+    if overlay == "dev":
+        backend = pod_spec(one(objects("dev"), "Deployment", "chat-backend"))["containers"][0]
+        assert backend["image"].startswith("agent-gateway-chat-backend:")
