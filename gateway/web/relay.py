@@ -44,7 +44,18 @@ SHUTTING_DOWN_EVENT = (
     )
     + b"\n\n"
 )
+#: how the bytes relayed so far may end when the last event is complete: two line ends
+#: in a row (SSE lines end with LF, CRLF or CR), the second one a blank line
+EVENT_ENDS = (b"\n\n", b"\r\r", b"\n\r", b"\n\r\n", b"\r\r\n")
 log = structlog.get_logger("gateway")
+
+
+def between_events(tail: bytes) -> bool:
+    """Whether a stream whose last 3 relayed bytes are ``tail`` (``b"\\n\\n"`` before the
+    first) stands between events, where an event of the gateway's own may follow. A line
+    that has ended (``data: ...\\r\\n``) is not an event that has: what followed it would
+    be glued to the upstream's half event."""
+    return tail.endswith(EVENT_ENDS)
 
 
 class OpenStreams:
@@ -137,7 +148,7 @@ async def _send(
                 streams.add(scope, request)
             try:
                 async for chunk in services.upstream.chunks(upstream):
-                    tail = (tail + chunk)[-2:]  # before: a cancelled write has been buffered
+                    tail = (tail + chunk)[-3:]  # before: a cancelled write has been buffered
                     await out.write(chunk)
                     if first:
                         first = False
@@ -148,7 +159,7 @@ async def _send(
     except TimeoutError:
         if not scope.expired():
             raise
-        if error_event and (tail.endswith(b"\n\n") or tail.endswith(b"\r\n")):
+        if error_event and between_events(tail):
             await out.write(SHUTTING_DOWN_EVENT)
             await out.write_eof()
             return "shutting_down"
@@ -158,7 +169,7 @@ async def _send(
     except ProblemError as err:
         log.warning("upstream_stream_failed", code=err.code)
         metrics.upstream_error(operation, error_reason(err.code))
-        if error_event and (tail.endswith(b"\n\n") or tail.endswith(b"\r\n")):
+        if error_event and between_events(tail):
             event = orjson.dumps({"code": err.code, "detail": err.detail})
             await out.write(b"event: error\ndata: " + event + b"\n\n")
             await out.write_eof()

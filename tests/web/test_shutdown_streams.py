@@ -107,6 +107,49 @@ async def test_a_stream_cut_mid_event_at_the_end_of_the_grace_is_closed(
     assert gw.sample("gateway_streams_total", outcome="truncated") == 1
 
 
+@pytest.mark.parametrize(
+    ("first", "partial"),
+    [
+        (b'data: {"delta": "a"}\r\n\r\n', b'data: {"delta": "b"}\r\n'),
+        (b'data: {"delta": "a"}\r\r', b'data: {"delta": "b"}\r'),
+    ],
+    ids=["crlf", "cr"],
+)
+async def test_a_stream_cut_after_a_line_but_before_its_blank_line_is_closed(
+    gateway_factory: Any, scripted: tuple[Script, str], first: bytes, partial: bytes
+) -> None:
+    """SSE lines may end with CRLF or CR: a line that has ended is not an event that has,
+    and the final event written after it would be glued to the upstream's half event."""
+    script, url = scripted
+    script.chunks = [(0, first), (0.05, partial), (30, b"\r\n")]
+    gw, stream = await start_stream(gateway_factory, url)
+    await asyncio.sleep(0.3)  # the half event has been relayed
+    await shut_down(gw, GRACE)
+    await asyncio.wait_for(stream.task, 5)
+
+    assert isinstance(stream.error, httpx.RemoteProtocolError), stream.body  # cut
+    assert b"shutting_down" not in stream.body
+    assert gw.sample("gateway_streams_total", outcome="truncated") == 1
+
+
+@pytest.mark.parametrize("end", [b"\r\n", b"\r"], ids=["crlf", "cr"])
+async def test_a_stream_between_events_ends_with_the_shutting_down_event_whatever_its_line_ends(
+    gateway_factory: Any, scripted: tuple[Script, str], end: bytes
+) -> None:
+    script, url = scripted
+    script.chunks = [(0.05, b'data: {"delta": "%d"}%s%s' % (i, end, end)) for i in range(2000)]
+    gw, stream = await start_stream(gateway_factory, url)
+    await shut_down(gw, GRACE)
+    await asyncio.wait_for(stream.task, 5)
+
+    assert stream.error is None
+    body = stream.body.decode().replace(end.decode(), "\n")
+    *deltas, last = body.rstrip("\n").split("\n\n")
+    assert deltas and all(d.startswith("data: ") for d in deltas)
+    assert last.startswith("event: error\n")
+    assert gw.sample("gateway_streams_total", outcome="shutting_down") == 1
+
+
 async def test_a_stream_that_ends_within_the_grace_is_not_waited_for_longer(
     gateway_factory: Any, scripted: tuple[Script, str]
 ) -> None:
