@@ -12,12 +12,14 @@ At shutdown, a stream still running when ``server.shutdown_grace_seconds`` is ov
 ended by the gateway (:class:`OpenStreams`): its upstream read is cancelled and, between
 events on the public API, the answer ends with a ``shutting_down`` ``error`` event that
 tells the client to retry on a new connection (counted as ``shutting_down``); else it is
-cut (``truncated``).
+cut (``truncated``). A stream whose upstream has sent its ``done`` event (the whole reply)
+but not ended its body just ends (``completed``): the client must not send it again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import orjson
@@ -47,12 +49,17 @@ SHUTTING_DOWN_EVENT = (
 #: how the bytes relayed so far may end when the last event is complete: two line ends
 #: in a row (SSE lines end with LF, CRLF or CR), the second one a blank line
 EVENT_ENDS = (b"\n\n", b"\r\r", b"\n\r", b"\n\r\n", b"\r\r\n")
+#: the field line of the upstream's ``done`` event, its last (the whole reply); a line
+#: starts after a line end (a field's value holds none)
+DONE_LINE = re.compile(rb"[\r\n]event: ?done[\r\n]")
+#: the relayed bytes kept to find the above across chunks
+RECENT_BYTES = 16
 log = structlog.get_logger("gateway")
 
 
 def between_events(tail: bytes) -> bool:
-    """Whether a stream whose last 3 relayed bytes are ``tail`` (``b"\\n\\n"`` before the
-    first) stands between events, where an event of the gateway's own may follow. A line
+    """Whether a stream whose last relayed bytes (3 or more) are ``tail`` (``b"\\n\\n"``
+    before the first) stands between events, where an event of the gateway's own may follow. A line
     that has ended (``data: ...\\r\\n``) is not an event that has: what followed it would
     be glued to the upstream's half event."""
     return tail.endswith(EVENT_ENDS)
@@ -140,7 +147,8 @@ async def _send(
     metrics = services.metrics
     streams = request.app.get(OPEN_STREAMS) if stream else None
     await out.prepare(request)
-    tail = b"\n\n"
+    recent = b"\n\n"  # the last bytes relayed (RECENT_BYTES)
+    done = False  # whether the upstream's done event has been relayed
     first = stream
     try:
         async with asyncio.timeout(None) as scope:  # until the listener ends the streams
@@ -148,7 +156,10 @@ async def _send(
                 streams.add(scope, request)
             try:
                 async for chunk in services.upstream.chunks(upstream):
-                    tail = (tail + chunk)[-3:]  # before: a cancelled write has been buffered
+                    seen = recent + chunk  # before the write: a cancelled one has been buffered
+                    if error_event and not done and DONE_LINE.search(seen) is not None:
+                        done = True
+                    recent = seen[-RECENT_BYTES:]
                     await out.write(chunk)
                     if first:
                         first = False
@@ -159,7 +170,10 @@ async def _send(
     except TimeoutError:
         if not scope.expired():
             raise
-        if error_event and between_events(tail):
+        if error_event and between_events(recent):
+            if done:  # the answer is whole: asking to send the message again would repeat it
+                await out.write_eof()
+                return "completed"
             await out.write(SHUTTING_DOWN_EVENT)
             await out.write_eof()
             return "shutting_down"
@@ -169,7 +183,7 @@ async def _send(
     except ProblemError as err:
         log.warning("upstream_stream_failed", code=err.code)
         metrics.upstream_error(operation, error_reason(err.code))
-        if error_event and between_events(tail):
+        if error_event and between_events(recent):
             event = orjson.dumps({"code": err.code, "detail": err.detail})
             await out.write(b"event: error\ndata: " + event + b"\n\n")
             await out.write_eof()

@@ -150,6 +150,33 @@ async def test_a_stream_between_events_ends_with_the_shutting_down_event_whateve
     assert gw.sample("gateway_streams_total", outcome="shutting_down") == 1
 
 
+@pytest.mark.parametrize(
+    "done",
+    [
+        b"event: done\ndata: {}\n\n",
+        b"id: 7\r\nevent:done\r\ndata: {}\r\n\r\n",
+    ],
+    ids=["lf", "crlf-id"],
+)
+async def test_a_stream_past_its_done_event_ends_without_an_event_of_the_gateway(
+    gateway_factory: Any, scripted: tuple[Script, str], done: bytes
+) -> None:
+    """The upstream sent its final ``done`` event (the whole reply) but has not ended its
+    body when the grace is over: the answer is complete, so it ends cleanly. A
+    ``shutting_down`` event after it would ask the client to send the message again."""
+    script, url = scripted
+    script.chunks = [(0, sse("a")), (0.05, done[:9]), (0.05, done[9:]), (30, sse("late"))]
+    gw, stream = await start_stream(gateway_factory, url)
+    await asyncio.sleep(0.3)  # the done event has been relayed
+    await shut_down(gw, GRACE)
+    await asyncio.wait_for(stream.task, 5)
+
+    assert stream.error is None
+    assert stream.body == sse("a") + done
+    await asyncio.wait_for(script.cancelled.wait(), 2)
+    assert gw.sample("gateway_streams_total", outcome="completed") == 1
+
+
 async def test_a_stream_that_ends_within_the_grace_is_not_waited_for_longer(
     gateway_factory: Any, scripted: tuple[Script, str]
 ) -> None:
