@@ -95,6 +95,18 @@ class OpenStreams:
 OPEN_STREAMS = web.AppKey("open_streams", OpenStreams)
 
 
+def _forget_cancelled_write(request: web.BaseRequest) -> None:
+    """After the listener interrupted a write waiting for a slow client: aiohttp keeps the
+    future that write waited on (until the client reads again) and every later write
+    would await it and be 'cancelled' at once, so the final event would count the client
+    as gone. Forget it: the final event waits for the client like any write (the
+    listener bounds that wait, END_SECONDS)."""
+    protocol = request.protocol
+    waiter = protocol._drain_waiter
+    if waiter is not None and waiter.cancelled():
+        protocol._drain_waiter = None
+
+
 def response_for(
     request: web.Request, upstream: UpstreamResponse, limits: dict[str, str]
 ) -> web.StreamResponse:
@@ -170,6 +182,7 @@ async def _send(
     except TimeoutError:
         if not scope.expired():
             raise
+        _forget_cancelled_write(request)
         if error_event and between_events(recent):
             if done:  # the answer is whole: asking to send the message again would repeat it
                 await out.write_eof()

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from typing import Any
 
 import httpx
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
 from gateway.web.listener import ListenerServer
-from gateway.web.relay import SHUTDOWN_RETRY_SECONDS
+from gateway.web.relay import SHUTDOWN_RETRY_SECONDS, SHUTTING_DOWN_EVENT
 from tests.support.harness import SEND_URL, Gateway
 from tests.support.upstreams import Script
 
@@ -175,6 +178,58 @@ async def test_a_stream_past_its_done_event_ends_without_an_event_of_the_gateway
     assert stream.body == sse("a") + done
     await asyncio.wait_for(script.cancelled.wait(), 2)
     assert gw.sample("gateway_streams_total", outcome="completed") == 1
+
+
+async def test_a_client_slow_at_the_end_of_the_grace_gets_the_event_and_is_not_counted_gone(
+    gateway_factory: Any, scripted: tuple[Script, str]
+) -> None:
+    """The client takes nothing while the grace runs out (its answer's write is waiting
+    for it), then reads again within the listener's END_SECONDS: it gets the final event
+    and a clean end, and the stream counts as shutting_down with status 200. aiohttp kept
+    the cancelled write's drain future, so the final event's write_eof was 'cancelled' at
+    once: counted client_disconnected and logged 499 for a client still reading."""
+    script, url = scripted
+    event = b'data: {"delta": "' + b"x" * 60_000 + b'"}\n\n'
+    script.chunks = [(0.001, event) for _ in range(3000)]  # more than the buffers hold
+    gw: Gateway = await gateway_factory(upstream={"url": url})
+    token = await gw.new_token()
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    assert gw.server.port is not None
+    client.connect(("127.0.0.1", gw.server.port))
+    client.setblocking(False)
+    body = json.dumps({"client_token": token, "message": "hi", "stream": True}).encode()
+    head = (
+        f"POST {SEND_URL} HTTP/1.1\r\nHost: gw\r\nUser-Agent: {gw.user_agent}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    client.sendall(head.encode() + body)
+    loop = asyncio.get_running_loop()
+
+    async def read_late() -> bytes:
+        await asyncio.sleep(GRACE + 0.2)  # nothing read until the grace is over
+        data = b""
+        while chunk := await asyncio.wait_for(loop.sock_recv(client, 1 << 20), 5):
+            data += chunk
+        return data
+
+    try:
+        await asyncio.sleep(1.0)  # the buffers fill, the relay waits for the client
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as events:
+            reader = asyncio.create_task(read_late())
+            await shut_down(gw, GRACE)
+            received = await asyncio.wait_for(reader, 10)
+    finally:
+        client.close()
+
+    assert received.endswith(
+        b"%x\r\n%s\r\n0\r\n\r\n" % (len(SHUTTING_DOWN_EVENT), SHUTTING_DOWN_EVENT)
+    )
+    assert gw.sample("gateway_streams_total", outcome="shutting_down") == 1
+    assert gw.sample("gateway_streams_total", outcome="client_disconnected") == 0
+    assert gw.sample("gateway_streams_in_flight") == 0
+    statuses = [e["status"] for e in events if e["event"] == "request"]
+    assert statuses == [200], statuses
 
 
 async def test_a_stream_that_ends_within_the_grace_is_not_waited_for_longer(
