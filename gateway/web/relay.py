@@ -12,12 +12,14 @@ At shutdown, a stream still running when ``server.shutdown_grace_seconds`` is ov
 ended by the gateway (:class:`OpenStreams`): its upstream read is cancelled and, between
 events on the public API, the answer ends with a ``shutting_down`` ``error`` event that
 tells the client to retry on a new connection (counted as ``shutting_down``); else it is
-cut (``truncated``).
+cut (``truncated``). A stream whose upstream has sent its ``done`` event (the whole reply)
+but not ended its body just ends (``completed``): the client must not send it again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import orjson
@@ -44,7 +46,23 @@ SHUTTING_DOWN_EVENT = (
     )
     + b"\n\n"
 )
+#: how the bytes relayed so far may end when the last event is complete: two line ends
+#: in a row (SSE lines end with LF, CRLF or CR), the second one a blank line
+EVENT_ENDS = (b"\n\n", b"\r\r", b"\n\r", b"\n\r\n", b"\r\r\n")
+#: the field line of the upstream's ``done`` event, its last (the whole reply); a line
+#: starts after a line end (a field's value holds none)
+DONE_LINE = re.compile(rb"[\r\n]event: ?done[\r\n]")
+#: the relayed bytes kept to find the above across chunks
+RECENT_BYTES = 16
 log = structlog.get_logger("gateway")
+
+
+def between_events(tail: bytes) -> bool:
+    """Whether a stream whose last relayed bytes (3 or more) are ``tail`` (``b"\\n\\n"``
+    before the first) stands between events, where an event of the gateway's own may follow. A line
+    that has ended (``data: ...\\r\\n``) is not an event that has: what followed it would
+    be glued to the upstream's half event."""
+    return tail.endswith(EVENT_ENDS)
 
 
 class OpenStreams:
@@ -75,6 +93,18 @@ class OpenStreams:
 
 
 OPEN_STREAMS = web.AppKey("open_streams", OpenStreams)
+
+
+def _forget_cancelled_write(request: web.BaseRequest) -> None:
+    """After the listener interrupted a write waiting for a slow client: aiohttp keeps the
+    future that write waited on (until the client reads again) and every later write
+    would await it and be 'cancelled' at once, so the final event would count the client
+    as gone. Forget it: the final event waits for the client like any write (the
+    listener bounds that wait, END_SECONDS)."""
+    protocol = request.protocol
+    waiter = protocol._drain_waiter
+    if waiter is not None and waiter.cancelled():
+        protocol._drain_waiter = None
 
 
 def response_for(
@@ -129,7 +159,8 @@ async def _send(
     metrics = services.metrics
     streams = request.app.get(OPEN_STREAMS) if stream else None
     await out.prepare(request)
-    tail = b"\n\n"
+    recent = b"\n\n"  # the last bytes relayed (RECENT_BYTES)
+    done = False  # whether the upstream's done event has been relayed
     first = stream
     try:
         async with asyncio.timeout(None) as scope:  # until the listener ends the streams
@@ -137,7 +168,10 @@ async def _send(
                 streams.add(scope, request)
             try:
                 async for chunk in services.upstream.chunks(upstream):
-                    tail = (tail + chunk)[-2:]  # before: a cancelled write has been buffered
+                    seen = recent + chunk  # before the write: a cancelled one has been buffered
+                    if error_event and not done and DONE_LINE.search(seen) is not None:
+                        done = True
+                    recent = seen[-RECENT_BYTES:]
                     await out.write(chunk)
                     if first:
                         first = False
@@ -148,7 +182,11 @@ async def _send(
     except TimeoutError:
         if not scope.expired():
             raise
-        if error_event and (tail.endswith(b"\n\n") or tail.endswith(b"\r\n")):
+        _forget_cancelled_write(request)
+        if error_event and between_events(recent):
+            if done:  # the answer is whole: asking to send the message again would repeat it
+                await out.write_eof()
+                return "completed"
             await out.write(SHUTTING_DOWN_EVENT)
             await out.write_eof()
             return "shutting_down"
@@ -158,7 +196,7 @@ async def _send(
     except ProblemError as err:
         log.warning("upstream_stream_failed", code=err.code)
         metrics.upstream_error(operation, error_reason(err.code))
-        if error_event and (tail.endswith(b"\n\n") or tail.endswith(b"\r\n")):
+        if error_event and between_events(recent):
             event = orjson.dumps({"code": err.code, "detail": err.detail})
             await out.write(b"event: error\ndata: " + event + b"\n\n")
             await out.write_eof()

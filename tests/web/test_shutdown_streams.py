@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from typing import Any
 
 import httpx
 import pytest
+import structlog
+from structlog.testing import capture_logs
 
 from gateway.web.listener import ListenerServer
-from gateway.web.relay import SHUTDOWN_RETRY_SECONDS
+from gateway.web.relay import SHUTDOWN_RETRY_SECONDS, SHUTTING_DOWN_EVENT
 from tests.support.harness import SEND_URL, Gateway
 from tests.support.upstreams import Script
 
@@ -105,6 +108,128 @@ async def test_a_stream_cut_mid_event_at_the_end_of_the_grace_is_closed(
     assert b"shutting_down" not in stream.body
     await asyncio.wait_for(script.cancelled.wait(), 2)
     assert gw.sample("gateway_streams_total", outcome="truncated") == 1
+
+
+@pytest.mark.parametrize(
+    ("first", "partial"),
+    [
+        (b'data: {"delta": "a"}\r\n\r\n', b'data: {"delta": "b"}\r\n'),
+        (b'data: {"delta": "a"}\r\r', b'data: {"delta": "b"}\r'),
+    ],
+    ids=["crlf", "cr"],
+)
+async def test_a_stream_cut_after_a_line_but_before_its_blank_line_is_closed(
+    gateway_factory: Any, scripted: tuple[Script, str], first: bytes, partial: bytes
+) -> None:
+    """SSE lines may end with CRLF or CR: a line that has ended is not an event that has,
+    and the final event written after it would be glued to the upstream's half event."""
+    script, url = scripted
+    script.chunks = [(0, first), (0.05, partial), (30, b"\r\n")]
+    gw, stream = await start_stream(gateway_factory, url)
+    await asyncio.sleep(0.3)  # the half event has been relayed
+    await shut_down(gw, GRACE)
+    await asyncio.wait_for(stream.task, 5)
+
+    assert isinstance(stream.error, httpx.RemoteProtocolError), stream.body  # cut
+    assert b"shutting_down" not in stream.body
+    assert gw.sample("gateway_streams_total", outcome="truncated") == 1
+
+
+@pytest.mark.parametrize("end", [b"\r\n", b"\r"], ids=["crlf", "cr"])
+async def test_a_stream_between_events_ends_with_the_shutting_down_event_whatever_its_line_ends(
+    gateway_factory: Any, scripted: tuple[Script, str], end: bytes
+) -> None:
+    script, url = scripted
+    script.chunks = [(0.05, b'data: {"delta": "%d"}%s%s' % (i, end, end)) for i in range(2000)]
+    gw, stream = await start_stream(gateway_factory, url)
+    await shut_down(gw, GRACE)
+    await asyncio.wait_for(stream.task, 5)
+
+    assert stream.error is None
+    body = stream.body.decode().replace(end.decode(), "\n")
+    *deltas, last = body.rstrip("\n").split("\n\n")
+    assert deltas and all(d.startswith("data: ") for d in deltas)
+    assert last.startswith("event: error\n")
+    assert gw.sample("gateway_streams_total", outcome="shutting_down") == 1
+
+
+@pytest.mark.parametrize(
+    "done",
+    [
+        b"event: done\ndata: {}\n\n",
+        b"id: 7\r\nevent:done\r\ndata: {}\r\n\r\n",
+    ],
+    ids=["lf", "crlf-id"],
+)
+async def test_a_stream_past_its_done_event_ends_without_an_event_of_the_gateway(
+    gateway_factory: Any, scripted: tuple[Script, str], done: bytes
+) -> None:
+    """The upstream sent its final ``done`` event (the whole reply) but has not ended its
+    body when the grace is over: the answer is complete, so it ends cleanly. A
+    ``shutting_down`` event after it would ask the client to send the message again."""
+    script, url = scripted
+    script.chunks = [(0, sse("a")), (0.05, done[:9]), (0.05, done[9:]), (30, sse("late"))]
+    gw, stream = await start_stream(gateway_factory, url)
+    await asyncio.sleep(0.3)  # the done event has been relayed
+    await shut_down(gw, GRACE)
+    await asyncio.wait_for(stream.task, 5)
+
+    assert stream.error is None
+    assert stream.body == sse("a") + done
+    await asyncio.wait_for(script.cancelled.wait(), 2)
+    assert gw.sample("gateway_streams_total", outcome="completed") == 1
+
+
+async def test_a_client_slow_at_the_end_of_the_grace_gets_the_event_and_is_not_counted_gone(
+    gateway_factory: Any, scripted: tuple[Script, str]
+) -> None:
+    """The client takes nothing while the grace runs out (its answer's write is waiting
+    for it), then reads again within the listener's END_SECONDS: it gets the final event
+    and a clean end, and the stream counts as shutting_down with status 200. aiohttp kept
+    the cancelled write's drain future, so the final event's write_eof was 'cancelled' at
+    once: counted client_disconnected and logged 499 for a client still reading."""
+    script, url = scripted
+    event = b'data: {"delta": "' + b"x" * 60_000 + b'"}\n\n'
+    script.chunks = [(0.001, event) for _ in range(3000)]  # more than the buffers hold
+    gw: Gateway = await gateway_factory(upstream={"url": url})
+    token = await gw.new_token()
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    assert gw.server.port is not None
+    client.connect(("127.0.0.1", gw.server.port))
+    client.setblocking(False)
+    body = json.dumps({"client_token": token, "message": "hi", "stream": True}).encode()
+    head = (
+        f"POST {SEND_URL} HTTP/1.1\r\nHost: gw\r\nUser-Agent: {gw.user_agent}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    client.sendall(head.encode() + body)
+    loop = asyncio.get_running_loop()
+
+    async def read_late() -> bytes:
+        await asyncio.sleep(GRACE + 0.2)  # nothing read until the grace is over
+        data = b""
+        while chunk := await asyncio.wait_for(loop.sock_recv(client, 1 << 20), 5):
+            data += chunk
+        return data
+
+    try:
+        await asyncio.sleep(1.0)  # the buffers fill, the relay waits for the client
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as events:
+            reader = asyncio.create_task(read_late())
+            await shut_down(gw, GRACE)
+            received = await asyncio.wait_for(reader, 10)
+    finally:
+        client.close()
+
+    assert received.endswith(
+        b"%x\r\n%s\r\n0\r\n\r\n" % (len(SHUTTING_DOWN_EVENT), SHUTTING_DOWN_EVENT)
+    )
+    assert gw.sample("gateway_streams_total", outcome="shutting_down") == 1
+    assert gw.sample("gateway_streams_total", outcome="client_disconnected") == 0
+    assert gw.sample("gateway_streams_in_flight") == 0
+    statuses = [e["status"] for e in events if e["event"] == "request"]
+    assert statuses == [200], statuses
 
 
 async def test_a_stream_that_ends_within_the_grace_is_not_waited_for_longer(

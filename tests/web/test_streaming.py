@@ -121,6 +121,26 @@ async def test_failure_mid_event_truncates_the_response(
         await stream_events(gw, token)
 
 
+@pytest.mark.parametrize(
+    "partial",
+    [b'data: {"delta": "b"}\r\n', b'data: {"delta": "b"}\r', b'data: {"delta": "b"}\n'],
+    ids=["crlf", "cr", "lf"],
+)
+async def test_failure_after_a_line_but_before_the_blank_line_truncates_the_response(
+    gateway_factory: Any, scripted: tuple[Script, str], partial: bytes
+) -> None:
+    """A line has ended but the event has not (its blank line never came): an error event
+    written there would be glued to it (one event, its data the upstream's line and the
+    gateway's JSON), so the answer is cut, whatever the line ending."""
+    script, url = scripted
+    script.chunks = [(0, b'data: {"delta": "a"}\r\n\r\n'), (0.05, partial), (3.0, b"\r\n")]
+    gw: Gateway = await gateway_factory(upstream={"url": url, "timeouts": {"stream_idle": 0.5}})
+    token = await gw.new_token()
+    with pytest.raises(httpx.RemoteProtocolError):
+        await stream_events(gw, token)
+    assert gw.sample("gateway_streams_total", outcome="truncated") == 1
+
+
 async def test_a_stream_that_never_ends_is_ended_at_its_longest_duration(
     gateway_factory: Any, scripted: tuple[Script, str]
 ) -> None:
