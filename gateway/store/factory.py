@@ -42,7 +42,7 @@ def open_store(
             settings.url, connect_timeout=socket_timeout, stale_after=socket_timeout
         )
     return GuardedStore(
-        RedisStore(client, prefix=settings.prefix, pipe=pipe),
+        RedisStore(client, prefix=settings.prefix, pipe=pipe, max_calls=settings.max_connections),
         timeout=settings.timeout_ms / 1000,
         breaker=CircuitBreaker(settings.breaker_failures, settings.breaker_open_seconds),
         on_deadline_extended=on_deadline_extended,

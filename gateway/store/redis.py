@@ -17,6 +17,7 @@ otherwise, and for every other operation, through the redis-py client.
 
 from __future__ import annotations
 
+import asyncio
 from importlib import resources
 from typing import Any
 
@@ -57,10 +58,21 @@ def _lua(name: str) -> str:
 
 class RedisStore:
     def __init__(
-        self, client: AnyRedis, *, prefix: str = "gw", pipe: RedisPipe | None = None
+        self,
+        client: AnyRedis,
+        *,
+        prefix: str = "gw",
+        pipe: RedisPipe | None = None,
+        max_calls: int = 64,
     ) -> None:
         self.redis = client
         self.pipe = pipe
+        #: redis-py's async pools (each Cluster node's too) raise MaxConnectionsError at
+        #: once when full instead of waiting, and those errors would open the breaker on a
+        #: mere burst: calls through redis-py wait for one of ``max_calls`` places (the
+        #: client's ``max_connections``; a call uses one connection of one node), and the
+        #: store's deadline bounds that wait as it bounds the call
+        self._places = asyncio.Semaphore(max_calls)
         self.keys = keys = StateKeys(prefix)
         self.token_key = keys.token
         self.limit_key = keys.limit
@@ -109,7 +121,7 @@ class RedisStore:
         if self.pipe is not None:
             reply = await self.pipe.evalsha(self._admit.sha, self._admit.script, keys, args)
         else:
-            reply = await self._admit(keys=keys, args=args)
+            reply = await self._call(self._admit, keys, args)
         states = [  # allowed, remaining, reset_ms, retry_ms (and no TAT to store)
             LimitState(bool(reply[i]), int(reply[i + 1]), int(reply[i + 2]), int(reply[i + 3]), 0)
             for i in range(2, len(reply), 4)
@@ -120,7 +132,7 @@ class RedisStore:
         if not specs:
             return ()
         locations = [self.limit_location(spec) for spec in specs]
-        reply = await self._peek(keys=[k for k, _ in locations], args=[f for _, f in locations])
+        reply = await self._call(self._peek, [k for k, _ in locations], [f for _, f in locations])
         now = int(reply[0])
         return tuple(
             evaluate(spec, int(raw) if raw else None, now)
@@ -130,9 +142,10 @@ class RedisStore:
     async def record_failure(
         self, subject: str, rule: PenaltyRule, *, reserved: bool = False
     ) -> int:
-        reply = await self._failure(
-            keys=self.keys.failure_script(subject),
-            args=[rule.window_ms, rule.threshold, rule.cooldown_ms, 1 if reserved else 0],
+        reply = await self._call(
+            self._failure,
+            self.keys.failure_script(subject),
+            [rule.window_ms, rule.threshold, rule.cooldown_ms, 1 if reserved else 0],
         )
         return int(reply)
 
@@ -142,14 +155,19 @@ class RedisStore:
         if self.pipe is not None:
             reply = await self.pipe.evalsha(self._reserve.sha, self._reserve.script, keys, args)
         else:
-            reply = await self._reserve(keys=keys, args=args)
+            reply = await self._call(self._reserve, keys, args)
         return AttemptSlot(int(reply[0]), bool(reply[1]))
 
     async def release_attempt(self, subject: str) -> None:
-        await self._release(keys=[self.attempts_key(subject)])
+        await self._call(self._release, [self.attempts_key(subject)], [])
 
     async def ping(self) -> None:
-        await self.redis.ping()
+        async with self._places:
+            await self.redis.ping()
+
+    async def _call(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        async with self._places:
+            return await script(keys=keys, args=args)
 
     async def start(self) -> None:
         """Learn the cluster layout, open a connection and load every script, so the

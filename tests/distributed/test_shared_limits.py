@@ -110,3 +110,24 @@ async def test_refused_requests_cost_one_call_too(
         client.close()
     assert statuses == [429] * 5
     assert stats["cmdstat_evalsha"]["calls"] == 5
+
+
+async def test_a_burst_past_the_store_pool_is_limited_not_refused(
+    tmp_path: Path, cluster_url: str, backend_process: str
+) -> None:
+    """90 POSTs at once (the listener's per-client cap is 100) on one replica whose
+    Cluster client has 8 connections per node:
+    the calls wait for a connection (redis-py's async pools raise at once when full, and
+    those errors opened the breaker: 503s on a mere burst), and the limit stays exact."""
+    with replicas(
+        tmp_path,
+        1,
+        store_url=cluster_url,
+        upstream=backend_process,
+        policies=PER_TOKEN,
+        store={"max_connections": 8, "timeout_ms": 2000},
+    ) as group:
+        token = group.token(group.create_key())
+        statuses = await burst([(group.urls[0], token)] * 90)
+    assert statuses.count(200) == N, sorted(set(statuses))
+    assert statuses.count(429) == 90 - N, sorted(set(statuses))

@@ -27,7 +27,7 @@ async def store(store_kind: str, request: pytest.FixtureRequest) -> AsyncIterato
         client = connect(
             request.getfixturevalue("cluster_url"), socket_timeout=2, max_connections=8
         )
-        redis_store = RedisStore(client, prefix="test")
+        redis_store = RedisStore(client, prefix="test", max_calls=8)
     else:
         url = request.getfixturevalue("redis_url")
         client = redis.asyncio.Redis.from_url(url)

@@ -107,6 +107,19 @@ async def test_limits_admit_burst_then_refuse_with_retry(store: StateStore) -> N
     assert 900 <= results[3].limits[0].retry_ms <= 1000
 
 
+async def test_a_burst_past_the_connection_pool_waits_and_stays_exact(store: StateStore) -> None:
+    """500 calls at once on a client of 8 connections (the Cluster's, per node): each
+    waits for a connection instead of failing, and the limit admits exactly its burst."""
+    spec = LimitSpec(f"crowd:{jti()}", interval_us=600_000_000, burst=100)
+    results = await asyncio.gather(*(store.admit(AdmitRequest(limits=(spec,))) for _ in range(500)))
+    assert sum(r.limits[0].allowed for r in results) == 100
+    subjects = [f"crowd-{i % 50}-{jti()}" for i in range(500)]
+    rule = PenaltyRule(window_ms=60_000, threshold=1_000, cooldown_ms=60_000)
+    slots = await asyncio.gather(*(store.reserve_attempt(s, rule) for s in subjects))
+    assert all(slot.granted for slot in slots)
+    await asyncio.gather(*(store.release_attempt(s) for s in subjects))
+
+
 async def test_a_denied_request_consumes_nothing(store: StateStore) -> None:
     roomy = LimitSpec(f"roomy:{jti()}", interval_us=1_000_000, burst=10)
     tight = LimitSpec(f"tight:{jti()}", interval_us=60_000_000, burst=1)
