@@ -13,7 +13,8 @@ ended by the gateway (:class:`OpenStreams`): its upstream read is cancelled and,
 events on the public API, the answer ends with a ``shutting_down`` ``error`` event that
 tells the client to retry on a new connection (counted as ``shutting_down``); else it is
 cut (``truncated``). A stream whose upstream has sent its ``done`` event (the whole reply)
-but not ended its body just ends (``completed``): the client must not send it again.
+but not ended its body just ends (``completed``), at shutdown as on an upstream failure
+(still counted as one): the client must not send it again.
 """
 
 from __future__ import annotations
@@ -197,6 +198,9 @@ async def _send(
         log.warning("upstream_stream_failed", code=err.code)
         metrics.upstream_error(operation, error_reason(err.code))
         if error_event and between_events(recent):
+            if done:  # the answer is whole: the upstream failed after it (counted above)
+                await out.write_eof()
+                return "completed"
             event = orjson.dumps({"code": err.code, "detail": err.detail})
             await out.write(b"event: error\ndata: " + event + b"\n\n")
             await out.write_eof()

@@ -110,6 +110,24 @@ async def test_stream_idle_timeout_ends_with_an_error_event(
     assert json.loads(events[-1][2])["code"] == "upstream_timeout"
 
 
+async def test_an_upstream_failing_after_its_done_event_ends_the_stream_cleanly(
+    gateway_factory: Any, scripted: tuple[Script, str]
+) -> None:
+    """The upstream sent its ``done`` event (the whole reply), then lingered past the idle
+    timeout: the failure is counted, but the client's answer is whole and ends as it is,
+    without an ``error`` event that would make it send the message again."""
+    script, url = scripted
+    script.chunks = [(0, sse({"delta": "a"})), (0, sse({}, "done")), (3.0, sse({"x": "late"}))]
+    gw: Gateway = await gateway_factory(upstream={"url": url, "timeouts": {"stream_idle": 0.5}})
+    token = await gw.new_token()
+    events, _ = await stream_events(gw, token)
+    assert [name for _, name, _ in events] == ["message", "done"]
+    assert gw.sample("gateway_streams_total", outcome="completed") == 1
+    assert (
+        gw.sample("gateway_upstream_errors_total", operation="send_message", reason="timeout") == 1
+    )
+
+
 async def test_failure_mid_event_truncates_the_response(
     gateway_factory: Any, scripted: tuple[Script, str]
 ) -> None:
