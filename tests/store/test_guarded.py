@@ -191,8 +191,10 @@ def test_a_store_that_does_not_answer_still_fails_and_opens_the_breaker(
 
     elapsed = run(scenario())
     assert all(DEADLINE * 0.9 < seconds < 2.0 for seconds in elapsed), elapsed
-    if not busy:  # an idle loop is never late: the deadline is the deadline
-        assert not extended
+    if not busy:  # an idle loop is not late: the deadline is the deadline
+        # (on a loaded machine the process itself may be scheduled late: an extension is
+        # then allowed only for a call whose timer visibly fired late, LATE_SHARE past it)
+        assert len(extended) <= sum(seconds > DEADLINE * 1.1 for seconds in elapsed), elapsed
         assert max(elapsed) < 0.5, elapsed
 
 

@@ -348,7 +348,8 @@ CASES: list[Case] = [
     _case("headers-100000", many_headers(100_000), P502, required={P502}, rounds=1),
     _case("endless-headers", endless_headers, P502, required={P502}, rounds=2),
     _case("endless-header-value", endless_header_value, P502, required={P502}, rounds=2),
-    _case("endless-trailers", endless_trailers, P502, OWN_ERROR, TRUNCATED, rounds=1),
+    # a stream whose done event came whole before the endless trailers ends clean (own)
+    _case("endless-trailers", endless_trailers, P502, OWN_ERROR, TRUNCATED, rounds=1, per_kind={"stream": frozenset({OWN, OWN_ERROR, TRUNCATED, P502})}),
     _case("content-length-and-chunked", framed("Content-Length: 5\r\nTransfer-Encoding: chunked"), P502, required={P502}),
     _case("conflicting-lengths", framed("Content-Length: 5\r\nContent-Length: 6\r\n", b"hello!"), P502, required={P502}),
     _case("duplicate-lengths", framed("Content-Length: 5\r\nContent-Length: 5\r\n", b"hello"), P502, required={P502}),
