@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.support.processes import run_cli
+from tests.support.processes import BIN, run_cli
 from tests.support.stack import ROOT
 
 pytestmark = pytest.mark.slow  # gateway processes
@@ -368,3 +369,36 @@ def test_a_broken_file_is_named_with_its_line_and_field(tmp_path: Path) -> None:
     missing = run_cli("policies", "diff", str(tmp_path / "nowhere.yaml"), str(path))
     assert missing.returncode == 1
     assert f"{tmp_path / 'nowhere.yaml'}: no such policy file or directory" in missing.stderr
+
+
+def test_the_documented_example_output_is_what_the_command_prints(tmp_path: Path) -> None:
+    """docs/policies.md shows a diff of the shipped policies against a candidate; the
+    candidate is made here as the text describes it, and the output must match."""
+    text = (ROOT / "docs" / "policies.md").read_text()
+    command = "$ gateway policies diff policies/ candidate/\n"
+    start = text.index(command) + len(command)
+    documented = text[start : text.index("```", start)].splitlines()
+    shipped = (ROOT / "policies" / "default.yaml").read_text()
+    write(tmp_path / "policies" / "default.yaml", shipped)
+    per_ip = "    partition: [client_ip]\n    limit: {rate: 60, per: 1m, burst: 20}"
+    assert shipped.count(per_ip) == 1
+    candidate = shipped.replace(per_ip, per_ip.replace("rate: 60", "rate: 30")).replace(
+        "threshold: 20", "threshold: 10"
+    ) + (
+        "  - name: send-per-prefix\n    match: {routes: [send]}\n    partition: [ip_prefix]\n"
+        "    limit: {rate: 300, per: 1m, burst: 100}\n    mode: shadow\n"
+    )
+    write(tmp_path / "candidate" / "default.yaml", candidate)
+    result = subprocess.run(
+        [str(BIN / "gateway"), "policies", "diff", "policies/", "candidate/"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # the paths as documented; the package under test from its root
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        },
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, lines(result)) == (3, documented), result.stderr
