@@ -287,9 +287,10 @@ def _override_words(declared: Declared) -> str:
     if declared is None:
         return "none"
     limit, mode = declared
-    parts = [_limit_words(limit)] if limit is not None else []
-    parts += [mode] if mode is not None else []
-    return " ".join(parts)
+    return (
+        f"{_limit_words(limit) if limit is not None else 'the policy limit'}, "
+        f"{mode if mode is not None else 'the policy mode'}"
+    )
 
 
 def _override_changes(old: Policy, new: Policy) -> list[Change]:
@@ -519,7 +520,9 @@ def _binding(old: Binding, new: Binding) -> list[Change]:
             effect = _partition_effect(tuple(after), tuple(before))
             words = f"binding components [{'+'.join(before)}] -> [{'+'.join(after)}]"
         out.append(Change("binding", None, "components", list(before), list(after), effect, words))
-    if after and "ip_prefix" in after:
+    if not after:
+        return out  # no binding: its other fields mean nothing
+    if "ip_prefix" in after:
         for label, was, now in (
             ("ipv4_prefix", old.rule.ipv4_prefix, new.rule.ipv4_prefix),
             ("ipv6_prefix", old.rule.ipv6_prefix, new.rule.ipv6_prefix),
@@ -578,16 +581,30 @@ def _binding(old: Binding, new: Binding) -> list[Change]:
     return out
 
 
+def _uses(old: PolicySet, new: PolicySet, components: frozenset[str]) -> bool:
+    """Whether a policy or the penalty box of either set counts by one of ``components``."""
+    for policies in (old, new):
+        if any(not components.isdisjoint(p.partition) for p in policies.policies):
+            return True
+        if policies.penalty is not None and policies.penalty.subject in components:
+            return True
+    return False
+
+
 def diff(old: PolicySet, new: PolicySet) -> list[Change]:
     """Every effective change from ``old`` to ``new``; empty when they mean the same."""
     out = _policies(old, new)
     out += _penalty(old.penalty, new.penalty)
     out += _binding(old.binding, new.binding)
-    for label, was, now in (
-        ("ipv4", old.ipv4_prefix, new.ipv4_prefix),
-        ("ipv6", old.ipv6_prefix, new.ipv6_prefix),
+    # which addresses the set-wide prefixes shape: IPv4 only through the ip_prefix
+    # partition and box subject; IPv6 through every address partition and the box
+    by_prefix = _uses(old, new, frozenset({"ip_prefix"}))
+    by_address = _uses(old, new, frozenset({"ip_prefix", "client_ip"}))
+    for label, was, now, used in (
+        ("ipv4", old.ipv4_prefix, new.ipv4_prefix, by_prefix),
+        ("ipv6", old.ipv6_prefix, new.ipv6_prefix, by_address),
     ):
-        if was != now:  # a shorter prefix groups more clients: ip_prefix counters tighten
+        if was != now:  # a shorter prefix groups more clients: their counters tighten
             out.append(
                 Change(
                     "ip_prefix",
@@ -595,8 +612,9 @@ def diff(old: PolicySet, new: PolicySet) -> list[Change]:
                     label,
                     was,
                     now,
-                    _more(was, now, False),
-                    f"ip_prefix {label} /{was} -> /{now}",
+                    _more(was, now, False) if used else NEUTRAL,
+                    f"ip_prefix {label} /{was} -> /{now}"
+                    + ("" if used else " (nothing is counted by it)"),
                 )
             )
     if old.on_store_error != new.on_store_error:

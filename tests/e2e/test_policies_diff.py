@@ -251,22 +251,23 @@ def test_override_changes_compare_each_keys_effective_limit(tmp_path: Path) -> N
     enforced = diff(tmp_path / "enforced", BASE.replace(own, own + "        mode: enforce\n"))
     assert enforced.returncode == 3, enforced.stderr
     assert lines(enforced)[0] == (
-        "policy send-per-ip: override for keys aaaaaaaaaaaa changed: 600/1m burst 100 -> "
-        "600/1m burst 100 enforce  [tightens]"
+        "policy send-per-ip: override for keys aaaaaaaaaaaa changed: 600/1m burst 100, "
+        "the policy mode -> 600/1m burst 100, enforce  [tightens]"
     )
     # the policy and its override are in shadow: a lower override limit refuses nothing
     lowered = diff(tmp_path / "lowered", BASE.replace("rate: 600", "rate: 300"))
     assert lowered.returncode == 0
     assert lines(lowered)[0] == (
-        "policy send-per-ip: override for keys aaaaaaaaaaaa changed: 600/1m burst 100 -> "
-        "300/1m burst 100"
+        "policy send-per-ip: override for keys aaaaaaaaaaaa changed: 600/1m burst 100, "
+        "the policy mode -> 300/1m burst 100, the policy mode"
     )
     removed = diff(
         tmp_path / "removed",
         BASE.replace("    overrides:\n      - key_ids: [aaaaaaaaaaaa]\n" + own, ""),
     )
     assert lines(removed)[0] == (
-        "policy send-per-ip: override for keys aaaaaaaaaaaa removed: 600/1m burst 100 -> none"
+        "policy send-per-ip: override for keys aaaaaaaaaaaa removed: 600/1m burst 100, "
+        "the policy mode -> none"
     )
 
 
@@ -284,10 +285,10 @@ def test_set_wide_sections(tmp_path: Path) -> None:
         "penalty box threshold 20 -> 10  [tightens]",
         "penalty box cooldown 5m -> 1m  [loosens]",
         "binding action revoke -> flag  [loosens]",
-        "ip_prefix ipv4 /24 -> /16  [tightens]",
+        "ip_prefix ipv4 /24 -> /16 (nothing is counted by it)",
         "on_store_error fail_closed -> fail_open: local per-replica limits while the store "
         "cannot answer  [loosens]",
-        "5 change(s), 2 tightening",
+        "5 change(s), 1 tightening",
     ]
     off = diff(tmp_path / "off", BASE.replace("penalty_box:\n", "penalty_box:\n  enabled: false\n"))
     assert off.returncode == 0

@@ -139,3 +139,26 @@ def test_methods_and_the_summary_line(tmp_path: Path) -> None:
         "1 change(s), 0 tightening",
     ]
     assert render_text([]) == ["no change"]
+
+
+def test_ip_prefix_lengths_count_where_a_partition_uses_them(tmp_path: Path) -> None:
+    by_prefix = POLICY.replace("PARTITION", "ip_prefix")
+    narrower = "ip_prefix: {ipv4: 16}\n"
+    assert changes(tmp_path, by_prefix, narrower + by_prefix) == [
+        ("ipv4", "tightens", "ip_prefix ipv4 /24 -> /16")
+    ]
+    by_token = POLICY.replace("PARTITION", "token")
+    assert changes(tmp_path, by_token, narrower + by_token) == [
+        ("ipv4", "neutral", "ip_prefix ipv4 /24 -> /16 (nothing is counted by it)")
+    ]
+    # IPv6 clients are counted by their /64 under client_ip too
+    by_ip = POLICY.replace("PARTITION", "client_ip")
+    assert changes(tmp_path, by_ip, "ip_prefix: {ipv6: 48}\n" + by_ip) == [
+        ("ipv6", "tightens", "ip_prefix ipv6 /64 -> /48")
+    ]
+
+
+def test_the_fields_of_a_binding_that_is_off_mean_nothing(tmp_path: Path) -> None:
+    off = "binding: {components: [], action: flag, max_fingerprints: 1}\n"
+    other = "binding: {components: [], action: revoke, max_fingerprints: 4, bind_at: issue}\n"
+    assert changes(tmp_path, off, other) == []
