@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
     revoke.set_defaults(func=cmd_keys_revoke)
 
-    policies = commands.add_parser("policies", help="check and explain rate-limit policies")
+    policies = commands.add_parser("policies", help="check, explain and diff rate-limit policies")
     policy_commands = policies.add_subparsers(
         dest="policies_command", required=True, metavar="ACTION"
     )
@@ -326,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
         "diff",
         parents=[common],
         help="what changed between two policy sets (exit 3 when a change tightens)",
+        epilog="exit status: 0 no change or nothing tightens, 1 a set is invalid, "
+        "3 a change tightens (docs/policies.md)",
     )
     compare.add_argument("old", type=Path, help="the policy file or directory in force")
     compare.add_argument("new", type=Path, help="the candidate policy file or directory")
