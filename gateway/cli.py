@@ -193,6 +193,26 @@ def cmd_policies_check(args: argparse.Namespace) -> int:
     return EXIT_INVALID_POLICIES if findings and args.strict else 0
 
 
+EXIT_POLICIES_TIGHTEN = 3
+
+
+def cmd_policies_diff(args: argparse.Namespace) -> int:
+    """0: no change or nothing tightens; 1: a set is invalid; 3: a change tightens."""
+    from gateway.policies.diff import diff, render_text, tightens
+
+    try:
+        old, new = load_policies(args.old), load_policies(args.new)
+    except SourceError as exc:
+        print(f"gateway: invalid policies:\n{exc}", file=sys.stderr)
+        return EXIT_INVALID_POLICIES
+    changes = diff(old.policies, new.policies)
+    if args.json:
+        print(json.dumps([c.as_json() for c in changes], indent=2))
+    else:
+        print("\n".join(render_text(changes)))
+    return EXIT_POLICIES_TIGHTEN if tightens(changes) else 0
+
+
 async def _explain(config: Config, args: argparse.Namespace) -> list[str]:
     policies = load_policies(config.policies.path).policies
     facts = RequestFacts(
@@ -281,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
     revoke.set_defaults(func=cmd_keys_revoke)
 
-    policies = commands.add_parser("policies", help="check and explain rate-limit policies")
+    policies = commands.add_parser("policies", help="check, explain and diff rate-limit policies")
     policy_commands = policies.add_subparsers(
         dest="policies_command", required=True, metavar="ACTION"
     )
@@ -302,6 +322,17 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--token", help="the token's jti (never the token itself)")
     explain.add_argument("--conversation")
     explain.set_defaults(func=cmd_policies_explain)
+    compare = policy_commands.add_parser(
+        "diff",
+        parents=[common],
+        help="what changed between two policy sets (exit 3 when a change tightens)",
+        epilog="exit status: 0 no change or nothing tightens, 1 a set is invalid, "
+        "3 a change tightens (docs/policies.md)",
+    )
+    compare.add_argument("old", type=Path, help="the policy file or directory in force")
+    compare.add_argument("new", type=Path, help="the candidate policy file or directory")
+    compare.add_argument("--json", action="store_true", help="the changes as a JSON list")
+    compare.set_defaults(func=cmd_policies_diff)
     return parser
 
 
