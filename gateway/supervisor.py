@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -252,10 +253,14 @@ class Supervisor:
         workers = {}
         for worker, answer in zip(self.workers, answers, strict=True):
             pid = worker.process.pid if worker.process is not None and worker.alive else None
-            workers[str(worker.index)] = {
+            report: dict[str, object] = {
                 "pid": pid,
                 "ready": answer is not None and answer[0] == 200,
             }
+            if answer is not None:
+                with contextlib.suppress(ValueError, AttributeError):
+                    report["checks"] = json.loads(answer[1]).get("checks")
+            workers[str(worker.index)] = report
         ready = all(w["ready"] for w in workers.values())
         body = {"status": "ready" if ready else "not_ready", "workers": workers}
         return json_response(body, 200 if ready else 503)

@@ -432,3 +432,33 @@ def test_workers_stop_when_the_supervisor_is_killed(
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         assert [e for e in gw.events() if e["event"] == "supervisor_gone"]
+
+
+def test_port_0_is_one_port_for_every_worker(tmp_path: Path, backend_process: str) -> None:
+    """``server.port: 0``: the supervisor picks one free port and every worker binds it."""
+    config, _, admin_port = write_config(
+        tmp_path,
+        backend_process,
+        store={"type": "memory"},
+        server={"port": 0, "allow_per_worker_limits": True},
+    )
+    admin = f"http://127.0.0.1:{admin_port}"
+    argv = [str(BIN / "gateway"), "serve", "--config", str(config), "--workers", "2"]
+    with running(argv, admin + "/healthz", env=SIGNING_ENV) as proc:
+        gw = Workers(proc, config, "", admin)
+        eventually(lambda: gw.readyz().status_code == 200, 30, "every worker ready")
+        checks = [w["checks"] for w in gw.readyz().json()["workers"].values()]
+        assert all(c["store"] == "ok" and c["upstream"] == "ok" for c in checks), checks
+        events = gw.events()
+        public = next(e["public"] for e in events if e["event"] == "supervising")
+        assert not public.endswith(":0")
+        listening = {e["public"] for e in events if e["event"] == "listening"}
+        assert listening == {public}, listening
+        for _ in range(20):
+            assert httpx.get(public + "/", timeout=5).status_code == 404
+        answered = {
+            s.labels["worker"]
+            for s in families(gw.metrics())["gateway_http_requests"].samples
+            if s.labels.get("route") == "unmatched"
+        }
+        assert answered == {"0", "1"}, answered
