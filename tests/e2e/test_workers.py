@@ -295,8 +295,11 @@ def test_a_killed_worker_is_restarted_and_the_port_keeps_answering(
         key = gw.key()
         gw.token(key)
         before = gw.pids()
-        os.kill(int(before["0"] or 0), signal.SIGKILL)
-        # the port answers throughout, on new connections (the survivor takes them)
+        killed = int(before["0"] or 0)
+        os.kill(killed, signal.SIGKILL)
+        # once the process is gone its listening socket is out of the group: the port
+        # answers throughout the restart, on new connections (the survivor takes them)
+        eventually(lambda: _dead(killed), 5, "the killed worker gone")
         for _ in range(30):
             resp = httpx.get(
                 gw.public + TOKEN.format(model="demo"),
@@ -318,6 +321,15 @@ def test_a_killed_worker_is_restarted_and_the_port_keeps_answering(
         exited = [e for e in gw.events() if e["event"] == "worker_exited"]
         assert len(exited) == 1 and exited[0]["worker"] == 0
         assert exited[0]["returncode"] == -signal.SIGKILL and exited[0]["level"] == "error"
+
+
+def _dead(pid: int) -> bool:
+    """Exited (a zombie until its parent reaps it counts: its sockets are closed)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
 class Stream(threading.Thread):
