@@ -44,15 +44,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.observability.logging import configure
     from gateway.observability.logging import flush as flush_logs
     from gateway.server import run
+    from gateway.supervisor import memory_store_refusal, run_supervisor, worker_count
 
     config = _config(args)
+    workers = worker_count(args.workers if args.workers is not None else config.server.workers)
+    refused = memory_store_refusal(config, workers)
+    if refused is not None:
+        raise CommandError(refused)
     configure(config.logging.level, config.logging.format)
     errors = asyncio.run(preflight(config, os.environ))  # doctor's static checks
     flush_logs()  # its warnings, before anything else is said
     if errors:
         raise CommandError(refusal(errors))
+    if workers > 1:
+        return run_supervisor(config, args.config or default_config_path(), workers, os.environ)
     run(config, os.environ)
     return 0
+
+
+def _workers(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError("a number of at least 1, or auto")
+    return count
 
 
 EXIT_DOCTOR_ERRORS = 1
@@ -267,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", parents=[common], help="run the gateway")
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=None,
+        help="processes sharing the public port (auto: one per CPU; default server.workers)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     doctor = commands.add_parser(

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 from collections.abc import Mapping
 
@@ -38,6 +39,7 @@ from gateway.config import Config
 from gateway.observability.health import Health
 from gateway.observability.logging import flush as flush_logs
 from gateway.observability.metrics import Metrics
+from gateway.supervisor import WORKER_ADMIN_ENV, WORKER_ENV
 from gateway.web.admin import create_admin_app
 from gateway.web.app import create_app
 from gateway.web.listener import Listener, ListenerRunner
@@ -45,6 +47,8 @@ from gateway.web.state import SERVICES
 
 log = structlog.get_logger("gateway")
 LAG_INTERVAL = 0.5
+#: how often a worker checks that its supervisor still runs
+PARENT_INTERVAL = 1.0
 #: past drain and grace, the most shutdown takes (see ListenerServer.shutdown): the public
 #: listener's final events and cancelled handlers (END_SECONDS + 2 * CLOSE_SECONDS, 1.2 s),
 #: then the admin listener's grace (1 s) and the same again, closing the resources;
@@ -84,11 +88,24 @@ def _in_flight(metrics: Metrics) -> dict[str, float]:
     }
 
 
+async def watch_parent(stop: asyncio.Event, interval: float = PARENT_INTERVAL) -> None:
+    """A worker whose supervisor is gone (killed) drains and stops as on SIGTERM."""
+    parent = os.getppid()
+    while os.getppid() == parent:  # noqa: ASYNC110 - no event tells a process its parent died
+        await asyncio.sleep(interval)
+    log.error("supervisor_gone", parent=parent)
+    stop.set()
+
+
 async def serve(config: Config, environ: Mapping[str, str]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    worker = environ.get(WORKER_ENV)  # one of ``gateway serve --workers N``'s processes
+    admin_socket = environ.get(WORKER_ADMIN_ENV)
+    if worker is not None:
+        structlog.contextvars.bind_contextvars(worker=int(worker))
     server = config.server
     disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
     metrics = Metrics(process=True)
@@ -106,6 +123,7 @@ async def serve(config: Config, environ: Mapping[str, str]) -> None:
     loop.add_signal_handler(signal.SIGHUP, policies.reload, "sighup")
     admin: web.AppRunner | None = None
     lag = asyncio.create_task(watch_loop_lag(metrics), name="loop-lag")
+    parent = asyncio.create_task(watch_parent(stop), name="parent") if worker else None
     try:
         if config.admin.enabled:
             admin = ListenerRunner(
@@ -115,13 +133,19 @@ async def serve(config: Config, environ: Mapping[str, str]) -> None:
                 shutdown_timeout=1,
             )
             await admin.setup()
-            await web.TCPSite(admin, config.admin.host, config.admin.port).start()
-        await web.TCPSite(public, server.host, server.port, backlog=1024).start()
+            if admin_socket:  # a worker's: the supervisor serves the admin port
+                await web.UnixSite(admin, admin_socket).start()
+            else:
+                await web.TCPSite(admin, config.admin.host, config.admin.port).start()
+        await web.TCPSite(
+            public, server.host, server.port, backlog=1024, reuse_port=worker is not None
+        ).start()
         settle_heap()
         log.info(
             "listening",
             public=f"http://{server.host}:{server.port}",
-            admin=f"http://{config.admin.host}:{config.admin.port}" if admin else None,
+            admin=admin_socket
+            or (f"http://{config.admin.host}:{config.admin.port}" if admin else None),
             store=config.store.type,
             keys=config.keys.type,
             upstream=config.upstream.url,
@@ -143,9 +167,11 @@ async def serve(config: Config, environ: Mapping[str, str]) -> None:
         await public.cleanup()
         if admin is not None:
             await admin.cleanup()
-        lag.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await lag
+        for task in (lag, parent):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         log.info("stopped")
 
 

@@ -87,6 +87,10 @@ class ServerSettings(Section):
     #: open connections per client address, IPv6 per /64 (0: no cap); peers in
     #: ``trusted_proxies`` are not capped
     max_connections_per_client: int = Field(100, ge=0, le=1_000_000)
+    #: processes sharing the public port (``auto``: one per CPU); ``--workers`` wins
+    workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = 1
+    #: accept ``store: memory`` with several workers: each counts limits on its own
+    allow_per_worker_limits: bool = False
 
     @field_validator("trusted_proxies")
     @classmethod
