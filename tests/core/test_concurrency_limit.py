@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from gateway.core.concurrency_limit import GradientLimit, Slots
@@ -31,7 +33,7 @@ def test_grows_while_latency_stays_at_its_usual_level() -> None:
         now = run_windows(limit, now, 1, rtt=0.010)
         seen.append(limit.limit)
     assert seen[-1] > 40
-    assert all(b >= a for a, b in zip(seen, seen[1:], strict=False))  # never shrinks
+    assert all(b >= a for a, b in itertools.pairwise(seen))  # never shrinks
 
 
 def test_shrinks_when_latency_rises_and_recovers_when_it_falls() -> None:
@@ -101,9 +103,9 @@ def test_a_window_needs_enough_samples() -> None:
 
 
 def test_bounds_are_checked() -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="min_limit"):
         GradientLimit(10, 5, now=0.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="min_limit"):
         GradientLimit(0, 5, now=0.0)
 
 

@@ -1,0 +1,239 @@
+"""Load shedding on a real socket, in front of a scripted slow upstream: past the limit
+and the queue, 503 ``overloaded`` at once and before any key, token or store work; what
+was admitted completes; streams have their own limit; the admin port stays responsive."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from gateway.web.overload import SHEDDER, Shedder
+from tests.support.harness import TOKEN_URL, Gateway, start_admin
+from tests.support.upstreams import Script
+
+GatewayFactory = Callable[..., Awaitable[Gateway]]
+#: the scripted upstream's pause before it answers
+UPSTREAM_DELAY = 1.5
+
+
+def sse(data: dict[str, Any]) -> bytes:
+    return f"data: {json.dumps(data)}\n\n".encode()
+
+
+def overload(**fields: Any) -> dict[str, Any]:
+    """A tight, fixed limit (floor = ceiling) for the test."""
+    limit = fields.pop("limit", 3)
+    return {
+        "enabled": True,
+        "min_limit": limit,
+        "max_limit": limit,
+        "queue_size": 0,
+        "max_wait_ms": 3000,
+        "stream_limit": 100,
+        **fields,
+    }
+
+
+def shedder_of(gw: Gateway) -> Shedder:
+    return gw.app[SHEDDER]
+
+
+async def timed_send(gw: Gateway, token: str, *, stream: bool = False) -> tuple[int, float, Any]:
+    """(status, seconds, body or headers) of one send."""
+    started = time.monotonic()
+    async with gw.send(token, stream=stream) as resp:
+        if resp.status == 503:
+            body = await resp.json()
+            return resp.status, time.monotonic() - started, (body, dict(resp.headers))
+        await resp.read()
+        return resp.status, time.monotonic() - started, None
+
+
+def count_store_calls(gw: Gateway) -> list[int]:
+    """Count the state store's admissions (the store work of every send)."""
+    calls = [0]
+    store = gw.services.store
+    original = store.admit
+
+    async def admit(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return await original(*args, **kwargs)
+
+    store.admit = admit  # type: ignore[method-assign]
+    return calls
+
+
+async def test_the_excess_is_shed_at_once_without_store_work_and_the_admitted_complete(
+    gateway_factory: GatewayFactory, scripted: tuple[Script, str]
+) -> None:
+    script, url = scripted
+    gw = await gateway_factory(upstream={"url": url}, overload=overload(limit=3, queue_size=2))
+    tokens = [await gw.new_token() for _ in range(10)]
+    script.headers_delay = UPSTREAM_DELAY
+    calls = count_store_calls(gw)
+    results = await asyncio.wait_for(
+        asyncio.gather(*(timed_send(gw, token) for token in tokens)), timeout=20
+    )
+    shed = [r for r in results if r[0] == 503]
+    admitted = [r for r in results if r[0] == 200]
+    # 3 places, 2 waiting (they get the places the first 3 leave), 5 shed
+    assert len(admitted) == 5 and len(shed) == 5, [r[:2] for r in results]
+    for _, seconds, (body, headers) in shed:
+        assert body["code"] == "overloaded" and body["status"] == 503
+        assert headers["Retry-After"] == "1"
+        assert headers["Content-Type"].startswith("application/problem+json")
+        assert seconds < UPSTREAM_DELAY / 2, "a shed answer waited for the upstream"
+    waited = sorted(seconds for _, seconds, _ in admitted)
+    assert waited[-1] >= 2 * UPSTREAM_DELAY * 0.9  # the queued ones ran after the first
+    assert calls[0] == 5, "only admitted requests reach the store"
+    assert gw.sample("gateway_requests_shed_total", reason="queue_full") == 5
+    assert (
+        gw.sample(
+            "gateway_http_problems_total",
+            route="/v1/chat/conversation/public/message",
+            code="overloaded",
+        )
+        == 5
+    )
+    shedder = shedder_of(gw)
+    assert (shedder.in_flight, shedder.waiting, shedder.streams) == (0, 0, 0)
+    assert gw.sample("gateway_overload_limit") == 3
+
+
+async def test_a_shed_token_request_does_no_key_work(
+    gateway_factory: GatewayFactory, scripted: tuple[Script, str]
+) -> None:
+    script, url = scripted
+    gw = await gateway_factory(upstream={"url": url}, overload=overload(limit=2))
+    tokens = [await gw.new_token() for _ in range(2)]
+    fresh_key = await gw.create_key()  # never verified: a token for it needs argon2
+    script.headers_delay = UPSTREAM_DELAY
+    busy = [asyncio.create_task(timed_send(gw, token)) for token in tokens]
+    while shedder_of(gw).in_flight < 2:
+        await asyncio.sleep(0.01)
+    verifications = gw.services.keys.hash_verifications
+    started = time.monotonic()
+    async with gw.http.get(
+        gw.url + TOKEN_URL.format(model="demo"),
+        headers=gw.headers({"Authorization": f"Bearer {fresh_key}"}),
+    ) as resp:
+        body = await resp.json()
+    assert resp.status == 503 and body["code"] == "overloaded"
+    assert time.monotonic() - started < UPSTREAM_DELAY / 2
+    assert gw.services.keys.hash_verifications == verifications
+    assert [r[0] for r in await asyncio.wait_for(asyncio.gather(*busy), 10)] == [200, 200]
+    # the places are back: the same key now gets its token
+    assert await gw.get_token(fresh_key)
+    assert gw.services.keys.hash_verifications == verifications + 1
+
+
+async def test_a_request_that_waits_too_long_is_shed(
+    gateway_factory: GatewayFactory, scripted: tuple[Script, str]
+) -> None:
+    script, url = scripted
+    gw = await gateway_factory(
+        upstream={"url": url}, overload=overload(limit=1, queue_size=5, max_wait_ms=200)
+    )
+    tokens = [await gw.new_token() for _ in range(3)]
+    script.headers_delay = UPSTREAM_DELAY
+    results = await asyncio.wait_for(
+        asyncio.gather(*(timed_send(gw, token) for token in tokens)), timeout=20
+    )
+    statuses = sorted(r[0] for r in results)
+    assert statuses == [200, 503, 503]
+    for status, seconds, _ in results:
+        if status == 503:
+            assert 0.15 < seconds < UPSTREAM_DELAY * 0.8
+    assert gw.sample("gateway_requests_shed_total", reason="queue_timeout") == 2
+    assert (shedder_of(gw).in_flight, shedder_of(gw).waiting) == (0, 0)
+
+
+async def test_streams_have_their_own_limit_and_short_requests_still_pass(
+    gateway_factory: GatewayFactory, scripted: tuple[Script, str]
+) -> None:
+    script, url = scripted
+    gw = await gateway_factory(upstream={"url": url}, overload=overload(limit=2, stream_limit=2))
+    tokens = [await gw.new_token() for _ in range(3)]
+    key = await gw.create_key()
+    script.chunks = [(0, sse({"delta": "a"})), (UPSTREAM_DELAY, sse({"delta": "b"}))]
+    streams = [asyncio.create_task(timed_send(gw, t, stream=True)) for t in tokens[:2]]
+    shedder = shedder_of(gw)
+    deadline = time.monotonic() + 5
+    while shedder.streams < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert (shedder.streams, shedder.in_flight) == (2, 0)  # streams hold no request place
+    status, seconds, (body, headers) = await timed_send(gw, tokens[2], stream=True)
+    assert status == 503 and body["code"] == "overloaded" and headers["Retry-After"] == "1"
+    assert seconds < UPSTREAM_DELAY / 2
+    # short requests pass beside the open streams (the request limit is 2)
+    answers = await asyncio.gather(*(gw.get_token(key) for _ in range(2)))
+    assert all(answers)
+    assert [r[0] for r in await asyncio.wait_for(asyncio.gather(*streams), 10)] == [200, 200]
+    assert gw.sample("gateway_requests_shed_total", reason="stream_limit") == 1
+    assert gw.sample("gateway_overload_in_flight", kind="streams") == 0
+    assert (shedder.streams, shedder.in_flight) == (0, 0)
+
+
+async def test_readiness_on_the_admin_port_answers_while_the_public_side_is_saturated(
+    gateway_factory: GatewayFactory, scripted: tuple[Script, str]
+) -> None:
+    script, url = scripted
+    gw = await gateway_factory(upstream={"url": url}, overload=overload(limit=2, queue_size=20))
+    tokens = [await gw.new_token() for _ in range(2)]
+    script.headers_delay = UPSTREAM_DELAY
+    admin = await start_admin(gw)
+    try:
+        load = [asyncio.create_task(timed_send(gw, tokens[i % 2])) for i in range(40)]
+        while shedder_of(gw).waiting < 20:
+            await asyncio.sleep(0.01)
+        async with aiohttp.ClientSession() as http:
+            for path in ("/readyz", "/healthz", "/metrics"):
+                started = time.monotonic()
+                async with http.get(str(admin.make_url(path))) as resp:
+                    text = await resp.text()
+                assert resp.status == 200, text
+                assert time.monotonic() - started < 0.5, path
+                if path == "/metrics":
+                    assert "gateway_overload_waiting 20.0" in text
+        results = await asyncio.wait_for(asyncio.gather(*load), 20)
+        assert sorted({r[0] for r in results}) == [200, 503]
+    finally:
+        await admin.close()
+
+
+async def test_shedding_can_be_turned_off(
+    gateway_factory: GatewayFactory, scripted: tuple[Script, str]
+) -> None:
+    _, url = scripted
+    gw = await gateway_factory(upstream={"url": url}, overload={"enabled": False})
+    assert SHEDDER not in gw.app
+    token = await gw.new_token()
+    assert (await timed_send(gw, token))[0] == 200
+
+
+async def test_a_client_gone_while_waiting_leaves_no_place_taken(
+    gateway_factory: GatewayFactory, scripted: tuple[Script, str]
+) -> None:
+    script, url = scripted
+    gw = await gateway_factory(upstream={"url": url}, overload=overload(limit=1, queue_size=5))
+    tokens = [await gw.new_token() for _ in range(2)]
+    script.headers_delay = UPSTREAM_DELAY / 3
+    first = asyncio.create_task(timed_send(gw, tokens[0]))
+    shedder = shedder_of(gw)
+    while shedder.in_flight < 1:
+        await asyncio.sleep(0.01)
+    waiting = asyncio.create_task(timed_send(gw, tokens[1]))
+    while shedder.waiting < 1:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    waiting.cancel()  # the client hangs up while its request waits
+    assert (await asyncio.wait_for(first, 10))[0] == 200
+    deadline = time.monotonic() + 5
+    while (shedder.in_flight, shedder.waiting, shedder.streams) != (0, 0, 0):
+        assert time.monotonic() < deadline, (shedder.in_flight, shedder.waiting)
+        await asyncio.sleep(0.01)
+    assert (await timed_send(gw, tokens[1]))[0] == 200
