@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+
 from gateway.web.overload import SHEDDER, Shedder
 from tests.support.harness import TOKEN_URL, Gateway, start_admin
 from tests.support.upstreams import Script
@@ -36,6 +37,13 @@ def overload(**fields: Any) -> dict[str, Any]:
         "stream_limit": 100,
         **fields,
     }
+
+
+async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not true in time"
+        await asyncio.sleep(0.01)
 
 
 def shedder_of(gw: Gateway) -> Shedder:
@@ -113,8 +121,7 @@ async def test_a_shed_token_request_does_no_key_work(
     fresh_key = await gw.create_key()  # never verified: a token for it needs argon2
     script.headers_delay = UPSTREAM_DELAY
     busy = [asyncio.create_task(timed_send(gw, token)) for token in tokens]
-    while shedder_of(gw).in_flight < 2:
-        await asyncio.sleep(0.01)
+    await until(lambda: shedder_of(gw).in_flight == 2)
     verifications = gw.services.keys.hash_verifications
     started = time.monotonic()
     async with gw.http.get(
@@ -162,9 +169,7 @@ async def test_streams_have_their_own_limit_and_short_requests_still_pass(
     script.chunks = [(0, sse({"delta": "a"})), (UPSTREAM_DELAY, sse({"delta": "b"}))]
     streams = [asyncio.create_task(timed_send(gw, t, stream=True)) for t in tokens[:2]]
     shedder = shedder_of(gw)
-    deadline = time.monotonic() + 5
-    while shedder.streams < 2 and time.monotonic() < deadline:
-        await asyncio.sleep(0.01)
+    await until(lambda: shedder.streams == 2)
     assert (shedder.streams, shedder.in_flight) == (2, 0)  # streams hold no request place
     status, seconds, (body, headers) = await timed_send(gw, tokens[2], stream=True)
     assert status == 503 and body["code"] == "overloaded" and headers["Retry-After"] == "1"
@@ -188,8 +193,7 @@ async def test_readiness_on_the_admin_port_answers_while_the_public_side_is_satu
     admin = await start_admin(gw)
     try:
         load = [asyncio.create_task(timed_send(gw, tokens[i % 2])) for i in range(40)]
-        while shedder_of(gw).waiting < 20:
-            await asyncio.sleep(0.01)
+        await until(lambda: shedder_of(gw).waiting == 20)
         async with aiohttp.ClientSession() as http:
             for path in ("/readyz", "/healthz", "/metrics"):
                 started = time.monotonic()
@@ -224,16 +228,11 @@ async def test_a_client_gone_while_waiting_leaves_no_place_taken(
     script.headers_delay = UPSTREAM_DELAY / 3
     first = asyncio.create_task(timed_send(gw, tokens[0]))
     shedder = shedder_of(gw)
-    while shedder.in_flight < 1:
-        await asyncio.sleep(0.01)
+    await until(lambda: shedder.in_flight == 1)
     waiting = asyncio.create_task(timed_send(gw, tokens[1]))
-    while shedder.waiting < 1:
-        await asyncio.sleep(0.01)
+    await until(lambda: shedder.waiting == 1)
     await asyncio.sleep(0.05)
     waiting.cancel()  # the client hangs up while its request waits
     assert (await asyncio.wait_for(first, 10))[0] == 200
-    deadline = time.monotonic() + 5
-    while (shedder.in_flight, shedder.waiting, shedder.streams) != (0, 0, 0):
-        assert time.monotonic() < deadline, (shedder.in_flight, shedder.waiting)
-        await asyncio.sleep(0.01)
+    await until(lambda: (shedder.in_flight, shedder.waiting, shedder.streams) == (0, 0, 0))
     assert (await timed_send(gw, tokens[1]))[0] == 200
