@@ -114,7 +114,6 @@ ConnectionPhase = Literal["request_head", "request_body", "response", "keep_aliv
 #: why a public request was shed (503 overloaded): no place in the queue, no place within
 #: ``overload.max_wait_ms``, or the open streams at ``overload.stream_limit``
 ShedReason = Literal["queue_full", "queue_timeout", "stream_limit"]
-InFlightKind = Literal["requests", "streams"]
 #: label children remembered per metric and label values (the values are bounded already;
 #: this only spares the lookup on every request)
 MAX_CACHED_CHILDREN = 4096
