@@ -139,6 +139,18 @@ class Shedder:
         self.give_back()
 
 
+def stream_began(request: web.Request) -> None:
+    """An answer turned out to be a stream that :func:`enter_stream` did not see coming
+    (a private route's, or an upstream streaming unasked): it moves to a stream place,
+    counted even past the limit (the upstream work is done), so its length never feeds
+    the adaptive limit."""
+    shedder = request.app.get(SHEDDER)
+    if shedder is not None and STREAMING not in request:
+        shedder.stream_slots.in_use += 1
+        request[STREAMING] = True
+        shedder.give_back()
+
+
 def enter_stream(request: web.Request) -> None:
     """The request will be answered with a stream (no-op when shedding is off)."""
     shedder = request.app.get(SHEDDER)

@@ -236,3 +236,22 @@ async def test_a_client_gone_while_waiting_leaves_no_place_taken(
     assert (await asyncio.wait_for(first, 10))[0] == 200
     await until(lambda: (shedder.in_flight, shedder.waiting, shedder.streams) == (0, 0, 0))
     assert (await timed_send(gw, tokens[1]))[0] == 200
+
+
+async def test_an_unannounced_stream_moves_to_a_stream_place(
+    gateway_factory: GatewayFactory, scripted: tuple[Script, str]
+) -> None:
+    """The client did not ask for a stream but the upstream streams: the answer holds a
+    stream place, not a request place, and its length feeds no latency to the limit."""
+    script, url = scripted
+    gw = await gateway_factory(upstream={"url": url}, overload=overload(limit=1))
+    tokens = [await gw.new_token() for _ in range(2)]
+    script.chunks = [(0, sse({"delta": "a"})), (UPSTREAM_DELAY, sse({"delta": "b"}))]
+    shedder = shedder_of(gw)
+    streaming = asyncio.create_task(timed_send(gw, tokens[0]))
+    await until(lambda: shedder.streams == 1)
+    assert shedder.in_flight == 0
+    script.chunks = []  # a short answer passes beside the stream (the limit is 1)
+    assert (await timed_send(gw, tokens[1]))[0] == 200
+    assert (await asyncio.wait_for(streaming, 10))[0] == 200
+    await until(lambda: (shedder.streams, shedder.in_flight) == (0, 0))
