@@ -231,12 +231,14 @@ def create_app(
     parts = Parts(config, codec, live_policies, metrics, store=store, keystore=keystore)
     key_store = StartedKeyStore()
 
+    # shedding before any key, token or store work (docs/operations.md, "Overload")
+    shedder = overload.make_shedder(config.overload, metrics)
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
-        middlewares=[make_context_middleware(config.server.trusted_proxies, metrics)],
+        middlewares=[make_context_middleware(config.server.trusted_proxies, metrics, shedder)],
     )
-    # shedding before any key, token or store work (docs/operations.md, "Overload")
-    overload.install(app, config.overload, metrics)
+    if shedder is not None:
+        app[overload.SHEDDER] = shedder
     app[METRICS] = metrics
     app[HEALTH] = health
     public.add_routes(app)

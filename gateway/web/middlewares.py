@@ -32,6 +32,7 @@ from gateway.observability.health import Health
 from gateway.observability.logging import context_var
 from gateway.observability.metrics import Metrics
 from gateway.web.early_answers import SERVER
+from gateway.web.overload import Shedder
 from gateway.web.responses import problem_response
 from gateway.web.state import (
     CLIENT_IP,
@@ -90,8 +91,11 @@ def new_request_id() -> str:
 
 
 def make_context_middleware(
-    trusted: Sequence[Network], metrics: Metrics
+    trusted: Sequence[Network], metrics: Metrics, shedder: Shedder | None = None
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """``shedder``: load shedding (gateway.web.overload), asked for a place right before
+    the handler, after the request id and the client address only."""
+
     @web.middleware
     async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
@@ -109,6 +113,7 @@ def make_context_middleware(
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         client_ip: str | None = None
+        admitted_at = 0.0  # when the request got its place (0: none taken)
         status = 500
         error: str | None = None
         try:
@@ -121,6 +126,12 @@ def make_context_middleware(
                 return problem_response(ProblemError("invalid_request", str(exc)))
             request[CLIENT_IP] = client_ip
             try:
+                if shedder is not None:
+                    if shedder.try_enter():
+                        admitted_at = started
+                    else:  # the latency counts from the place, not from the queue
+                        await shedder.wait_for_place()
+                        admitted_at = time.perf_counter()
                 response = await handler(request)
             except ProblemError as err:
                 error, response = err.code, problem_response(err)
@@ -150,7 +161,10 @@ def make_context_middleware(
             return response
         finally:
             REQUEST_ID_VAR.reset(bound)
-            elapsed = time.perf_counter() - started
+            ended = time.perf_counter()
+            elapsed = ended - started
+            if admitted_at:
+                shedder.leave(request, admitted_at, ended)  # type: ignore[union-attr]
             metrics.request_ended()
             method = request.method
             metrics.observe_request(route, method, status, elapsed, error)

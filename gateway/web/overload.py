@@ -1,8 +1,10 @@
 """Load shedding on the public listener: a place under the adaptive limit, or 503.
 
-:func:`make_overload_middleware` runs right after the context middleware (request id,
-client address, the access line) and before the handler, so a shed request costs no key,
-token or store work. A request takes a place under the
+The context middleware (:mod:`gateway.web.middlewares`: request id, client address, the
+access line) asks the application's :class:`Shedder` for a place right before the
+handler, so a shed request costs no key, token or store work; there is no middleware
+layer of its own, and the latency is read from the middleware's own clock readings. A
+request takes a place under the
 :class:`~gateway.core.concurrency_limit.GradientLimit`; when none is free it waits in a
 bounded queue for at most ``overload.max_wait_ms``; with the queue full, or the wait over,
 it is answered ``503 overloaded`` with ``Retry-After`` at once. The place is given back
@@ -24,7 +26,7 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -32,12 +34,7 @@ from gateway.config.settings import OverloadSettings
 from gateway.core.concurrency_limit import GradientLimit, Slots
 from gateway.errors import ProblemError
 from gateway.observability.metrics import Metrics, ShedReason
-from gateway.web.state import REQUEST_STARTED
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-#: set on a request whose place became a stream place
-STREAMING = web.RequestKey("overload_streaming", bool)
 #: the shedding of the application (for :func:`enter_stream`)
 SHEDDER: web.AppKey[Shedder] = web.AppKey("overload_shedder")
 
@@ -60,7 +57,13 @@ class Shedder:
             window_seconds=settings.window_seconds,
             tolerance=settings.tolerance,
         )
+        #: take a free place at once (every request below the limit): the limit's own
+        #: method, without a call of ours around it
+        self.try_enter: Callable[[], bool] = self.limiter.try_acquire
         self.stream_slots = Slots(settings.stream_limit)
+        #: ``id()`` of the requests whose place became a stream place (a set, not a
+        #: request key: ``key in request`` costs a raised KeyError when it is absent)
+        self.streaming: set[int] = set()
         self.queue: collections.deque[asyncio.Future[None]] = collections.deque()
         self.max_wait = settings.max_wait_ms / 1000
         self._metrics = metrics
@@ -129,13 +132,25 @@ class Shedder:
         if self.queue:
             self.released()
 
+    def leave(self, request: web.Request, admitted_at: float, now: float) -> None:
+        """The request admitted at ``admitted_at`` ended at ``now``: its place back, with
+        its latency, or its stream place."""
+        streaming = self.streaming
+        if streaming and id(request) in streaming:
+            streaming.discard(id(request))
+            self.stream_slots.give_back()
+            return
+        self.limiter.release(now - admitted_at, now)
+        if self.queue:
+            self.released()
+
     def enter_stream(self, request: web.Request) -> None:
         """Trade the request's place for a stream place, or shed it (see module doc)."""
-        if STREAMING in request:
+        if id(request) in self.streaming:
             return
         if not self.stream_slots.try_take():
             raise self.shed("stream_limit")
-        request[STREAMING] = True
+        self.streaming.add(id(request))
         self.give_back()
 
 
@@ -145,9 +160,9 @@ def stream_began(request: web.Request) -> None:
     counted even past the limit (the upstream work is done), so its length never feeds
     the adaptive limit."""
     shedder = request.app.get(SHEDDER)
-    if shedder is not None and STREAMING not in request:
+    if shedder is not None and id(request) not in shedder.streaming:
         shedder.stream_slots.in_use += 1
-        request[STREAMING] = True
+        shedder.streaming.add(id(request))
         shedder.give_back()
 
 
@@ -158,36 +173,6 @@ def enter_stream(request: web.Request) -> None:
         shedder.enter_stream(request)
 
 
-def make_overload_middleware(shedder: Shedder) -> Callable[..., Awaitable[web.StreamResponse]]:
-    limiter = shedder.limiter
-    clock = time.perf_counter
-
-    @web.middleware
-    async def overload_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if limiter.in_flight < limiter.limit:
-            limiter.add_in_flight()
-            started = request[REQUEST_STARTED]
-        else:  # the latency counts from the place, not from the queue
-            await shedder.wait_for_place()
-            started = clock()
-        try:
-            return await handler(request)
-        finally:
-            if STREAMING in request:
-                shedder.stream_slots.give_back()
-            else:
-                now = clock()
-                limiter.release(now - started, now)
-                if shedder.queue:
-                    shedder.released()
-
-    return overload_middleware
-
-
-def install(app: web.Application, settings: OverloadSettings, metrics: Metrics) -> None:
-    """Add the shedding middleware (after the context middleware) when it is enabled."""
-    if not settings.enabled:
-        return
-    shedder = Shedder(settings, metrics)
-    app[SHEDDER] = shedder
-    app.middlewares.append(make_overload_middleware(shedder))
+def make_shedder(settings: OverloadSettings, metrics: Metrics) -> Shedder | None:
+    """The application's shedding, or ``None`` when ``overload.enabled`` is off."""
+    return Shedder(settings, metrics) if settings.enabled else None
