@@ -255,3 +255,23 @@ async def test_an_unannounced_stream_moves_to_a_stream_place(
     assert (await timed_send(gw, tokens[1]))[0] == 200
     assert (await asyncio.wait_for(streaming, 10))[0] == 200
     await until(lambda: (shedder.streams, shedder.in_flight) == (0, 0))
+
+
+async def test_a_page_can_read_why_it_was_shed(
+    gateway_factory: GatewayFactory, scripted: tuple[Script, str]
+) -> None:
+    """Shed before its key is known, a browser request is granted CORS for the origins
+    keys list (as other early refusals are), so the page sees 503 and Retry-After."""
+    script, url = scripted
+    shop = "https://shop.example"
+    gw = await gateway_factory(upstream={"url": url}, overload=overload(limit=1))
+    token = await gw.new_token()
+    await gw.create_key(origins=(shop,))
+    script.headers_delay = UPSTREAM_DELAY
+    busy = asyncio.create_task(timed_send(gw, token))
+    await until(lambda: shedder_of(gw).in_flight == 1)
+    async with gw.send(token, Origin=shop) as resp:
+        assert resp.status == 503
+        assert resp.headers["Access-Control-Allow-Origin"] == shop
+        assert "Retry-After" in resp.headers["Access-Control-Expose-Headers"]
+    assert (await asyncio.wait_for(busy, 10))[0] == 200
