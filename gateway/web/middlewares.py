@@ -1,7 +1,8 @@
 """The request middleware: context, problem+json errors, the access line and metrics.
 
 :func:`make_context_middleware` is the application's only middleware. It gives every
-request an id (bound for the request's log lines) and a client IP, turns every error into
+request an id (bound for the request's log lines) and a client IP, asks the load shedding
+(:mod:`gateway.web.overload`) for a place before the handler, turns every error into
 ``application/problem+json``, writes the access line and records the request's metrics
 (a request the client abandons, or that shutdown cancels, is logged with status 499).
 ``X-Request-Id`` is added by the ``on_response_prepare`` hook
@@ -163,8 +164,8 @@ def make_context_middleware(
             REQUEST_ID_VAR.reset(bound)
             ended = time.perf_counter()
             elapsed = ended - started
-            if admitted_at:
-                shedder.leave(request, admitted_at, ended)  # type: ignore[union-attr]
+            if admitted_at and shedder is not None:
+                shedder.leave(request, admitted_at, ended)
             metrics.request_ended()
             method = request.method
             metrics.observe_request(route, method, status, elapsed, error)

@@ -14,7 +14,9 @@ A streamed answer holds its place for as long as the stream is open, which says 
 about the replica's load: :func:`enter_stream` (called by the send handler before its
 token work when the client asked for a stream) trades the request's place for one of
 ``overload.stream_limit`` stream places, or sheds the request. Long answers then cannot
-starve short requests, and streams cannot exceed their own limit.
+starve short requests, and streams cannot exceed their own limit. A stream nobody
+announced (a private route's, an upstream streaming unasked) moves to a stream place when
+the relay starts (:func:`stream_began`), counted even past the limit.
 
 The admin listener (health, metrics) is another application on another socket: nothing
 here ever delays it.
