@@ -275,3 +275,31 @@ async def test_a_page_can_read_why_it_was_shed(
         assert resp.headers["Access-Control-Allow-Origin"] == shop
         assert "Retry-After" in resp.headers["Access-Control-Expose-Headers"]
     assert (await asyncio.wait_for(busy, 10))[0] == 200
+
+
+async def test_the_limit_falls_when_the_latency_rises_under_load(
+    gateway_factory: GatewayFactory, scripted: tuple[Script, str]
+) -> None:
+    """Busy clients on a real socket: while answers are quick the limit stays at its
+    ceiling (40); when they get ten times slower it falls (toward the floor, 4)."""
+    script, url = scripted
+    settings = overload(queue_size=200) | {"min_limit": 4, "max_limit": 40}
+    gw = await gateway_factory(upstream={"url": url}, overload=settings | {"window_seconds": 0.05})
+    tokens = [await gw.new_token() for _ in range(4)]
+    script.headers_delay = 0.02
+    stop = asyncio.Event()
+
+    async def client(token: str) -> None:
+        while not stop.is_set():
+            await timed_send(gw, token)
+
+    clients = [asyncio.create_task(client(tokens[i % 4])) for i in range(40)]
+    try:
+        await asyncio.sleep(1.5)
+        assert gw.sample("gateway_overload_limit") >= 30  # jitter on a busy machine aside
+        script.headers_delay = 0.2
+        await until(lambda: gw.sample("gateway_overload_limit") < 20, timeout=15)
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*clients), 15)
+    assert (shedder_of(gw).in_flight, shedder_of(gw).waiting) == (0, 0)
