@@ -231,6 +231,34 @@ class UpstreamSettings(Section):
         return value
 
 
+class OverloadSettings(Section):
+    """Load shedding on the public listener (docs/configuration.md, "Overload"): an
+    adaptive limit on requests in flight, a short bounded queue, a separate limit on
+    open streams; past them, 503 ``overloaded`` before any key, token or store work."""
+
+    enabled: bool = True
+    #: the adaptive limit's floor and ceiling (it starts at the ceiling)
+    min_limit: int = Field(64, ge=1, le=100_000)
+    max_limit: int = Field(1000, ge=1, le=100_000)
+    #: requests that may wait for a place, and for how long at most
+    queue_size: int = Field(1000, ge=0, le=100_000)
+    max_wait_ms: int = Field(250, ge=0, le=10_000)
+    #: streamed answers open at once (they do not count against the adaptive limit)
+    stream_limit: int = Field(1000, ge=1, le=1_000_000)
+    #: the ``Retry-After`` of a shed answer
+    retry_after_seconds: int = Field(1, ge=1, le=3600)
+    #: how often the limit is reconsidered (at least 10 requests per window)
+    window_seconds: float = Field(0.1, gt=0, le=60)
+    #: latency above this multiple of the long-term average shrinks the limit
+    tolerance: float = Field(1.5, ge=1.0, le=10.0)
+
+    @model_validator(mode="after")
+    def _floor_below_ceiling(self) -> OverloadSettings:
+        if self.min_limit > self.max_limit:
+            raise ValueError("min_limit must not exceed max_limit")
+        return self
+
+
 class LoggingSettings(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "console"] = "json"
@@ -246,6 +274,7 @@ class Config(Section):
     models: dict[ModelId, ModelSettings] = Field(min_length=1)
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    overload: OverloadSettings = Field(default_factory=OverloadSettings)
     #: OAuth2-protected private routes (docs/oauth.md); none when absent
     oauth: OAuthSettings | None = None
 

@@ -58,6 +58,19 @@ class OpenConnections(Protocol):
     def total(self) -> int: ...
 
 
+class OverloadFigures(Protocol):
+    """What the metrics read of the load shedding."""
+
+    @property
+    def limit(self) -> int: ...
+    @property
+    def in_flight(self) -> int: ...
+    @property
+    def streams(self) -> int: ...
+    @property
+    def waiting(self) -> int: ...
+
+
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 STORE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
 TTFB_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
@@ -98,6 +111,9 @@ UpstreamErrorReason = Literal[
 ]
 ConnectionRefusal = Literal["client_limit", "total_limit"]
 ConnectionPhase = Literal["request_head", "request_body", "response", "keep_alive"]
+#: why a public request was shed (503 overloaded): no place in the queue, no place within
+#: ``overload.max_wait_ms``, or the open streams at ``overload.stream_limit``
+ShedReason = Literal["queue_full", "queue_timeout", "stream_limit"]
 #: label children remembered per metric and label values (the values are bounded already;
 #: this only spares the lookup on every request)
 MAX_CACHED_CHILDREN = 4096
@@ -132,6 +148,7 @@ class Metrics:
         info.labels(__version__).set(1)
         self._define_http(registry)
         self._define_connections(registry)
+        self._define_overload(registry)
         self._define_upstream(registry)
         self._define_keys_and_tokens(registry)
         self._define_rate_limits(registry)
@@ -196,6 +213,35 @@ class Metrics:
             registry=registry,
         )
         _initialise(self.connections_timed_out, ConnectionPhase)
+
+    def _define_overload(self, registry: CollectorRegistry) -> None:
+        """Load shedding on the public listener (gateway.web.overload)."""
+        self.requests_shed = Counter(
+            "gateway_requests_shed",
+            "Public requests answered 503 overloaded before any work, by reason (queue_full: "
+            "the wait queue was full; queue_timeout: no place within overload.max_wait_ms; "
+            "stream_limit: overload.stream_limit streams were open).",
+            ["reason"],
+            registry=registry,
+        )
+        _initialise(self.requests_shed, ShedReason)
+        self.overload_limit = Gauge(
+            "gateway_overload_limit",
+            "The adaptive limit on public requests in flight (streams apart).",
+            registry=registry,
+        )
+        self.overload_in_flight = Gauge(
+            "gateway_overload_in_flight",
+            "Places taken under the overload limits, by kind (requests: the adaptive "
+            "limit's; streams: open streams).",
+            ["kind"],
+            registry=registry,
+        )
+        self.overload_waiting = Gauge(
+            "gateway_overload_waiting",
+            "Public requests waiting for a place under the adaptive limit.",
+            registry=registry,
+        )
 
     def _define_upstream(self, registry: CollectorRegistry) -> None:
         """The upstream and the streams relayed from it."""
@@ -404,6 +450,17 @@ class Metrics:
         series[1].observe(seconds)
         if code:
             self.http_problems.labels(route, self._words(code)).inc()
+
+    # -- overload ---------------------------------------------------------------------------
+    def watch_overload(self, figures: OverloadFigures) -> None:
+        """Read the shedding's limit, places and queue at each scrape."""
+        self.overload_limit.set_function(lambda: figures.limit)
+        self.overload_in_flight.labels("requests").set_function(lambda: figures.in_flight)
+        self.overload_in_flight.labels("streams").set_function(lambda: figures.streams)
+        self.overload_waiting.set_function(lambda: figures.waiting)
+
+    def request_shed(self, reason: ShedReason) -> None:
+        self.requests_shed.labels(reason).inc()
 
     # -- public listener: connections ------------------------------------------------------
     def watch_connections(self, counts: OpenConnections) -> None:

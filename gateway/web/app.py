@@ -31,7 +31,7 @@ from gateway.store.base import StateStore
 from gateway.store.factory import open_store
 from gateway.store.memory import MemoryStore
 from gateway.upstream import UpstreamClient, open_transport
-from gateway.web import openapi, public, widget
+from gateway.web import openapi, overload, public, widget
 from gateway.web.cors import setup_public_cors
 from gateway.web.middlewares import make_context_middleware, make_response_hook
 from gateway.web.private import setup_private_routes
@@ -231,10 +231,14 @@ def create_app(
     parts = Parts(config, codec, live_policies, metrics, store=store, keystore=keystore)
     key_store = StartedKeyStore()
 
+    # shedding before any key, token or store work (docs/operations.md, "Overload")
+    shedder = overload.make_shedder(config.overload, metrics)
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
-        middlewares=[make_context_middleware(config.server.trusted_proxies, metrics)],
+        middlewares=[make_context_middleware(config.server.trusted_proxies, metrics, shedder)],
     )
+    if shedder is not None:
+        app[overload.SHEDDER] = shedder
     app[METRICS] = metrics
     app[HEALTH] = health
     public.add_routes(app)

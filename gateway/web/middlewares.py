@@ -1,7 +1,8 @@
 """The request middleware: context, problem+json errors, the access line and metrics.
 
 :func:`make_context_middleware` is the application's only middleware. It gives every
-request an id (bound for the request's log lines) and a client IP, turns every error into
+request an id (bound for the request's log lines) and a client IP, asks the load shedding
+(:mod:`gateway.web.overload`) for a place before the handler, turns every error into
 ``application/problem+json``, writes the access line and records the request's metrics
 (a request the client abandons, or that shutdown cancels, is logged with status 499).
 ``X-Request-Id`` is added by the ``on_response_prepare`` hook
@@ -32,6 +33,7 @@ from gateway.observability.health import Health
 from gateway.observability.logging import context_var
 from gateway.observability.metrics import Metrics
 from gateway.web.early_answers import SERVER
+from gateway.web.overload import Shedder
 from gateway.web.responses import problem_response
 from gateway.web.state import (
     CLIENT_IP,
@@ -90,8 +92,11 @@ def new_request_id() -> str:
 
 
 def make_context_middleware(
-    trusted: Sequence[Network], metrics: Metrics
+    trusted: Sequence[Network], metrics: Metrics, shedder: Shedder | None = None
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """``shedder``: load shedding (gateway.web.overload), asked for a place right before
+    the handler, after the request id and the client address only."""
+
     @web.middleware
     async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
@@ -109,6 +114,7 @@ def make_context_middleware(
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         client_ip: str | None = None
+        admitted_at = 0.0  # when the request got its place (0: none taken)
         status = 500
         error: str | None = None
         try:
@@ -121,6 +127,12 @@ def make_context_middleware(
                 return problem_response(ProblemError("invalid_request", str(exc)))
             request[CLIENT_IP] = client_ip
             try:
+                if shedder is not None:
+                    if shedder.try_enter():
+                        admitted_at = started
+                    else:  # the latency counts from the place, not from the queue
+                        await shedder.wait_for_place()
+                        admitted_at = time.perf_counter()
                 response = await handler(request)
             except ProblemError as err:
                 error, response = err.code, problem_response(err)
@@ -150,7 +162,10 @@ def make_context_middleware(
             return response
         finally:
             REQUEST_ID_VAR.reset(bound)
-            elapsed = time.perf_counter() - started
+            ended = time.perf_counter()
+            elapsed = ended - started
+            if admitted_at and shedder is not None:
+                shedder.leave(request, admitted_at, ended)
             metrics.request_ended()
             method = request.method
             metrics.observe_request(route, method, status, elapsed, error)

@@ -14,6 +14,7 @@ from gateway.core.token_codec import ClientToken, log_hash
 from gateway.errors import ProblemError
 from gateway.upstream import ForwardContext
 from gateway.web.cors import admit_origin
+from gateway.web.overload import enter_stream
 from gateway.web.payloads import (
     bearer,
     client_of,
@@ -121,6 +122,8 @@ async def send_message(request: web.Request) -> web.StreamResponse:
     settings = services.config.server
     data = await read_json_object(request, settings.max_body_bytes)
     message = parse_send_message(data, settings.max_message_chars)
+    if message.stream:  # a stream place, before any token work (gateway.web.overload)
+        enter_stream(request)
     claims, limits = await _admit_token(request, message.client_token, "send")
     model = services.config.models.get(claims.model_id)
     if model is None:

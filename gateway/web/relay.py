@@ -30,6 +30,7 @@ from aiohttp import web
 from gateway.errors import ProblemError
 from gateway.observability.metrics import StreamOutcome
 from gateway.upstream import UpstreamResponse, error_reason
+from gateway.web.overload import stream_began
 from gateway.web.state import REQUEST_STARTED, SERVICES
 
 EVENT_STREAM = "text/event-stream"
@@ -135,6 +136,7 @@ async def relay(
     if upstream.content_type != EVENT_STREAM:  # not events: an error event cannot end it
         await _send(request, upstream, out, operation, False, stream=False)
         return out
+    stream_began(request)  # a stream place, not a request place (gateway.web.overload)
     metrics = request.app[SERVICES].metrics
     outcome: StreamOutcome = "client_disconnected"  # unless the relay gets further
     with metrics.stream():

@@ -301,6 +301,7 @@ PRE_INITIALISED: dict[str, dict[str, Any]] = {
         "kind": metrics_module.ReloadKind,
         "result": metrics_module.ReloadResult,
     },
+    "gateway_requests_shed": {"reason": metrics_module.ShedReason},
 }
 #: labelled metrics whose series appear with use: routes, models, policies, codes...
 CREATED_BY_USE = {
@@ -316,6 +317,7 @@ CREATED_BY_USE = {
     "gateway_store_operation_duration_seconds",
     "gateway_config_last_reload_success_timestamp_seconds",
     "gateway_dependency_up",
+    "gateway_overload_in_flight",  # requests and streams, when shedding is on
 }
 
 

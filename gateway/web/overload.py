@@ -1,0 +1,180 @@
+"""Load shedding on the public listener: a place under the adaptive limit, or 503.
+
+The context middleware (:mod:`gateway.web.middlewares`: request id, client address, the
+access line) asks the application's :class:`Shedder` for a place right before the
+handler, so a shed request costs no key, token or store work; there is no middleware
+layer of its own, and the latency is read from the middleware's own clock readings. A
+request takes a place under the
+:class:`~gateway.core.concurrency_limit.GradientLimit`; when none is free it waits in a
+bounded queue for at most ``overload.max_wait_ms``; with the queue full, or the wait over,
+it is answered ``503 overloaded`` with ``Retry-After`` at once. The place is given back
+when the handler returns, with the request's latency (the limit's only input).
+
+A streamed answer holds its place for as long as the stream is open, which says nothing
+about the replica's load: :func:`enter_stream` (called by the send handler before its
+token work when the client asked for a stream) trades the request's place for one of
+``overload.stream_limit`` stream places, or sheds the request. Long answers then cannot
+starve short requests, and streams cannot exceed their own limit. A stream nobody
+announced (a private route's, an upstream streaming unasked) moves to a stream place when
+the relay starts (:func:`stream_began`), counted even past the limit.
+
+The admin listener (health, metrics) is another application on another socket: nothing
+here ever delays it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from gateway.config.settings import OverloadSettings
+from gateway.core.concurrency_limit import GradientLimit, Slots
+from gateway.errors import ProblemError
+from gateway.observability.metrics import Metrics, ShedReason
+
+#: the shedding of the application (for :func:`enter_stream`)
+SHEDDER: web.AppKey[Shedder] = web.AppKey("overload_shedder")
+
+_DETAILS: dict[ShedReason, str] = {
+    "queue_full": "the gateway is at capacity; retry shortly",
+    "queue_timeout": "the gateway is at capacity; retry shortly",
+    "stream_limit": "too many streamed answers are open; retry shortly",
+}
+
+
+class Shedder:
+    """The limit, the wait queue and the stream places of one application."""
+
+    def __init__(self, settings: OverloadSettings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.limiter = GradientLimit(
+            settings.min_limit,
+            settings.max_limit,
+            now=time.perf_counter(),
+            window_seconds=settings.window_seconds,
+            tolerance=settings.tolerance,
+        )
+        #: take a free place at once (every request below the limit): the limit's own
+        #: method, without a call of ours around it
+        self.try_enter: Callable[[], bool] = self.limiter.try_acquire
+        self.stream_slots = Slots(settings.stream_limit)
+        #: ``id()`` of the requests whose place became a stream place (a set, not a
+        #: request key: ``key in request`` costs a raised KeyError when it is absent)
+        self.streaming: set[int] = set()
+        self.queue: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.max_wait = settings.max_wait_ms / 1000
+        self._metrics = metrics
+        self._retry_after = {"Retry-After": str(settings.retry_after_seconds)}
+        metrics.watch_overload(self)
+
+    # -- figures read by the metrics
+    @property
+    def limit(self) -> int:
+        return self.limiter.limit
+
+    @property
+    def in_flight(self) -> int:
+        return self.limiter.in_flight
+
+    @property
+    def streams(self) -> int:
+        return self.stream_slots.in_use
+
+    @property
+    def waiting(self) -> int:
+        return len(self.queue)
+
+    def shed(self, reason: ShedReason) -> ProblemError:
+        self._metrics.request_shed(reason)
+        return ProblemError("overloaded", _DETAILS[reason], self._retry_after)
+
+    async def wait_for_place(self) -> None:
+        """Wait in the queue for a place, or raise the 503 that sheds the request."""
+        queue = self.queue
+        if len(queue) >= self.settings.queue_size:
+            raise self.shed("queue_full")
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(waiter)
+        try:
+            async with asyncio.timeout(self.max_wait):
+                await waiter
+        except TimeoutError:
+            if waiter.done() and not waiter.cancelled():
+                return  # the place arrived with the deadline
+            self._forget(waiter)
+            raise self.shed("queue_timeout") from None
+        except asyncio.CancelledError:  # the client went away, or shutdown
+            if waiter.done() and not waiter.cancelled():
+                self.give_back()
+            else:
+                self._forget(waiter)
+            raise
+
+    def _forget(self, waiter: asyncio.Future[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self.queue.remove(waiter)
+
+    def released(self) -> None:
+        """Hand the places now free to the requests waiting longest."""
+        limiter, queue = self.limiter, self.queue
+        while queue and limiter.in_flight < limiter.limit:
+            waiter = queue.popleft()
+            if not waiter.done():
+                limiter.add_in_flight()
+                waiter.set_result(None)
+
+    def give_back(self) -> None:
+        """A place given back without a latency."""
+        self.limiter.release_unsampled()
+        if self.queue:
+            self.released()
+
+    def leave(self, request: web.Request, admitted_at: float, now: float) -> None:
+        """The request admitted at ``admitted_at`` ended at ``now``: its place back, with
+        its latency, or its stream place."""
+        streaming = self.streaming
+        if streaming and id(request) in streaming:
+            streaming.discard(id(request))
+            self.stream_slots.give_back()
+            return
+        self.limiter.release(now - admitted_at, now)
+        if self.queue:
+            self.released()
+
+    def enter_stream(self, request: web.Request) -> None:
+        """Trade the request's place for a stream place, or shed it (see module doc)."""
+        if id(request) in self.streaming:
+            return
+        if not self.stream_slots.try_take():
+            raise self.shed("stream_limit")
+        self.streaming.add(id(request))
+        self.give_back()
+
+
+def stream_began(request: web.Request) -> None:
+    """An answer turned out to be a stream that :func:`enter_stream` did not see coming
+    (a private route's, or an upstream streaming unasked): it moves to a stream place,
+    counted even past the limit (the upstream work is done), so its length never feeds
+    the adaptive limit."""
+    shedder = request.app.get(SHEDDER)
+    if shedder is not None and id(request) not in shedder.streaming:
+        shedder.stream_slots.in_use += 1
+        shedder.streaming.add(id(request))
+        shedder.give_back()
+
+
+def enter_stream(request: web.Request) -> None:
+    """The request will be answered with a stream (no-op when shedding is off)."""
+    shedder = request.app.get(SHEDDER)
+    if shedder is not None:
+        shedder.enter_stream(request)
+
+
+def make_shedder(settings: OverloadSettings, metrics: Metrics) -> Shedder | None:
+    """The application's shedding, or ``None`` when ``overload.enabled`` is off."""
+    return Shedder(settings, metrics) if settings.enabled else None
