@@ -37,6 +37,7 @@ from prometheus_client import disable_created_metrics
 
 from gateway.config import Config
 from gateway.observability.health import Health
+from gateway.observability.logging import context_var
 from gateway.observability.logging import flush as flush_logs
 from gateway.observability.metrics import Metrics
 from gateway.supervisor import WORKER_ADMIN_ENV, WORKER_ENV
@@ -105,7 +106,7 @@ async def serve(config: Config, environ: Mapping[str, str]) -> None:
     worker = environ.get(WORKER_ENV)  # one of ``gateway serve --workers N``'s processes
     admin_socket = environ.get(WORKER_ADMIN_ENV)
     if worker is not None:
-        structlog.contextvars.bind_contextvars(worker=int(worker))
+        context_var("worker").set(int(worker))  # every line, access lines too
     server = config.server
     disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
     metrics = Metrics(process=True)

@@ -391,6 +391,9 @@ def test_sigterm_drains_streams_in_flight_then_exits_0(tmp_path: Path, redis_url
     events = [e for e in gw.events()]
     stopped = sorted(e.get("worker", -1) for e in events if e["event"] == "stopped")
     assert stopped == [-1, 0, 1], stopped  # both workers, then the supervisor
+    access = [e for e in events if e["event"] == "request"]
+    assert len(access) >= len(streams), events
+    assert {e.get("worker") for e in access} <= {0, 1}, access  # each names its worker
     assert not [e for e in events if e["event"] in ("worker_exited", "workers_killed")]
 
 
