@@ -12,19 +12,18 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 
 from gateway.web.relay import SHUTDOWN_RETRY_SECONDS
 from tests.support.harness import SIGNING_ENV
 from tests.support.processes import BIN, free_port, running
 from tests.support.raw_upstream import RawConn, RawRequest, ThreadedRawServer
+from tests.support.readers import Reader
 from tests.support.stack import SEND, Stack, write_config
 
 pytestmark = pytest.mark.slow  # gateway processes
@@ -68,34 +67,6 @@ class Upstream:
         finally:
             self.closed[kind] = time.monotonic()
             conn.writer.close()
-
-
-class Reader(threading.Thread):
-    """One request in the background: its body as it arrives, when and how it ended."""
-
-    def __init__(self, url: str, token: str, *, stream: bool) -> None:
-        super().__init__(daemon=True)
-        self.url, self.token, self.stream = url, token, stream
-        self.started = threading.Event()  # streamed: the first event arrived; else: sent
-        self.body = ""
-        self.error: Exception | None = None
-        self.ended_at = 0.0
-
-    def run(self) -> None:
-        body = {"client_token": self.token, "message": "hello", "stream": self.stream}
-        try:
-            with (
-                httpx.Client(timeout=30) as client,
-                client.stream("POST", self.url + SEND, json=body) as resp,
-            ):
-                for text in resp.iter_text():
-                    self.body += text
-                    self.started.set()
-        except httpx.HTTPError as exc:
-            self.error = exc
-        finally:
-            self.ended_at = time.monotonic()
-            self.started.set()
 
 
 def events(body: str) -> list[dict[str, str]]:

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -27,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.harness import SIGNING_ENV
 from tests.support.processes import BIN, free_port, run_cli, running
 from tests.support.promtool import promtool
+from tests.support.readers import Reader
 from tests.support.replicas import SEND, TOKEN, burst, write_replica_config
 
 pytestmark = pytest.mark.slow  # supervisor and worker processes
@@ -332,33 +332,6 @@ def _dead(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
 
 
-class Stream(threading.Thread):
-    """One streamed answer read in the background."""
-
-    def __init__(self, url: str, token: str, words: int) -> None:
-        super().__init__(daemon=True)
-        self.url, self.token = url, token
-        self.message = " ".join(f"w{i}" for i in range(words))
-        self.started = threading.Event()
-        self.body = ""
-        self.error: Exception | None = None
-
-    def run(self) -> None:
-        body = {"client_token": self.token, "message": self.message, "stream": True}
-        try:
-            with (
-                httpx.Client(timeout=30) as client,
-                client.stream("POST", self.url + SEND, json=body) as resp,
-            ):
-                for text in resp.iter_text():
-                    self.body += text
-                    self.started.set()
-        except httpx.HTTPError as exc:
-            self.error = exc
-        finally:
-            self.started.set()
-
-
 def test_sigterm_drains_streams_in_flight_then_exits_0(tmp_path: Path, redis_url: str) -> None:
     """SIGTERM to the supervisor: /readyz turns 503, every worker drains, the streams in
     flight finish whole, and the supervisor exits 0 within drain + grace + margin."""
@@ -369,7 +342,10 @@ def test_sigterm_drains_streams_in_flight_then_exits_0(tmp_path: Path, redis_url
         stack.enter_context(running(backend, f"http://127.0.0.1:{backend_port}/healthz"))
         gw = stack.enter_context(workers(tmp_path, f"http://127.0.0.1:{backend_port}", store=store))
         key = gw.key()
-        streams = [Stream(gw.public, gw.token(key), words=40) for _ in range(6)]  # ~2 s each
+        words = " ".join(f"w{i}" for i in range(40))
+        streams = [
+            Reader(gw.public, gw.token(key), stream=True, message=words) for _ in range(6)
+        ]  # ~2 s each
         for stream in streams:
             stream.start()
         for stream in streams:
