@@ -1,0 +1,476 @@
+"""``gateway policies replay``: what a candidate policy set would have done to real traffic.
+
+Decision logs (:mod:`gateway.observability.decision_log`) are read line by line, merged
+by time across files (one per replica), and every request that reached the rate limits
+is put through two policy sets, the baseline and the candidate, with the gateway's own
+code: :meth:`PolicySet.select` picks the policies, :func:`gateway.core.gcra.evaluate`
+decides each limit on a simulated clock (the logged time), all or nothing as the stores
+do. No store, no network.
+
+A partition is rebuilt from what the line holds: the client's address and the token,
+conversation and User-Agent as keyed hashes, the address's prefix, the key id and the
+model. Equal values hash equally, so the partitions, hence the decisions, are the ones
+the gateway made; only their names are opaque. The prefix is the one logged (the policies'
+``ipv4_prefix``/``ipv6_prefix`` at the time): a candidate with other prefix lengths is
+replayed with the logged ones, and the report says so.
+
+Memory stays bounded: the files are streamed (a heap merge of line iterators, each
+through a small reorder window since lines are written when a request ends, not when it
+is decided), the limit state of idle partitions is swept, and groups are capped.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from gateway.core.gcra import EPOCH_US, LimitSpec, evaluate
+from gateway.core.policy import PolicySet, Selection
+from gateway.core.redis_keys import limit_name
+from gateway.observability.decision_log import VERSION
+
+#: lines held to put one file back in time order (lines are written as requests end)
+REORDER_WINDOW_US = 600 * 1_000_000
+REORDER_MAX = 200_000
+#: idle limit state is dropped every so many requests
+SWEEP_EVERY = 50_000
+#: distinct partitions whose changes are counted at most (then "(other)")
+MAX_GROUPS = 100_000
+TOP = 20
+#: malformed lines kept for the report (all are counted)
+MAX_MALFORMED = 100
+
+
+class Recorded(NamedTuple):
+    """One request of a decision log, as a replay needs it."""
+
+    ts_us: int
+    route: str
+    method: str
+    model: str | None
+    key_id: str | None
+    token: str | None
+    conversation: str | None
+    ip_prefix: str | None
+    client: str | None
+    #: the limits were evaluated (False: refused or boxed before them)
+    reached: bool
+    #: policy name -> allowed, limited or shadow_limited, as logged
+    decisions: tuple[tuple[str, str], ...]
+    source: str
+    line: int
+
+
+class Malformed(NamedTuple):
+    source: str
+    line: int
+    error: str
+
+
+def _opt_str(data: dict[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    if value is None or isinstance(value, str):
+        return value
+    raise ValueError(f"{name} is not a string")
+
+
+def parse_line(text: str, source: str, number: int) -> Recorded | None:
+    """The request of one line; None for a line that is not a decision (a log shared
+    with other lines); ValueError for a malformed one."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    if data.get("log") != "decision":
+        return None
+    if data.get("v") != VERSION:
+        raise ValueError(f"unknown version {data.get('v')!r}")
+    ts, route, method = data.get("ts_us"), data.get("route"), data.get("method")
+    if not isinstance(ts, int) or isinstance(ts, bool):
+        raise ValueError("ts_us is not an integer")
+    if not isinstance(route, str) or not isinstance(method, str):
+        raise ValueError("route or method missing")
+    applied = data.get("policies", [])
+    if not isinstance(applied, list):
+        raise ValueError("policies is not a list")
+    decisions = []
+    for item in applied:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+            raise ValueError("a policy without a name")
+        decisions.append((item["name"], str(item.get("decision"))))
+    client = _opt_str(data, "client") or _opt_str(data, "ip")
+    return Recorded(
+        ts,
+        route,
+        method,
+        _opt_str(data, "model"),
+        _opt_str(data, "key_id"),
+        _opt_str(data, "token"),
+        _opt_str(data, "conversation"),
+        _opt_str(data, "ip_prefix"),
+        client,
+        data.get("reached") is True,
+        tuple(decisions),
+        source,
+        number,
+    )
+
+
+@dataclass
+class Problems:
+    """Malformed lines: all counted, the first :data:`MAX_MALFORMED` kept."""
+
+    count: int = 0
+    kept: list[Malformed] = field(default_factory=list)
+
+    def add(self, problem: Malformed) -> None:
+        self.count += 1
+        if len(self.kept) < MAX_MALFORMED:
+            self.kept.append(problem)
+
+
+def read_log(path: Path, problems: Problems) -> Iterator[Recorded]:
+    """The decisions of one file in the order written; malformed lines reported."""
+    source = str(path)
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                problems.add(Malformed(source, number, "not UTF-8"))
+                continue
+            if not text.strip():
+                continue
+            if not text.endswith("\n"):  # the writer ends every line: a cut one
+                problems.add(Malformed(source, number, "truncated line"))
+                continue
+            try:
+                found = parse_line(text, source, number)
+            except ValueError as exc:
+                problems.add(Malformed(source, number, str(exc)))
+                continue
+            if found is not None:
+                yield found
+
+
+def reordered(lines: Iterable[Recorded], window_us: int = REORDER_WINDOW_US) -> Iterator[Recorded]:
+    """``lines`` in time order, given that none is later than ``window_us`` (lines are
+    written when their request ends); at most :data:`REORDER_MAX` lines held."""
+    held: list[tuple[int, int, Recorded]] = []
+    newest = 0
+    for seq, line in enumerate(lines):
+        heapq.heappush(held, (line.ts_us, seq, line))
+        newest = max(newest, line.ts_us)
+        while held and (held[0][0] < newest - window_us or len(held) > REORDER_MAX):
+            yield heapq.heappop(held)[2]
+    while held:
+        yield heapq.heappop(held)[2]
+
+
+def merged(paths: Iterable[Path], problems: Problems) -> Iterator[Recorded]:
+    """The decisions of every file, merged by time (streamed: one heap entry per file)."""
+    streams = [reordered(read_log(path, problems)) for path in paths]
+    return heapq.merge(*streams, key=lambda r: r.ts_us)
+
+
+def _component(request: Recorded, part: str) -> str:
+    if part == "global":
+        return "*"
+    if part == "client_ip":
+        return request.client or "-"
+    if part == "ip_prefix":
+        return request.ip_prefix or "-"
+    if part == "api_key":
+        return request.key_id or "-"
+    if part == "model":
+        return request.model or "-"
+    if part == "token":
+        return request.token or "-"
+    if part == "conversation":
+        return request.conversation or "-"
+    raise ValueError(f"unknown partition component {part!r}")  # pragma: no cover
+
+
+class Decided(NamedTuple):
+    #: (policy, decision, partition) for each policy that applied
+    policies: tuple[tuple[str, str, str], ...]
+    limited: bool
+
+
+class Simulator:
+    """One policy set's limits on a simulated clock: the TATs the store would hold."""
+
+    def __init__(self, policies: PolicySet) -> None:
+        self.policies = policies
+        self._tats: dict[tuple[str | None, str], int] = {}
+        self._seen = 0
+
+    def _specs(self, selection: Selection, request: Recorded) -> list[tuple[LimitSpec, str]]:
+        out = []
+        for p in selection.policies:  # as Selection.specs, from the logged values
+            partition = "|".join(_component(request, part) for part in p.partition)
+            scope = request.token if p.by_token else None
+            key = p.name if scope is not None and p.token_only else limit_name(p.name, partition)
+            out.append((LimitSpec(key, p.interval_us, p.limit.burst, p.shadow, scope), partition))
+        return out
+
+    def decide(self, request: Recorded) -> Decided:
+        selection = self.policies.select(
+            request.route, request.method, request.model, request.key_id
+        )
+        now = request.ts_us - EPOCH_US
+        specs = self._specs(selection, request)
+        tats = self._tats
+        states = [evaluate(spec, tats.get((spec.scope, spec.key)), now) for spec, _ in specs]
+        limited = any(
+            not s.allowed and not spec.shadow for (spec, _), s in zip(specs, states, strict=True)
+        )
+        if not limited:  # all or nothing, as the stores
+            for (spec, _), state in zip(specs, states, strict=True):
+                if state.allowed:
+                    tats[(spec.scope, spec.key)] = state.new_tat
+        self._seen += 1
+        if self._seen % SWEEP_EVERY == 0:
+            self._sweep(now)
+        names = []
+        for p, (spec, partition), state in zip(selection.policies, specs, states, strict=True):
+            if state.allowed:
+                decision = "allowed"
+            else:
+                decision = "shadow_limited" if spec.shadow else "limited"
+            names.append((p.name, decision, partition))
+        return Decided(tuple(names), limited)
+
+    def _sweep(self, now: int) -> None:
+        """Drop idle state: a TAT not after now decides as no state at all."""
+        self._tats = {k: tat for k, tat in self._tats.items() if tat > now}
+
+    @property
+    def partitions(self) -> int:
+        return len(self._tats)
+
+
+@dataclass
+class Group:
+    count: int
+    first_us: int
+    last_us: int
+
+
+@dataclass
+class Report:
+    files: list[str]
+    requests: int = 0
+    #: requests that reached the limits (the ones replayed)
+    replayed: int = 0
+    #: replayed requests whose baseline decisions equal the logged ones
+    reproduced: int = 0
+    first_us: int = 0
+    last_us: int = 0
+    #: policy -> set ("baseline"/"candidate") -> decision -> count
+    per_policy: dict[str, dict[str, Counter[str]]] = field(default_factory=dict)
+    newly_limited: int = 0
+    newly_admitted: int = 0
+    #: (change, policy, partition) -> group
+    groups: dict[tuple[str, str, str], Group] = field(default_factory=dict)
+    other_groups: int = 0
+    #: conversations with at least one 429 under each set
+    limited_baseline: set[str] = field(default_factory=set)
+    limited_candidate: set[str] = field(default_factory=set)
+    problems: Problems = field(default_factory=Problems)
+    notes: list[str] = field(default_factory=list)
+    max_partitions: int = 0
+
+    @property
+    def visitors_newly_limited(self) -> set[str]:
+        return self.limited_candidate - self.limited_baseline
+
+    @property
+    def visitors_no_longer_limited(self) -> set[str]:
+        return self.limited_baseline - self.limited_candidate
+
+    def _count(self, which: str, decided: Decided) -> None:
+        for name, decision, _ in decided.policies:
+            sets = self.per_policy.setdefault(name, {"baseline": Counter(), "candidate": Counter()})
+            sets[which][decision] += 1
+
+    def _group(self, change: str, decided: Decided, ts: int) -> None:
+        for name, decision, partition in decided.policies:
+            if decision != "limited":
+                continue
+            key = (change, name, partition)
+            group = self.groups.get(key)
+            if group is None:
+                if len(self.groups) >= MAX_GROUPS:
+                    self.other_groups += 1
+                    continue
+                self.groups[key] = Group(1, ts, ts)
+            else:
+                group.count += 1
+                group.last_us = ts
+
+    def top_groups(self, change: str) -> list[tuple[str, str, Group]]:
+        found = [(n, p, g) for (c, n, p), g in self.groups.items() if c == change]
+        found.sort(key=lambda item: (-item[2].count, item[2].first_us))
+        return found[:TOP]
+
+
+def _prefix_bits(prefix: str | None) -> int | None:
+    if prefix is None or "/" not in prefix:
+        return None
+    try:
+        return int(prefix.rsplit("/", 1)[1])
+    except ValueError:
+        return None
+
+
+def replay(paths: list[Path], baseline: PolicySet, candidate: PolicySet) -> Report:
+    """Put every logged request that reached the limits through both sets."""
+    report = Report([str(p) for p in paths])
+    base, cand = Simulator(baseline), Simulator(candidate)
+    prefix_checked = candidate.ipv4_prefix == baseline.ipv4_prefix and (
+        candidate.ipv6_prefix == baseline.ipv6_prefix
+    )
+    logged_bits: set[int] = set()
+    for request in merged(paths, report.problems):
+        report.requests += 1
+        if not report.first_us:
+            report.first_us = request.ts_us
+        report.last_us = request.ts_us
+        if not request.reached:
+            continue
+        if request.ip_prefix is not None and len(logged_bits) < 4:
+            bits = _prefix_bits(request.ip_prefix)
+            if bits is not None:
+                logged_bits.add(bits)
+        report.replayed += 1
+        b, c = base.decide(request), cand.decide(request)
+        if tuple((n, d) for n, d, _ in b.policies) == request.decisions:
+            report.reproduced += 1
+        report._count("baseline", b)
+        report._count("candidate", c)
+        conversation = request.conversation
+        if b.limited and conversation is not None:
+            report.limited_baseline.add(conversation)
+        if c.limited and conversation is not None:
+            report.limited_candidate.add(conversation)
+        if c.limited and not b.limited:
+            report.newly_limited += 1
+            report._group("newly_limited", c, request.ts_us)
+        elif b.limited and not c.limited:
+            report.newly_admitted += 1
+            report._group("no_longer_limited", b, request.ts_us)
+        report.max_partitions = max(report.max_partitions, base.partitions + cand.partitions)
+    if not prefix_checked or any(
+        bits not in (candidate.ipv4_prefix, candidate.ipv6_prefix) for bits in logged_bits
+    ):
+        report.notes.append(
+            "the candidate's ipv4_prefix/ipv6_prefix differ from the logged prefixes "
+            f"({sorted(logged_bits)}): ip_prefix partitions are replayed with the logged ones"
+        )
+    return report
+
+
+# -- output -------------------------------------------------------------------------------
+def _iso(us: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+
+
+def as_json(report: Report) -> dict[str, Any]:
+    policies = {}
+    for name in sorted(report.per_policy):
+        sets = report.per_policy[name]
+        b, c = sets["baseline"], sets["candidate"]
+        policies[name] = {
+            "baseline": {k: b[k] for k in ("allowed", "limited", "shadow_limited")},
+            "candidate": {k: c[k] for k in ("allowed", "limited", "shadow_limited")},
+            "limited_difference": c["limited"] - b["limited"],
+        }
+
+    def groups(change: str) -> list[dict[str, Any]]:
+        return [
+            {
+                "policy": name,
+                "partition": partition,
+                "requests": g.count,
+                "first": _iso(g.first_us),
+                "last": _iso(g.last_us),
+            }
+            for name, partition, g in report.top_groups(change)
+        ]
+
+    return {
+        "files": report.files,
+        "requests": report.requests,
+        "replayed": report.replayed,
+        "reproduced": report.reproduced,
+        "first": _iso(report.first_us) if report.first_us else None,
+        "last": _iso(report.last_us) if report.last_us else None,
+        "policies": policies,
+        "requests_newly_limited": report.newly_limited,
+        "requests_no_longer_limited": report.newly_admitted,
+        "changes": {
+            "newly_limited": groups("newly_limited"),
+            "no_longer_limited": groups("no_longer_limited"),
+        },
+        "visitors": {
+            "newly_limited": len(report.visitors_newly_limited),
+            "no_longer_limited": len(report.visitors_no_longer_limited),
+        },
+        "malformed": {
+            "count": report.problems.count,
+            "lines": [
+                {"file": m.source, "line": m.line, "error": m.error} for m in report.problems.kept
+            ],
+        },
+        "notes": report.notes,
+    }
+
+
+def render_text(report: Report) -> list[str]:
+    data = as_json(report)
+    share = f"{100 * report.reproduced / report.replayed:.2f}%" if report.replayed else "-"
+    out = [
+        f"{report.requests} requests in {len(report.files)} file(s), "
+        f"{data['first']} .. {data['last']}",
+        f"replayed (reached the limits): {report.replayed}; baseline reproduces the logged "
+        f"decisions of {report.reproduced} ({share})",
+        "",
+        f"{'policy':<28} {'baseline lim':>12} {'candidate lim':>13} {'diff':>7}"
+        f" {'base shadow':>11} {'cand shadow':>11}",
+    ]
+    for name, row in data["policies"].items():
+        b, c = row["baseline"], row["candidate"]
+        out.append(
+            f"{name:<28} {b['limited']:>12} {c['limited']:>13} {row['limited_difference']:>+7}"
+            f" {b['shadow_limited']:>11} {c['shadow_limited']:>11}"
+        )
+    out.append("")
+    out.append(
+        f"requests newly limited: {report.newly_limited}; "
+        f"no longer limited: {report.newly_admitted}"
+    )
+    for change, title in (("newly_limited", "newly limited"), ("no_longer_limited", "no longer")):
+        rows = data["changes"][change]
+        if rows:
+            out.append(f"top partitions, {title} (policy: partition  requests  first .. last):")
+            out.extend(
+                f"  {r['policy']}: {r['partition']}  {r['requests']}  {r['first']} .. {r['last']}"
+                for r in rows
+            )
+    out.append(
+        f"visitors affected: {data['visitors']['newly_limited']} conversation(s) would see a "
+        f"429 under the candidate and not the baseline; "
+        f"{data['visitors']['no_longer_limited']} the reverse"
+    )
+    out.extend(f"note: {note}" for note in report.notes)
+    return out
