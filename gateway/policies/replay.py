@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from gateway.core.gcra import EPOCH_US, LimitSpec, evaluate
 from gateway.core.policy import PolicySet, Selection
@@ -72,13 +72,6 @@ class Malformed(NamedTuple):
     error: str
 
 
-def _opt_str(data: dict[str, Any], name: str) -> str | None:
-    value = data.get(name)
-    if value is None or isinstance(value, str):
-        return value
-    raise ValueError(f"{name} is not a string")
-
-
 def parse_line(text: str, source: str, number: int) -> Recorded | None:
     """The request of one line; None for a line that is not a decision (a log shared
     with other lines); ValueError for a malformed one."""
@@ -105,18 +98,19 @@ def parse_line(text: str, source: str, number: int) -> Recorded | None:
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise ValueError("a policy without a name")
         decisions.append((item["name"], str(item.get("decision"))))
-    client = _opt_str(data, "client") or _opt_str(data, "ip")
+    get = data.get
+    texts = (get("model"), get("key_id"), get("token"), get("conversation"), get("ip_prefix"))
+    client = get("client") or get("ip")
+    for value in (*texts, client):
+        if value is not None and not isinstance(value, str):
+            raise ValueError("a field that should be a string is not")
     return Recorded(
         ts,
         route,
         method,
-        _opt_str(data, "model"),
-        _opt_str(data, "key_id"),
-        _opt_str(data, "token"),
-        _opt_str(data, "conversation"),
-        _opt_str(data, "ip_prefix"),
+        *texts,
         client,
-        data.get("reached") is True,
+        get("reached") is True,
         tuple(decisions),
         source,
         number,
@@ -180,22 +174,43 @@ def merged(paths: Iterable[Path], problems: Problems) -> Iterator[Recorded]:
     return heapq.merge(*streams, key=lambda r: r.ts_us)
 
 
-def _component(request: Recorded, part: str) -> str:
-    if part == "global":
-        return "*"
-    if part == "client_ip":
-        return request.client or "-"
-    if part == "ip_prefix":
-        return request.ip_prefix or "-"
-    if part == "api_key":
-        return request.key_id or "-"
-    if part == "model":
-        return request.model or "-"
-    if part == "token":
-        return request.token or "-"
-    if part == "conversation":
-        return request.conversation or "-"
-    raise ValueError(f"unknown partition component {part!r}")  # pragma: no cover
+#: where each partition component's value is in a :class:`Recorded` (None: constant)
+_COMPONENT_FIELD: dict[str, int | None] = {
+    "global": None,
+    "client_ip": Recorded._fields.index("client"),
+    "ip_prefix": Recorded._fields.index("ip_prefix"),
+    "api_key": Recorded._fields.index("key_id"),
+    "model": Recorded._fields.index("model"),
+    "token": Recorded._fields.index("token"),
+    "conversation": Recorded._fields.index("conversation"),
+}
+
+
+class _Planned(NamedTuple):
+    """One selected policy, with where its partition's values are in a line."""
+
+    name: str
+    fields: tuple[int | None, ...]
+    by_token: bool
+    token_only: bool
+    interval_us: int
+    burst: int
+    shadow: bool
+
+
+def _plan(selection: Selection) -> tuple[_Planned, ...]:
+    return tuple(
+        _Planned(
+            p.name,
+            tuple(_COMPONENT_FIELD[part] for part in p.partition),
+            p.by_token,
+            p.token_only,
+            p.interval_us,
+            p.limit.burst,
+            p.shadow,
+        )
+        for p in selection.policies
+    )
 
 
 class Decided(NamedTuple):
@@ -211,41 +226,57 @@ class Simulator:
         self.policies = policies
         self._tats: dict[tuple[str | None, str], int] = {}
         self._seen = 0
+        #: per selection (by identity; the set keeps its selections): the planned policies
+        self._plans: dict[int, tuple[Selection, tuple[_Planned, ...]]] = {}
 
-    def _specs(self, selection: Selection, request: Recorded) -> list[tuple[LimitSpec, str]]:
-        out = []
-        for p in selection.policies:  # as Selection.specs, from the logged values
-            partition = "|".join(_component(request, part) for part in p.partition)
-            scope = request.token if p.by_token else None
-            key = p.name if scope is not None and p.token_only else limit_name(p.name, partition)
-            out.append((LimitSpec(key, p.interval_us, p.limit.burst, p.shadow, scope), partition))
-        return out
-
-    def decide(self, request: Recorded) -> Decided:
+    def _specs(self, request: Recorded) -> list[tuple[LimitSpec, str, str]]:
+        """As :meth:`Selection.specs`, from the logged values: (spec, partition, policy)."""
         selection = self.policies.select(
             request.route, request.method, request.model, request.key_id
         )
+        plan = self._plans.get(id(selection))
+        if plan is None or plan[0] is not selection:
+            plan = (selection, _plan(selection))
+            if len(self._plans) >= 8192:
+                self._plans.clear()
+            self._plans[id(selection)] = plan
+        out = []
+        for p in plan[1]:
+            fields = p.fields
+            if len(fields) == 1:  # the common case, without a join
+                i = fields[0]
+                partition = "*" if i is None else cast(str, request[i] or "-")
+            else:
+                partition = "|".join(
+                    "*" if i is None else cast(str, request[i] or "-") for i in fields
+                )
+            scope = request.token if p.by_token else None
+            key = p.name if scope is not None and p.token_only else limit_name(p.name, partition)
+            out.append((LimitSpec(key, p.interval_us, p.burst, p.shadow, scope), partition, p.name))
+        return out
+
+    def decide(self, request: Recorded) -> Decided:
         now = request.ts_us - EPOCH_US
-        specs = self._specs(selection, request)
+        specs = self._specs(request)
         tats = self._tats
-        states = [evaluate(spec, tats.get((spec.scope, spec.key)), now) for spec, _ in specs]
-        limited = any(
-            not s.allowed and not spec.shadow for (spec, _), s in zip(specs, states, strict=True)
-        )
+        states = [evaluate(spec, tats.get((spec.scope, spec.key)), now) for spec, _, _ in specs]
+        limited = False
+        names = []
+        for (spec, partition, name), state in zip(specs, states, strict=True):
+            if state.allowed:
+                decision = "allowed"
+            elif spec.shadow:
+                decision = "shadow_limited"
+            else:
+                decision, limited = "limited", True
+            names.append((name, decision, partition))
         if not limited:  # all or nothing, as the stores
-            for (spec, _), state in zip(specs, states, strict=True):
+            for (spec, _, _), state in zip(specs, states, strict=True):
                 if state.allowed:
                     tats[(spec.scope, spec.key)] = state.new_tat
         self._seen += 1
         if self._seen % SWEEP_EVERY == 0:
             self._sweep(now)
-        names = []
-        for p, (spec, partition), state in zip(selection.policies, specs, states, strict=True):
-            if state.allowed:
-                decision = "allowed"
-            else:
-                decision = "shadow_limited" if spec.shadow else "limited"
-            names.append((p.name, decision, partition))
         return Decided(tuple(names), limited)
 
     def _sweep(self, now: int) -> None:
@@ -298,7 +329,9 @@ class Report:
 
     def _count(self, which: str, decided: Decided) -> None:
         for name, decision, _ in decided.policies:
-            sets = self.per_policy.setdefault(name, {"baseline": Counter(), "candidate": Counter()})
+            sets = self.per_policy.get(name)
+            if sets is None:
+                sets = self.per_policy[name] = {"baseline": Counter(), "candidate": Counter()}
             sets[which][decision] += 1
 
     def _group(self, change: str, decided: Decided, ts: int) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -46,7 +45,7 @@ def policies(tmp_path: Path, name: str, burst: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, object]]]:
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
     """The log of the burst, and what the clients saw (statuses, secrets used)."""
     tmp_path = tmp_path_factory.mktemp("recorded")
     baseline = policies(tmp_path, "baseline.yaml", BURST)
@@ -94,7 +93,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, d
         seen["tokens"] = tokens
         seen["forged"] = forged.status_code
     # the gateway has stopped: its writer flushed the log
-    yield log, seen
+    return log, seen
 
 
 def replay(*argv: str) -> tuple[int, dict[str, object], str]:
