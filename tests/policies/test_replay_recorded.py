@@ -46,8 +46,14 @@ def policies(tmp_path: Path, name: str, burst: int) -> Path:
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, object]]:
+    """The log of the burst on the memory store, and what the clients saw."""
+    return record(tmp_path_factory.mktemp("recorded"))
+
+
+def record(
+    tmp_path: Path, store: dict[str, object] | None = None
+) -> tuple[Path, dict[str, object]]:
     """The log of the burst, and what the clients saw (statuses, secrets used)."""
-    tmp_path = tmp_path_factory.mktemp("recorded")
     baseline = policies(tmp_path, "baseline.yaml", BURST)
     log = tmp_path / "decisions.jsonl"
     seen: dict[str, object] = {"statuses": [], "tokens": [], "keys": []}
@@ -57,6 +63,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, 
         sections={
             "observability": {"decision_log": str(log)},
             "policies": {"path": str(baseline), "allow_unprotected": True, "watch": False},
+            **({"store": store} if store else {}),
         },
     ) as gw:
         key, _ = gw.create_key()
@@ -215,3 +222,16 @@ def test_logs_of_two_replicas_merge_and_bad_lines_are_reported_and_skipped(
     for field in ("requests", "replayed", "reproduced", "policies", "visitors"):
         assert split[field] == whole[field], field
     assert split["replayed"] == split["reproduced"]
+
+
+def test_a_log_recorded_on_redis_replays_exactly(redis_url: str, tmp_path: Path) -> None:
+    """Redis decides on its own clock (TIME); the log holds the gateway's: on one host
+    they agree, and a burst far from any limit's edge is reproduced exactly."""
+    log, seen = record(tmp_path, {"type": "redis", "url": redis_url})
+    assert seen["statuses"] == [[200] * min(n, BURST) + [429] * max(n - BURST, 0) for n in SENDS]
+    baseline = policies(tmp_path, "baseline.yaml", BURST)
+    candidate = policies(tmp_path, "candidate.yaml", HALF)
+    code, out, _ = replay(str(log), "--baseline", str(baseline), "--candidate", str(candidate))
+    assert code == 0
+    assert out["replayed"] == out["reproduced"] == sum(SENDS) + len(SENDS)
+    assert out["requests_newly_limited"] == sum(min(n, BURST) - min(n, HALF) for n in SENDS)
