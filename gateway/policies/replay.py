@@ -217,6 +217,8 @@ class Decided(NamedTuple):
     #: (policy, decision, partition) for each policy that applied
     policies: tuple[tuple[str, str, str], ...]
     limited: bool
+    #: (policy, decision) for each policy that applied, as a line logs them
+    pairs: tuple[tuple[str, str], ...]
 
 
 class Simulator:
@@ -261,7 +263,7 @@ class Simulator:
         tats = self._tats
         states = [evaluate(spec, tats.get((spec.scope, spec.key)), now) for spec, _, _ in specs]
         limited = False
-        names = []
+        names, pairs = [], []
         for (spec, partition, name), state in zip(specs, states, strict=True):
             if state.allowed:
                 decision = "allowed"
@@ -270,6 +272,7 @@ class Simulator:
             else:
                 decision, limited = "limited", True
             names.append((name, decision, partition))
+            pairs.append((name, decision))
         if not limited:  # all or nothing, as the stores
             for (spec, _, _), state in zip(specs, states, strict=True):
                 if state.allowed:
@@ -277,7 +280,7 @@ class Simulator:
         self._seen += 1
         if self._seen % SWEEP_EVERY == 0:
             self._sweep(now)
-        return Decided(tuple(names), limited)
+        return Decided(tuple(names), limited, tuple(pairs))
 
     def _sweep(self, now: int) -> None:
         """Drop idle state: a TAT not after now decides as no state at all."""
@@ -305,8 +308,8 @@ class Report:
     reproduced: int = 0
     first_us: int = 0
     last_us: int = 0
-    #: policy -> set ("baseline"/"candidate") -> decision -> count
-    per_policy: dict[str, dict[str, Counter[str]]] = field(default_factory=dict)
+    #: (set, policy, decision) -> requests
+    counts: dict[tuple[str, str, str], int] = field(default_factory=dict)
     newly_limited: int = 0
     newly_admitted: int = 0
     #: (change, policy, partition) -> group
@@ -317,7 +320,6 @@ class Report:
     limited_candidate: set[str] = field(default_factory=set)
     problems: Problems = field(default_factory=Problems)
     notes: list[str] = field(default_factory=list)
-    max_partitions: int = 0
 
     @property
     def visitors_newly_limited(self) -> set[str]:
@@ -328,11 +330,19 @@ class Report:
         return self.limited_baseline - self.limited_candidate
 
     def _count(self, which: str, decided: Decided) -> None:
-        for name, decision, _ in decided.policies:
-            sets = self.per_policy.get(name)
-            if sets is None:
-                sets = self.per_policy[name] = {"baseline": Counter(), "candidate": Counter()}
-            sets[which][decision] += 1
+        counts = self.counts
+        for pair in decided.pairs:
+            key = (which, *pair)
+            counts[key] = counts.get(key, 0) + 1
+
+    @property
+    def per_policy(self) -> dict[str, dict[str, Counter[str]]]:
+        """policy -> set (``baseline``/``candidate``) -> decision -> requests"""
+        out: dict[str, dict[str, Counter[str]]] = {}
+        for (which, name, decision), n in self.counts.items():
+            sets = out.setdefault(name, {"baseline": Counter(), "candidate": Counter()})
+            sets[which][decision] += n
+        return out
 
     def _group(self, change: str, decided: Decided, ts: int) -> None:
         for name, decision, partition in decided.policies:
@@ -385,7 +395,7 @@ def replay(paths: list[Path], baseline: PolicySet, candidate: PolicySet) -> Repo
                 logged_bits.add(bits)
         report.replayed += 1
         b, c = base.decide(request), cand.decide(request)
-        if tuple((n, d) for n, d, _ in b.policies) == request.decisions:
+        if b.pairs == request.decisions:
             report.reproduced += 1
         report._count("baseline", b)
         report._count("candidate", c)
@@ -400,7 +410,6 @@ def replay(paths: list[Path], baseline: PolicySet, candidate: PolicySet) -> Repo
         elif b.limited and not c.limited:
             report.newly_admitted += 1
             report._group("no_longer_limited", b, request.ts_us)
-        report.max_partitions = max(report.max_partitions, base.partitions + cand.partitions)
     if not prefix_checked or any(
         bits not in (candidate.ipv4_prefix, candidate.ipv6_prefix) for bits in logged_bits
     ):
@@ -420,8 +429,9 @@ def _iso(us: int) -> str:
 
 def as_json(report: Report) -> dict[str, Any]:
     policies = {}
-    for name in sorted(report.per_policy):
-        sets = report.per_policy[name]
+    per_policy = report.per_policy
+    for name in sorted(per_policy):
+        sets = per_policy[name]
         b, c = sets["baseline"], sets["candidate"]
         policies[name] = {
             "baseline": {k: b[k] for k in ("allowed", "limited", "shadow_limited")},
