@@ -20,7 +20,6 @@ import base64
 import contextlib
 import hashlib
 import hmac
-import json
 import queue
 import sys
 import threading
@@ -28,6 +27,8 @@ import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import IO, Any
+
+import orjson
 
 from gateway.core.fingerprint import ip_prefix
 from gateway.core.gcra import LimitState
@@ -257,12 +258,9 @@ class DecisionLog:
     def _write(self, out: IO[bytes], batch: list[_Entry]) -> None:
         policies = self._policies()
         now = self._clock_us()
-        text = "".join(
-            json.dumps(line_of(e, self._keyed, policies, now), separators=(",", ":")) + "\n"
-            for e in batch
-        )
+        data = b"".join(orjson.dumps(line_of(e, self._keyed, policies, now)) + b"\n" for e in batch)
         try:
-            out.write(text.encode())  # one write per batch: O_APPEND keeps lines whole
+            out.write(data)  # one write per batch: O_APPEND keeps lines whole
             out.flush()
         except OSError:
             self.dropped += len(batch)

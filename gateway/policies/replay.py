@@ -22,12 +22,13 @@ is decided), the limit state of idle partitions is swept, and groups are capped.
 from __future__ import annotations
 
 import heapq
-import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, cast
+
+import orjson
 
 from gateway.core.gcra import EPOCH_US, LimitSpec, evaluate
 from gateway.core.policy import PolicySet, Selection
@@ -76,8 +77,8 @@ def parse_line(text: str, source: str, number: int) -> Recorded | None:
     """The request of one line; None for a line that is not a decision (a log shared
     with other lines); ValueError for a malformed one."""
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
         raise ValueError(f"not JSON ({exc.msg})") from None
     if not isinstance(data, dict):
         raise ValueError("not a JSON object")

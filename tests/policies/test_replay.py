@@ -131,7 +131,7 @@ def test_bad_lines_are_reported_with_file_and_line_and_skipped(tmp_path: Path) -
     report = replay([path], SET, SET)
     assert report.requests == 2
     assert [(m.line, m.error) for m in report.problems.kept] == [
-        (2, "not JSON (Expecting property name enclosed in double quotes)"),
+        (2, "not JSON (unexpected character, expected a string key)"),
         (3, "ts_us is not an integer"),
         (4, "unknown version 9"),
         (6, "not UTF-8"),
