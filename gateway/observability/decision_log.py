@@ -137,8 +137,10 @@ def line_of(entry: _Entry, keyed: Keyed, policies: PolicySet, now_us: int) -> di
         outcome = "limited"
     elif d.reached:
         outcome = "admitted"
-    else:
+    elif entry.status >= 400:
         outcome = "refused"
+    else:  # answered without any limit to decide (a CORS preflight)
+        outcome = "unlimited"
     line: dict[str, Any] = {
         "log": "decision",
         "v": VERSION,

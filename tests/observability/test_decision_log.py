@@ -145,3 +145,21 @@ def test_the_secret_is_required_and_long_enough() -> None:
     with pytest.raises(ValueError, match="16 bytes"):
         load_secret({"GATEWAY_DECISION_LOG_SECRET": "short"})
     assert load_secret({"GATEWAY_DECISION_LOG_SECRET": "x" * 16}) == b"x" * 16
+
+
+def test_outcomes_of_requests_that_never_reached_the_limits(tmp_path: Path) -> None:
+    log = DecisionLog(str(tmp_path / "o.jsonl"), SECRET, lambda: POLICIES, lambda: None)
+    log.start()
+    log.submit(Decision(), SEND, "POST", 403, "token_invalid", IP, UA, None)
+    log.submit(Decision(), SEND, "OPTIONS", 204, None, IP, UA, None)
+    boxed = Decision()
+    boxed.penalized = True
+    log.submit(boxed, SEND, "POST", 429, "rate_limited", IP, UA, None)
+    log.stop()
+    lines = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert [(x["outcome"], x["code"], x["reached"], x["policies"]) for x in lines] == [
+        ("refused", "token_invalid", False, []),
+        ("unlimited", None, False, []),
+        ("penalized", "rate_limited", False, []),
+    ]
+    assert all(x["token"] is None and x["ip"] == Keyed(SECRET)(IP) for x in lines)
