@@ -155,12 +155,18 @@ def read_log(path: Path, problems: Problems) -> Iterator[Recorded]:
                 yield found
 
 
-def reordered(lines: Iterable[Recorded], window_us: int = REORDER_WINDOW_US) -> Iterator[Recorded]:
+def reordered(
+    lines: Iterable[Recorded], problems: Problems, window_us: int = REORDER_WINDOW_US
+) -> Iterator[Recorded]:
     """``lines`` in time order, given that none is later than ``window_us`` (lines are
-    written when their request ends); at most :data:`REORDER_MAX` lines held."""
+    written when their request ends); at most :data:`REORDER_MAX` lines held. A line
+    later still is reported and skipped (replayed out of order it would be wrong)."""
     held: list[tuple[int, int, Recorded]] = []
     newest = 0
     for seq, line in enumerate(lines):
+        if held and line.ts_us < newest - window_us:
+            problems.add(Malformed(line.source, line.line, "out of order beyond the window"))
+            continue
         heapq.heappush(held, (line.ts_us, seq, line))
         newest = max(newest, line.ts_us)
         while held and (held[0][0] < newest - window_us or len(held) > REORDER_MAX):
@@ -171,7 +177,7 @@ def reordered(lines: Iterable[Recorded], window_us: int = REORDER_WINDOW_US) -> 
 
 def merged(paths: Iterable[Path], problems: Problems) -> Iterator[Recorded]:
     """The decisions of every file, merged by time (streamed: one heap entry per file)."""
-    streams = [reordered(read_log(path, problems)) for path in paths]
+    streams = [reordered(read_log(path, problems), problems) for path in paths]
     return heapq.merge(*streams, key=lambda r: r.ts_us)
 
 

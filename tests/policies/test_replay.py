@@ -138,3 +138,21 @@ def test_bad_lines_are_reported_with_file_and_line_and_skipped(tmp_path: Path) -
         (8, "truncated line"),
     ]
     assert all(m.source == str(path) for m in report.problems.kept)
+
+
+def test_a_line_later_than_the_window_is_reported_not_replayed_out_of_order(
+    tmp_path: Path,
+) -> None:
+    minutes = 60 * 1_000_000
+    path = write(
+        tmp_path / "late",
+        [
+            line(0, "c1"),
+            line(20 * minutes, "c2"),
+            line(1 * minutes, "late"),
+            line(21 * minutes, "c3"),
+        ],
+    )
+    problems = Problems()
+    assert [r.conversation for r in merged([path], problems)] == ["c1", "c2", "c3"]
+    assert [(m.line, m.error) for m in problems.kept] == [(3, "out of order beyond the window")]
