@@ -148,6 +148,10 @@ def test_replay_against_the_same_policies_reproduces_every_decision(
     assert out["requests_newly_limited"] == 0
     per = out["policies"]["send-per-conversation"]  # type: ignore[index]
     assert per["baseline"]["limited"] == sum(max(n - BURST, 0) for n in SENDS)
+    # without --baseline: the policies of the configuration the log was recorded with
+    config = log.parent / "config.yaml"
+    _, configured, _ = replay(str(log), "--config", str(config), "--candidate", str(baseline))
+    assert configured == out
 
 
 def test_a_candidate_halving_the_limit_limits_the_expected_requests(
