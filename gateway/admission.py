@@ -27,6 +27,7 @@ from gateway.core.token_codec import ClientToken, TokenCodec, TokenRejected, Ver
 from gateway.errors import ProblemError
 from gateway.keystore.base import KeyRecord
 from gateway.keystore.verifier import Candidate, KeyRejected, KeyVerifier
+from gateway.observability.decision_log import CURRENT as CURRENT_DECISION
 from gateway.observability.metrics import Metrics
 from gateway.policies.live import LivePolicies
 from gateway.store.base import (
@@ -173,6 +174,8 @@ class Admissions:
         self.metrics.watch_local_revocations(self.revocations)
         self.failing_open = False
         self._fingerprints = FingerprintCache()
+        #: the decision log is on: admissions describe themselves (CURRENT_DECISION)
+        self.record_decisions = False
 
     def now(self) -> float:
         return self._clock()
@@ -391,10 +394,31 @@ class Admissions:
         subject = policies.penalty_subject(client.ip)
         request = AdmitRequest(limits=selection.specs(facts), penalty_subject=subject)
         if not request.limits and subject is None:
+            if self.record_decisions:
+                self._record(facts, selection, None)
             return {}
         admission = await self._admit(request, policies)
+        if self.record_decisions:
+            self._record(facts, selection, admission)
         self._refuse_penalized(admission, subject)
         return self._limits_outcome(admission, selection, key_id)
+
+    @staticmethod
+    def _record(facts: RequestFacts, selection: Selection, admission: Admission | None) -> None:
+        """The decision log's account of this request (only when the log is on)."""
+        decision = CURRENT_DECISION.get()
+        if decision is None:
+            return
+        decision.ts_us = time.time_ns() // 1000
+        decision.facts = facts
+        decision.policies = selection.policies
+        if admission is None:  # nothing to decide: no limit, no penalty box
+            decision.reached = True
+        elif admission.penalized_ms:
+            decision.penalized = True
+        elif admission.token not in (TokenVerdict.REVOKED, TokenVerdict.REUSE):
+            decision.reached = True
+            decision.states = admission.limits
 
     # -- message routes ----------------------------------------------------------------
     def decode(self, token: str) -> ClientToken:
@@ -459,6 +483,8 @@ class Admissions:
         subject = policies.penalty_subject(client.ip)
         request = AdmitRequest(token=use, limits=selection.specs(facts), penalty_subject=subject)
         admission = await self._admit(request, policies)
+        if self.record_decisions:
+            self._record(facts, selection, admission)
         self._refuse_penalized(admission, subject)
         if admission.token is TokenVerdict.REVOKED:
             self.remember_revoked(claims.jti, claims.expires_at)

@@ -232,6 +232,39 @@ def cmd_policies_diff(args: argparse.Namespace) -> int:
     return EXIT_POLICIES_TIGHTEN if tightens(changes) else 0
 
 
+EXIT_REPLAY_NEW_LIMITED = 3
+
+
+def cmd_policies_replay(args: argparse.Namespace) -> int:
+    """0: replayed; 1: a set is invalid; 3: more than --max-new-limited conversations
+    would be newly limited."""
+    from gateway.policies.replay import as_json, render_text, replay
+
+    try:
+        baseline_path = args.baseline or _config(args).policies.path
+        baseline, candidate = load_policies(baseline_path), load_policies(args.candidate)
+    except SourceError as exc:
+        print(f"gateway: invalid policies:\n{exc}", file=sys.stderr)
+        return EXIT_INVALID_POLICIES
+    for log_path in args.logs:
+        if not log_path.is_file():
+            raise CommandError(f"no decision log {log_path}")
+    report = replay(args.logs, baseline.policies, candidate.policies)
+    for problem in report.problems.kept:
+        print(f"{problem.source}:{problem.line}: {problem.error}; skipped", file=sys.stderr)
+    if report.problems.count > len(report.problems.kept):
+        hidden = report.problems.count - len(report.problems.kept)
+        print(f"... and {hidden} more malformed lines, skipped", file=sys.stderr)
+    if args.json:
+        print(json.dumps(as_json(report), indent=2))
+    else:
+        print("\n".join(render_text(report)))
+    limit = args.max_new_limited
+    if limit is not None and len(report.visitors_newly_limited) > limit:
+        return EXIT_REPLAY_NEW_LIMITED
+    return 0
+
+
 async def _explain(config: Config, args: argparse.Namespace) -> list[str]:
     policies = load_policies(config.policies.path).policies
     facts = RequestFacts(
@@ -358,6 +391,26 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("new", type=Path, help="the candidate policy file or directory")
     compare.add_argument("--json", action="store_true", help="the changes as a JSON list")
     compare.set_defaults(func=cmd_policies_diff)
+    rerun = policy_commands.add_parser(
+        "replay",
+        parents=[common],
+        help="replay decision logs against a candidate policy set (docs/policies.md)",
+        epilog="exit status: 0 replayed, 1 a set is invalid, 3 more than --max-new-limited "
+        "conversations would be newly limited",
+    )
+    rerun.add_argument("logs", nargs="+", type=Path, metavar="LOG", help="decision log files")
+    rerun.add_argument("--candidate", required=True, type=Path, help="policy file or directory")
+    rerun.add_argument(
+        "--baseline", type=Path, help="policy file or directory (default: the configured one)"
+    )
+    rerun.add_argument("--json", action="store_true", help="the report as JSON")
+    rerun.add_argument(
+        "--max-new-limited",
+        type=int,
+        metavar="N",
+        help="exit 3 when more than N conversations would see a 429 they did not see",
+    )
+    rerun.set_defaults(func=cmd_policies_replay)
     return parser
 
 

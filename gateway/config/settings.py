@@ -264,6 +264,14 @@ class LoggingSettings(Section):
     format: Literal["json", "console"] = "json"
 
 
+class ObservabilitySettings(Section):
+    #: the decision log (docs/operations.md, "Decision log"): a file to append to, ``-``
+    #: for stdout, or None (off). Needs the secret GATEWAY_DECISION_LOG_SECRET.
+    decision_log: str | None = None
+    #: lines waiting for the writer at most; past this they are dropped and counted
+    decision_log_queue: int = Field(default=10_000, ge=1, le=1_000_000)
+
+
 class Config(Section):
     server: ServerSettings = Field(default_factory=ServerSettings)
     admin: AdminSettings = Field(default_factory=AdminSettings)
@@ -275,6 +283,7 @@ class Config(Section):
     upstream: UpstreamSettings = Field(default_factory=UpstreamSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     overload: OverloadSettings = Field(default_factory=OverloadSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     #: OAuth2-protected private routes (docs/oauth.md); none when absent
     oauth: OAuthSettings | None = None
 

@@ -342,6 +342,11 @@ class Metrics:
             registry=registry,
         )
         _initialise(self.penalty_box, PenaltyEvent)
+        self.decision_log_dropped = Counter(
+            "gateway_decision_log_dropped",
+            "Decision-log lines dropped because the sink fell behind (the queue was full).",
+            registry=registry,
+        )
 
     def _define_store(self, registry: CollectorRegistry) -> None:
         """The state store: latency, failures, fail-open, the breaker."""

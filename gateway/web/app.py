@@ -22,6 +22,7 @@ from gateway.doctor.keys import log_if_empty
 from gateway.keystore.base import Found, KeyRecord, KeyStore, KeyStoreError
 from gateway.keystore.factory import open_keystore
 from gateway.keystore.verifier import KeyVerifier
+from gateway.observability.decision_log import DecisionLog, load_secret
 from gateway.observability.health import Health
 from gateway.observability.metrics import Metrics
 from gateway.observability.redaction import register_secret
@@ -191,6 +192,25 @@ async def start_services(parts: Parts, stack: contextlib.AsyncExitStack) -> Serv
     )
 
 
+def _decision_log(
+    config: Config, environ: Mapping[str, str], policies: LivePolicies, metrics: Metrics
+) -> DecisionLog | None:
+    """The decision log when ``observability.decision_log`` is set (its secret checked
+    now, so a missing one stops the start)."""
+    settings = config.observability
+    if settings.decision_log is None:
+        return None
+    secret = load_secret(environ)
+    register_secret(secret)
+    return DecisionLog(
+        settings.decision_log,
+        secret,
+        lambda: policies.current,
+        metrics.decision_log_dropped.inc,
+        max_queue=settings.decision_log_queue,
+    )
+
+
 async def _stop_tasks(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
     stop.set()
     for task in tasks:
@@ -233,9 +253,12 @@ def create_app(
 
     # shedding before any key, token or store work (docs/operations.md, "Overload")
     shedder = overload.make_shedder(config.overload, metrics)
+    decisions = _decision_log(config, environ, live_policies, metrics)
     app = web.Application(
         client_max_size=config.server.max_body_bytes,
-        middlewares=[make_context_middleware(config.server.trusted_proxies, metrics, shedder)],
+        middlewares=[
+            make_context_middleware(config.server.trusted_proxies, metrics, shedder, decisions)
+        ],
     )
     if shedder is not None:
         app[overload.SHEDDER] = shedder
@@ -252,6 +275,10 @@ def create_app(
         async with contextlib.AsyncExitStack() as stack:
             services = await start_services(parts, stack)
             key_store.bind(services.keys.store)
+            if decisions is not None:
+                decisions.start()
+                stack.callback(decisions.stop)
+                services.admissions.record_decisions = True
             app[SERVICES] = services
             yield
 

@@ -29,6 +29,8 @@ from gateway.core.client_ip import (
 )
 from gateway.errors import ProblemError
 from gateway.observability import access_log
+from gateway.observability.decision_log import CURRENT as CURRENT_DECISION
+from gateway.observability.decision_log import Decision, DecisionLog
 from gateway.observability.health import Health
 from gateway.observability.logging import context_var
 from gateway.observability.metrics import Metrics
@@ -92,10 +94,14 @@ def new_request_id() -> str:
 
 
 def make_context_middleware(
-    trusted: Sequence[Network], metrics: Metrics, shedder: Shedder | None = None
+    trusted: Sequence[Network],
+    metrics: Metrics,
+    shedder: Shedder | None = None,
+    decisions: DecisionLog | None = None,
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
     """``shedder``: load shedding (gateway.web.overload), asked for a place right before
-    the handler, after the request id and the client address only."""
+    the handler, after the request id and the client address only. ``decisions``: the
+    decision log (gateway.observability.decision_log), when on."""
 
     @web.middleware
     async def context_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -111,6 +117,9 @@ def make_context_middleware(
             request_id, generated = new_request_id(), True
         request[REQUEST_ID] = request_id
         bound = REQUEST_ID_VAR.set(request_id)
+        if decisions is not None:
+            decision = Decision()
+            decided = CURRENT_DECISION.set(decision)
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
         client_ip: str | None = None
@@ -162,6 +171,18 @@ def make_context_middleware(
             return response
         finally:
             REQUEST_ID_VAR.reset(bound)
+            if decisions is not None:
+                CURRENT_DECISION.reset(decided)
+                decisions.submit(
+                    decision,
+                    route,
+                    request.method,
+                    status,
+                    error,
+                    client_ip,
+                    headers.get("User-Agent"),
+                    request.get(KEY_ID),
+                )
             ended = time.perf_counter()
             elapsed = ended - started
             if admitted_at and shedder is not None:

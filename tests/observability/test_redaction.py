@@ -4,6 +4,7 @@ import asyncio
 import io
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -125,3 +126,28 @@ async def test_lines_logged_in_one_loop_turn_are_written_together() -> None:
     finally:
         structlog.reset_defaults()
         logging.getLogger().handlers.clear()
+
+
+def test_decision_log_lines_hold_no_token_key_address_or_user_agent(tmp_path: Path) -> None:
+    """The decision log (gateway.observability.decision_log) writes identifiers only as
+    keyed hashes: not the token, its jti, the conversation, the key, the address or UA."""
+    from gateway.core.gcra import LimitState
+    from gateway.core.policy import Limit, Policy, PolicySet, RequestFacts
+    from gateway.observability.decision_log import Decision, DecisionLog
+
+    policies = PolicySet((Policy("p", frozenset({"send"}), ("client_ip",), Limit(1, 60, 1)),))
+    ip, ua, jti, conversation = "198.51.100.23", f"agent {KEY}", "jti-0f3a9", "conv-9c1e"
+    decision = Decision()
+    decision.facts = RequestFacts("send", "POST", ip, "KeyId0001", "demo", jti, conversation)
+    decision.policies = policies.select("send", "POST", "demo", "KeyId0001").policies
+    decision.states = (LimitState(True, 0, 1, 0, 1),)
+    decision.reached = True
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(str(path), SIGNING_SECRET.encode(), lambda: policies, lambda: None)
+    log.start()
+    log.submit(decision, "/v1/chat/conversation/public/message", "POST", 200, None, ip, ua, None)
+    log.stop()
+    text = path.read_text()
+    assert json.loads(text)["outcome"] == "admitted"
+    for secret in (ip, ua, KEY, JWT, jti, conversation, SIGNING_SECRET):
+        assert secret not in text
