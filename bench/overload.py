@@ -12,8 +12,10 @@ admits; the report says what was admitted, what was shed and how fast, and how f
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,10 +60,16 @@ class Level:
     readyz_max_ms: float
     readyz_failed: int
     connections: int
+    generator_cpu_s: float
+    generator_wall_s: float
     #: the gateway's shed counter by reason over the level (its metrics)
     shed_reasons: dict[str, int] = field(default_factory=dict)
     #: ``gateway_overload_limit`` at the end of the level
     limit: float | None = None
+    #: the gateway's CPU time over the level (settling and draining included), and the
+    #: wall time it was measured over
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
 
     @property
     def admitted_rps(self) -> float:
@@ -70,6 +78,19 @@ class Level:
     @property
     def shed_rps(self) -> float:
         return self.shed / self.seconds if self.seconds else 0.0
+
+    @property
+    def busy(self) -> float:
+        """The share of one CPU the gateway used over the level."""
+        return self.cpu_s / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def cpu_us_per_answer(self) -> float:
+        """The gateway's CPU per answer of the measured window (by proportion of time)."""
+        answers = self.admitted + self.shed + sum(self.other.values())
+        if not answers or not self.wall_s:
+            return 0.0
+        return self.cpu_s * (self.seconds / self.wall_s) / answers * 1e6
 
 
 @dataclass
@@ -93,6 +114,12 @@ def scrape(admin_port: int) -> dict[str, float]:
             series, _, value = line.rpartition(" ")
             values[series] = float(value)
     return values
+
+
+def cpu_seconds(pid: int) -> float:
+    """The user and system CPU time of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def shed_by_reason(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
@@ -119,6 +146,8 @@ def measure(
     say: object = print,
 ) -> Overload:
     assert gateway.admin_port is not None
+    assert gateway.proc is not None
+    pid = gateway.proc.pid
     generator.run(gateway.port, requests, warmup, work)
     closed = generator.run(gateway.port, requests, seconds, work)
     if closed.non_2xx or closed.errors:
@@ -144,20 +173,24 @@ def measure(
     with subprocess.Popen(pinned(argv, cpu), stdout=subprocess.PIPE, text=True) as proc:
         assert proc.stdout is not None
         before = scrape(gateway.admin_port)
+        used, wall = cpu_seconds(pid), time.monotonic()
         for multiple in LEVELS:
             line = proc.stdout.readline()
             if not line.startswith("BENCH_LEVEL "):
                 proc.kill()
                 raise RuntimeError(f"bench.openload gave no level summary: {line!r}")
             after = scrape(gateway.admin_port)
+            cpu_after, wall_after = cpu_seconds(pid), time.monotonic()
             raw = json.loads(line.removeprefix("BENCH_LEVEL "))
             level = Level(
                 multiple=multiple,
                 shed_reasons=shed_by_reason(before, after),
                 limit=after.get("gateway_overload_limit"),
+                cpu_s=cpu_after - used,
+                wall_s=wall_after - wall,
                 **raw,
             )
-            before = after
+            before, used, wall = after, cpu_after, wall_after
             result.levels.append(level)
             say(f"  {row(level)}")  # type: ignore[operator]
         proc.wait(timeout=budget)
@@ -166,8 +199,9 @@ def measure(
 
 def row(lv: Level) -> str:
     return (
-        f"{lv.multiple:g}x {lv.rate:,.0f}/s: admitted {lv.admitted_rps:,.0f}/s p50 "
-        f"{lv.admitted_p50_ms:.1f} p99 {lv.admitted_p99_ms:.1f} ms; shed {lv.shed_rps:,.0f}/s "
+        f"{lv.multiple:g}x {lv.rate:,.0f}/s: gateway CPU {lv.busy:.0%}; admitted "
+        f"{lv.admitted_rps:,.0f}/s p50 {lv.admitted_p50_ms:.1f} p99 {lv.admitted_p99_ms:.1f} "
+        f"ms; shed {lv.shed_rps:,.0f}/s "
         f"p99 {lv.shed_p99_ms:.1f} ms; timeouts {lv.timeouts}; errors {lv.errors}; readyz p99 "
         f"{lv.readyz_p99_ms:.1f} ms"
     )
@@ -178,8 +212,8 @@ def table(run: Overload) -> list[str]:
     lines = [
         "| offered | admitted req/s | shed req/s | admitted p50 ms | admitted p99 ms "
         "| shed p99 ms | client timeouts | other answers | /readyz p99 ms (max) "
-        "| shed by reason | limit after |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|---|---:|",
+        "| shed by reason | limit after | gateway CPU (µs per answer) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---|---:|---:|",
     ]
     for lv in run.levels:
         other = ", ".join(f"{k}: {v}" for k, v in lv.other.items())
@@ -194,7 +228,7 @@ def table(run: Overload) -> list[str]:
             + f" | {lv.timeouts} | {other or '-'} | {lv.readyz_p99_ms:.1f} "
             f"({lv.readyz_max_ms:.1f}{failed}) | {reasons or '-'} | "
             + (f"{lv.limit:,.0f}" if lv.limit is not None else "n/a")
-            + " |"
+            + f" | {lv.busy:.0%} ({lv.cpu_us_per_answer:.0f}) |"
         )
     return lines
 
@@ -206,6 +240,11 @@ def notes(run: Overload) -> list[str]:
         for lv in run.levels
     )
     conns = ", ".join(f"{lv.multiple:g}x {lv.connections:,}" for lv in run.levels)
+    gen = ", ".join(
+        f"{lv.multiple:g}x {lv.generator_cpu_s / lv.generator_wall_s:.0%}"
+        for lv in run.levels
+        if lv.generator_wall_s
+    )
     return [
         f"capacity: {run.capacity_rps:,.0f} req/s, the closed-loop POST rate of this gateway "
         f"measured just before (p99 {run.capacity_p99_ms:.2f} ms); each level offers a "
@@ -219,6 +258,9 @@ def notes(run: Overload) -> list[str]:
         f"it was due; client timeout {CLIENT_TIMEOUT_S:g} s after sending",
         "/readyz: a new connection to the admin port every 100 ms, 1 s timeout",
         f"generator lateness (sent after due): {late}; connections open at most: {conns}",
+        f"the generator's own CPU (one CPU = 100%; it shares its CPU with nginx and Redis): "
+        f"{gen}; gateway CPU: its process's CPU time over the level (settling and "
+        "draining included), and per answer of the counted window",
     ]
 
 

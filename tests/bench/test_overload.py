@@ -66,7 +66,8 @@ def level(multiple: float, **kw: float) -> overload.Level:
         admitted=5000, shed=0, other={}, errors=0, timeouts=0, admitted_p50_ms=5.0,
         admitted_p99_ms=10.0, shed_p50_ms=0.0, shed_p99_ms=0.0, late_p99_ms=1.0,
         late_max_ms=2.0, readyz_probes=50, readyz_p50_ms=2.0, readyz_p99_ms=5.0,
-        readyz_max_ms=5.0, readyz_failed=0, connections=2000,
+        readyz_max_ms=5.0, readyz_failed=0, connections=2000, generator_cpu_s=3.0,
+        generator_wall_s=6.0,
     )  # fmt: skip
     base.update(kw)
     return overload.Level(**base)  # type: ignore[arg-type]
