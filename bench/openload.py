@@ -96,6 +96,8 @@ class Tally:
     other: collections.Counter[str] = field(default_factory=collections.Counter)
     errors: int = 0
     timeouts: int = 0
+    #: due but never sent: every connection stayed busy until the level was over
+    unsent: int = 0
     late: list[float] = field(default_factory=list)
     readyz: list[float] = field(default_factory=list)
     readyz_failed: int = 0
@@ -119,6 +121,7 @@ class LevelSummary:
     other: dict[str, int]
     errors: int
     timeouts: int
+    unsent: int
     admitted_p50_ms: float
     admitted_p99_ms: float
     shed_p50_ms: float
@@ -147,6 +150,7 @@ def summarise(rate: float, seconds: float, due_count: int, t: Tally, conns: int)
         other=dict(sorted(t.other.items())),
         errors=t.errors,
         timeouts=t.timeouts,
+        unsent=t.unsent,
         admitted_p50_ms=quantile_ms(t.admitted, 0.50),
         admitted_p99_ms=quantile_ms(t.admitted, 0.99),
         shed_p50_ms=quantile_ms(t.shed, 0.50),
@@ -358,7 +362,7 @@ async def level(
     while load.backlog:  # never sent: no connection came free in time
         _, counted = load.backlog.popleft()
         if counted is not None:
-            counted.errors += 1
+            counted.unsent += 1
     if probes:
         await asyncio.wait(probes, timeout=PROBE_TIMEOUT + 0.5)
     summary = summarise(rate, seconds, total - first_counted, tally, load.most)

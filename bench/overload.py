@@ -48,6 +48,7 @@ class Level:
     other: dict[str, int]
     errors: int
     timeouts: int
+    unsent: int
     admitted_p50_ms: float
     admitted_p99_ms: float
     shed_p50_ms: float
@@ -219,6 +220,8 @@ def table(run: Overload) -> list[str]:
         other = ", ".join(f"{k}: {v}" for k, v in lv.other.items())
         if lv.errors:
             other = (other + ", " if other else "") + f"broken: {lv.errors}"
+        if lv.unsent:
+            other = (other + ", " if other else "") + f"never sent: {lv.unsent:,}"
         reasons = ", ".join(f"{k}: {v:,}" for k, v in sorted(lv.shed_reasons.items()))
         failed = f", {lv.readyz_failed} failed" if lv.readyz_failed else ""
         lines.append(
@@ -253,9 +256,11 @@ def notes(run: Overload) -> list[str]:
         "requests are counted, however late their answers; POSTs on Redis (the send "
         "scenario's requests), overload section at its shipped defaults",
         "open loop (bench/openload.py, Python on uvloop, on the load CPU): each request is "
-        "sent when due on an idle keep-alive connection or a new one "
-        f"(at most {MAX_CONNECTIONS:,}), whatever is still unanswered; latency from the time "
-        f"it was due; client timeout {CLIENT_TIMEOUT_S:g} s after sending",
+        f"sent when due on one of {PREWARM:,} keep-alive connections opened beforehand (a "
+        f"new one when all are busy, at most {MAX_CONNECTIONS:,}; past that it waits "
+        "client-side, and is 'never sent' if no connection comes free before the level's "
+        "end), whatever is still unanswered; latency from the time it was due; client "
+        f"timeout {CLIENT_TIMEOUT_S:g} s after sending",
         "/readyz: a new connection to the admin port every 100 ms, 1 s timeout",
         f"generator lateness (sent after due): {late}; connections open at most: {conns}",
         f"the generator's own CPU (one CPU = 100%; it shares its CPU with nginx and Redis): "
@@ -272,7 +277,9 @@ def targets(run: Overload) -> list[tuple[str, str, bool | None]]:
         ratio = two.admitted_rps / one.admitted_rps if one.admitted_rps else 0.0
         out.append(
             ("overload: admitted at 2x offered >= 90% of admitted at 1x",
-             f"{two.admitted_rps:,.0f} / {one.admitted_rps:,.0f} req/s = {ratio:.0%}",
+             f"{two.admitted_rps:,.0f} / {one.admitted_rps:,.0f} req/s = {ratio:.0%} (of the "
+             f"closed-loop capacity {run.capacity_rps:,.0f}: "
+             f"{two.admitted_rps / run.capacity_rps if run.capacity_rps else 0:.0%})",
              ratio >= 0.90)
         )  # fmt: skip
     if half and two:
@@ -292,8 +299,12 @@ def targets(run: Overload) -> list[tuple[str, str, bool | None]]:
     else:
         out.append(("overload: shed answers p99 <= 5 ms", "nothing was shed", None))
     if run.levels:
-        timeouts = sum(lv.timeouts for lv in run.levels)
-        each = ", ".join(f"{lv.timeouts} at {lv.multiple:g}x" for lv in run.levels)
+        timeouts = sum(lv.timeouts + lv.unsent for lv in run.levels)
+        each = ", ".join(
+            f"{lv.timeouts} at {lv.multiple:g}x"
+            + (f" (and {lv.unsent:,} never sent)" if lv.unsent else "")
+            for lv in run.levels
+        )
         out.append(
             (f"overload: 0 client timeouts ({CLIENT_TIMEOUT_S:g} s)", each, timeouts == 0)
         )  # fmt: skip

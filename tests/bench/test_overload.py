@@ -63,7 +63,7 @@ def test_quantiles_are_in_milliseconds_and_zero_when_empty() -> None:
 def level(multiple: float, **kw: float) -> overload.Level:
     base = dict(
         multiple=multiple, rate=1000 * multiple, seconds=5.0, due=int(5000 * multiple),
-        admitted=5000, shed=0, other={}, errors=0, timeouts=0, admitted_p50_ms=5.0,
+        admitted=5000, shed=0, other={}, errors=0, timeouts=0, unsent=0, admitted_p50_ms=5.0,
         admitted_p99_ms=10.0, shed_p50_ms=0.0, shed_p99_ms=0.0, late_p99_ms=1.0,
         late_max_ms=2.0, readyz_probes=50, readyz_p50_ms=2.0, readyz_p99_ms=5.0,
         readyz_max_ms=5.0, readyz_failed=0, connections=2000, generator_cpu_s=3.0,
@@ -95,9 +95,12 @@ def test_the_targets_are_ratios_within_the_run_and_say_when_they_do_not_hold() -
         level(4.0, admitted=4500, shed=15500, shed_p99_ms=1.0, readyz_failed=1),
     ]
     assert set(holds(bad).values()) == {False}
+    # a request never sent (every connection busy to the end) is a client that gave up
+    unsent = overload.Overload(1000.0, 10.0, [level(0.5), level(1.0), level(2.0, unsent=3)])
+    assert holds(unsent)["0 client timeouts (3 s)"] is False
     measured = {name: text for name, text, _ in overload.targets(bad)}
     assert measured["overload: admitted at 2x offered >= 90% of admitted at 1x"] == (
-        "890 / 1,000 req/s = 89%"
+        "890 / 1,000 req/s = 89% (of the closed-loop capacity 1,000: 89%)"
     )
     nothing_shed = overload.Overload(1000.0, 10.0, [level(0.5), level(1.0)])
     assert holds(nothing_shed)["shed answers p99 <= 5 ms"] is None
