@@ -99,6 +99,9 @@ class Overload:
     capacity_rps: float
     capacity_p99_ms: float
     levels: list[Level] = field(default_factory=list)
+    #: the machine's 1-minute load average before and after the levels (others' work
+    #: shows there)
+    load_average: tuple[float, float] = (0.0, 0.0)
 
     def at(self, multiple: float) -> Level | None:
         return next((lv for lv in self.levels if lv.multiple == multiple), None)
@@ -154,6 +157,7 @@ def measure(
     if closed.non_2xx or closed.errors:
         raise RuntimeError(f"the capacity run failed: {closed}")
     result = Overload(closed.rps, closed.p99_ms)
+    load_before = os.getloadavg()[0]
     say(  # type: ignore[operator]
         f"  overload: capacity {closed.rps:,.0f} req/s (closed loop, {generator.kind}, "
         f"p99 {closed.p99_ms:.2f} ms); offering {', '.join(f'{m:g}x' for m in LEVELS)}"
@@ -195,6 +199,7 @@ def measure(
             result.levels.append(level)
             say(f"  {row(level)}")  # type: ignore[operator]
         proc.wait(timeout=budget)
+    result.load_average = (load_before, os.getloadavg()[0])
     return result
 
 
@@ -224,12 +229,16 @@ def table(run: Overload) -> list[str]:
             other = (other + ", " if other else "") + f"never sent: {lv.unsent:,}"
         reasons = ", ".join(f"{k}: {v:,}" for k, v in sorted(lv.shed_reasons.items()))
         failed = f", {lv.readyz_failed} failed" if lv.readyz_failed else ""
+        readyz = (
+            f"{lv.readyz_p99_ms:.1f} ({lv.readyz_max_ms:.1f}{failed})"
+            if lv.readyz_failed < lv.readyz_probes
+            else f"none of {lv.readyz_probes} in 1 s"
+        )
         lines.append(
             f"| {lv.multiple:g}x = {lv.rate:,.0f}/s | {lv.admitted_rps:,.0f} | "
             f"{lv.shed_rps:,.0f} | {lv.admitted_p50_ms:.2f} | {lv.admitted_p99_ms:.2f} | "
             + (f"{lv.shed_p99_ms:.2f}" if lv.shed else "-")
-            + f" | {lv.timeouts} | {other or '-'} | {lv.readyz_p99_ms:.1f} "
-            f"({lv.readyz_max_ms:.1f}{failed}) | {reasons or '-'} | "
+            + f" | {lv.timeouts} | {other or '-'} | {readyz} | {reasons or '-'} | "
             + (f"{lv.limit:,.0f}" if lv.limit is not None else "n/a")
             + f" | {lv.busy:.0%} ({lv.cpu_us_per_answer:.0f}) |"
         )
@@ -266,6 +275,9 @@ def notes(run: Overload) -> list[str]:
         f"the generator's own CPU (one CPU = 100%; it shares its CPU with nginx and Redis): "
         f"{gen}; gateway CPU: its process's CPU time over the level (settling and "
         "draining included), and per answer of the counted window",
+        f"load average (1 min) of the machine before and after the levels: "
+        f"{run.load_average[0]:.2f}, {run.load_average[1]:.2f} (2 CPUs; above 2, other work "
+        "shared the CPUs)",
     ]
 
 
@@ -310,8 +322,12 @@ def targets(run: Overload) -> list[tuple[str, str, bool | None]]:
         )  # fmt: skip
         worst = max(run.levels, key=lambda lv: (lv.readyz_failed, lv.readyz_p99_ms))
         each = ", ".join(
-            f"{lv.readyz_p99_ms:.1f} ms at {lv.multiple:g}x"
-            + (f" ({lv.readyz_failed} failed)" if lv.readyz_failed else "")
+            (
+                f"{lv.readyz_p99_ms:.1f} ms at {lv.multiple:g}x"
+                + (f" ({lv.readyz_failed} failed)" if lv.readyz_failed else "")
+                if lv.readyz_failed < lv.readyz_probes
+                else f"no answer within 1 s at {lv.multiple:g}x"
+            )
             for lv in run.levels
         )
         out.append(
