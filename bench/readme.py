@@ -8,7 +8,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-KEPT = ("Machine", "Throughput", "Streamed answer", "Keys, Redis and memory", "Targets")
+KEPT = (
+    "Machine",
+    "Throughput",
+    "Streamed answer",
+    "Keys, Redis and memory",
+    "Overload",
+    "Targets",
+)
 
 
 def excerpt(results: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bench import overload
 from bench.load import LoadResult
 from bench.probes import ColdKeys, RedisCalls, TokenMemory, Ttfb
 
@@ -29,6 +30,7 @@ class Results:
     calls: RedisCalls | None = None
     evalsha_per_post: float | None = None
     memory: TokenMemory | None = None
+    overload: overload.Overload | None = None
     skipped: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
 
@@ -116,6 +118,8 @@ def targets(results: Results) -> list[tuple[str, str, bool | None]]:
              f"{m.used_memory_per_token:.0f} bytes (used_memory delta, {m.tokens:,} tokens)",
              m.used_memory_per_token <= 300)
         )  # fmt: skip
+    if results.overload is not None:
+        out += overload.targets(results.overload)
     return out
 
 
@@ -126,8 +130,9 @@ def markdown(results: Results, titles: dict[str, str], command: str, date: str) 
     lines += [f"- {item}" for item in results.setup]
     for skipped in results.skipped:
         lines.append(f"- {skipped}")
-    lines += ["", "## Throughput", ""]
-    lines += throughput_table(results, titles)
+    if results.rows:
+        lines += ["", "## Throughput", ""]
+        lines += throughput_table(results, titles)
     if results.ttfb:
         lines += ["", "## Streamed answer: time to the first event", ""]
         lines += ["| target | p50 ms | p99 ms | added to direct (p50) |", "|---|---:|---:|---:|"]
@@ -135,7 +140,8 @@ def markdown(results: Results, titles: dict[str, str], command: str, date: str) 
         for t in results.ttfb:
             added = f"{t.p50_ms - direct.p50_ms:+.2f} ms" if direct and t is not direct else ""
             lines.append(f"| {t.name} | {t.p50_ms:.2f} | {t.p99_ms:.2f} | {added} |")
-    lines += ["", "## Keys, Redis and memory", ""]
+    if results.cold or results.calls or results.memory or results.evalsha_per_post:
+        lines += ["", "## Keys, Redis and memory", ""]
     if results.cold is not None:
         c = results.cold
         lines.append(
@@ -166,6 +172,10 @@ def markdown(results: Results, titles: dict[str, str], command: str, date: str) 
             f"used_memory; the token-scoped keys ({m.token_keys_per_token:.2f} per token) "
             f"take {m.token_bytes_per_token:.0f} bytes by MEMORY USAGE. Keys: {layout}."
         )
+    if results.overload is not None:
+        lines += ["", "## Overload: offered 0.5x to 4x the capacity (gateway, Redis)", ""]
+        lines += overload.table(results.overload)
+        lines += [""] + [f"- {note}" for note in overload.notes(results.overload)]
     lines += ["", "## Targets", "", "| target | measured | holds |", "|---|---|---|"]
     for name, measured, holds in targets(results):
         word = "n/a" if holds is None else ("yes" if holds else "**no**")

@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import probes
+from bench import overload, probes
 from bench.gateway_setup import RAISED_LIMIT, mint_tokens, raised_policies, shipped_policies
 from bench.load import LoadGenerator, LoadResult, Request
 from bench.machine import cpus, describe, ensure_tools
@@ -55,7 +55,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help="the gateways' HTTP client to the upstream (upstream.client)",
     )
     parser.add_argument("--no-install", action="store_true", help="never apt-get install")
-    parser.add_argument("--only", nargs="*", default=None, help="scenarios: send read token")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="scenarios: send read token overload"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument(
@@ -204,18 +206,36 @@ def run(args: argparse.Namespace, work: Path, pins: Cpus) -> Results:
                 redis_label = next(label for _, label, t in targets if t is redis_gw)
                 _profile(redis_gw, loads[redis_label], generator, args, work)
 
-        # -- the probes ----------------------------------------------------------------
-        say("streamed answers: time to first byte ...")
-        ttfb_targets = {label: (t.port, kind) for kind, label, t in targets}
-        results.ttfb = probes.ttfb_probe(
-            ttfb_targets, probes_tokens[: args.ttfb_rounds], args.ttfb_rounds
-        )
-        say("Redis commands per admitted POST ...")
-        results.calls = probes.redis_calls_probe(redis_port, redis_gw.port, probes_tokens[-200:])
-        say("cold key verifications ...")
-        results.cold = probes.cold_key_probe(redis_gw.port, [k.key for k in cold])
-        say("Redis memory per live token (shipped policies) ...")
-        results.memory = _memory(stack, upstream, keys_path, hot.key_id, args.memory_tokens)
+        wants_overload = args.only is None or overload.NAME in args.only
+        if wanted or not wants_overload:  # the probes (not for the overload scenario alone)
+            say("streamed answers: time to first byte ...")
+            ttfb_targets = {label: (t.port, kind) for kind, label, t in targets}
+            results.ttfb = probes.ttfb_probe(
+                ttfb_targets, probes_tokens[: args.ttfb_rounds], args.ttfb_rounds
+            )
+            say("Redis commands per admitted POST ...")
+            results.calls = probes.redis_calls_probe(
+                redis_port, redis_gw.port, probes_tokens[-200:]
+            )
+            say("cold key verifications ...")
+            results.cold = probes.cold_key_probe(redis_gw.port, [k.key for k in cold])
+            say("Redis memory per live token (shipped policies) ...")
+            results.memory = _memory(stack, upstream, keys_path, hot.key_id, args.memory_tokens)
+        if wants_overload:
+            say("overload: offered load at 0.5x to 4x the capacity (open loop) ...")
+            send = next(s for s in SCENARIOS if s.name == "send").build("gateway", tokens, "")
+            assert send is not None
+            # its own gateway and Redis, as behind a balancer: the load generator is a
+            # trusted proxy, so its thousands of connections are not capped per client
+            overloaded = stack.start_gateway(
+                "gateway-overload", upstream.url, keys_path, policies,
+                redis_port=stack.start_redis("redis-overload"),
+                trusted_proxies=["127.0.0.1/32"],
+            )  # fmt: skip
+            results.overload = overload.measure(
+                generator, overloaded, send, work, warmup=args.warmup, seconds=args.seconds,
+                cpu=pins.load, say=say,
+            )  # fmt: skip
     return results
 
 
