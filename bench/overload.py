@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.load import LoadGenerator, Request
+from bench.openload import LevelSummary
 from bench.processes import pinned
 from bench.stack import Target
 
@@ -36,33 +37,12 @@ SHED = "gateway_requests_shed_total"
 
 
 @dataclass(frozen=True)
-class Level:
-    """One offered load, as :class:`bench.openload.LevelSummary` reported it."""
+class Level(LevelSummary):
+    """One offered load: what :class:`bench.openload.LevelSummary` reported, with the
+    gateway's side of it."""
 
-    multiple: float
-    rate: float
-    seconds: float
-    due: int
-    admitted: int
-    shed: int
-    other: dict[str, int]
-    errors: int
-    timeouts: int
-    unsent: int
-    admitted_p50_ms: float
-    admitted_p99_ms: float
-    shed_p50_ms: float
-    shed_p99_ms: float
-    late_p99_ms: float
-    late_max_ms: float
-    readyz_probes: int
-    readyz_p50_ms: float
-    readyz_p99_ms: float
-    readyz_max_ms: float
-    readyz_failed: int
-    connections: int
-    generator_cpu_s: float
-    generator_wall_s: float
+    #: the offered rate as a multiple of the measured capacity
+    multiple: float = 1.0
     #: the gateway's shed counter by reason over the level (its metrics)
     shed_reasons: dict[str, int] = field(default_factory=dict)
     #: ``gateway_overload_limit`` at the end of the level
