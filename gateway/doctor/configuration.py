@@ -9,6 +9,7 @@ from pathlib import Path
 from gateway.config import Config, load_config
 from gateway.config.yaml_source import SourceError
 from gateway.doctor.findings import Finding, error, ok, warning
+from gateway.supervisor import memory_store_refusal, worker_count
 
 #: a trusted proxy network larger than this is a warning: any host in it may name the
 #: client address that limits, binding and the penalty box count
@@ -79,6 +80,28 @@ def listeners(config: Config) -> list[Finding]:
                 f"the admin listener ({admin.host}:{admin.port}) and the public one "
                 f"({server.host}:{server.port}) take the same port",
                 "give admin.port its own port (9090 by default)",
+            )
+        ]
+    return []
+
+
+def workers(config: Config) -> list[Finding]:
+    """Several workers on the memory store: refused by ``serve`` unless accepted, and then
+    every limit is counted per worker. Not among ``serve``'s static checks: its
+    ``--workers`` overrides the file, and it refuses the memory store itself."""
+    count = worker_count(config.server.workers)
+    refused = memory_store_refusal(config, count)
+    if refused is not None:
+        return [error("config.workers", refused, "use store: redis for several workers")]
+    if count > 1 and config.store.type == "memory":
+        return [
+            warning(
+                "config.workers",
+                f"server.workers is {count} on the memory store: each worker counts rate "
+                f"limits, the penalty box and token state on its own, so a client gets up "
+                f"to {count} times each limit and a token revoked by one worker still "
+                "passes on the others",
+                "use store: redis, shared by the workers",
             )
         ]
     return []

@@ -28,6 +28,7 @@ async def diagnose(path: Path, environ: Mapping[str, str]) -> list[Finding]:
     config, findings = configuration.load(path, environ)
     if config is None:
         return findings
+    findings += configuration.workers(config)
     findings += await static(config, environ)
     if config.keys.type != "file":
         findings += await keys.check(config)
