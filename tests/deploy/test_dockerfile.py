@@ -330,9 +330,10 @@ def test_make_builds_each_target_and_regenerates_the_locks() -> None:
     assert "--target chat-backend" in backend
     assert f"-t agent-gateway-chat-backend:{version}" in backend
     lock = dry_run("lock")
-    for name in ("runtime", "dev", "build"):
+    names = ("runtime", "dev", "bench", "build")
+    for name in names:
         assert f"-o requirements/{name}.lock" in lock
-    assert lock.count("--generate-hashes") == 3
+    assert lock.count("--generate-hashes") == len(names)
     # resolved against PyPI alone: no machine's find-links, extra index or constraints
     assert "PIP_CONFIG_FILE=/dev/null" in lock and "-u PIP_FIND_LINKS" in lock
 
@@ -409,7 +410,7 @@ def project() -> dict[str, object]:
 
 @pytest.mark.parametrize(
     ("lock", "groups"),
-    [("runtime.lock", ()), ("dev.lock", ("dev",))],
+    [("runtime.lock", ()), ("dev.lock", ("dev",)), ("bench.lock", ("dev", "bench"))],
 )
 def test_the_lock_pins_and_hashes_every_dependency(lock: str, groups: tuple[str, ...]) -> None:
     """Every dependency pyproject declares is in the lock at the version pyproject pins,
@@ -431,10 +432,12 @@ def test_the_lock_pins_and_hashes_every_dependency(lock: str, groups: tuple[str,
     for locked, (_version, hashes) in entries.items():
         assert hashes, f"{locked} has no --hash in {lock}"
         assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes), (locked, hashes)
-    # the runtime lock is part of the development one, at the same versions and hashes
-    if lock == "dev.lock":
-        runtime = read_lock(LOCKS / "runtime.lock")
-        assert {n: entries[n] for n in runtime} == runtime
+    # each lock is part of the next (runtime, development, bench), at the same versions
+    # and hashes
+    below = {"dev.lock": "runtime.lock", "bench.lock": "dev.lock"}.get(lock)
+    if below is not None:
+        inner = read_lock(LOCKS / below)
+        assert {n: entries[n] for n in inner} == inner
 
 
 def test_the_build_lock_holds_the_build_backend() -> None:
