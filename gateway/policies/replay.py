@@ -328,9 +328,10 @@ class Report:
     #: (change, policy, partition) -> group
     groups: dict[tuple[str, str, str], Group] = field(default_factory=dict)
     other_groups: int = 0
-    #: conversations with at least one 429 under each set
-    limited_baseline: set[str] = field(default_factory=set)
-    limited_candidate: set[str] = field(default_factory=set)
+    #: conversations with at least one 429 under each set, with the IP prefix of their
+    #: first such request
+    limited_baseline: dict[str, str | None] = field(default_factory=dict)
+    limited_candidate: dict[str, str | None] = field(default_factory=dict)
     problems: Problems = field(default_factory=Problems)
     notes: list[str] = field(default_factory=list)
     #: each set's penalty box over the log
@@ -338,11 +339,21 @@ class Report:
 
     @property
     def visitors_newly_limited(self) -> set[str]:
-        return self.limited_candidate - self.limited_baseline
+        return self.limited_candidate.keys() - self.limited_baseline.keys()
 
     @property
     def visitors_no_longer_limited(self) -> set[str]:
-        return self.limited_baseline - self.limited_candidate
+        return self.limited_baseline.keys() - self.limited_candidate.keys()
+
+    def visitors_by_prefix(self, change: str) -> dict[str, int]:
+        """The conversations of ``change`` (``newly_limited``, ``no_longer_limited``)
+        per IP prefix, the top :data:`TOP`, most first."""
+        if change == "newly_limited":
+            found, prefixes = self.visitors_newly_limited, self.limited_candidate
+        else:
+            found, prefixes = self.visitors_no_longer_limited, self.limited_baseline
+        counts = Counter(prefixes[c] or "-" for c in found)
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP])
 
     def _count(self, which: str, decided: Decided) -> None:
         counts = self.counts
@@ -423,9 +434,9 @@ def replay(paths: list[Path], baseline: PolicySet, candidate: PolicySet) -> Repo
         report._count("candidate", c)
         conversation = request.conversation
         if b.limited and conversation is not None:
-            report.limited_baseline.add(conversation)
+            report.limited_baseline.setdefault(conversation, request.ip_prefix)
         if c.limited and conversation is not None:
-            report.limited_candidate.add(conversation)
+            report.limited_candidate.setdefault(conversation, request.ip_prefix)
         if c.limited and not b.limited:
             report.newly_limited += 1
             report._group("newly_limited", c, request.ts_us)
@@ -490,6 +501,8 @@ def as_json(report: Report) -> dict[str, Any]:
         "visitors": {
             "newly_limited": len(report.visitors_newly_limited),
             "no_longer_limited": len(report.visitors_no_longer_limited),
+            "newly_limited_by_prefix": report.visitors_by_prefix("newly_limited"),
+            "no_longer_limited_by_prefix": report.visitors_by_prefix("no_longer_limited"),
         },
         "malformed": {
             "count": report.problems.count,
@@ -558,6 +571,13 @@ def render_text(report: Report) -> list[str]:
         f"429 under the candidate and not the baseline; "
         f"{data['visitors']['no_longer_limited']} the reverse"
     )
+    for change, title in (("newly_limited", "newly limited"), ("no_longer_limited", "no longer")):
+        by_prefix = data["visitors"][f"{change}_by_prefix"]
+        if by_prefix:
+            out.append(
+                f"  {title}, by IP prefix: "
+                + ", ".join(f"{prefix} {n}" for prefix, n in by_prefix.items())
+            )
     out.extend(_box_lines(report, data["penalty_box"]))
     out.extend(f"note: {note}" for note in report.notes)
     return out
