@@ -587,6 +587,9 @@ def _box_lines(report: Report, boxes: dict[str, Any]) -> list[str]:
     out = ["", "penalty box:"]
     for which, box in report.boxes.items():
         row = boxes[which]
+        if box.penalty is None:
+            out.append(f"  {which}: off")
+            continue
         out.append(
             f"  {which}: {penalty_text(box.penalty)}; {row['failures_counted']} failure(s) "
             f"counted, {row['subjects_boxed']} subject(s) boxed"

@@ -148,6 +148,12 @@ def test_replay_against_the_same_policies_reproduces_every_decision(
     assert out["requests_newly_limited"] == 0
     per = out["policies"]["send-per-conversation"]  # type: ignore[index]
     assert per["baseline"]["limited"] == sum(max(n - BURST, 0) for n in SENDS)
+    # the policies have no penalty box: nothing counted, nothing boxed
+    off = {"rule": None, "failures_counted": 0, "subjects_boxed": 0, "subjects": []}
+    assert out["penalty_box"] == {"baseline": off, "candidate": off}
+    text = run_cli("policies", "replay", str(log), "--candidate", str(baseline), "--baseline",
+                   str(baseline))  # fmt: skip
+    assert text.stdout.endswith("penalty box:\n  baseline: off\n  candidate: off\n")
     # without --baseline: the policies of the configuration the log was recorded with
     config = log.parent / "config.yaml"
     _, configured, _ = replay(str(log), "--config", str(config), "--candidate", str(baseline))
