@@ -5,9 +5,13 @@ box at the threshold, requests inside a box refused and not counted)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+import httpx
+
 from tests.support.processes import run_cli
+from tests.support.stack import SEND, TOKEN, stack
 
 START_S = 1_800_000_000
 POLICY = """
@@ -175,3 +179,92 @@ def test_a_box_by_prefix_counts_the_clients_of_a_prefix_together(tmp_path: Path)
     assert prefix["boxed_until"] == iso(130.5)
     # in the first box: A at 2 s and its 5 sends, B at 11 and 12 s
     assert prefix["requests_refused"] == 8
+
+
+BOXING = """
+penalty_box:
+  subject: client_ip
+  window: 1m
+  threshold: 3
+  cooldown: 10m
+  count: [invalid_key, invalid_token, reuse]
+policies:
+  - name: token-per-ip
+    match: {routes: [token]}
+    partition: [client_ip]
+    limit: {rate: 60, per: 1m, burst: 20}
+  - name: send-per-token
+    match: {routes: [send]}
+    partition: [token]
+    limit: {rate: 60, per: 1m, burst: 20}
+"""
+
+
+def test_the_baseline_boxes_whom_the_real_gateway_boxed(tmp_path: Path) -> None:
+    """Recorded from ``gateway serve``: a client forging tokens is boxed at its third;
+    the replay's baseline boxes the same client at the same request, and the requests
+    it counts in the box are the ones the gateway refused with 429."""
+    policies = tmp_path / "policies.yaml"
+    policies.write_text(BOXING)
+    log = tmp_path / "decisions.jsonl"
+    forger, other = "198.51.100.7", "203.0.113.9"
+    with stack(
+        tmp_path,
+        env={"GATEWAY_DECISION_LOG_SECRET": "replay-box-secret-0123456789abcdef"},
+        sections={
+            "observability": {"decision_log": str(log)},
+            "policies": {"path": str(policies), "watch": False},
+        },
+        trusted_proxies=["127.0.0.1/32"],
+    ) as gw:
+        key, _ = gw.create_key()
+        with httpx.Client(base_url=gw.public, timeout=10) as http:
+            for _ in range(40):  # a new key reaches the gateway within seconds
+                first = http.get(
+                    TOKEN, headers={"Authorization": f"Bearer {key}", "X-Forwarded-For": other}
+                )
+                if first.status_code == 200:
+                    break
+                time.sleep(0.25)
+            assert first.status_code == 200, first.text
+            statuses = []
+            for n in range(6):
+                forged = http.post(
+                    SEND,
+                    json={"client_token": f"x.y{n}.z", "message": "hi"},
+                    headers={"X-Forwarded-For": forger},
+                )
+                statuses.append(forged.status_code)
+            asked = http.get(
+                TOKEN, headers={"Authorization": f"Bearer {key}", "X-Forwarded-For": forger}
+            )
+            statuses.append(asked.status_code)
+            # another client is not boxed
+            again = http.get(
+                TOKEN, headers={"Authorization": f"Bearer {key}", "X-Forwarded-For": other}
+            )
+    assert statuses == [403, 403, 403, 429, 429, 429, 429]
+    assert again.status_code == 200
+    lines = [json.loads(text) for text in log.read_text().splitlines()]
+    forger_lines = [line for line in lines if line["ip_prefix"] == "198.51.100.0/24"]
+    assert [line["status"] for line in forger_lines] == statuses
+    done = run_cli(
+        "policies", "replay", str(log), "--baseline", str(policies),
+        "--candidate", str(policies), "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    box = json.loads(done.stdout)["penalty_box"]["baseline"]
+    assert box["failures_counted"] == 3
+    (boxed,) = box["subjects"]
+    assert boxed["subject"] == forger_lines[0]["ip"]
+    assert boxed["first_boxed"] == iso_us(forger_lines[2]["ts_us"])
+    assert boxed["requests_refused"] == statuses.count(429)
+    assert boxed["boxed_seconds"] == 600
+
+
+def iso_us(ts_us: int) -> str:
+    """A logged time as the report writes times (milliseconds, UTC)."""
+    from datetime import UTC, datetime
+
+    stamp = datetime.fromtimestamp(ts_us / 1_000_000, UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
