@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
+from pathlib import Path
 from typing import IO, Any
 
 import orjson
@@ -36,6 +37,8 @@ from gateway.core.policy import PolicySet, RequestFacts, SelectedPolicy, client_
 
 #: the environment variable holding the HMAC secret (the same on every replica)
 SECRET_ENV = "GATEWAY_DECISION_LOG_SECRET"
+#: or the file holding it (a Compose secret)
+SECRET_FILE_ENV = "GATEWAY_DECISION_LOG_SECRET_FILE"
 #: the shortest secret accepted, in bytes
 MIN_SECRET_BYTES = 16
 #: the format of the lines; a replay refuses lines of another major version
@@ -87,11 +90,25 @@ class Keyed:
 
 
 def load_secret(environ: Mapping[str, str]) -> bytes:
+    """From ``GATEWAY_DECISION_LOG_SECRET``, else the file ``GATEWAY_DECISION_LOG_SECRET_FILE``
+    names (a Docker or Compose secret; one trailing newline is not part of it)."""
     secret = environ.get(SECRET_ENV, "")
+    file_name = environ.get(SECRET_FILE_ENV, "").strip()
+    source = SECRET_ENV
+    if not secret and file_name:
+        source = file_name
+        try:
+            secret = Path(file_name).read_text(encoding="utf-8").removesuffix("\n")
+        except OSError as exc:
+            raise ValueError(
+                f"{file_name} ({SECRET_FILE_ENV}): cannot read the decision log's secret: "
+                f"{exc.strerror}"
+            ) from None
     if len(secret.encode()) < MIN_SECRET_BYTES:
         raise ValueError(
-            f"observability.decision_log needs {SECRET_ENV}: a secret of at least "
-            f"{MIN_SECRET_BYTES} bytes, the same on every replica"
+            f"observability.decision_log needs {SECRET_ENV} (or {SECRET_FILE_ENV}): a secret "
+            f"of at least {MIN_SECRET_BYTES} bytes, the same on every replica"
+            + (f"; {source} holds {len(secret.encode())}" if secret else "")
         )
     return secret.encode()
 

@@ -369,10 +369,63 @@ def _policy_changes(old: Policy, new: Policy) -> list[Change]:
     return out
 
 
+def _renames(before: dict[str, Policy], after: dict[str, Policy]) -> dict[str, str]:
+    """Old name -> new name for each policy that only changed its name: one removed and
+    one added whose match, partition, limit, mode and overrides mean the same (any change
+    between them is neutral). Paired in name order, each at most once."""
+    removed = sorted(set(before) - set(after))
+    added = sorted(set(after) - set(before))
+    pairs: dict[str, str] = {}
+    for old_name in removed:
+        for new_name in added:
+            if new_name in pairs.values():
+                continue
+            changes = _policy_changes(before[old_name], after[new_name])
+            if all(c.effect == NEUTRAL for c in changes) and _same_shape(
+                before[old_name], after[new_name]
+            ):
+                pairs[old_name] = new_name
+                break
+    return pairs
+
+
+def _same_shape(old: Policy, new: Policy) -> bool:
+    """Whether two policies decide alike: the neutral changes :func:`_policy_changes`
+    allows may still differ in a policy that enforces nowhere (any limit is neutral
+    there), which is not a rename."""
+    return (
+        old.routes == new.routes
+        and (old.models, old.key_ids, old.methods) == (new.models, new.key_ids, new.methods)
+        and frozenset(old.partition) == frozenset(new.partition)
+        and _pace(old.limit) == _pace(new.limit)
+        and old.limit.burst == new.limit.burst
+        and old.mode == new.mode
+    )
+
+
+def _rename(old: Policy, new: Policy) -> list[Change]:
+    head = Change(
+        "policy",
+        new.name,
+        "renamed",
+        old.name,
+        new.name,
+        NEUTRAL,
+        f"policy {old.name} renamed to {new.name}: the same limit; its counters start "
+        "afresh under the new name (each partition's burst is full once), and its metrics "
+        "and RateLimit-Policy carry the new name",
+    )
+    rest = [replace(c, text=f"policy {new.name}: {c.text}") for c in _policy_changes(old, new)]
+    return [head, *rest]
+
+
 def _policies(old: PolicySet, new: PolicySet) -> list[Change]:
     before = {p.name: p for p in old.policies}
     after = {p.name: p for p in new.policies}
+    renamed = _renames(before, after)
     out: list[Change] = []
+    for old_name, new_name in sorted(renamed.items()):
+        out += _rename(before.pop(old_name), after.pop(new_name))
     for name in sorted(set(before) | set(after)):
         was, now = before.get(name), after.get(name)
         if was is None and now is not None:

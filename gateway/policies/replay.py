@@ -34,6 +34,8 @@ from gateway.core.gcra import EPOCH_US, LimitSpec, evaluate
 from gateway.core.policy import PolicySet, Selection
 from gateway.core.redis_keys import limit_name
 from gateway.observability.decision_log import VERSION
+from gateway.policies.replay_box import BoxReplay, rule_json
+from gateway.policies.report import penalty_text
 
 #: lines held to put one file back in time order (lines are written as requests end)
 REORDER_WINDOW_US = 600 * 1_000_000
@@ -65,6 +67,8 @@ class Recorded(NamedTuple):
     decisions: tuple[tuple[str, str], ...]
     source: str
     line: int
+    #: the problem code the request was answered with (None when answered)
+    code: str | None = None
 
 
 class Malformed(NamedTuple):
@@ -102,7 +106,8 @@ def parse_line(text: str, source: str, number: int) -> Recorded | None:
     get = data.get
     texts = (get("model"), get("key_id"), get("token"), get("conversation"), get("ip_prefix"))
     client = get("client") or get("ip")
-    for value in (*texts, client):
+    code = get("code")
+    for value in (*texts, client, code):
         if value is not None and not isinstance(value, str):
             raise ValueError("a field that should be a string is not")
     return Recorded(
@@ -115,6 +120,7 @@ def parse_line(text: str, source: str, number: int) -> Recorded | None:
         tuple(decisions),
         source,
         number,
+        code,
     )
 
 
@@ -322,19 +328,32 @@ class Report:
     #: (change, policy, partition) -> group
     groups: dict[tuple[str, str, str], Group] = field(default_factory=dict)
     other_groups: int = 0
-    #: conversations with at least one 429 under each set
-    limited_baseline: set[str] = field(default_factory=set)
-    limited_candidate: set[str] = field(default_factory=set)
+    #: conversations with at least one 429 under each set, with the IP prefix of their
+    #: first such request
+    limited_baseline: dict[str, str | None] = field(default_factory=dict)
+    limited_candidate: dict[str, str | None] = field(default_factory=dict)
     problems: Problems = field(default_factory=Problems)
     notes: list[str] = field(default_factory=list)
+    #: each set's penalty box over the log
+    boxes: dict[str, BoxReplay] = field(default_factory=dict)
 
     @property
     def visitors_newly_limited(self) -> set[str]:
-        return self.limited_candidate - self.limited_baseline
+        return self.limited_candidate.keys() - self.limited_baseline.keys()
 
     @property
     def visitors_no_longer_limited(self) -> set[str]:
-        return self.limited_baseline - self.limited_candidate
+        return self.limited_baseline.keys() - self.limited_candidate.keys()
+
+    def visitors_by_prefix(self, change: str) -> dict[str, int]:
+        """The conversations of ``change`` (``newly_limited``, ``no_longer_limited``)
+        per IP prefix, the top :data:`TOP`, most first."""
+        if change == "newly_limited":
+            found, prefixes = self.visitors_newly_limited, self.limited_candidate
+        else:
+            found, prefixes = self.visitors_no_longer_limited, self.limited_baseline
+        counts = Counter(prefixes[c] or "-" for c in found)
+        return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP])
 
     def _count(self, which: str, decided: Decided) -> None:
         counts = self.counts
@@ -385,6 +404,11 @@ def replay(paths: list[Path], baseline: PolicySet, candidate: PolicySet) -> Repo
     """Put every logged request that reached the limits through both sets."""
     report = Report([str(p) for p in paths])
     base, cand = Simulator(baseline), Simulator(candidate)
+    report.boxes = {
+        "baseline": BoxReplay(baseline.penalty),
+        "candidate": BoxReplay(candidate.penalty),
+    }
+    box_sets = [b for b in report.boxes.values() if b.penalty is not None]
     prefix_checked = candidate.ipv4_prefix == baseline.ipv4_prefix and (
         candidate.ipv6_prefix == baseline.ipv6_prefix
     )
@@ -394,6 +418,8 @@ def replay(paths: list[Path], baseline: PolicySet, candidate: PolicySet) -> Repo
         if not report.first_us:
             report.first_us = request.ts_us
         report.last_us = request.ts_us
+        for box in box_sets:
+            box.see(request)
         if not request.reached:
             continue
         if request.ip_prefix is not None and len(logged_bits) < 4:
@@ -408,9 +434,9 @@ def replay(paths: list[Path], baseline: PolicySet, candidate: PolicySet) -> Repo
         report._count("candidate", c)
         conversation = request.conversation
         if b.limited and conversation is not None:
-            report.limited_baseline.add(conversation)
+            report.limited_baseline.setdefault(conversation, request.ip_prefix)
         if c.limited and conversation is not None:
-            report.limited_candidate.add(conversation)
+            report.limited_candidate.setdefault(conversation, request.ip_prefix)
         if c.limited and not b.limited:
             report.newly_limited += 1
             report._group("newly_limited", c, request.ts_us)
@@ -475,6 +501,8 @@ def as_json(report: Report) -> dict[str, Any]:
         "visitors": {
             "newly_limited": len(report.visitors_newly_limited),
             "no_longer_limited": len(report.visitors_no_longer_limited),
+            "newly_limited_by_prefix": report.visitors_by_prefix("newly_limited"),
+            "no_longer_limited_by_prefix": report.visitors_by_prefix("no_longer_limited"),
         },
         "malformed": {
             "count": report.problems.count,
@@ -482,7 +510,28 @@ def as_json(report: Report) -> dict[str, Any]:
                 {"file": m.source, "line": m.line, "error": m.error} for m in report.problems.kept
             ],
         },
+        "penalty_box": {which: _box_json(box) for which, box in report.boxes.items()},
         "notes": report.notes,
+    }
+
+
+def _box_json(box: BoxReplay) -> dict[str, Any]:
+    return {
+        "rule": rule_json(box.penalty),
+        "failures_counted": box.failures_counted,
+        "subjects_boxed": len(box.subjects) + box.other,
+        "subjects": [
+            {
+                "subject": subject,
+                "kind": b.kind,
+                "boxes": b.boxes,
+                "boxed_seconds": b.boxed_ms / 1000,
+                "first_boxed": _iso(round(b.first_ms * 1000)),
+                "boxed_until": _iso(round(b.until_ms * 1000)),
+                "requests_refused": b.refused,
+            }
+            for subject, b in box.ranked()[:TOP]
+        ],
     }
 
 
@@ -522,5 +571,33 @@ def render_text(report: Report) -> list[str]:
         f"429 under the candidate and not the baseline; "
         f"{data['visitors']['no_longer_limited']} the reverse"
     )
+    for change, title in (("newly_limited", "newly limited"), ("no_longer_limited", "no longer")):
+        by_prefix = data["visitors"][f"{change}_by_prefix"]
+        if by_prefix:
+            out.append(
+                f"  {title}, by IP prefix: "
+                + ", ".join(f"{prefix} {n}" for prefix, n in by_prefix.items())
+            )
+    out.extend(_box_lines(report, data["penalty_box"]))
     out.extend(f"note: {note}" for note in report.notes)
+    return out
+
+
+def _box_lines(report: Report, boxes: dict[str, Any]) -> list[str]:
+    out = ["", "penalty box:"]
+    for which, box in report.boxes.items():
+        row = boxes[which]
+        if box.penalty is None:
+            out.append(f"  {which}: off")
+            continue
+        out.append(
+            f"  {which}: {penalty_text(box.penalty)}; {row['failures_counted']} failure(s) "
+            f"counted, {row['subjects_boxed']} subject(s) boxed"
+        )
+        out.extend(
+            f"    {s['kind']} {s['subject']}: boxed {s['boxes']}x for {s['boxed_seconds']:g}s"
+            f" from {s['first_boxed']} to {s['boxed_until']}, {s['requests_refused']} logged"
+            " request(s) refused in the box"
+            for s in row["subjects"]
+        )
     return out

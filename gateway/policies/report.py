@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.core.gcra import LimitState
-from gateway.core.policy import AppliedLimit, Limit, Policy, PolicySet
+from gateway.core.policy import AppliedLimit, Limit, Penalty, Policy, PolicySet
 
 
 def _duration(seconds: float) -> str:
@@ -53,17 +53,20 @@ def effective_table(policies: PolicySet) -> list[str]:
         f"binding: {components} at {b.bind_at}, up to {b.max_fingerprints} fingerprint(s), "
         f"then {b.action}"
     )
-    box = policies.penalty
-    if box is None:
-        lines.append("penalty box: off")
-    else:
-        lines.append(
-            f"penalty box: {box.threshold} x ({', '.join(sorted(box.count))}) per "
-            f"{_duration(box.window_ms / 1000)} by {box.subject} -> refused for "
-            f"{_duration(box.cooldown_ms / 1000)}"
-        )
+    lines.append(f"penalty box: {penalty_text(policies.penalty)}")
     lines.append(f"on store error: {policies.on_store_error}")
     return lines
+
+
+def penalty_text(box: Penalty | None) -> str:
+    """A penalty box rule in one line (``off`` without one)."""
+    if box is None:
+        return "off"
+    return (
+        f"{box.threshold} x ({', '.join(sorted(box.count))}) per "
+        f"{_duration(box.window_ms / 1000)} by {box.subject} -> refused for "
+        f"{_duration(box.cooldown_ms / 1000)}"
+    )
 
 
 def explain_lines(

@@ -14,6 +14,7 @@ from typing import Generic, TypeVar
 
 from gateway.core.fingerprint import TAG_CHARS
 from gateway.core.gcra import EPOCH_US, LimitSpec, LimitState, evaluate
+from gateway.core.penalty_box import Failures, count_failure
 from gateway.store.base import (
     Admission,
     AdmitRequest,
@@ -226,13 +227,15 @@ class MemoryStore:
         self._sweep(now)
         if reserved:
             self._release(subject, now)
-        count = (self.failures.get(subject, now) or 0) + 1
-        expires = self.failures.expires_at(subject) or now + rule.window_ms
-        if count >= rule.threshold:
+        held = self.failures.get(subject, now)
+        ends = self.failures.expires_at(subject)
+        current = None if held is None or ends is None else Failures(held, ends)
+        kept, boxed_ms = count_failure(current, now, rule)
+        if kept is None:
             self.failures.delete(subject)
-            self.penalties.set(subject, True, now + rule.cooldown_ms)
-            return rule.cooldown_ms
-        self.failures.set(subject, count, expires)
+            self.penalties.set(subject, True, now + boxed_ms)
+            return boxed_ms
+        self.failures.set(subject, kept.failures, kept.ends_ms)
         return 0
 
     async def ping(self) -> None:

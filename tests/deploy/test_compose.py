@@ -31,6 +31,7 @@ from aiohttp import web
 from gateway.config import Config, load_config
 from gateway.core.client_ip import resolve_client_ip
 from gateway.core.signing_keys import parse_keyset
+from gateway.observability.decision_log import SECRET_FILE_ENV, load_secret
 from tests.deploy.test_k8s_manifests import K8S, ROOT, admin_routes
 from tests.support.processes import free_port, running
 from tests.support.promtool import run_promtool
@@ -248,7 +249,7 @@ def test_the_agent_keys_survive_a_redis_restart() -> None:
 def test_the_signing_keys_are_a_compose_secret() -> None:
     config = gateway_config()
     declared = compose()["secrets"]
-    assert services()["gateway"]["secrets"] == ["signing_keys"]
+    assert services()["gateway"]["secrets"] == ["signing_keys", "decision_log_secret"]
     # a secret without target is mounted at /run/secrets/<name>
     assert config.tokens.signing_keys_file == Path("/run/secrets/signing_keys")
     secret = COMPOSE_DIR / declared["signing_keys"]["file"]
@@ -257,6 +258,22 @@ def test_the_signing_keys_are_a_compose_secret() -> None:
     example = secret.with_name(secret.name + ".example")
     keys = parse_keyset(example.read_text(), str(example))
     assert "EXAMPLE" in example.read_text() and len(keys.keys) == 1
+
+
+def test_the_decision_log_secret_is_a_compose_secret() -> None:
+    """GATEWAY_DECISION_LOG_SECRET_FILE names the mounted secret; the gateway reads it
+    when observability.decision_log is on."""
+    gateway = services()["gateway"]
+    assert "decision_log_secret" in gateway["secrets"]
+    file_env = gateway["environment"][SECRET_FILE_ENV]
+    assert file_env == "/run/secrets/decision_log_secret"
+    secret = COMPOSE_DIR / compose()["secrets"]["decision_log_secret"]["file"]
+    assert secret.parent == COMPOSE_DIR / "secrets"  # ignored by git (test above)
+    example = secret.with_name(secret.name + ".example")
+    assert "EXAMPLE" in example.read_text()
+    assert len(load_secret({SECRET_FILE_ENV: str(example)})) >= 16
+    assert gateway_config().observability.decision_log is None, "the decision log is opt-in"
+    assert SECRET_FILE_ENV in (ROOT / "docs" / "operations.md").read_text()
 
 
 def test_the_configuration_is_kubernetes_but_for_the_compose_settings() -> None:

@@ -2,6 +2,7 @@
 custom resources are well formed, and ports, probes, labels, names and the
 configuration agree across files."""
 
+import base64
 import copy
 import re
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from gateway.config import Config, load_config
+from gateway.observability.decision_log import SECRET_ENV, load_secret
 from gateway.server import SHUTDOWN_MARGIN_SECONDS
 from gateway.web.admin import create_admin_app
 from gateway.web.app import create_app
@@ -215,9 +217,14 @@ def test_secrets_are_generated_for_dev_and_only_referenced_in_prod() -> None:
             assert names <= present
             assert set(one(objs, "Secret", "agent-gateway-signing-keys")["data"]) == {"keys"}
             assert set(one(objs, "Secret", "agent-gateway-store")["data"]) == {"url"}
+            assert set(one(objs, "Secret", "agent-gateway-decision-log")["data"]) == {"secret"}
         else:
             assert not present, "production secrets never live in git"
-            assert names == {"agent-gateway-signing-keys", "agent-gateway-store"}
+            assert names == {
+                "agent-gateway-signing-keys",
+                "agent-gateway-store",
+                "agent-gateway-decision-log",
+            }
             docs = (ROOT / "docs" / "operations.md").read_text()
             assert all(name in docs for name in names)
 
@@ -570,3 +577,25 @@ def test_each_container_runs_the_image_target_that_has_its_program(overlay: str)
     if overlay == "dev":
         backend = pod_spec(one(objects("dev"), "Deployment", "chat-backend"))["containers"][0]
         assert backend["image"].startswith("agent-gateway-chat-backend:")
+
+
+def test_the_decision_log_secret_comes_from_a_secret(overlay: str, tmp_path: Path) -> None:
+    """GATEWAY_DECISION_LOG_SECRET from the Secret agent-gateway-decision-log: optional,
+    since the log is off by default (a pod with the log on and no Secret refuses to start
+    with a message naming the variable); in dev a generated one the gateway accepts."""
+    objs = objects(overlay)
+    env = {e["name"]: e for e in container(objs)["env"]}
+    ref = env[SECRET_ENV]["valueFrom"]["secretKeyRef"]
+    assert (ref["key"], ref["optional"]) == ("secret", True)
+    assert re.fullmatch(r"agent-gateway-decision-log(-[a-z0-9]{10})?", ref["name"])
+    config = gateway_config(objs, tmp_path)
+    assert config.observability.decision_log is None, "the decision log is opt-in"
+    if overlay == "dev":
+        data = one(objs, "Secret", "agent-gateway-decision-log")["data"]["secret"]
+        value = base64.b64decode(data).decode()
+        assert len(load_secret({SECRET_ENV: value})) >= 16
+    # without the Secret, turning the log on is refused with the variable's name
+    with pytest.raises(ValueError, match=SECRET_ENV):
+        load_secret({})
+    docs = (ROOT / "docs" / "operations.md").read_text()
+    assert "agent-gateway-decision-log" in docs and SECRET_ENV in docs

@@ -210,6 +210,22 @@ def test_policy_added_and_removed_in_words(tmp_path: Path) -> None:
     )
 
 
+def test_a_renamed_policy_is_one_neutral_rename(tmp_path: Path) -> None:
+    renamed = BASE.replace("name: send-per-token", "name: messages-per-token")
+    result = diff(tmp_path / "renamed", renamed)
+    assert result.returncode == 0, result.stderr  # nothing tightens
+    assert lines(result) == [
+        "policy send-per-token renamed to messages-per-token: the same limit; its counters "
+        "start afresh under the new name (each partition's burst is full once), and its "
+        "metrics and RateLimit-Policy carry the new name",
+        "1 change(s), 0 tightening",
+    ]
+    as_json = json.loads(diff(tmp_path / "json", renamed, "--json").stdout)
+    assert [(c["field"], c["old"], c["new"], c["effect"]) for c in as_json] == [
+        ("renamed", "send-per-token", "messages-per-token", "neutral")
+    ]
+
+
 def test_partition_and_match_changes(tmp_path: Path) -> None:
     coarser = diff(
         tmp_path / "coarser",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -145,6 +146,22 @@ def test_the_secret_is_required_and_long_enough() -> None:
     with pytest.raises(ValueError, match="16 bytes"):
         load_secret({"GATEWAY_DECISION_LOG_SECRET": "short"})
     assert load_secret({"GATEWAY_DECISION_LOG_SECRET": "x" * 16}) == b"x" * 16
+
+
+def test_the_secret_may_come_from_a_file(tmp_path: Path) -> None:
+    """As a Compose secret: GATEWAY_DECISION_LOG_SECRET_FILE names the file."""
+    path = tmp_path / "decision_log_secret"
+    path.write_text("y" * 24 + "\n")
+    assert load_secret({"GATEWAY_DECISION_LOG_SECRET_FILE": str(path)}) == b"y" * 24
+    # the variable itself wins over the file
+    both = {"GATEWAY_DECISION_LOG_SECRET": "x" * 16, "GATEWAY_DECISION_LOG_SECRET_FILE": str(path)}
+    assert load_secret(both) == b"x" * 16
+    path.write_text("short\n")
+    with pytest.raises(ValueError, match=r"16 bytes.*holds 5"):
+        load_secret({"GATEWAY_DECISION_LOG_SECRET_FILE": str(path)})
+    missing = tmp_path / "absent"
+    with pytest.raises(ValueError, match=rf"{re.escape(str(missing))}.*cannot read"):
+        load_secret({"GATEWAY_DECISION_LOG_SECRET_FILE": str(missing)})
 
 
 def test_outcomes_of_requests_that_never_reached_the_limits(tmp_path: Path) -> None:

@@ -162,3 +162,96 @@ def test_the_fields_of_a_binding_that_is_off_mean_nothing(tmp_path: Path) -> Non
     off = "binding: {components: [], action: flag, max_fingerprints: 1}\n"
     other = "binding: {components: [], action: revoke, max_fingerprints: 4, bind_at: issue}\n"
     assert changes(tmp_path, off, other) == []
+
+
+RENAMABLE = """\
+policies:
+  - name: NAME
+    match: {routes: [send], methods: [METHODS]}
+    partition: [token, conversation]
+    limit: {rate: RATE, burst: 5}
+    mode: MODE
+"""
+
+
+def renamable(
+    name: str, rate: str = "10, per: 1m", methods: str = "POST", mode: str = "enforce"
+) -> str:
+    return (
+        RENAMABLE.replace("NAME", name)
+        .replace("RATE", rate)
+        .replace("METHODS", methods)
+        .replace("MODE", mode)
+    )
+
+
+@pytest.mark.parametrize("mode", ["enforce", "shadow"])
+def test_a_renamed_policy_is_a_rename_not_a_removal_and_an_addition(
+    tmp_path: Path, mode: str
+) -> None:
+    found = changes(
+        tmp_path, renamable("send-per-visitor", mode=mode), renamable("per-visitor", mode=mode)
+    )
+    assert found == [
+        (
+            "renamed",
+            "neutral",
+            "policy send-per-visitor renamed to per-visitor: the same limit; its counters "
+            "start afresh under the new name (each partition's burst is full once), and its "
+            "metrics and RateLimit-Policy carry the new name",
+        )
+    ]
+
+
+def test_a_rename_restated_at_the_same_pace_is_still_a_rename(tmp_path: Path) -> None:
+    old = renamable("a", rate="10, per: 1m", methods="POST, GET")
+    new = renamable("b", rate="20, per: 2m", methods="GET, POST, GET")  # methods as a set
+    assert [(f, e) for f, e, _ in changes(tmp_path, old, new)] == [
+        ("renamed", "neutral"),
+        ("rate", "neutral"),
+    ]
+    assert (
+        changes(tmp_path, old, new)[1][2]
+        == "policy b: rate restated at the same pace: 10/1m -> 20/2m"
+    )
+
+
+@pytest.mark.parametrize(
+    ("new", "why"),
+    [
+        (renamable("b", rate="5, per: 1m"), "a slower rate"),
+        (renamable("b", methods="GET"), "other methods"),
+        (renamable("b", mode="shadow"), "another mode"),
+        (renamable("b").replace("token, conversation", "token"), "another partition"),
+    ],
+)
+def test_a_new_name_with_another_meaning_is_a_removal_and_an_addition(
+    tmp_path: Path, new: str, why: str
+) -> None:
+    found = [f for f, _, _ in changes(tmp_path, renamable("a"), new)]
+    assert sorted(found) == ["added", "removed"], why
+
+
+def test_a_shadow_policy_renamed_with_another_limit_is_not_a_rename(tmp_path: Path) -> None:
+    # any limit change of a shadow-only policy is neutral, yet it is not the same policy
+    old = renamable("a", mode="shadow")
+    new = renamable("b", rate="1, per: 1m", mode="shadow")
+    assert sorted(f for f, _, _ in changes(tmp_path, old, new)) == ["added", "removed"]
+
+
+def test_method_lists_compare_as_sets(tmp_path: Path) -> None:
+    old = renamable("a", methods="POST, GET")
+    assert changes(tmp_path, old, renamable("a", methods="GET, POST, POST")) == []
+    ((field, effect, text),) = changes(tmp_path, old, renamable("a", methods="GET"))
+    assert (field, effect) == ("match.methods", "loosens")
+    assert text == "policy a: match methods narrower: [GET,POST] -> [GET]"
+
+
+def test_two_renames_pair_each_policy_once(tmp_path: Path) -> None:
+    old = renamable("a") + renamable("c").split("policies:\n", 1)[1]
+    new = renamable("b") + renamable("d").split("policies:\n", 1)[1]
+    found = [(f, t.split(":")[0]) for f, _, t in changes(tmp_path, old, new)]
+    assert found == [
+        ("renamed", "policy a renamed to b"),
+        ("renamed", "policy c renamed to d"),
+    ]

@@ -148,6 +148,12 @@ def test_replay_against_the_same_policies_reproduces_every_decision(
     assert out["requests_newly_limited"] == 0
     per = out["policies"]["send-per-conversation"]  # type: ignore[index]
     assert per["baseline"]["limited"] == sum(max(n - BURST, 0) for n in SENDS)
+    # the policies have no penalty box: nothing counted, nothing boxed
+    off = {"rule": None, "failures_counted": 0, "subjects_boxed": 0, "subjects": []}
+    assert out["penalty_box"] == {"baseline": off, "candidate": off}
+    text = run_cli("policies", "replay", str(log), "--candidate", str(baseline), "--baseline",
+                   str(baseline))  # fmt: skip
+    assert text.stdout.endswith("penalty box:\n  baseline: off\n  candidate: off\n")
     # without --baseline: the policies of the configuration the log was recorded with
     config = log.parent / "config.yaml"
     _, configured, _ = replay(str(log), "--config", str(config), "--candidate", str(baseline))
@@ -169,7 +175,12 @@ def test_a_candidate_halving_the_limit_limits_the_expected_requests(
     assert code == 0
     assert out["requests_newly_limited"] == newly
     assert out["requests_no_longer_limited"] == 0
-    assert out["visitors"] == {"newly_limited": visitors, "no_longer_limited": 0}
+    assert out["visitors"] == {
+        "newly_limited": visitors,
+        "no_longer_limited": 0,
+        "newly_limited_by_prefix": {"127.0.0.0/24": visitors},
+        "no_longer_limited_by_prefix": {},
+    }
     per = out["policies"]["send-per-conversation"]  # type: ignore[index]
     assert per["candidate"]["limited"] == sum(max(n - HALF, 0) for n in SENDS)
     assert per["limited_difference"] == newly
@@ -180,7 +191,12 @@ def test_a_candidate_halving_the_limit_limits_the_expected_requests(
     # the reverse replay: the same requests are no longer limited
     _, back, _ = replay(str(log), "--baseline", str(candidate), "--candidate", str(baseline))
     assert back["requests_no_longer_limited"] == newly
-    assert back["visitors"] == {"newly_limited": 0, "no_longer_limited": visitors}
+    assert back["visitors"] == {
+        "newly_limited": 0,
+        "no_longer_limited": visitors,
+        "newly_limited_by_prefix": {},
+        "no_longer_limited_by_prefix": {"127.0.0.0/24": visitors},
+    }
     # gated in CI: more newly limited conversations than allowed exits 3
     gated, _, _ = replay(
         str(log),
