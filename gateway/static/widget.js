@@ -273,7 +273,7 @@
           j += 1;
           continue;
         }
-        if (mark === "_" && /\w/.test(text.charAt(j + 1))) continue;
+        if (mark.charAt(0) === "_" && /\w/.test(text.charAt(j + mark.length))) continue;
         return j;
       }
     }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 
 from aiohttp import web
 
@@ -55,3 +56,19 @@ def add_routes(app: web.Application) -> None:
 
     app.router.add_get(WIDGET_PATH, alias.handle)
     app.router.add_get(f"/widget.{{version:[0-9a-f]{{{VERSION_LEN}}}}}.js", versioned)
+
+
+def snippet(gateway_url: str, body: bytes, key: str, model: str, locale: str = "") -> str:
+    """The ``<script>`` tag a site owner pastes: the versioned URL, its SRI hash, and the
+    key and model the widget uses."""
+    attrs = [
+        ("src", gateway_url.rstrip("/") + versioned_path(body)),
+        ("integrity", integrity(body)),
+        ("crossorigin", "anonymous"),
+        ("data-key", key),
+        ("data-model", model),
+    ]
+    if locale:
+        attrs.append(("data-locale", locale))
+    text = " ".join(f'{name}="{html.escape(value)}"' for name, value in attrs)
+    return f"<script {text} defer></script>"

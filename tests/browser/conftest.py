@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestServer
-from playwright.async_api import BrowserContext, async_playwright
+from playwright.async_api import Browser, BrowserContext, async_playwright
 
 from chat_backend.app import create_app as create_backend
 from chat_backend.models import EchoModel
+from tests.browser.pages import Pages
 
 #: Debian's chromium; Playwright never downloads a browser here
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -64,3 +65,26 @@ async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
             yield context
         finally:
             await context.close()
+
+
+@pytest.fixture
+async def pages() -> AsyncIterator[Pages]:
+    """A website of test pages on its own origin (no CSP unless a page brings one)."""
+    site = Pages()
+    await site.server.start_server()
+    yield site
+    await site.server.close()
+
+
+@pytest.fixture
+async def chromium() -> AsyncIterator[Browser]:
+    """The same Chromium, for tests that need contexts of their own (a locale, a phone)."""
+    _require_chromium()
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=FLAGS
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()
