@@ -908,7 +908,9 @@
     this.log.appendChild(el("div", { class: "note" }, text));
   };
 
-  Chat.prototype.announce = function (text) {
+  /* Reads the answer as shown (its words, not its Markdown marks), once. */
+  Chat.prototype.announce = function (node) {
+    var text = node.innerText || node.textContent;
     var short = text.length > 1500 ? text.slice(0, 1500) + "\u2026" : text;
     this.announcer.textContent = t("said", { text: short });
   };
@@ -954,7 +956,7 @@
         md.draw();
       }
       answer.setAttribute("data-state", "done");
-      this.announce(md.text);
+      this.announce(answer);
     } catch (err) {
       if (answer && !answer.textContent) answer.remove();
       else if (answer) answer.setAttribute("data-state", "failed");
