@@ -4,6 +4,7 @@ reference backend on two different origins."""
 import os
 import shutil
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -41,13 +42,22 @@ def _require_chromium() -> None:
     pytest.skip(message)
 
 
+@asynccontextmanager
+async def echo_backend(word_delay: float) -> AsyncIterator[TestServer]:
+    """The reference backend (serving /demo), its echo model ``word_delay`` s per word."""
+    server = TestServer(create_backend(EchoModel(word_delay=word_delay)), host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
 @pytest.fixture
 async def backend() -> AsyncIterator[TestServer]:
-    """The reference backend (serving /demo), slower than the suite's default."""
-    server = TestServer(create_backend(EchoModel(word_delay=WORD_DELAY)), host="127.0.0.1")
-    await server.start_server()
-    yield server
-    await server.close()
+    """The reference backend, slower than the suite's default."""
+    async with echo_backend(WORD_DELAY) as server:
+        yield server
 
 
 @pytest.fixture

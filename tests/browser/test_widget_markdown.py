@@ -9,8 +9,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from playwright.async_api import BrowserContext, Dialog, Page, expect
 
-from chat_backend.app import create_app as create_backend
-from chat_backend.models import EchoModel
+from tests.browser.conftest import echo_backend
 from tests.browser.pages import ROOT, Pages, page_html, say, shadow, widget_tag
 from tests.support.harness import Gateway
 
@@ -70,10 +69,8 @@ AUDIT = """() => {
 @pytest.fixture
 async def backend() -> AsyncIterator[TestServer]:
     """The reference backend, with a short pause between words so each arrives alone."""
-    server = TestServer(create_backend(EchoModel(word_delay=0.02)), host="127.0.0.1")
-    await server.start_server()
-    yield server
-    await server.close()
+    async with echo_backend(0.02) as server:
+        yield server
 
 
 async def answer_of(page: Page, message: str, timeout: float = 15_000) -> Any:

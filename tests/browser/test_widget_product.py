@@ -65,40 +65,29 @@ async def answered(page: Page, message: str) -> None:
     await expect(page.locator(".assistant").last).to_have_attribute("data-state", "done")
 
 
-LOCALES = {
+FRENCH = {
+    "launcher": "Discussion",
+    "placeholder": "Écrivez un message…",
+    "send": "Envoyer",
+    "reload": "Recharger la conversation",
+    "close": "Fermer la discussion",
+    "wait": "Trop de messages. Veuillez patienter 1,5 heure avant de réessayer.",
+}
+ENGLISH = {
+    "launcher": "Chat",
+    "placeholder": "Type a message…",
+    "send": "Send",
+    "reload": "Reload the conversation",
+    "close": "Close the chat",
+    "wait": "Too many messages. Please wait 1.5 hours and try again.",
+}
+LOCALES: dict[str, dict[str, Any]] = {
     # data-locale wins over the page's lang and the browser's language
-    "fr": dict(
-        browser="en-US",
-        page={"lang": "en", "locale": "fr"},
-        launcher="Discussion",
-        placeholder="Écrivez un message…",
-        send="Envoyer",
-        reload="Recharger la conversation",
-        close="Fermer la discussion",
-        wait="Trop de messages. Veuillez patienter 1,5 heure avant de réessayer.",
-    ),
+    "fr": {"browser": "en-US", "page": {"lang": "en", "locale": "fr"}, **FRENCH},
     # the page's lang wins over the browser's language
-    "en": dict(
-        browser="fr-FR",
-        page={"lang": "en-GB"},
-        launcher="Chat",
-        placeholder="Type a message…",
-        send="Send",
-        reload="Reload the conversation",
-        close="Close the chat",
-        wait="Too many messages. Please wait 1.5 hours and try again.",
-    ),
+    "en": {"browser": "fr-FR", "page": {"lang": "en-GB"}, **ENGLISH},
     # neither: the browser's language
-    "fr-by-browser": dict(
-        browser="fr-CA",
-        page={"lang": None},
-        launcher="Discussion",
-        placeholder="Écrivez un message…",
-        send="Envoyer",
-        reload="Recharger la conversation",
-        close="Fermer la discussion",
-        wait="Trop de messages. Veuillez patienter 1,5 heure avant de réessayer.",
-    ),
+    "fr-by-browser": {"browser": "fr-CA", "page": {"lang": None}, **FRENCH},
 }
 
 
@@ -106,7 +95,7 @@ LOCALES = {
 async def test_every_text_is_in_the_visitors_language(
     name: str, chromium: Browser, gateway_factory: Any, backend: TestServer, pages: Pages
 ) -> None:
-    case: dict[str, Any] = LOCALES[name]
+    case = LOCALES[name]
     gateway: Gateway = await gateway_factory(policies=SLOW_SENDS)
     key = await gateway.create_key(origins=(pages.origin,))
     context = await chromium.new_context(locale=case["browser"])
