@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
-from playwright.async_api import Browser, BrowserContext, Page, expect
+from playwright.async_api import Browser, BrowserContext, Page, Route, expect
 
 from gateway.web.widget import load_widget, versioned_path
 from tests.browser.pages import ROOT, Pages, page_html, say, shadow, widget_tag
@@ -121,6 +121,48 @@ async def test_every_text_is_in_the_visitors_language(
     await expect(page.locator("textarea")).to_be_disabled()
     assert not [line for line in console if "error" in line.lower()], console
     await context.close()
+
+
+@pytest.mark.parametrize(
+    ("locale", "words"),
+    [
+        (
+            "fr",
+            "Cette discussion a été ouverte ailleurs. Commencez une nouvelle conversation avec ↻.",
+        ),
+        ("en", "This chat was opened elsewhere. Start a new conversation with ↻."),
+    ],
+)
+async def test_a_token_used_elsewhere_first_says_so_and_a_new_conversation_recovers(
+    locale: str,
+    words: str,
+    browser: BrowserContext,
+    gateway_factory: Any,
+    backend: TestServer,
+    pages: Pages,
+) -> None:
+    gateway: Gateway = await gateway_factory()
+    key = await gateway.create_key(origins=(pages.origin,))
+    page = await browser.new_page()
+    stolen: list[str] = []
+
+    async def use_it_first(route: Route) -> None:
+        """Another client uses the page's first token before the page does."""
+        response = await route.fetch()
+        if not stolen:
+            stolen.append((await response.json())["token"])
+            async with gateway.messages(stolen[0], **{"User-Agent": "curl/8"}) as resp:
+                assert resp.status == 404  # no conversation yet, and the token is bound
+        await route.fulfill(response=response)
+
+    await page.route(gateway.url + "/v1/chat/conversation/public/message/token/*", use_it_first)
+    await page.goto(widget_page(pages, gateway, key, locale=locale, open="true"))
+    status = page.locator(".status")
+    await expect(status).to_have_attribute("data-code", "token_reuse_suspected")
+    await expect(status).to_have_text(words)
+    await page.locator(".reload").click()
+    await expect(status).to_be_hidden()
+    await answered(page, "hello again")
 
 
 #: what a careless site's stylesheet does to everything it can reach
