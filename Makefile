@@ -4,6 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
+# axe-core for the widget's accessibility test, exactly as package-lock.json pins and hashes it
+NPM_STAMP   := node_modules/.installed
 
 .PHONY: run test test-quick lint typecheck bench soak screenshot clean lock wheelhouse image image-backend
 
@@ -17,11 +19,17 @@ $(STAMP): pyproject.toml setup.py requirements/dev.lock requirements/build.lock
 	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
+$(NPM_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null 2>&1 || \
+		{ echo "make: npm is needed for the browser tests' axe-core (apt-get install npm)"; exit 2; }
+	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	@touch $(NPM_STAMP)
+
 run: $(STAMP)
 	$(BIN)/python scripts/run_local.py
 
 # lint and types first (seconds), then the whole suite
-test: lint typecheck
+test: lint typecheck $(NPM_STAMP)
 	$(BIN)/python -m pytest
 
 # the suite without the multi-process and fault-injection tests (marked slow), for the
@@ -36,9 +44,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# refresh docs/widget-demo.png from the browser test (needs Debian's chromium)
+# refresh docs/widget-demo.png and the widget-*.png pictures (desktop and phone, light and
+# dark, French) from the browser tests (needs Debian's chromium)
 screenshot: $(STAMP)
-	WIDGET_SCREENSHOT=docs/widget-demo.png $(BIN)/python -m pytest -q tests/browser -k streams
+	WIDGET_SCREENSHOT=docs/widget-demo.png WIDGET_SCREENSHOTS=docs \
+		$(BIN)/python -m pytest -q tests/browser -k "streams or screenshots"
 
 # the bench extra (Envoy, py-spy; requirements/bench.lock: the dev lock plus those two,
 # hashed) is optional: without it the run skips Envoy and says so
@@ -106,4 +116,4 @@ image-backend:
 	$(IMAGE_BUILD) --target chat-backend -t $(IMAGE)-chat-backend:$(VERSION) .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -305,6 +305,56 @@ def cmd_policies_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+#: stands for the key in a snippet printed without --key (only its hash is stored)
+KEY_PLACEHOLDER = "PASTE-THE-KEY-HERE"
+
+
+def cmd_widget_snippet(args: argparse.Namespace) -> int:
+    from urllib.parse import urlsplit
+
+    from gateway.web.widget import load_widget, snippet
+
+    parts = urlsplit(args.gateway_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+        raise CommandError(
+            f"--gateway-url: expected http(s)://host[:port][/path], not {args.gateway_url!r}"
+        )
+    records = {r.key_id: r for r in asyncio.run(_list_keys(_config(args)))}
+    record = records.get(args.key_id)
+    if record is None:
+        raise CommandError(f"no key with id {args.key_id!r} in the key store")
+    if not record.active:
+        raise CommandError(f"key {args.key_id} is revoked")
+    model = args.model or record.models[0]
+    if model not in record.models:
+        raise CommandError(
+            f"key {args.key_id} does not serve model {model!r} ({', '.join(record.models)})"
+        )
+    if args.key is not None:
+        parsed = agent_keys.parse(args.key)
+        if parsed is None or parsed.key_id != args.key_id:
+            raise CommandError(f"--key is not the key with id {args.key_id}")
+    print(
+        snippet(
+            args.gateway_url, load_widget(), args.key or KEY_PLACEHOLDER, model, args.locale or ""
+        )
+    )
+    if args.key is None:
+        print(
+            f"replace {KEY_PLACEHOLDER} with the key (pak_{args.key_id}_...): "
+            "only its hash is stored",
+            file=sys.stderr,
+        )
+    if record.origins:
+        print(f"pages on these origins may use it: {' '.join(record.origins)}", file=sys.stderr)
+    else:
+        print(
+            f"gateway: warning: key {args.key_id} lists no origin: browsers are refused",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -358,6 +408,24 @@ def build_parser() -> argparse.ArgumentParser:
     revoke = key_commands.add_parser("revoke", parents=[common], help="revoke a key")
     revoke.add_argument("key_id")
     revoke.set_defaults(func=cmd_keys_revoke)
+
+    widget = commands.add_parser("widget", help="embed the chat widget in a website")
+    widget_commands = widget.add_subparsers(dest="widget_command", required=True, metavar="ACTION")
+    tag = widget_commands.add_parser(
+        "snippet",
+        parents=[common],
+        help="print the <script> tag to paste: the versioned URL and its SRI hash (sha384)",
+    )
+    tag.add_argument("--key-id", required=True, help="the agent key's id (gateway keys list)")
+    tag.add_argument(
+        "--gateway-url", required=True, help="the gateway's public base URL, as browsers reach it"
+    )
+    tag.add_argument("--key", help="the key itself, written into the tag (else a placeholder)")
+    tag.add_argument("--model", help="a model of the key (default: its first)")
+    tag.add_argument(
+        "--locale", choices=("en", "fr"), help="the widget's language (default: the page's)"
+    )
+    tag.set_defaults(func=cmd_widget_snippet)
 
     policies = commands.add_parser("policies", help="check, explain and diff rate-limit policies")
     policy_commands = policies.add_subparsers(

@@ -4,7 +4,8 @@ Read once at start. Any page may load it: ``Access-Control-Allow-Origin: *`` (fo
 ``crossorigin`` / subresource integrity, and documentation tools on other origins) and
 ``Cross-Origin-Resource-Policy: cross-origin`` (for pages that isolate themselves). The
 URLs are not versioned, so browsers keep the file briefly and then revalidate with the
-ETag (a digest of the content): ``304`` until the gateway is upgraded.
+ETag (a digest of the content): ``304`` until the gateway is upgraded. A URL that names
+its content's version (``/widget.<version>.js``) is kept for a year instead.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from importlib import resources
 from aiohttp import web
 
 CACHE_CONTROL = "public, max-age=300, stale-while-revalidate=60"
+#: for a URL whose bytes never change
+IMMUTABLE = "public, max-age=31536000, immutable"
 
 
 def load_static(name: str) -> bytes:
@@ -23,15 +26,22 @@ def load_static(name: str) -> bytes:
 
 
 class PublicFile:
-    def __init__(self, body: bytes, content_type: str, charset: str | None = None) -> None:
+    def __init__(
+        self,
+        body: bytes,
+        content_type: str,
+        charset: str | None = None,
+        cache_control: str = CACHE_CONTROL,
+    ) -> None:
         self.body = body
+        self.cache_control = cache_control
         self.content_type = content_type
         self.charset = charset
         self.etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
 
     def headers(self) -> dict[str, str]:
         return {
-            "Cache-Control": CACHE_CONTROL,
+            "Cache-Control": self.cache_control,
             "ETag": self.etag,
             "X-Content-Type-Options": "nosniff",
             "Access-Control-Allow-Origin": "*",

@@ -4,14 +4,16 @@ reference backend on two different origins."""
 import os
 import shutil
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestServer
-from playwright.async_api import BrowserContext, async_playwright
+from playwright.async_api import Browser, BrowserContext, async_playwright
 
 from chat_backend.app import create_app as create_backend
 from chat_backend.models import EchoModel
+from tests.browser.pages import Pages
 
 #: Debian's chromium; Playwright never downloads a browser here
 CHROMIUM = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -40,13 +42,22 @@ def _require_chromium() -> None:
     pytest.skip(message)
 
 
+@asynccontextmanager
+async def echo_backend(word_delay: float) -> AsyncIterator[TestServer]:
+    """The reference backend (serving /demo), its echo model ``word_delay`` s per word."""
+    server = TestServer(create_backend(EchoModel(word_delay=word_delay)), host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
 @pytest.fixture
 async def backend() -> AsyncIterator[TestServer]:
-    """The reference backend (serving /demo), slower than the suite's default."""
-    server = TestServer(create_backend(EchoModel(word_delay=WORD_DELAY)), host="127.0.0.1")
-    await server.start_server()
-    yield server
-    await server.close()
+    """The reference backend, slower than the suite's default."""
+    async with echo_backend(WORD_DELAY) as server:
+        yield server
 
 
 @pytest.fixture
@@ -64,3 +75,26 @@ async def browser(tmp_path: Path) -> AsyncIterator[BrowserContext]:
             yield context
         finally:
             await context.close()
+
+
+@pytest.fixture
+async def pages() -> AsyncIterator[Pages]:
+    """A website of test pages on its own origin (no CSP unless a page brings one)."""
+    site = Pages()
+    await site.server.start_server()
+    yield site
+    await site.server.close()
+
+
+@pytest.fixture
+async def chromium() -> AsyncIterator[Browser]:
+    """The same Chromium, for tests that need contexts of their own (a locale, a phone)."""
+    _require_chromium()
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=FLAGS
+        )
+        try:
+            yield launched
+        finally:
+            await launched.close()

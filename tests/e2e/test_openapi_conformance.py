@@ -247,6 +247,8 @@ EXPECTED = {
     f"OPTIONS {SEND_PATH}": {200, 400, 403},
     "GET /widget.js": {200, 304},
     "HEAD /widget.js": {200},
+    "GET /widget.{version}.js": {404},
+    "HEAD /widget.{version}.js": {404},
     "GET /openapi.json": {200, 304},
     "HEAD /openapi.json": {200},
 }

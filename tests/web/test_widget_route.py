@@ -1,6 +1,10 @@
-"""GET /widget.js: the script, its type and its caching."""
+"""GET /widget.js and /widget.<version>.js: the script, its type, caching and size."""
 
-from gateway.web.widget import load_widget
+import base64
+import gzip
+import hashlib
+
+from gateway.web.widget import VERSION_LEN, WIDGET_PATH, integrity, load_widget, versioned_path
 from tests.support.harness import Gateway
 
 
@@ -35,3 +39,35 @@ async def test_widget_is_served_as_cacheable_javascript(gateway_factory) -> None
         assert resp.status == 200
     async with gateway.http.head(gateway.url + "/widget.js") as resp:
         assert resp.status == 200 and resp.headers["ETag"] == etag
+
+
+async def test_the_versioned_url_is_immutable_and_matches_its_integrity_hash(
+    gateway_factory,
+) -> None:
+    gateway: Gateway = await gateway_factory()
+    body = load_widget()
+    path = versioned_path(body)
+    async with gateway.http.get(gateway.url + path) as resp:
+        assert resp.status == 200
+        assert await resp.read() == body
+        assert resp.headers["Cache-Control"] == "public, max-age=31536000, immutable"
+        assert resp.headers["Content-Type"] == "text/javascript; charset=utf-8"
+        assert resp.headers["Access-Control-Allow-Origin"] == "*"
+    digest = base64.b64decode(integrity(body).removeprefix("sha384-"))
+    assert digest == hashlib.sha384(body).digest()
+    # the stable alias serves the same bytes, briefly cached
+    async with gateway.http.get(gateway.url + WIDGET_PATH) as resp:
+        assert await resp.read() == body
+        assert "immutable" not in resp.headers["Cache-Control"]
+    other = "/widget." + "0" * VERSION_LEN + ".js"
+    assert other != path
+    async with gateway.http.get(gateway.url + other) as resp:
+        assert resp.status == 404
+        assert (await resp.json())["code"] == "not_found"
+        assert "immutable" not in resp.headers.get("Cache-Control", "")
+
+
+def test_the_widget_stays_under_20_kb_gzipped() -> None:
+    size = len(gzip.compress(load_widget(), compresslevel=9))
+    print(f"widget.js: {len(load_widget())} bytes, {size} bytes gzipped")
+    assert size < 20 * 1024, size
