@@ -37,7 +37,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from aiohttp.http import HttpVersion11
+from aiohttp.http import HttpVersion11, RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import ERROR, RequestHandler, _ErrInfo
 
@@ -49,6 +49,7 @@ from gateway.web.responses import NOSNIFF, problem_response
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from gateway.web.early_shed import EarlyShed
     from gateway.web.listener import Listener
 
 IDLE, HEAD, BODY = 0, 1, 2
@@ -122,7 +123,12 @@ class GuardedConnection(RequestHandler):
             return
         phase = self._phase
         count = self._request_count
-        RequestHandler.data_received(self, data)
+        early, waiter = self._listener.early_shed, self._waiter
+        if early is not None and waiter is not None and early.saturated() and not waiter.done():
+            if self._shed_early(early, data, waiter):
+                return
+        else:
+            RequestHandler.data_received(self, data)
         if self._request_count != count:
             message, payload = self._messages[-1]
             if (
@@ -151,6 +157,50 @@ class GuardedConnection(RequestHandler):
                 self._refuse_head(self._head_too_large())
             else:
                 self._expect(self._head_started + self._listener.header_timeout)
+
+    def _shed_early(self, early: EarlyShed, data: bytes, waiter: asyncio.Future[None]) -> bool:
+        """Parse ``data`` while the connection is idle and the application sheds all it
+        gets; answer a whole request here (see :mod:`gateway.web.early_shed`). False
+        when there is none to answer so, and the connection goes on as usual."""
+        count = self._request_count
+        self._waiter = None  # aiohttp would wake the request loop with it: not yet
+        try:
+            RequestHandler.data_received(self, data)
+        finally:
+            self._waiter = waiter
+        messages = self._messages
+        if self._request_count == count + 1 and len(messages) == 1:
+            message, payload = messages[0]
+            if (
+                isinstance(message, RawRequestMessage)
+                and payload.is_eof()
+                and self._head_bytes + len(data) <= self._max_header_bytes
+                and message.method != "HEAD"
+                and not message.upgrade
+                and "Origin" not in message.headers
+            ):
+                messages.pop()
+                if self._parser is not None:
+                    self._parser.message_consumed()
+                self._phase, self._body = IDLE, None
+                answer, keep_alive = early.answer(
+                    message.method, message.path, message.should_close
+                )
+                if self.transport is not None:
+                    self.transport.write(answer)
+                if not keep_alive:
+                    self.force_close()
+                    return True
+                loop = self._loop
+                self._next_keepalive_close_time = loop.time() + self._keepalive_timeout
+                if self._keepalive_handle is None:
+                    self._keepalive_handle = loop.call_at(
+                        self._next_keepalive_close_time, self._process_keepalive
+                    )
+                return True
+        if messages and not waiter.done():
+            waiter.set_result(None)
+        return False
 
     def _after_messages(self, phase: int, new: int, received: int) -> None:
         """``new`` messages were queued by the chunk just parsed, and the last one is
