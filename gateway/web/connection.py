@@ -64,6 +64,7 @@ class GuardedConnection(RequestHandler):
         "_client",
         "_counted",
         "_deadline",
+        "_handed",
         "_head_bytes",
         "_head_started",
         "_listener",
@@ -88,6 +89,8 @@ class GuardedConnection(RequestHandler):
         self._head_bytes = 0
         self._body: StreamReader | None = None
         self._stalled_at = 0.0
+        #: requests handed to the application that have not reached its shedding yet
+        self._handed = 0
 
     # -- opening and closing ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -102,6 +105,11 @@ class GuardedConnection(RequestHandler):
         self._expect(now + self._listener.header_timeout)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._handed:  # they will never ask for a place
+            early = self._listener.early_shed
+            if early is not None:
+                early.pending_done(self._handed)
+            self._handed = 0
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -130,6 +138,8 @@ class GuardedConnection(RequestHandler):
         else:
             RequestHandler.data_received(self, data)
         if self._request_count != count:
+            if early is not None:
+                self._hand_over(early, self._request_count - count)
             message, payload = self._messages[-1]
             if (
                 type(message) is not _ErrInfo
@@ -157,6 +167,31 @@ class GuardedConnection(RequestHandler):
                 self._refuse_head(self._head_too_large())
             else:
                 self._expect(self._head_started + self._listener.header_timeout)
+
+    def _hand_over(self, early: EarlyShed, new: int) -> None:
+        """``new`` messages were queued: the requests among them are on their way to the
+        application's shedding (counted until they reach it, see :meth:`arrived`)."""
+        messages = self._messages
+        handed = (
+            sum(
+                1
+                for index in range(len(messages) - new, len(messages))
+                if isinstance(messages[index][0], RawRequestMessage)
+            )
+            if new > 1
+            else int(isinstance(messages[-1][0], RawRequestMessage))
+        )
+        if handed:
+            self._handed += handed
+            early.pending_add(handed)
+
+    def arrived(self) -> None:
+        """A request of this connection reached the application's shedding."""
+        if self._handed:
+            self._handed -= 1
+            early = self._listener.early_shed
+            if early is not None:
+                early.pending_done(1)
 
     def _shed_early(self, early: EarlyShed, data: bytes, waiter: asyncio.Future[None]) -> bool:
         """Parse ``data`` while the connection is idle and the application sheds all it

@@ -85,6 +85,7 @@ class EarlyShed:
     ) -> None:
         #: whether a request now would be shed (the shedder's own method)
         self.saturated: Callable[[], bool] = shedder.saturated
+        self._shedder = shedder
         self._metrics = metrics
         self._health = health
         self._route_of = route_table(router)
@@ -103,6 +104,14 @@ class EarlyShed:
         self._by_route: Counter[str] = Counter()
         self._since = 0.0
         self._flush_timer: asyncio.TimerHandle | None = None
+
+    def pending_add(self, count: int) -> None:
+        """``count`` requests were handed to the application (see ``Shedder.saturated``)."""
+        self._shedder.pending += count
+
+    def pending_done(self, count: int) -> None:
+        """``count`` of them reached its shedding, or never will (their connection ended)."""
+        self._shedder.pending -= count
 
     def _head(self, keep_alive: bool) -> bytes:
         """The status line and headers up to ``X-Request-Id``'s value, rebuilt once a

@@ -74,6 +74,8 @@ class Shedder:
         self.queue: collections.deque[asyncio.Future[None]] = collections.deque()
         self.max_wait = settings.max_wait_ms / 1000
         self.queue_size = settings.queue_size
+        #: requests handed to the application by the listener, not yet here
+        self.pending = 0
         self._metrics = metrics
         self._retry_after = {"Retry-After": str(settings.retry_after_seconds)}
         metrics.watch_overload(self)
@@ -111,11 +113,14 @@ class Shedder:
         return min(self.queue_size, self.limiter.limit)
 
     def saturated(self) -> bool:
-        """No place free and no room to wait: a request now would be shed ``queue_full``
-        (the listener then answers it before aiohttp builds a request, see
-        :mod:`gateway.web.connection`)."""
+        """The places and the queue are taken, counting the requests the listener handed
+        to the application that have not asked for a place yet (``pending``: read in the
+        same turn of the loop, they ask later in it): a request now would be shed
+        ``queue_full``, so the listener answers it before aiohttp builds a request (see
+        :mod:`gateway.web.early_shed`)."""
         limiter = self.limiter
-        return limiter.in_flight >= limiter.limit and len(self.queue) >= self.queue_bound()
+        taken = limiter.in_flight + len(self.queue) + self.pending
+        return taken >= limiter.limit + self.queue_bound()
 
     async def wait_for_place(self) -> None:
         """Wait in the queue for a place, or raise the 503 that sheds the request."""

@@ -111,6 +111,7 @@ async def test_the_excess_is_shed_at_once_without_store_work_and_the_admitted_co
     )
     shedder = shedder_of(gw)
     assert (shedder.in_flight, shedder.waiting, shedder.streams) == (0, 0, 0)
+    assert shedder.pending == 0
     assert gw.sample("gateway_overload_limit") == 3
 
 
@@ -352,3 +353,4 @@ async def test_while_saturated_the_listener_answers_from_the_request_head(
     assert (await asyncio.wait_for(busy, 10))[0] == 200
     script.headers_delay = 0
     assert (await timed_send(gw, token))[0] == 200  # a place again: the application answers
+    assert shedder_of(gw).pending == 0  # every request handed over reached the shedding
