@@ -124,6 +124,18 @@ def test_the_table_has_a_row_per_level() -> None:
     assert lines[3].startswith("| 1x = 1,000/s | 1,000 | 0 |")
 
 
+async def close_and_settle(load: openload.OpenLoad) -> None:
+    """Close the generator's connections; the handlers see them aborted and close their
+    writers, and the last readiness probes end, before the loop does (a writer left to
+    the collector warns "loop is closed" in whichever test runs then)."""
+    load.close()
+    await asyncio.gather(*openload.TASKS, return_exceptions=True)
+    for _ in range(50):
+        if not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
+            break
+        await asyncio.sleep(0.01)
+
+
 async def test_the_generator_sends_every_due_request_and_counts_each_answer() -> None:
     """A real server on loopback: every second request is shed, one is never answered."""
     seen = 0
@@ -156,15 +168,7 @@ async def test_the_generator_sends_every_due_request_and_counts_each_answer() ->
     async with server, admin:
         admin_port = admin.sockets[0].getsockname()[1]
         summary = await openload.level(load, admin_port, rate=200, settle=0.0, seconds=0.25)
-        load.close()
-        # the handlers see the aborted connections and close their writers, and the last
-        # readiness probes end, before the loop does (a writer left to the collector
-        # warns "loop is closed" in whichever test runs then)
-        await asyncio.gather(*openload.TASKS, return_exceptions=True)
-        for _ in range(50):
-            if not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
-                break
-            await asyncio.sleep(0.01)
+        await close_and_settle(load)
     assert summary.due == 50
     assert summary.admitted + summary.shed + summary.timeouts == 50
     assert summary.timeouts == 1
@@ -210,10 +214,5 @@ async def test_the_generator_spreads_requests_over_its_pre_opened_connections() 
                 if len(load.pool) == 4:
                     break
                 await asyncio.sleep(0.01)
-        load.close()
-        await asyncio.gather(*openload.TASKS, return_exceptions=True)
-        for _ in range(50):
-            if not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
-                break
-            await asyncio.sleep(0.01)
+        await close_and_settle(load)
     assert per_connection == [2, 2, 2, 2]
