@@ -86,8 +86,10 @@ async def readyz(request: web.Request) -> web.Response:
     age = health.checked_ago()
     if age > REFRESH_SECONDS:
         pending = health.request_refresh()
-        if pending is not None and age > STALE_SECONDS:
-            # not probed for a while: this answer waits for checks of its own
+        stalled = health.stalled_for() >= health.stall_seconds
+        if pending is not None and age > STALE_SECONDS and not stalled:
+            # not probed for a while, and the loop turns: this answer waits for checks of
+            # its own (a stalled loop would not run them: answer at once)
             with contextlib.suppress(Exception):  # a timeout, or the checks' own failure
                 fresh = asyncio.wrap_future(pending)
                 await asyncio.wait_for(asyncio.shield(fresh), STALE_WAIT_SECONDS)
