@@ -19,6 +19,10 @@ per connection and without a timer per request:
   fails the request reading it with a 400 problem instead of leaving it waiting;
 * what the parser refuses is answered as a problem, HTTP/1.1, ``Connection: close``,
   with an ``X-Request-Id`` and one access line (see :mod:`gateway.web.early_answers`).
+* while the application's shedding is saturated, a whole request arriving on an idle
+  connection is answered ``503 overloaded`` here, before aiohttp builds a request (see
+  :mod:`gateway.web.early_shed`); the requests handed to the application are counted
+  until they reach its shedding, which is how it knows it is saturated.
 
 A connection is in one reading phase at a time: ``IDLE`` (between requests), ``HEAD``
 (part of a request head has arrived) or ``BODY`` (a head has, its body has not yet); a
