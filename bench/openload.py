@@ -270,7 +270,12 @@ class OpenLoad:
 
     def send(self, due_at: float, tally: Tally | None) -> None:
         while self.pool:
-            conn = self.pool.pop()  # the most recently used: its socket is warm
+            # the least recently used, as a balancer spreading over its pool: a
+            # connection left unused past the gateway's head deadline (10 s from its
+            # start for its first request) is closed by the gateway, and a request sent
+            # on it as it closes is lost (the most recently used first left most of the
+            # pre-opened connections unused through the first level: broken at 1x)
+            conn = self.pool.popleft()
             if conn.transport is not None and not conn.transport.is_closing():
                 conn.send(next(self.requests), due_at, tally)
                 return

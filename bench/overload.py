@@ -34,6 +34,8 @@ SETTLE_S, LEVEL_S = 1.0, 5.0
 #: most the generator opens (beyond the first ones: to replace those closed)
 PREWARM, MAX_CONNECTIONS = 2000, 2500
 SHED = "gateway_requests_shed_total"
+#: connections the gateway closed at its head deadline (nothing or part of a head sent)
+HEAD_TIMEOUTS = 'gateway_connections_timed_out_total{phase="request_head"}'
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ class Level(LevelSummary):
     shed_reasons: dict[str, int] = field(default_factory=dict)
     #: ``gateway_overload_limit`` at the end of the level
     limit: float | None = None
+    #: connections the gateway closed at its head deadline during the level
+    head_timeouts: int = 0
     #: the gateway's CPU time over the level (settling and draining included), and the
     #: wall time it was measured over
     cpu_s: float = 0.0
@@ -171,6 +175,7 @@ def measure(
                 multiple=multiple,
                 shed_reasons=shed_by_reason(before, after),
                 limit=after.get("gateway_overload_limit"),
+                head_timeouts=int(after.get(HEAD_TIMEOUTS, 0.0) - before.get(HEAD_TIMEOUTS, 0.0)),
                 cpu_s=cpu_after - used,
                 wall_s=wall_after - wall,
                 **raw,
@@ -207,6 +212,10 @@ def table(run: Overload) -> list[str]:
             other = (other + ", " if other else "") + f"broken: {lv.errors}"
         if lv.unsent:
             other = (other + ", " if other else "") + f"never sent: {lv.unsent:,}"
+        if lv.head_timeouts:
+            other = (
+                other + ", " if other else ""
+            ) + f"closed idle by the gateway: {lv.head_timeouts:,}"
         reasons = ", ".join(f"{k}: {v:,}" for k, v in sorted(lv.shed_reasons.items()))
         failed = f", {lv.readyz_failed} failed" if lv.readyz_failed else ""
         readyz = (

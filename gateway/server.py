@@ -13,7 +13,8 @@ On SIGTERM (or SIGINT):
    connection (:class:`gateway.web.relay.OpenStreams`), the other handlers are cancelled
    with their upstream calls (logged as 499), and their connections close;
 3. the application's resources (upstream pool, store, key store) close, then the admin
-   listener, which answers probes and scrapes until the end; the process exits 0.
+   listener (on a thread of its own: :mod:`gateway.web.admin_thread`), which answers
+   probes and scrapes until the end; the process exits 0.
 
 From the signal to the exit: at most ``drain_seconds + shutdown_grace_seconds +
 SHUTDOWN_MARGIN_SECONDS``; a pod's ``terminationGracePeriodSeconds`` must cover that
@@ -36,13 +37,13 @@ from aiohttp import web
 from prometheus_client import disable_created_metrics
 
 from gateway.config import Config
-from gateway.observability.health import Health
 from gateway.observability.logging import context_var
 from gateway.observability.logging import flush as flush_logs
 from gateway.observability.metrics import Metrics
 from gateway.supervisor import WORKER_ADMIN_ENV, WORKER_ENV
 from gateway.web.admin import create_admin_app
-from gateway.web.app import create_app
+from gateway.web.admin_thread import AdminThread
+from gateway.web.app import create_app, health_of
 from gateway.web.listener import Listener, ListenerRunner
 from gateway.web.state import SERVICES
 
@@ -110,7 +111,7 @@ async def serve(config: Config, environ: Mapping[str, str]) -> None:
     server = config.server
     disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series
     metrics = Metrics(process=True)
-    health = Health(metrics)
+    health = health_of(config, metrics)
     app = create_app(config, environ=environ, metrics=metrics, health=health)
     public = ListenerRunner(
         app,
@@ -122,22 +123,19 @@ async def serve(config: Config, environ: Mapping[str, str]) -> None:
     await public.setup()  # runs the application's startup: services are built here
     policies = app[SERVICES].policies
     loop.add_signal_handler(signal.SIGHUP, policies.reload, "sighup")
-    admin: web.AppRunner | None = None
+    admin: AdminThread | None = None
     lag = asyncio.create_task(watch_loop_lag(metrics), name="loop-lag")
     parent = asyncio.create_task(watch_parent(stop), name="parent") if worker else None
     try:
-        if config.admin.enabled:
-            admin = ListenerRunner(
+        if config.admin.enabled:  # its own thread and loop: never behind public traffic
+            admin = AdminThread(
                 create_admin_app(app),
                 Listener.admin(server),
-                access_log=None,
-                shutdown_timeout=1,
+                host=config.admin.host,
+                port=config.admin.port,
+                path=admin_socket,  # a worker's: the supervisor serves the admin port
             )
-            await admin.setup()
-            if admin_socket:  # a worker's: the supervisor serves the admin port
-                await web.UnixSite(admin, admin_socket).start()
-            else:
-                await web.TCPSite(admin, config.admin.host, config.admin.port).start()
+            await asyncio.to_thread(admin.start)
         await web.TCPSite(
             public, server.host, server.port, backlog=1024, reuse_port=worker is not None
         ).start()
@@ -167,7 +165,7 @@ async def serve(config: Config, environ: Mapping[str, str]) -> None:
     finally:
         await public.cleanup()
         if admin is not None:
-            await admin.cleanup()
+            await admin.stop_async()
         for task in (lag, parent):
             if task is not None:
                 task.cancel()

@@ -107,6 +107,10 @@ class AdminSettings(Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(9090, ge=0, le=65535)
+    #: the public event loop's heartbeat older than this: ``/readyz`` answers 503
+    loop_stall_seconds: float = Field(2.0, gt=0, le=600)
+    #: ... older than this: ``/healthz`` answers 503 (the loop is stuck: restart)
+    loop_dead_seconds: float = Field(30.0, gt=0, le=3600)
 
 
 class StoreSettings(Section):

@@ -48,6 +48,10 @@ LATE_MIN_SECONDS = 0.002
 #: MAX_EXTENSION_SECONDS: a store that does not answer still fails under a saturated loop
 MAX_EXTENSION_DEADLINES = 3
 MAX_EXTENSION_SECONDS = 1.0
+#: ... but a call always gets this many late turns of the loop past its deadline: a turn
+#: longer than the whole extension (a saturated replica) would otherwise end the call
+#: before the loop ever read the reply waiting in the socket, and blame the store
+MIN_LATE_TURNS = 2
 #: one ``store_error`` line per kind of failure at most this often; the others are counted
 #: in the next line's ``suppressed``
 LOG_EVERY_SECONDS = 1.0
@@ -67,7 +71,11 @@ class _Deadline:
       handed to its task. The timer is then set again a tenth of the deadline later,
       which gives the loop a turn to write, read and deliver, and again while the loop
       stays late, up to a bounded extension (at most three deadlines, at most a second),
-      so a store that does not answer still fails under a saturated loop.
+      so a store that does not answer still fails under a saturated loop. Past that
+      extension the call still gets ``MIN_LATE_TURNS`` late turns of the loop: a replica
+      so saturated that one turn outlasts the extension has not read the reply yet, and
+      would otherwise count a healthy store's answer as its failure (three of them open
+      the breaker: every request 503 ``store_unavailable`` for a second).
     * The task is not cancelled by the timer itself but by a callback queued behind the
       callbacks already waiting: a reply read in the same loop turn has queued its task's
       wake-up there, and cancelling the task before that wake-up runs would throw away
@@ -76,7 +84,17 @@ class _Deadline:
     One timer and this small object per call: this runs on every request.
     """
 
-    __slots__ = ("_cancelling", "_due", "_expired", "_handle", "_limit", "_loop", "_store", "_task")
+    __slots__ = (
+        "_cancelling",
+        "_due",
+        "_expired",
+        "_handle",
+        "_late_turns",
+        "_limit",
+        "_loop",
+        "_store",
+        "_task",
+    )
 
     def __init__(self, store: GuardedStore) -> None:
         task = asyncio.current_task()
@@ -89,6 +107,7 @@ class _Deadline:
         self._cancelling = task.cancelling()
         self._due = due = loop.time() + store.timeout
         self._limit: float | None = None
+        self._late_turns = 0
         self._handle: asyncio.Handle = loop.call_at(due, self._fire)
         #: the deadline cancelled the task
         self._expired = False
@@ -104,8 +123,9 @@ class _Deadline:
             if limit is None:  # the deadline proper: the extension is bounded from here
                 extension = min(timeout * MAX_EXTENSION_DEADLINES, MAX_EXTENSION_SECONDS)
                 self._limit = limit = self._due + extension
-            if now < limit:
-                self._due = min(now + late, limit)
+            if now < limit or self._late_turns < MIN_LATE_TURNS:
+                self._late_turns += 1
+                self._due = min(now + late, limit) if now < limit else now + late
                 self._handle = loop.call_at(self._due, self._fire)
                 if first and (counted := self._store.on_deadline_extended) is not None:
                     counted()

@@ -307,9 +307,11 @@ class AiohttpTransport:
         those already closed that it has yet to drop."""
         if self._connector.closed:
             return 0
+        # copies first (one C call each): the admin thread reads these while the loop
+        # changes them
         in_use = sum(
             1
-            for proto in self._connector._acquired
+            for proto in list(self._connector._acquired)
             if not isinstance(proto, ResponseHandler) or proto.is_connected()
         )
         return in_use + self.idle_connections
@@ -318,8 +320,8 @@ class AiohttpTransport:
     def idle_connections(self) -> int:
         return sum(
             1
-            for idle in self._connector._conns.values()
-            for proto, _since in idle
+            for idle in list(self._connector._conns.values())
+            for proto, _since in list(idle)
             if proto.is_connected()
         )
 

@@ -463,7 +463,8 @@ class Http1Pool:
 
     @property
     def waiting(self) -> int:
-        return sum(1 for waiter in self._waiters if not waiter.done())
+        # a copy first: the admin thread reads this while the loop changes the deque
+        return sum(1 for waiter in list(self._waiters) if not waiter.done())
 
     async def request(
         self,

@@ -33,6 +33,7 @@ from gateway.store.factory import open_store
 from gateway.store.memory import MemoryStore
 from gateway.upstream import UpstreamClient, open_transport
 from gateway.web import openapi, overload, public, widget
+from gateway.web.admin import dependency_checks
 from gateway.web.cors import setup_public_cors
 from gateway.web.middlewares import make_context_middleware, make_response_hook
 from gateway.web.private import setup_private_routes
@@ -211,11 +212,23 @@ def _decision_log(
     )
 
 
-async def _stop_tasks(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+async def _stop_tasks(
+    stop: asyncio.Event, tasks: list[asyncio.Task[None]], *, cancel: bool = False
+) -> None:
     stop.set()
     for task in tasks:
+        if cancel:
+            task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await asyncio.wait_for(task, timeout=5)
+
+
+def health_of(config: Config, metrics: Metrics) -> Health:
+    """The process's :class:`Health`, with the admin section's stall thresholds."""
+    admin = config.admin
+    return Health(
+        metrics, stall_seconds=admin.loop_stall_seconds, dead_seconds=admin.loop_dead_seconds
+    )
 
 
 def create_app(
@@ -234,7 +247,7 @@ def create_app(
     then owns them). ``metrics`` defaults to a fresh registry per application."""
     environ = os.environ if environ is None else environ
     metrics = metrics if metrics is not None else Metrics()
-    health = health if health is not None else Health(metrics)
+    health = health if health is not None else health_of(config, metrics)
     register_url_passwords(config)
     codec = build_codec(config, environ)
     live_policies = (
@@ -280,6 +293,11 @@ def create_app(
                 stack.callback(decisions.stop)
                 services.admissions.record_decisions = True
             app[SERVICES] = services
+            # readiness for the admin listener: first checks now, then the heartbeat
+            checks = dependency_checks(services)
+            await health.refresh(checks)
+            watch = asyncio.create_task(health.watch(checks), name="heartbeat")
+            stack.push_async_callback(_stop_tasks, asyncio.Event(), [watch], cancel=True)
             yield
 
     app.cleanup_ctx.append(lifecycle)

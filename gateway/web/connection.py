@@ -19,6 +19,10 @@ per connection and without a timer per request:
   fails the request reading it with a 400 problem instead of leaving it waiting;
 * what the parser refuses is answered as a problem, HTTP/1.1, ``Connection: close``,
   with an ``X-Request-Id`` and one access line (see :mod:`gateway.web.early_answers`).
+* while the application's shedding is saturated, a whole request arriving on an idle
+  connection is answered ``503 overloaded`` here, before aiohttp builds a request (see
+  :mod:`gateway.web.early_shed`); the requests handed to the application are counted
+  until they reach its shedding, which is how it knows it is saturated.
 
 A connection is in one reading phase at a time: ``IDLE`` (between requests), ``HEAD``
 (part of a request head has arrived) or ``BODY`` (a head has, its body has not yet); a
@@ -37,7 +41,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from aiohttp.http import HttpVersion11
+from aiohttp.http import HttpVersion11, RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import ERROR, RequestHandler, _ErrInfo
 
@@ -49,6 +53,7 @@ from gateway.web.responses import NOSNIFF, problem_response
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
+    from gateway.web.early_shed import EarlyShed
     from gateway.web.listener import Listener
 
 IDLE, HEAD, BODY = 0, 1, 2
@@ -63,6 +68,7 @@ class GuardedConnection(RequestHandler):
         "_client",
         "_counted",
         "_deadline",
+        "_handed",
         "_head_bytes",
         "_head_started",
         "_listener",
@@ -87,6 +93,8 @@ class GuardedConnection(RequestHandler):
         self._head_bytes = 0
         self._body: StreamReader | None = None
         self._stalled_at = 0.0
+        #: requests handed to the application that have not reached its shedding yet
+        self._handed = 0
 
     # -- opening and closing ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -101,6 +109,11 @@ class GuardedConnection(RequestHandler):
         self._expect(now + self._listener.header_timeout)
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._handed:  # they will never ask for a place
+            early = self._listener.early_shed
+            if early is not None:
+                early.pending_done(self._handed)
+            self._handed = 0
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -122,8 +135,15 @@ class GuardedConnection(RequestHandler):
             return
         phase = self._phase
         count = self._request_count
-        RequestHandler.data_received(self, data)
+        early, waiter = self._listener.early_shed, self._waiter
+        if early is not None and waiter is not None and early.saturated() and not waiter.done():
+            if self._shed_early(early, data, waiter):
+                return
+        else:
+            RequestHandler.data_received(self, data)
         if self._request_count != count:
+            if early is not None:
+                self._hand_over(early, self._request_count - count)
             message, payload = self._messages[-1]
             if (
                 type(message) is not _ErrInfo
@@ -151,6 +171,75 @@ class GuardedConnection(RequestHandler):
                 self._refuse_head(self._head_too_large())
             else:
                 self._expect(self._head_started + self._listener.header_timeout)
+
+    def _hand_over(self, early: EarlyShed, new: int) -> None:
+        """``new`` messages were queued: the requests among them are on their way to the
+        application's shedding (counted until they reach it, see :meth:`arrived`)."""
+        messages = self._messages
+        handed = (
+            sum(
+                1
+                for index in range(len(messages) - new, len(messages))
+                if isinstance(messages[index][0], RawRequestMessage)
+            )
+            if new > 1
+            else int(isinstance(messages[-1][0], RawRequestMessage))
+        )
+        if handed:
+            self._handed += handed
+            early.pending_add(handed)
+
+    def arrived(self) -> None:
+        """A request of this connection reached the application's shedding."""
+        if self._handed:
+            self._handed -= 1
+            early = self._listener.early_shed
+            if early is not None:
+                early.pending_done(1)
+
+    def _shed_early(self, early: EarlyShed, data: bytes, waiter: asyncio.Future[None]) -> bool:
+        """Parse ``data`` while the connection is idle and the application sheds all it
+        gets; answer a whole request here (see :mod:`gateway.web.early_shed`). False
+        when there is none to answer so, and the connection goes on as usual."""
+        count = self._request_count
+        self._waiter = None  # aiohttp would wake the request loop with it: not yet
+        try:
+            RequestHandler.data_received(self, data)
+        finally:
+            self._waiter = waiter
+        messages = self._messages
+        if self._request_count == count + 1 and len(messages) == 1:
+            message, payload = messages[0]
+            if (
+                isinstance(message, RawRequestMessage)
+                and payload.is_eof()
+                and self._head_bytes + len(data) <= self._max_header_bytes
+                and message.method != "HEAD"
+                and not message.upgrade
+                and "Origin" not in message.headers
+            ):
+                messages.pop()
+                if self._parser is not None:
+                    self._parser.message_consumed()
+                self._phase, self._body = IDLE, None
+                answer, keep_alive = early.answer(
+                    message.method, message.path, message.should_close
+                )
+                if self.transport is not None:
+                    self.transport.write(answer)
+                if not keep_alive:
+                    self.force_close()
+                    return True
+                loop = self._loop
+                self._next_keepalive_close_time = loop.time() + self._keepalive_timeout
+                if self._keepalive_handle is None:
+                    self._keepalive_handle = loop.call_at(
+                        self._next_keepalive_close_time, self._process_keepalive
+                    )
+                return True
+        if messages and not waiter.done():
+            waiter.set_result(None)
+        return False
 
     def _after_messages(self, phase: int, new: int, received: int) -> None:
         """``new`` messages were queued by the chunk just parsed, and the last one is

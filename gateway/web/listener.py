@@ -43,8 +43,11 @@ from gateway.web.early_answers import (
     MAX_REQUEST_TARGET_BYTES,
     problem_bytes,
 )
+from gateway.web.early_shed import EarlyShed
 from gateway.web.middlewares import new_request_id
+from gateway.web.overload import SHEDDER
 from gateway.web.relay import OPEN_STREAMS, OpenStreams
+from gateway.web.state import HEALTH
 
 #: at most one ``connections_refused`` line per this many seconds
 REFUSAL_LOG_SECONDS = 10.0
@@ -90,6 +93,9 @@ class Listener:
         self._metrics = metrics
         self._tally = RefusalTally(REFUSAL_LOG_SECONDS)
         self._flush_timer: asyncio.TimerHandle | None = None
+        #: shedding before aiohttp builds a request, when the application sheds (set by
+        #: :class:`ListenerRunner` once the application started)
+        self.early_shed: EarlyShed | None = None
         if metrics is not None:
             metrics.watch_connections(self.counts)
 
@@ -144,6 +150,10 @@ class Listener:
         self._refuse(transport, reason, address or "unknown")
         return False, None
 
+    @property
+    def metrics(self) -> Metrics | None:
+        return self._metrics
+
     def release(self, client: str | None) -> None:
         self.counts.close(client)
 
@@ -172,7 +182,9 @@ class Listener:
             self._flush_timer = loop.call_later(REFUSAL_LOG_SECONDS, self.flush)
 
     def flush(self) -> None:
-        """Log the refusals not logged yet (also at shutdown)."""
+        """Log the refusals and early sheds not logged yet (also at shutdown)."""
+        if self.early_shed is not None:
+            self.early_shed.flush()
         if self._flush_timer is not None:
             self._flush_timer.cancel()
             self._flush_timer = None
@@ -285,6 +297,12 @@ class ListenerRunner(web.AppRunner):
         streams = OpenStreams()
         self.app[OPEN_STREAMS] = streams  # before the startup freezes the application
         plain = await super()._make_server()  # runs the application's startup
+        app = self.app
+        shedder = app.get(SHEDDER)
+        if shedder is not None and self._listener.metrics is not None:
+            self._listener.early_shed = EarlyShed(
+                shedder, self._listener.metrics, app.router, app[HEALTH]
+            )
         return ListenerServer(
             plain.request_handler,
             request_factory=plain.request_factory,

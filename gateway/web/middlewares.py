@@ -108,6 +108,10 @@ def make_context_middleware(
         started = time.perf_counter()
         request[REQUEST_STARTED] = started
         metrics.request_started()
+        if shedder is not None:
+            arrived = getattr(request.protocol, "arrived", None)
+            if arrived is not None:  # the listener counted it as on its way to the shedding
+                arrived()
         peer = request.remote
         headers = request.headers
         incoming = headers.get("X-Request-Id", "")

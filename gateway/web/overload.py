@@ -6,8 +6,13 @@ handler, so a shed request costs no key, token or store work; there is no middle
 layer of its own, and the latency is read from the middleware's own clock readings. A
 request takes a place under the
 :class:`~gateway.core.concurrency_limit.GradientLimit`; when none is free it waits in a
-bounded queue for at most ``overload.max_wait_ms``; with the queue full, or the wait over,
-it is answered ``503 overloaded`` with ``Retry-After`` at once. The place is given back
+bounded queue (``overload.queue_size``, and no longer than the limit: the places free up
+about once per latency of an admitted request, so the wait stays about one such latency)
+for at most ``overload.max_wait_ms``; with the queue full, or the wait over, it is answered
+``503 overloaded`` with ``Retry-After`` at once. While no place is free and the queue is
+full (:meth:`Shedder.saturated`), the listener answers that 503 itself, from the parsed
+request head, before aiohttp builds a request (:mod:`gateway.web.connection`): refusing
+then costs a fraction of what the application's answer would. The place is given back
 when the handler returns, with the request's latency (the limit's only input).
 
 A streamed answer holds its place for as long as the stream is open, which says nothing
@@ -68,6 +73,9 @@ class Shedder:
         self.streaming: set[int] = set()
         self.queue: collections.deque[asyncio.Future[None]] = collections.deque()
         self.max_wait = settings.max_wait_ms / 1000
+        self.queue_size = settings.queue_size
+        #: requests handed to the application by the listener, not yet here
+        self.pending = 0
         self._metrics = metrics
         self._retry_after = {"Retry-After": str(settings.retry_after_seconds)}
         metrics.watch_overload(self)
@@ -89,14 +97,35 @@ class Shedder:
     def waiting(self) -> int:
         return len(self.queue)
 
-    def shed(self, reason: ShedReason) -> ProblemError:
-        self._metrics.request_shed(reason)
+    def problem(self, reason: ShedReason) -> ProblemError:
+        """The answer that sheds a request for ``reason``."""
         return ProblemError("overloaded", _DETAILS[reason], self._retry_after)
+
+    def shed(self, reason: ShedReason) -> ProblemError:
+        """:meth:`problem`, counted."""
+        self._metrics.request_shed(reason)
+        return self.problem(reason)
+
+    def queue_bound(self) -> int:
+        """How many may wait: ``queue_size``, never more than the limit (one place each
+        as the requests in flight leave: a longer queue only adds its wait to the
+        latency of what is admitted)."""
+        return min(self.queue_size, self.limiter.limit)
+
+    def saturated(self) -> bool:
+        """The places and the queue are taken, counting the requests the listener handed
+        to the application that have not asked for a place yet (``pending``: read in the
+        same turn of the loop, they ask later in it): a request now would be shed
+        ``queue_full``, so the listener answers it before aiohttp builds a request (see
+        :mod:`gateway.web.early_shed`)."""
+        limiter = self.limiter
+        taken = limiter.in_flight + len(self.queue) + self.pending
+        return taken >= limiter.limit + self.queue_bound()
 
     async def wait_for_place(self) -> None:
         """Wait in the queue for a place, or raise the 503 that sheds the request."""
         queue = self.queue
-        if len(queue) >= self.settings.queue_size:
+        if len(queue) >= self.queue_bound():
             raise self.shed("queue_full")
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         queue.append(waiter)

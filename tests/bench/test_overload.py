@@ -124,6 +124,18 @@ def test_the_table_has_a_row_per_level() -> None:
     assert lines[3].startswith("| 1x = 1,000/s | 1,000 | 0 |")
 
 
+async def close_and_settle(load: openload.OpenLoad) -> None:
+    """Close the generator's connections; the handlers see them aborted and close their
+    writers, and the last readiness probes end, before the loop does (a writer left to
+    the collector warns "loop is closed" in whichever test runs then)."""
+    load.close()
+    await asyncio.gather(*openload.TASKS, return_exceptions=True)
+    for _ in range(50):
+        if not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
+            break
+        await asyncio.sleep(0.01)
+
+
 async def test_the_generator_sends_every_due_request_and_counts_each_answer() -> None:
     """A real server on loopback: every second request is shed, one is never answered."""
     seen = 0
@@ -156,15 +168,7 @@ async def test_the_generator_sends_every_due_request_and_counts_each_answer() ->
     async with server, admin:
         admin_port = admin.sockets[0].getsockname()[1]
         summary = await openload.level(load, admin_port, rate=200, settle=0.0, seconds=0.25)
-        load.close()
-        # the handlers see the aborted connections and close their writers, and the last
-        # readiness probes end, before the loop does (a writer left to the collector
-        # warns "loop is closed" in whichever test runs then)
-        await asyncio.gather(*openload.TASKS, return_exceptions=True)
-        for _ in range(50):
-            if not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]:
-                break
-            await asyncio.sleep(0.01)
+        await close_and_settle(load)
     assert summary.due == 50
     assert summary.admitted + summary.shed + summary.timeouts == 50
     assert summary.timeouts == 1
@@ -173,3 +177,42 @@ async def test_the_generator_sends_every_due_request_and_counts_each_answer() ->
     assert summary.connections <= 8
     assert summary.readyz_probes >= 1
     assert summary.readyz_failed == 0
+
+
+async def test_the_generator_spreads_requests_over_its_pre_opened_connections() -> None:
+    """Least recently used first: no pre-opened connection sits unused (past the
+    gateway's head deadline a connection that never sent a request is closed, and a
+    request sent on it then is lost)."""
+    per_connection: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        index = len(per_connection)
+        per_connection.append(0)
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(2)
+                per_connection[index] += 1
+                writer.write(OK)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+    load = openload.OpenLoad(port, [request], max_connections=4, timeout=1.0)
+    async with server:
+        for _ in range(4):
+            conn = await load.connect()
+            assert conn is not None
+            load.pool.append(conn)
+        for _ in range(8):  # one at a time: each answered before the next is sent
+            load.send(asyncio.get_running_loop().time(), None)
+            for _ in range(100):
+                if len(load.pool) == 4:
+                    break
+                await asyncio.sleep(0.01)
+        await close_and_settle(load)
+    assert per_connection == [2, 2, 2, 2]

@@ -1,6 +1,7 @@
 """Readiness checks: timeouts, caching, and the states before startup and while draining."""
 
 import asyncio
+import contextlib
 
 from gateway.observability.health import CachedCheck, CheckFailed, Health
 from gateway.observability.metrics import Metrics
@@ -52,3 +53,32 @@ async def test_not_ready_before_startup_and_while_draining() -> None:
         "store": "ok",
         "draining": "true",
     }
+
+
+async def test_a_stalled_loop_is_not_ready_then_not_alive_and_a_stopped_watch_is_neither() -> None:
+    now = [100.0]
+    health = Health(Metrics(), stall_seconds=2, dead_seconds=30, clock=lambda: now[0])
+
+    async def ok() -> None:
+        return None
+
+    await health.refresh([CachedCheck("store", ok, timeout=1)])
+    health.beat()
+    now[0] += 1.9
+    assert health.snapshot().ready and health.alive()
+    now[0] += 0.2
+    report = health.snapshot()
+    assert not report.ready and report.checks["event_loop"] == "stalled 2.1s"
+    assert report.checks["store"] == "ok" and health.alive()
+    now[0] += 28
+    assert not health.alive()
+    health.beat()  # the loop turned again
+    assert health.snapshot().ready and health.alive()
+
+    watch = asyncio.create_task(health.watch([]))
+    await asyncio.sleep(0)
+    watch.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watch
+    now[0] += 100  # no heartbeat since: stopped on purpose, not stalled
+    assert health.snapshot().ready and health.alive()

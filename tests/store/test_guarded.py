@@ -110,6 +110,9 @@ def sleep_until(when: float) -> None:
         "before_the_write",  # the command waits in the pipe's buffer while the loop is stuck
         "after_the_write",  # the reply waits in the socket while the loop is stuck
         "until_the_deadline",  # the loop frees up just past the deadline, the reply with it
+        # one turn of a saturated loop outlasts the whole extension (3 deadlines): the
+        # reply waits in the socket all that time
+        "past_the_extension",
     ],
 )
 def test_a_busy_loop_does_not_blame_a_healthy_store(
@@ -133,6 +136,8 @@ def test_a_busy_loop_does_not_blame_a_healthy_store(
                     await asyncio.sleep(0)  # the call has written (or queued) its command
                     if blocked == "after_the_write":
                         loop.call_soon(time.sleep, 0.12)
+                    elif blocked == "past_the_extension":
+                        loop.call_soon(time.sleep, 4 * DEADLINE + 0.1)
                     else:  # late by less than the deadline's tolerance for a busy loop
                         loop.call_soon(sleep_until, started + DEADLINE + 0.001)
                     admission = await call

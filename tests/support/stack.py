@@ -86,12 +86,13 @@ def stack(
     embedded default configuration; ``upstream_userinfo`` (``user:password@``) goes
     into the upstream URL."""
     backend_port, public_port, admin_port = free_port(), free_port(), free_port()
+    sections = dict(sections or {})
     config = write_config(
         tmp_path,
         server={"port": public_port, **server},
-        admin={"enabled": True, "port": admin_port},
+        admin={"enabled": True, "port": admin_port, **sections.pop("admin", {})},
         upstream={"url": f"http://{upstream_userinfo}127.0.0.1:{backend_port}"},
-        **(sections or {}),
+        **sections,
     )
     backend = [
         str(BIN / "chat-backend"),

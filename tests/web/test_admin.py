@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
+from gateway.web import admin as admin_module
 from gateway.web.state import HEALTH
 from tests.support.harness import (
     Gateway,
@@ -156,3 +157,25 @@ async def test_a_store_outage_does_not_unready_a_fail_open_replica(
             assert resp.status == 200
     finally:
         await stop_gateway(gw)
+
+
+async def test_a_probe_after_a_quiet_spell_waits_for_fresh_checks(
+    gateway_factory: Any,
+    scripted: tuple[Script, str],
+    admin_of: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The checks run on the public loop when a probe finds them old; a probe finding
+    them older than STALE_SECONDS waits for the new ones instead of answering the last."""
+    monkeypatch.setattr(admin_module, "UPSTREAM_CHECK_TTL", 0.0)  # no cached upstream result
+    script, url = scripted
+    gw: Gateway = await gateway_factory(
+        upstream={"url": url, "health_path": "/internal/conversations/health/messages"}
+    )
+    admin = await admin_of(gw)
+    assert (await get(admin + "/readyz"))[0] == 200  # the checks run at startup
+    script.status = 503
+    monkeypatch.setattr(admin_module, "REFRESH_SECONDS", 0.0)
+    monkeypatch.setattr(admin_module, "STALE_SECONDS", 0.0)
+    status, body, _ = await get(admin + "/readyz")
+    assert status == 503 and '"upstream":"status_503"' in body

@@ -11,9 +11,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
+from structlog.testing import capture_logs
 
 from gateway.web.overload import SHEDDER, Shedder
-from tests.support.harness import TOKEN_URL, Gateway, start_admin
+from tests.support.harness import SEND_URL, TOKEN_URL, Gateway, start_admin
+from tests.support.raw_http import Connection, request
 from tests.support.upstreams import Script
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]
@@ -109,6 +111,7 @@ async def test_the_excess_is_shed_at_once_without_store_work_and_the_admitted_co
     )
     shedder = shedder_of(gw)
     assert (shedder.in_flight, shedder.waiting, shedder.streams) == (0, 0, 0)
+    assert shedder.pending == 0
     assert gw.sample("gateway_overload_limit") == 3
 
 
@@ -143,15 +146,16 @@ async def test_a_request_that_waits_too_long_is_shed(
 ) -> None:
     script, url = scripted
     gw = await gateway_factory(
-        upstream={"url": url}, overload=overload(limit=1, queue_size=5, max_wait_ms=200)
+        upstream={"url": url}, overload=overload(limit=2, queue_size=5, max_wait_ms=200)
     )
-    tokens = [await gw.new_token() for _ in range(3)]
+    tokens = [await gw.new_token() for _ in range(4)]
     script.headers_delay = UPSTREAM_DELAY
     results = await asyncio.wait_for(
         asyncio.gather(*(timed_send(gw, token) for token in tokens)), timeout=20
     )
     statuses = sorted(r[0] for r in results)
-    assert statuses == [200, 503, 503]
+    # two places, two waiting (the queue is never longer than the limit), in vain
+    assert statuses == [200, 200, 503, 503]
     for status, seconds, _ in results:
         if status == 503:
             assert 0.15 < seconds < UPSTREAM_DELAY * 0.8
@@ -193,7 +197,7 @@ async def test_readiness_on_the_admin_port_answers_while_the_public_side_is_satu
     admin = await start_admin(gw)
     try:
         load = [asyncio.create_task(timed_send(gw, tokens[i % 2])) for i in range(40)]
-        await until(lambda: shedder_of(gw).waiting == 20)
+        await until(lambda: shedder_of(gw).waiting == 2)  # never more than the limit
         async with aiohttp.ClientSession() as http:
             for path in ("/readyz", "/healthz", "/metrics"):
                 started = time.monotonic()
@@ -202,7 +206,7 @@ async def test_readiness_on_the_admin_port_answers_while_the_public_side_is_satu
                 assert resp.status == 200, text
                 assert time.monotonic() - started < 0.5, path
                 if path == "/metrics":
-                    assert "gateway_overload_waiting 20.0" in text
+                    assert "gateway_overload_waiting 2.0" in text
         results = await asyncio.wait_for(asyncio.gather(*load), 20)
         assert sorted({r[0] for r in results}) == [200, 503]
     finally:
@@ -303,3 +307,50 @@ async def test_the_limit_falls_when_the_latency_rises_under_load(
         stop.set()
         await asyncio.wait_for(asyncio.gather(*clients), 15)
     assert (shedder_of(gw).in_flight, shedder_of(gw).waiting) == (0, 0)
+
+
+async def test_while_saturated_the_listener_answers_from_the_request_head(
+    gateway_factory: GatewayFactory, scripted: tuple[Script, str]
+) -> None:
+    """No place free and no room to wait: the listener answers the same 503 itself, from
+    the parsed head, and the keep-alive connection serves on; ``Connection: close`` is
+    honoured; once a place is free the same request goes through the application."""
+    script, url = scripted
+    gw = await gateway_factory(upstream={"url": url}, overload=overload(limit=1))  # no queue
+    token = await gw.new_token()
+    script.headers_delay = UPSTREAM_DELAY
+    busy = asyncio.create_task(timed_send(gw, token))
+    await until(lambda: shedder_of(gw).in_flight == 1)
+    body = json.dumps({"client_token": token, "message": "hello"}).encode()
+    send = request("POST", SEND_URL, {"Content-Type": "application/json"}, body)
+    conn = await Connection.open(gw.server.port)
+    try:
+        with capture_logs() as logs:
+            for _ in range(3):
+                await conn.send(send)
+                answer = await conn.answer()
+                assert answer.status == 503 and answer.problem()["code"] == "overloaded"
+                assert answer.header("Retry-After") == "1"
+                assert answer.header("Connection") is None  # keep-alive
+                assert answer.header("Cache-Control") == "no-store"
+                assert answer.header("X-Content-Type-Options") == "nosniff"
+                assert len(answer.header("X-Request-Id") or "") == 24
+            closing = request(
+                "POST", SEND_URL, {"Content-Type": "application/json", "Connection": "close"}, body
+            )
+            await conn.send(closing)
+            answer = await conn.answer()
+            assert answer.status == 503 and answer.header("Connection") == "close"
+            assert await conn.closed_by_peer() == b""
+            gw.server.listener.flush()  # type: ignore[attr-defined]
+    finally:
+        conn.close()
+    summaries = [line for line in logs if line["event"] == "requests_shed_early"]
+    assert [s["by_route"] for s in summaries] == [{SEND_URL: 4}]
+    assert not [line for line in logs if line["event"] == "request"]  # no access lines
+    assert gw.sample("gateway_requests_shed_total", reason="queue_full") == 4
+    assert gw.sample("gateway_http_problems_total", route=SEND_URL, code="overloaded") == 4
+    assert (await asyncio.wait_for(busy, 10))[0] == 200
+    script.headers_delay = 0
+    assert (await timed_send(gw, token))[0] == 200  # a place again: the application answers
+    assert shedder_of(gw).pending == 0  # every request handed over reached the shedding
