@@ -99,7 +99,7 @@ class TokenRenewer:
             fingerprint=fingerprint,
         )
         self._metrics.token_renewal("renewed" if renewed.jti == successor else "repeated")
-        expires_in = max(int(issued.claims.remaining(admissions.now())), 0)
+        expires_in = max(int(issued.claims.remaining(admissions.now())), 1)
         return RenewalGrant(issued, expires_in, headers)
 
     async def _check_key(self, request: RenewalRequest, claims: ClientToken) -> None:

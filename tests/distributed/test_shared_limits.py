@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow  # replicas as processes
 
 N = 10
 #: what admit.lua itself calls inside Redis
-SCRIPT_COMMANDS = {"time", "pttl", "get", "set", "hget", "hset", "pexpire"}
+SCRIPT_COMMANDS = {"time", "pttl", "get", "set", "hget", "hmget", "hset", "pexpire"}
 PER_TOKEN = f"""
 policies:
   - name: send-per-token

@@ -288,4 +288,3 @@ async def test_the_refresh_route_kind_is_rate_limited(
     async with gw.send(token) as resp:
         assert resp.status == 200
     assert gw.sample("gateway_token_renewals_total", outcome="rate_limited") == 1
-
