@@ -10,15 +10,14 @@ route's limits and the rotation, atomically) and signs the successor. The rules 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.admission import Admissions, Client
+from gateway.admission import Client
 from gateway.core.identifiers import new_token_id
-from gateway.core.token_codec import ClientToken, IssuedToken, TokenCodec
+from gateway.core.token_codec import ClientToken
 from gateway.errors import ProblemError
-from gateway.keystore.verifier import KeyVerifier
-from gateway.observability.metrics import Metrics
+from gateway.web.token_issuer import TokenGrant, TokenService
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,33 +37,8 @@ class RenewalRequest:
         return f"RenewalRequest(client={self.client!r})"
 
 
-@dataclass(frozen=True, slots=True)
-class RenewalGrant:
-    """The successor token, its remaining life and the RateLimit headers of the answer."""
-
-    issued: IssuedToken
-    expires_in: int
-    headers: dict[str, str]
-
-
-class TokenRenewer:
-    def __init__(
-        self,
-        *,
-        codec: TokenCodec,
-        admissions: Admissions,
-        keys: KeyVerifier,
-        models: Collection[str],
-        metrics: Metrics,
-    ) -> None:
-        self._codec = codec
-        self._admissions = admissions
-        self._keys = keys
-        #: the configured models
-        self._models = models
-        self._metrics = metrics
-
-    async def renew(self, request: RenewalRequest) -> RenewalGrant:
+class TokenRenewer(TokenService):
+    async def renew(self, request: RenewalRequest) -> TokenGrant:
         """The successor of ``request``'s token, or the problem that refuses it (counted,
         and a token refusal accounted for as on the message routes)."""
         admissions = self._admissions
@@ -100,7 +74,7 @@ class TokenRenewer:
         )
         self._metrics.token_renewal("renewed" if renewed.jti == successor else "repeated")
         expires_in = max(int(issued.claims.remaining(admissions.now())), 1)
-        return RenewalGrant(issued, expires_in, headers)
+        return TokenGrant(issued, expires_in, headers)
 
     async def _check_key(self, request: RenewalRequest, claims: ClientToken) -> None:
         """The token's key: its origins, still active, still holding the model."""

@@ -30,12 +30,6 @@ async def post(client: httpx.AsyncClient, url: str, path: str, body: dict[str, A
     return resp.status_code, resp.json()
 
 
-@pytest.fixture(params=["redis", "cluster"])
-def shared_store(request: pytest.FixtureRequest) -> str:
-    name = "redis_url" if request.param == "redis" else "cluster_url"
-    return str(request.getfixturevalue(name))
-
-
 async def test_one_family_survives_renewals_racing_on_three_replicas(
     tmp_path: Path, shared_store: str, backend_process: str
 ) -> None:

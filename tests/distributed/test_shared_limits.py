@@ -29,12 +29,6 @@ policies:
 """
 
 
-@pytest.fixture(params=["redis", "cluster"])
-def shared_store(request: pytest.FixtureRequest) -> str:
-    name = "redis_url" if request.param == "redis" else "cluster_url"
-    return str(request.getfixturevalue(name))
-
-
 async def test_exactly_n_of_5n_for_one_token(
     tmp_path: Path, shared_store: str, backend_process: str
 ) -> None:
