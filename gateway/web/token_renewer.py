@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from gateway.admission import Client
 from gateway.core.identifiers import new_token_id
-from gateway.core.token_codec import ClientToken
+from gateway.core.token_codec import ClientToken, log_hash
 from gateway.errors import ProblemError
 from gateway.web.token_issuer import TokenGrant, TokenService
 
@@ -60,6 +60,8 @@ class TokenRenewer(TokenService):
                 claims, request.client, request.method, successor
             )
         except ProblemError as err:
+            if claims is None:  # refused before or by the token's checks: logged by hash
+                request.note_token(log_hash(request.token))
             self._metrics.token_renewal(err.code)
             await admissions.token_refused(
                 err, request.client, claims.key_id if claims is not None else None
