@@ -10,7 +10,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway.core import agent_keys
-from gateway.core.token_codec import ClientToken, TokenCodec
+from gateway.core.token_codec import ClientToken, TokenCodec, log_hash
 from gateway.keystore.base import utcnow
 from tests.support.harness import REFRESH_URL, Gateway
 
@@ -288,3 +288,14 @@ async def test_the_refresh_route_kind_is_rate_limited(
     async with gw.send(token) as resp:
         assert resp.status == 200
     assert gw.sample("gateway_token_renewals_total", outcome="rate_limited") == 1
+
+
+async def test_the_access_line_names_tokens_by_their_hash_only(gateway: Gateway) -> None:
+    first = await gateway.new_token()
+    junk = "x" * 300
+    with capture_logs() as events:
+        second = await renewed(gateway, first)
+        assert await refused(gateway, junk) == (403, "token_invalid")
+    access = [e for e in events if e.get("route") == REFRESH_URL]
+    assert [e["token_hash"] for e in access] == [log_hash(first), log_hash(junk)]
+    assert first not in str(events) and second not in str(events)
