@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench import overload
+from bench import overload, renewal
 from bench.load import LoadResult
 from bench.probes import ColdKeys, RedisCalls, TokenMemory, Ttfb
 
@@ -31,6 +31,7 @@ class Results:
     evalsha_per_post: float | None = None
     memory: TokenMemory | None = None
     overload: overload.Overload | None = None
+    renewal: renewal.RenewalRun | None = None
     skipped: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
 
@@ -118,6 +119,8 @@ def targets(results: Results) -> list[tuple[str, str, bool | None]]:
              f"{m.used_memory_per_token:.0f} bytes (used_memory delta, {m.tokens:,} tokens)",
              m.used_memory_per_token <= 300)
         )  # fmt: skip
+    if results.renewal is not None:
+        out += renewal.targets(results.renewal)
     if results.overload is not None:
         out += overload.targets(results.overload)
     return out

@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import overload, probes
+from bench import overload, probes, renewal
 from bench.gateway_setup import RAISED_LIMIT, mint_tokens, raised_policies, shipped_policies
 from bench.load import LoadGenerator, LoadResult, Request
 from bench.machine import cpus, describe, ensure_tools
@@ -43,6 +43,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured run before each")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=1000, help="client tokens cycled through")
+    parser.add_argument(
+        "--renewal-tokens",
+        type=int,
+        default=30_000,
+        help="new client tokens per run of the renewal scenario (each is renewed once)",
+    )
     parser.add_argument("--ttfb-rounds", type=int, default=300)
     parser.add_argument("--cold-keys", type=int, default=8)
     parser.add_argument("--memory-tokens", type=int, default=5000)
@@ -56,7 +62,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-install", action="store_true", help="never apt-get install")
     parser.add_argument(
-        "--only", nargs="*", default=None, help="scenarios: send read token overload"
+        "--only", nargs="*", default=None, help="scenarios: send read token renewal overload"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -90,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     results.elapsed_s = time.monotonic() - started
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    titles = {s.name: s.title for s in SCENARIOS}
+    titles = {s.name: s.title for s in SCENARIOS} | {renewal.NAME: renewal.TITLE}
     text = markdown(results, titles, COMMAND, date)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -206,8 +212,30 @@ def run(args: argparse.Namespace, work: Path, pins: Cpus) -> Results:
                 redis_label = next(label for _, label, t in targets if t is redis_gw)
                 _profile(redis_gw, loads[redis_label], generator, args, work)
 
+        if args.only is None or renewal.NAME in args.only:
+            say("renewal: POST .../token/refresh, a new token per renewal ...")
+            bare = next(t for kind, _, t in targets if kind == "bare")
+            renewed = renewal.measure(
+                generator, bare, redis_gw,
+                lambda n: [m.token for m in mint_tokens(stack.signing, hot.key_id, n)],
+                work, warmup=args.warmup, seconds=args.seconds, rounds=args.rounds,
+                per_run=args.renewal_tokens,
+            )  # fmt: skip
+            results.renewal = renewed
+            for label, kind, result in (
+                ("bare aiohttp proxy", "bare", renewed.bare),
+                ("gateway, Redis", "gateway", renewed.gateway),
+            ):
+                results.rows.append(Row(renewal.NAME, label, kind, result))
+                say(
+                    f"  {renewal.NAME} {label:24s} {result.rps:9,.0f} req/s  "
+                    f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms"
+                )
+
         wants_overload = args.only is None or overload.NAME in args.only
-        if wanted or not wants_overload:  # the probes (not for the overload scenario alone)
+        wants_renewal = args.only is None or renewal.NAME in args.only
+        # the probes (not for the renewal or overload scenarios alone)
+        if wanted or not (wants_overload or wants_renewal):
             say("streamed answers: time to first byte ...")
             ttfb_targets = {label: (t.port, kind) for kind, label, t in targets}
             results.ttfb = probes.ttfb_probe(

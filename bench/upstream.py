@@ -92,6 +92,10 @@ http {{
       default_type application/json;
       return 200 {_nginx_string(TOKEN)};
     }}
+    location = /v1/chat/conversation/public/token/refresh {{
+      default_type application/json;
+      return 200 {_nginx_string(TOKEN)};
+    }}
   }}
 }}
 """
@@ -119,6 +123,7 @@ def aiohttp_app() -> web.Application:
         return response
 
     async def token(request: web.Request) -> web.Response:
+        await request.read()
         return web.Response(body=TOKEN, content_type="application/json")
 
     async def health(request: web.Request) -> web.Response:
@@ -136,6 +141,7 @@ def aiohttp_app() -> web.Application:
     app.router.add_post("/v1/chat/conversation/public/message", send)
     app.router.add_get("/v1/chat/conversation/public/messages/{token}", history)
     app.router.add_get("/v1/chat/conversation/public/message/token/{model}", token)
+    app.router.add_post("/v1/chat/conversation/public/token/refresh", token)
     app.router.add_get("/healthz", health)
     return app
 

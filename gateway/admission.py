@@ -22,18 +22,28 @@ import structlog
 
 from gateway.core.fingerprint import FingerprintCache
 from gateway.core.policy import PolicySet, RequestFacts, Selection, retry_after_seconds
+from gateway.core.renewal import (
+    DEFAULT_GRACE_SECONDS,
+    DEFAULT_MAX_CONVERSATION_SECONDS,
+    DEFAULT_OVERLAP_SECONDS,
+    RenewalRules,
+    family_revocation,
+)
 from gateway.core.revocations import RevocationSet
 from gateway.core.token_codec import ClientToken, TokenCodec, TokenRejected, VerifiedToken
 from gateway.errors import ProblemError
 from gateway.keystore.base import KeyRecord
 from gateway.keystore.verifier import Candidate, KeyRejected, KeyVerifier
 from gateway.observability.decision_log import CURRENT as CURRENT_DECISION
-from gateway.observability.metrics import Metrics
+from gateway.observability.metrics import FamilyRevocation, Metrics
 from gateway.policies.live import LivePolicies
 from gateway.store.base import (
+    REFUSING_VERDICTS,
     Admission,
     AdmitRequest,
+    FamilyCheck,
     PenaltyRule,
+    Renewed,
     StateStore,
     StoreUnavailable,
     TokenUse,
@@ -156,10 +166,19 @@ class Admissions:
         key_active: Callable[[str], bool],
         max_token_chars: int,
         metrics: Metrics,
+        renewal: RenewalRules | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.metrics = metrics
         self._codec = codec
+        #: the rules of token families (rotation overlap, lifetime): checked on every use
+        self.renewal = renewal or RenewalRules(
+            grace_seconds=DEFAULT_GRACE_SECONDS,
+            overlap_seconds=DEFAULT_OVERLAP_SECONDS,
+            max_conversation_seconds=DEFAULT_MAX_CONVERSATION_SECONDS,
+            ttl_seconds=codec.ttl_seconds,
+            leeway_seconds=codec.leeway_seconds,
+        )
         self._store = store
         self._policies = policies
         #: local limits used while the shared store is down and the policy set fails open
@@ -320,6 +339,12 @@ class Admissions:
         token retired by rotation. Bounded: see :class:`RevocationSet`."""
         self.revocations.add(jti, expires_at + self._codec.leeway_seconds, self._clock())
 
+    def remember_family_revoked(self, claims: ClientToken) -> None:
+        """Refuse every token of ``claims``' conversation on this replica for as long as
+        one could pass, before and without the store."""
+        until = self.renewal.family_until(claims) + self._codec.leeway_seconds
+        self.revocations.add(family_revocation(claims.conversation_id), until, self._clock())
+
     # -- the store call ----------------------------------------------------------------
     async def _admit(self, request: AdmitRequest, policies: PolicySet) -> Admission:
         try:
@@ -416,7 +441,7 @@ class Admissions:
             decision.reached = True
         elif admission.penalized_ms:
             decision.penalized = True
-        elif admission.token not in (TokenVerdict.REVOKED, TokenVerdict.REUSE):
+        elif admission.token not in REFUSING_VERDICTS:
             decision.reached = True
             decision.states = admission.limits
 
@@ -424,12 +449,13 @@ class Admissions:
     def decode(self, token: str) -> ClientToken:
         return self.verify(token).claims
 
-    def verify(self, token: str) -> VerifiedToken:
-        """The token's claims and log hash, or its problem (403 ``token_*``)."""
+    def verify(self, token: str, *, grace: float = 0.0) -> VerifiedToken:
+        """The token's claims and log hash, or its problem (403 ``token_*``); ``grace``:
+        seconds past its expiry it still passes (a renewal's)."""
         if not token or len(token) > self._max_token_chars:
             raise ProblemError("token_invalid", "the token is malformed")
         try:
-            return self._codec.verify(token, self._clock())
+            return self._codec.verify(token, self._clock(), grace=grace)
         except TokenRejected as exc:
             raise ProblemError(exc.code, exc.detail) from None
 
@@ -453,13 +479,46 @@ class Admissions:
     ) -> dict[str, str]:
         """Admit one use of a decoded token: the response's RateLimit headers, or the
         matching 403/429/503 problem."""
+        headers, _ = await self._use_token(claims, client, route, method)
+        return headers
+
+    async def renew_token(
+        self, claims: ClientToken, client: Client, method: str, successor: str
+    ) -> tuple[dict[str, str], Renewed]:
+        """Admit the renewal of a decoded token (route ``refresh``), in the same single
+        store call as any use: the RateLimit headers and the successor's jti and issue
+        time (``successor`` when this renewal rotated the family, the one an earlier
+        renewal made when it repeats that one within the overlap), or the matching
+        403/429/503 problem. The conversation's lifetime is the caller's to check."""
+        headers, renewed = await self._use_token(
+            claims, client, "refresh", method, successor=successor
+        )
+        if renewed is None:  # the store always names a successor for an admitted renewal
+            raise RuntimeError("the store admitted a renewal without a successor")
+        return headers, renewed
+
+    async def _use_token(
+        self,
+        claims: ClientToken,
+        client: Client,
+        route: str,
+        method: str,
+        *,
+        successor: str = "",
+    ) -> tuple[dict[str, str], Renewed | None]:
         if not self._key_active(claims.key_id):
             raise ProblemError("token_revoked", "the agent key behind this token was revoked")
         now = self._clock()
-        if self.revocations.revoked(claims.jti, now):  # seen here: no need to ask the store
+        revocations = self.revocations
+        if revocations.revoked(claims.jti, now):  # seen here: no need to ask the store
             raise ProblemError("token_revoked", "the token has been revoked")
+        if revocations.revoked(family_revocation(claims.conversation_id), now):
+            raise _family_revoked()
         policies = self._policies.current
         binding = policies.binding
+        rules = self.renewal
+        # a renewal accepts a token expired by up to the grace: its record lives as long
+        grace = rules.grace_seconds if successor else 0
         use = TokenUse(
             jti=claims.jti,
             fingerprint=self.fingerprint(client, policies),
@@ -468,7 +527,10 @@ class Admissions:
             on_reuse=binding.action,
             # the record (revocation, binding) must outlive every moment the codec still
             # accepts the token, expiry leeway included
-            ttl_ms=int((claims.remaining(now) + self._codec.leeway_seconds + 1) * 1000),
+            ttl_ms=int((claims.remaining(now) + self._codec.leeway_seconds + grace + 1) * 1000),
+        )
+        family = FamilyCheck(
+            claims.conversation_id, rules.overlap_ms, rules.family_ttl_ms(claims, now), successor
         )
         selection = policies.select(route, method, claims.model_id, claims.key_id)
         facts = RequestFacts(
@@ -481,20 +543,55 @@ class Admissions:
             conversation=claims.conversation_id,
         )
         subject = policies.penalty_subject(client.ip)
-        request = AdmitRequest(token=use, limits=selection.specs(facts), penalty_subject=subject)
+        request = AdmitRequest(
+            token=use, limits=selection.specs(facts), penalty_subject=subject, family=family
+        )
         admission = await self._admit(request, policies)
         if self.record_decisions:
             self._record(facts, selection, admission)
         self._refuse_penalized(admission, subject)
-        if admission.token is TokenVerdict.REVOKED:
+        verdict = admission.token
+        if verdict is TokenVerdict.REVOKED:
             self.remember_revoked(claims.jti, claims.expires_at)
             raise ProblemError("token_revoked", "the token has been revoked")
-        if admission.token is TokenVerdict.REUSE:
+        if verdict is TokenVerdict.REUSE:
             if binding.action == "revoke":
                 self.remember_revoked(claims.jti, claims.expires_at)
+                self._family_revoked(claims, "binding")
             log.warning("token_reuse_suspected", key_id=claims.key_id, action=binding.action)
             await self.failed(client, "reuse")
             raise ProblemError("token_reuse_suspected", "the token was used from another client")
-        if admission.token is TokenVerdict.FLAGGED:
+        if verdict is TokenVerdict.REPLAYED:
+            self._family_revoked(claims, "replayed")
+            log.warning("token_reuse_suspected", key_id=claims.key_id, action="revoke_family")
+            await self.failed(client, "reuse")
+            raise ProblemError(
+                "token_reuse_suspected",
+                "a token this conversation had retired was used again: every token of the "
+                "conversation is revoked",
+            )
+        if verdict is TokenVerdict.FAMILY_REVOKED:
+            self.remember_family_revoked(claims)
+            raise _family_revoked()
+        if verdict is TokenVerdict.FLAGGED:
             log.warning("token_reuse_flagged", key_id=claims.key_id)
-        return self._limits_outcome(admission, selection, claims.key_id)
+        headers = self._limits_outcome(admission, selection, claims.key_id)
+        return headers, admission.renewed
+
+    def _family_revoked(self, claims: ClientToken, reason: FamilyRevocation) -> None:
+        """The store revoked ``claims``' family just now, for ``reason``."""
+        self.remember_family_revoked(claims)
+        self.metrics.token_family_revoked(reason)
+        log.warning(
+            "token_family_revoked",
+            key_id=claims.key_id,
+            conversation_id=claims.conversation_id,
+            reason=reason,
+        )
+
+
+def _family_revoked() -> ProblemError:
+    return ProblemError(
+        "token_reuse_suspected",
+        "this conversation was opened elsewhere: its tokens were revoked",
+    )

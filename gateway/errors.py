@@ -27,6 +27,7 @@ KINDS: dict[str, ProblemKind] = {
     "token_revoked": ProblemKind(403, "Revoked token"),
     "token_reuse_suspected": ProblemKind(403, "Suspicious token reuse"),
     "origin_not_allowed": ProblemKind(403, "Origin not allowed"),
+    "conversation_expired": ProblemKind(403, "Conversation expired"),
     "insufficient_scope": ProblemKind(403, "Insufficient scope"),
     "key_not_found": ProblemKind(404, "Key not found"),
     "model_not_found": ProblemKind(404, "Model not found"),

@@ -21,6 +21,11 @@ from pydantic import (
 )
 
 from gateway.core.identifiers import MODEL_ID
+from gateway.core.renewal import (
+    DEFAULT_GRACE_SECONDS,
+    DEFAULT_MAX_CONVERSATION_SECONDS,
+    DEFAULT_OVERLAP_SECONDS,
+)
 from gateway.oauth.settings import OAuthSettings
 
 MODEL_ID_PATTERN = rf"^{MODEL_ID}$"
@@ -164,6 +169,24 @@ class TokenSettings(Section):
     #: a mounted secret file with one ``kid:secret`` per line (first line signs);
     #: ``GATEWAY_SIGNING_KEYS`` / ``GATEWAY_SIGNING_KEYS_FILE`` take precedence
     signing_keys_file: Path | None = None
+    #: renewal (``POST .../token/refresh``, see docs/browser.md): seconds past its expiry
+    #: a token may still be renewed (a laptop waking from sleep keeps its chat)
+    refresh_grace_seconds: int = Field(DEFAULT_GRACE_SECONDS, ge=0, le=3600)
+    #: seconds a token retired by a renewal still passes (requests in flight) and a
+    #: second renewal of it gets the same successor; after it, its use revokes the family
+    rotation_overlap_seconds: int = Field(DEFAULT_OVERLAP_SECONDS, ge=0, le=120)
+    #: a conversation's absolute lifetime across renewals, from its first token
+    max_conversation_seconds: int = Field(DEFAULT_MAX_CONVERSATION_SECONDS, ge=60, le=2_592_000)
+
+    @model_validator(mode="after")
+    def _overlap_within_a_token(self) -> TokenSettings:
+        if self.rotation_overlap_seconds >= self.ttl_seconds:
+            raise ValueError(
+                f"rotation_overlap_seconds ({self.rotation_overlap_seconds}) must be shorter "
+                f"than ttl_seconds ({self.ttl_seconds}): a retired token would outlive reuse "
+                "detection"
+            )
+        return self
 
 
 class PolicySettings(Section):

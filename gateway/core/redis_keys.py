@@ -14,6 +14,7 @@ from typing import NamedTuple
 #: store's hash tag, ``<...>`` one non-empty value
 STATE_KEY_SHAPES = (
     ("{prefix}:ts:<jti>", "hash"),
+    ("{prefix}:tf:<conversation>", "hash"),
     ("{prefix}:rl:<policy>:<partition>", "string"),
     ("{prefix}:pb:<subject>", "string"),
     ("{prefix}:pf:<subject>", "string"),
@@ -38,7 +39,7 @@ def limit_name(policy: str, partition: str) -> str:
 
 
 class StateKey(NamedTuple):
-    """A state key read back: its kind (``ts``, ``rl``, ``pb``, ``pf``, ``pa``, as in
+    """A state key read back: its kind (``ts``, ``tf``, ``rl``, ``pb``, ``pf``, ``pa``, as in
     :data:`STATE_KEY_SHAPES`) and what follows it (a jti, a limit name, a subject)."""
 
     kind: str
@@ -52,18 +53,24 @@ STATE_KINDS = frozenset(shape.split(":")[1] for shape, _ in STATE_KEY_SHAPES)
 class StateKeys:
     """The state store's keys under one prefix. The Lua scripts' ``KEYS`` orders are
     :meth:`failure_script` and :meth:`reserve_script`; admit.lua takes the penalty key,
-    the token key, then the limits' keys, each when present."""
+    the token key, the token family's key, then the limits' keys, each when present."""
 
-    __slots__ = ("_pa", "_pb", "_pf", "_rl", "_ts", "tag")
+    __slots__ = ("_pa", "_pb", "_pf", "_rl", "_tf", "_ts", "tag")
 
     def __init__(self, prefix: str) -> None:
         self.tag = tag = hash_tag(prefix)
-        self._ts, self._rl = f"{tag}:ts:", f"{tag}:rl:"
+        self._ts, self._tf, self._rl = f"{tag}:ts:", f"{tag}:tf:", f"{tag}:rl:"
         self._pb, self._pf, self._pa = f"{tag}:pb:", f"{tag}:pf:", f"{tag}:pa:"
 
     def token(self, jti: str) -> str:
         """The token's state: a hash of its record and its token-scoped limits."""
         return self._ts + jti
+
+    def family(self, conversation_id: str) -> str:
+        """A conversation's token family: its newest token, the one it retired and when,
+        and whether the family is revoked (see admit.lua). Under the store's hash tag, in
+        the slot of its tokens' keys."""
+        return self._tf + conversation_id
 
     def limit(self, name: str) -> str:
         """A limit of its own (not kept with a token): its next allowed time."""

@@ -1,8 +1,10 @@
 """Client tokens: short-lived JWTs (pyjwt) signed with the active key of a key set.
 
 Claims: ``iss``, ``aud``, ``iat``, ``nbf``, ``exp``, ``jti`` (128 random bits), ``cid``
-(conversation id), ``mid`` (model id), ``akid`` (agent key id) and, when bound at issue,
-``fph`` (the client fingerprint). The header carries ``kid``; decoding pins the algorithm
+(conversation id), ``mid`` (model id), ``akid`` (agent key id), when bound at issue ``fph``
+(the client fingerprint) and, in a renewed token, ``cst`` (when its conversation started:
+the conversation's lifetime counts from there across renewals; a token without it started
+its conversation). The header carries ``kid``; decoding pins the algorithm
 and the issuer/audience, and takes ``now`` from the caller.
 
 Both directions skip pyjwt's generic machinery on the hot path. Signing writes the header
@@ -79,9 +81,17 @@ class ClientToken(NamedTuple):
     issued_at: int
     expires_at: int
     fingerprint: str | None = None
+    #: when the conversation started, for a renewed token (else ``issued_at``)
+    conversation_started_at: int | None = None
 
     def remaining(self, now: float) -> float:
         return self.expires_at - now
+
+    @property
+    def started_at(self) -> int:
+        """When this token's conversation started (its first token was issued)."""
+        started = self.conversation_started_at
+        return self.issued_at if started is None else started
 
 
 def log_hash(token: str) -> str:
@@ -175,6 +185,29 @@ class TokenCodec:
             expires_at=issued_at + self.ttl_seconds,
             fingerprint=fingerprint,
         )
+        return IssuedToken(token=self._sign(self._payload(claims)), claims=claims)
+
+    def renew(
+        self, old: ClientToken, *, jti: str, issued_at: int, fingerprint: str | None
+    ) -> IssuedToken:
+        """The token that succeeds ``old`` in its conversation: same conversation, model
+        and key, the given ``jti`` and issue time, the conversation's start carried over.
+        Deterministic: the same arguments under the same signing key give the same token
+        (a renewal repeated within the rotation overlap gets the token the first got)."""
+        claims = ClientToken(
+            jti=jti,
+            conversation_id=old.conversation_id,
+            model_id=old.model_id,
+            key_id=old.key_id,
+            issued_at=issued_at,
+            expires_at=issued_at + self.ttl_seconds,
+            fingerprint=fingerprint,
+            conversation_started_at=old.started_at,
+        )
+        return IssuedToken(token=self._sign(self._payload(claims)), claims=claims)
+
+    def _payload(self, claims: ClientToken) -> dict[str, Any]:
+        issued_at = claims.issued_at
         payload: dict[str, Any] = {
             "iss": self._issuer,
             "aud": self._audience,
@@ -183,12 +216,14 @@ class TokenCodec:
             "exp": claims.expires_at,
             "jti": claims.jti,
             "cid": claims.conversation_id,
-            "mid": model_id,
-            "akid": key_id,
+            "mid": claims.model_id,
+            "akid": claims.key_id,
         }
-        if fingerprint is not None:
-            payload["fph"] = fingerprint
-        return IssuedToken(token=self._sign(payload), claims=claims)
+        if claims.fingerprint is not None:
+            payload["fph"] = claims.fingerprint
+        if claims.conversation_started_at is not None:
+            payload["cst"] = claims.conversation_started_at
+        return payload
 
     def _sign(self, payload: dict[str, Any]) -> str:
         """What ``jwt.encode`` writes for the active key (the same header segment, compact
@@ -202,9 +237,10 @@ class TokenCodec:
     def decode(self, token: str, now: float) -> ClientToken:
         return self.verify(token, now).claims
 
-    def verify(self, token: str, now: float) -> VerifiedToken:
+    def verify(self, token: str, now: float, *, grace: float = 0.0) -> VerifiedToken:
         """The token's claims and log hash if it passes every check now, else
-        :class:`TokenRejected`."""
+        :class:`TokenRejected`; ``grace``: seconds past its expiry (and the leeway) it is
+        still accepted (a renewal's grace)."""
         key = self._key(token)
         known = self._verified.get(key)
         if known is None:
@@ -217,7 +253,7 @@ class TokenCodec:
             if len(verified) >= VERIFIED_CACHE:
                 del verified[next(iter(verified))]
             verified[key] = known
-        return self._in_time(known, now)
+        return self._in_time(known, now, grace)
 
     def _key(self, token: str) -> bytes:
         """The cache's key for ``token``: a BLAKE2b keyed with this codec's random key."""
@@ -225,9 +261,9 @@ class TokenCodec:
         digest.update(token.encode())
         return digest.digest()
 
-    def _in_time(self, known: VerifiedToken, now: float) -> VerifiedToken:
+    def _in_time(self, known: VerifiedToken, now: float, grace: float = 0.0) -> VerifiedToken:
         """The clock-dependent checks, on every use."""
-        if now >= known.claims.expires_at + self._leeway:
+        if now >= known.claims.expires_at + self._leeway + grace:
             raise TokenRejected("token_expired", "the token has expired")
         if now + self._leeway < known.not_before:
             raise TokenRejected("token_invalid", "the token is not valid yet")
@@ -310,6 +346,7 @@ class TokenCodec:
         try:
             exp, iat = int(claims["exp"]), int(claims["iat"])
             nbf = int(claims.get("nbf", iat))
+            started = claims.get("cst")
             parsed = ClientToken(
                 jti=_shaped(claims["jti"], TOKEN_ID_SHAPE),
                 conversation_id=_shaped(claims["cid"], CONVERSATION_ID_SHAPE),
@@ -318,10 +355,20 @@ class TokenCodec:
                 issued_at=iat,
                 expires_at=exp,
                 fingerprint=_shaped(claims["fph"], FINGERPRINT_SHAPE) if "fph" in claims else None,
+                conversation_started_at=_started(started, iat),
             )
         except (TypeError, ValueError, OverflowError):
             raise TokenRejected("token_invalid", "the token's claims are malformed") from None
         return parsed, max(nbf, iat)
+
+
+def _started(value: object, issued_at: int) -> int | None:
+    """``cst``: an integer time no later than the token's issue."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value > issued_at:
+        raise ValueError("not a conversation start this gateway writes")
+    return value
 
 
 def _shaped(value: object, shape: re.Pattern[str]) -> str:

@@ -52,6 +52,7 @@ PUBLIC_KINDS = {
     "/v1/chat/conversation/public/message/token/{model_id}": "token",
     "/v1/chat/conversation/public/messages/{token}": "messages",
     "/v1/chat/conversation/public/message": "send",
+    "/v1/chat/conversation/public/token/refresh": "refresh",
 }
 
 

@@ -91,6 +91,27 @@ StoreErrorKind = Literal["timeout", "connection", "circuit_open", "oom", "readon
 #: the store operations whose failures are created at zero
 WatchedStoreOperation = Literal["admit"]
 SuspiciousReason = Literal["token_reuse", "invalid_key", "invalid_token", "penalty_box"]
+#: how a token renewal ended: ``renewed`` (the family rotated), ``repeated`` (a renewal of
+#: the token just retired, within the overlap: the same successor), else the problem code
+RenewalOutcome = Literal[
+    "renewed",
+    "repeated",
+    "invalid_request",
+    "token_invalid",
+    "token_expired",
+    "token_revoked",
+    "token_reuse_suspected",
+    "conversation_expired",
+    "origin_not_allowed",
+    "model_not_found",
+    "rate_limited",
+    "store_unavailable",
+    "other",
+]
+#: why a token family was revoked: ``replayed`` (a retired token used after the rotation
+#: overlap), ``binding`` (a token used from another client, reuse action ``revoke``)
+FamilyRevocation = Literal["replayed", "binding"]
+RENEWAL_OUTCOMES = frozenset(get_args(RenewalOutcome))
 TokenRefusal = Literal[
     "missing_credentials",
     "malformed",
@@ -324,6 +345,20 @@ class Metrics:
             registry=registry,
         )
         _initialise(self.suspicious, SuspiciousReason)
+        self.token_renewals = Counter(
+            "gateway_token_renewals",
+            "Client token renewals, by outcome (renewed, repeated, or the problem code).",
+            ["outcome"],
+            registry=registry,
+        )
+        _initialise(self.token_renewals, RenewalOutcome)
+        self.token_family_revocations = Counter(
+            "gateway_token_family_revocations",
+            "Conversations whose every token was revoked, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        _initialise(self.token_family_revocations, FamilyRevocation)
 
     def _define_rate_limits(self, registry: CollectorRegistry) -> None:
         """Rate limits and abuse defence."""
@@ -525,6 +560,15 @@ class Metrics:
 
     def token_use_refused(self, code: str) -> None:
         self.token_uses_refused.labels(self._words(code)).inc()
+
+    def token_renewal(self, outcome: str) -> None:
+        """One renewal's outcome; a problem code outside :data:`RenewalOutcome` counts as
+        ``other``."""
+        known = outcome if outcome in RENEWAL_OUTCOMES else "other"
+        self.token_renewals.labels(known).inc()
+
+    def token_family_revoked(self, reason: FamilyRevocation) -> None:
+        self.token_family_revocations.labels(reason).inc()
 
     def key_verification(self, result: str) -> None:
         self.key_verifications.labels(self._words(result)).inc()

@@ -15,10 +15,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from gateway.config import MODEL_ID_PATTERN
 from gateway.core.agent_keys import KEY_ID_PATTERN
 
-Route = Literal["token", "messages", "send", "private"]
+Route = Literal["token", "messages", "send", "refresh", "private"]
 Component = Literal["client_ip", "ip_prefix", "api_key", "token", "conversation", "model", "global"]
 Mode = Literal["enforce", "shadow"]
-ROUTES: tuple[Route, ...] = ("token", "messages", "send", "private")
+ROUTES: tuple[Route, ...] = ("token", "messages", "send", "refresh", "private")
 #: what each route knows about a request, so which partition components make sense there
 AVAILABLE: dict[str, frozenset[str]] = {
     "token": frozenset({"client_ip", "ip_prefix", "api_key", "model", "global"}),
@@ -26,6 +26,9 @@ AVAILABLE: dict[str, frozenset[str]] = {
         {"client_ip", "ip_prefix", "api_key", "token", "conversation", "model", "global"}
     ),
     "send": frozenset(
+        {"client_ip", "ip_prefix", "api_key", "token", "conversation", "model", "global"}
+    ),
+    "refresh": frozenset(
         {"client_ip", "ip_prefix", "api_key", "token", "conversation", "model", "global"}
     ),
     "private": frozenset({"client_ip", "ip_prefix", "global"}),

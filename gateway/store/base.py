@@ -1,9 +1,11 @@
 """The state store contract: one atomic ``admit`` call per request.
 
 ``admit`` decides, in one step that either applies entirely or not at all: is the client
-in the penalty box, is the token revoked or used from a new fingerprint, and does every
-rate limit that applies have room. A denied request consumes nothing. The memory store
-does this under the event loop (no awaits inside), the Redis store in one Lua script.
+in the penalty box, is the token revoked or used from a new fingerprint, is it a token
+its family retired (or is the family revoked), and does every rate limit that applies
+have room; for a renewal, it also rotates the family. A denied request consumes nothing.
+The memory store does this under the event loop (no awaits inside), the Redis store in
+one Lua script.
 """
 
 from __future__ import annotations
@@ -26,6 +28,17 @@ class TokenVerdict(StrEnum):
     REUSE = "reuse"
     #: another fingerprint, admitted because the reuse action is ``flag``
     FLAGGED = "flagged"
+    #: a token its family retired, presented after the rotation overlap: the family is
+    #: revoked now (see :mod:`gateway.core.renewal`)
+    REPLAYED = "replayed"
+    #: a token of a family revoked before
+    FAMILY_REVOKED = "family_revoked"
+
+
+#: verdicts that refuse the request
+REFUSING_VERDICTS = frozenset(
+    {TokenVerdict.REVOKED, TokenVerdict.REUSE, TokenVerdict.REPLAYED, TokenVerdict.FAMILY_REVOKED}
+)
 
 
 class TokenUse(NamedTuple):
@@ -41,11 +54,35 @@ class TokenUse(NamedTuple):
     ttl_ms: int
 
 
+class FamilyCheck(NamedTuple):
+    """The token's family (its conversation): is the token retired, is the family
+    revoked; and for a renewal, the rotation."""
+
+    conversation_id: str
+    #: how long a retired token keeps passing
+    overlap_ms: int
+    #: how long the family's record is kept from now (it expires with the conversation)
+    ttl_ms: int
+    #: a renewal: the jti for the successor when this renewal rotates the family ('' for
+    #: any other use); within the overlap, a renewal of the retired token gets the
+    #: successor the first renewal made instead
+    successor: str = ""
+
+
+class Renewed(NamedTuple):
+    """The successor of a renewed token: its jti and its issue time (store clock, ms)."""
+
+    jti: str
+    issued_at_ms: int
+
+
 class AdmitRequest(NamedTuple):
     token: TokenUse | None = None
     limits: tuple[LimitSpec, ...] = ()
     #: the penalty-box subject (client IP or prefix); None skips the check
     penalty_subject: str | None = None
+    #: the token's family (only with ``token``)
+    family: FamilyCheck | None = None
 
 
 class Admission(NamedTuple):
@@ -53,6 +90,8 @@ class Admission(NamedTuple):
     penalized_ms: int
     token: TokenVerdict | None
     limits: tuple[LimitState, ...]
+    #: an admitted renewal's successor
+    renewed: Renewed | None = None
 
 
 @dataclass(frozen=True, slots=True)

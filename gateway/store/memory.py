@@ -16,10 +16,13 @@ from gateway.core.fingerprint import TAG_CHARS
 from gateway.core.gcra import EPOCH_US, LimitSpec, LimitState, evaluate
 from gateway.core.penalty_box import Failures, count_failure
 from gateway.store.base import (
+    REFUSING_VERDICTS,
     Admission,
     AdmitRequest,
     AttemptSlot,
+    FamilyCheck,
     PenaltyRule,
+    Renewed,
     TokenUse,
     TokenVerdict,
     record_ttl_ms,
@@ -78,6 +81,17 @@ class _TokenState:
     tats: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class _Family:
+    """A conversation's token family (admit.lua's family hash): the newest token, the one
+    it retired and when (ms), and whether the family is revoked."""
+
+    newest: str = ""
+    retired: str = ""
+    retired_at_ms: int = 0
+    revoked: bool = False
+
+
 def _now_ms() -> float:
     return time.time() * 1000.0
 
@@ -91,10 +105,50 @@ class MemoryStore:
         #: attempts counted before their verification ran, not yet failed or released
         self.attempts: ExpiringMap[int] = ExpiringMap()
         self.penalties: ExpiringMap[bool] = ExpiringMap()
+        self.families: ExpiringMap[_Family] = ExpiringMap()
 
     def _sweep(self, now: float) -> None:
-        for table in (self.tokens, self.tats, self.failures, self.attempts, self.penalties):
+        for table in (
+            self.tokens,
+            self.tats,
+            self.failures,
+            self.attempts,
+            self.penalties,
+            self.families,
+        ):
             table.sweep(now)
+
+    def _keep_family(self, check: FamilyCheck, family: _Family, now: float) -> None:
+        """Store ``family`` for at least its ttl (never sooner than before)."""
+        current = self.families.expires_at(check.conversation_id)
+        until = now + check.ttl_ms
+        if current is not None and current > until:
+            until = current
+        self.families.set(check.conversation_id, family, until)
+
+    def _revoke_family(self, check: FamilyCheck, now: float) -> None:
+        family = self.families.get(check.conversation_id, now) or _Family()
+        family.revoked = True
+        self._keep_family(check, family, now)
+
+    def _check_family(
+        self, check: FamilyCheck, jti: str, now: float
+    ) -> tuple[TokenVerdict | None, Renewed | None, bool]:
+        """As admit.lua: a refusing verdict, or None and the successor of a renewal and
+        whether it rotates the family."""
+        family = self.families.get(check.conversation_id, now)
+        if family is not None and family.revoked:
+            return TokenVerdict.FAMILY_REVOKED, None, False
+        if family is not None and family.newest != jti:
+            if family.retired == jti and now - family.retired_at_ms <= check.overlap_ms:
+                if not check.successor:
+                    return None, None, False
+                return None, Renewed(family.newest, family.retired_at_ms), False
+            self._revoke_family(check, now)
+            return TokenVerdict.REPLAYED, None, False
+        if check.successor:
+            return None, Renewed(check.successor, int(now)), True
+        return None, None, False
 
     def _state(self, jti: str, now: float) -> _TokenState:
         return self.tokens.get(jti, now) or _TokenState()
@@ -118,7 +172,9 @@ class MemoryStore:
         """The clock for GCRA: whole microseconds since the epoch of gateway.core.gcra."""
         return round(now_ms * 1000) - EPOCH_US
 
-    def _check_token(self, use: TokenUse, now: float) -> tuple[TokenVerdict, list[str] | None]:
+    def _check_token(
+        self, use: TokenUse, family: FamilyCheck | None, now: float
+    ) -> tuple[TokenVerdict, list[str] | None]:
         """The verdict and, for BOUND, the fingerprints to record on admission."""
         state = self.tokens.get(use.jti, now)
         record = state.fingerprints if state is not None else None
@@ -142,6 +198,8 @@ class MemoryStore:
             return TokenVerdict.FLAGGED, None
         if use.on_reuse == "revoke":
             self._revoke(use.jti, known, now, use.ttl_ms)
+            if family is not None:
+                self._revoke_family(family, now)
         return TokenVerdict.REUSE, None
 
     def _revoke(self, jti: str, fingerprints: list[str], now: float, ttl_ms: int) -> None:
@@ -158,10 +216,17 @@ class MemoryStore:
                 return Admission(int(expires - now) or 1, None, ())
         verdict: TokenVerdict | None = None
         bind: list[str] | None = None
+        renewed: Renewed | None = None
+        rotate = False
+        family = request.family if request.token is not None else None
         if request.token is not None:
-            verdict, bind = self._check_token(request.token, now)
-            if verdict in (TokenVerdict.REVOKED, TokenVerdict.REUSE):
+            verdict, bind = self._check_token(request.token, family, now)
+            if verdict in REFUSING_VERDICTS:
                 return Admission(0, verdict, ())
+        if family is not None and request.token is not None:
+            refused, renewed, rotate = self._check_family(family, request.token.jti, now)
+            if refused is not None:
+                return Admission(0, refused, ())
         now_us = self._us(now)
         states: list[LimitState] = [
             evaluate(spec, self._tat(spec, now), now_us) for spec in request.limits
@@ -189,7 +254,10 @@ class MemoryStore:
             keep[use.jti] = token, max(ms, record_ttl_ms(use.ttl_ms))
         for jti, (token, ms) in keep.items():
             self._keep_for(jti, token, now, ms)
-        return Admission(0, verdict, tuple(states))
+        if rotate and family is not None and renewed is not None and request.token is not None:
+            rotated = _Family(renewed.jti, request.token.jti, renewed.issued_at_ms)
+            self._keep_family(family, rotated, now)
+        return Admission(0, verdict, tuple(states), renewed)
 
     async def peek(self, specs: tuple[LimitSpec, ...]) -> tuple[LimitState, ...]:
         now = self._clock()

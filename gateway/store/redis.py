@@ -24,7 +24,7 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 
-from gateway.core.gcra import LimitSpec, LimitState, evaluate
+from gateway.core.gcra import EPOCH_US, LimitSpec, LimitState, evaluate
 from gateway.core.redis_keys import StateKeys
 from gateway.redis_connect import AnyRedis
 from gateway.store.base import (
@@ -33,6 +33,7 @@ from gateway.store.base import (
     AdmitRequest,
     AttemptSlot,
     PenaltyRule,
+    Renewed,
     TokenVerdict,
     record_ttl_ms,
 )
@@ -50,6 +51,19 @@ def _verdict(raw: Any) -> TokenVerdict | None:
         return _VERDICTS[raw]
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
     return TokenVerdict(text) if text else None  # an unknown verdict raises ValueError
+
+
+#: admit.lua's times are milliseconds since gateway.core.gcra's epoch
+EPOCH_MS = EPOCH_US // 1000
+#: admit.lua's arguments for no family
+NO_FAMILY = (0, "", 0, 0, "")
+
+
+def _renewed(jti: Any, issued_ms: Any) -> Renewed | None:
+    if not jti:
+        return None
+    text = jti.decode() if isinstance(jti, bytes) else str(jti)
+    return Renewed(text, int(issued_ms) + EPOCH_MS)
 
 
 def _lua(name: str) -> str:
@@ -112,8 +126,14 @@ class RedisStore:
                 REUSE_ACTION_CODES[use.on_reuse],
                 record_ttl_ms(use.ttl_ms),
             ]
+            family = request.family
+            if family is not None:
+                keys.append(self.keys.family(family.conversation_id))
+                args += (1, use.jti, family.overlap_ms, family.ttl_ms, family.successor)
+            else:
+                args += NO_FAMILY
         else:
-            args = [1 if subject is not None else 0, 0, len(limits), "", "", 0, 0, 0]
+            args = [1 if subject is not None else 0, 0, len(limits), "", "", 0, 0, 0, *NO_FAMILY]
         for spec in limits:
             key, field = self.limit_location(spec)
             keys.append(key)
@@ -124,9 +144,11 @@ class RedisStore:
             reply = await self._call(self._admit, keys, args)
         states = [  # allowed, remaining, reset_ms, retry_ms (and no TAT to store)
             LimitState(bool(reply[i]), int(reply[i + 1]), int(reply[i + 2]), int(reply[i + 3]), 0)
-            for i in range(2, len(reply), 4)
+            for i in range(4, len(reply), 4)
         ]
-        return Admission(int(reply[0]), _verdict(reply[1]), tuple(states))
+        return Admission(
+            int(reply[0]), _verdict(reply[1]), tuple(states), _renewed(reply[2], reply[3])
+        )
 
     async def peek(self, specs: tuple[LimitSpec, ...]) -> tuple[LimitState, ...]:
         if not specs:

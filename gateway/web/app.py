@@ -15,8 +15,10 @@ from aiohttp import web
 
 from gateway.admission import Admissions
 from gateway.config import Config
+from gateway.config.settings import TokenSettings
 from gateway.config.signing_keys import load_keyset
 from gateway.core.key_hash import VerifiedKeyCache
+from gateway.core.renewal import RenewalRules
 from gateway.core.token_codec import TokenCodec
 from gateway.doctor.keys import log_if_empty
 from gateway.keystore.base import Found, KeyRecord, KeyStore, KeyStoreError
@@ -39,6 +41,7 @@ from gateway.web.middlewares import make_context_middleware, make_response_hook
 from gateway.web.private import setup_private_routes
 from gateway.web.state import HEALTH, METRICS, SERVICES, Services
 from gateway.web.token_issuer import TokenIssuer
+from gateway.web.token_renewer import TokenRenewer
 
 log = structlog.get_logger("gateway")
 
@@ -131,6 +134,17 @@ class Parts:
     keystore: KeyStore | None = None
 
 
+def renewal_rules(tokens: TokenSettings) -> RenewalRules:
+    """The renewal rules of the ``tokens`` settings."""
+    return RenewalRules(
+        grace_seconds=tokens.refresh_grace_seconds,
+        overlap_seconds=tokens.rotation_overlap_seconds,
+        max_conversation_seconds=tokens.max_conversation_seconds,
+        ttl_seconds=tokens.ttl_seconds,
+        leeway_seconds=tokens.leeway_seconds,
+    )
+
+
 async def start_services(parts: Parts, stack: contextlib.AsyncExitStack) -> Services:
     """Open and start every resource of the application, each closed by ``stack`` (last
     opened, first closed): a start that fails half-way closes what it had opened."""
@@ -168,6 +182,7 @@ async def start_services(parts: Parts, stack: contextlib.AsyncExitStack) -> Serv
         key_active=verifier.key_active,
         max_token_chars=config.server.max_token_chars,
         metrics=metrics,
+        renewal=renewal_rules(config.tokens),
     )
     stop = asyncio.Event()
     tasks = [asyncio.create_task(key_store.run(stop), name="keystore-sync")]
@@ -182,6 +197,13 @@ async def start_services(parts: Parts, stack: contextlib.AsyncExitStack) -> Serv
         keys=verifier,
         admissions=admissions,
         tokens=TokenIssuer(
+            codec=parts.codec,
+            admissions=admissions,
+            keys=verifier,
+            models=config.models,
+            metrics=metrics,
+        ),
+        renewals=TokenRenewer(
             codec=parts.codec,
             admissions=admissions,
             keys=verifier,

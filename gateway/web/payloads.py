@@ -15,6 +15,7 @@ from gateway.web.state import CLIENT_IP
 
 JSON_TYPES = frozenset({"application/json"})
 SEND_FIELDS = frozenset({"client_token", "message", "stream"})
+REFRESH_FIELDS = frozenset({"client_token"})
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
@@ -106,15 +107,26 @@ class SendMessage:
         return f"SendMessage(message_chars={len(self.message)}, stream={self.stream})"
 
 
-def parse_send_message(data: dict[str, Any], max_message_chars: int) -> SendMessage:
-    if not SEND_FIELDS.issuperset(data):
-        unknown = sorted(set(data) - SEND_FIELDS)
+def _client_token(data: dict[str, Any], fields: frozenset[str]) -> str:
+    """The body's ``client_token``, once every field is one of ``fields``."""
+    if not fields.issuperset(data):
+        unknown = sorted(set(data) - fields)
         raise ProblemError("invalid_request", f"unknown field {unknown[0]!r}")
     token = data.get("client_token")
     if token is None:
         raise ProblemError("invalid_request", "'client_token' is required")
     if not isinstance(token, str) or not token:
         raise ProblemError("invalid_request", "'client_token' must be a non-empty string")
+    return token
+
+
+def parse_refresh(data: dict[str, Any]) -> str:
+    """The token a renewal presents (``{"client_token": ...}``)."""
+    return _client_token(data, REFRESH_FIELDS)
+
+
+def parse_send_message(data: dict[str, Any], max_message_chars: int) -> SendMessage:
+    token = _client_token(data, SEND_FIELDS)
     message = data.get("message")
     if message is None:
         raise ProblemError("invalid_request", "'message' is required")

@@ -1,7 +1,8 @@
-"""The public agent API: its three handlers (token issuance, reading and sending
-messages). Token issuance is :class:`~gateway.web.token_issuer.TokenIssuer`'s, streams
-are relayed by :mod:`gateway.web.relay`; what the message handlers still do themselves is
-the check of a client token (decode, key origins, admission)."""
+"""The public agent API: its four handlers (token issuance and renewal, reading and
+sending messages). Token issuance is :class:`~gateway.web.token_issuer.TokenIssuer`'s,
+renewal :class:`~gateway.web.token_renewer.TokenRenewer`'s, streams are relayed by
+:mod:`gateway.web.relay`; what the message handlers still do themselves is the check of a
+client token (decode, key origins, admission)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
-from gateway.core.token_codec import ClientToken, log_hash
+from gateway.core.token_codec import ClientToken, IssuedToken, log_hash
 from gateway.errors import ProblemError
 from gateway.upstream import ForwardContext
 from gateway.web.cors import admit_origin
@@ -19,6 +20,7 @@ from gateway.web.payloads import (
     bearer,
     client_of,
     defer_continue,
+    parse_refresh,
     parse_send_message,
     read_json_object,
 )
@@ -32,11 +34,27 @@ from gateway.web.state import (
     TOKEN_HASH,
 )
 from gateway.web.token_issuer import TokenRequest
+from gateway.web.token_renewer import RenewalRequest
 
 TOKEN_PATH = "/v1/chat/conversation/public/message/token/{model_id}"
 MESSAGES_PATH = "/v1/chat/conversation/public/messages/{token}"
 SEND_PATH = "/v1/chat/conversation/public/message"
-PATHS = (TOKEN_PATH, MESSAGES_PATH, SEND_PATH)
+REFRESH_PATH = "/v1/chat/conversation/public/token/refresh"
+PATHS = (TOKEN_PATH, MESSAGES_PATH, SEND_PATH, REFRESH_PATH)
+
+
+def _token_answer(issued: IssuedToken, expires_in: int, headers: dict[str, str]) -> web.Response:
+    """``{"token", "expires_in", "expires_at"}`` with the RateLimit headers."""
+    expires_at = datetime.fromtimestamp(issued.claims.expires_at, UTC)
+    response = json_response(
+        {
+            "token": issued.token,
+            "expires_in": expires_in,
+            "expires_at": expires_at.isoformat().replace("+00:00", "Z"),
+        }
+    )
+    response.headers.update(headers)
+    return response
 
 
 async def issue_token(request: web.Request) -> web.Response:
@@ -51,16 +69,28 @@ async def issue_token(request: web.Request) -> web.Response:
             admit_origins=functools.partial(admit_origin, request),
         )
     )
-    expires_at = datetime.fromtimestamp(grant.issued.claims.expires_at, UTC)
-    response = json_response(
-        {
-            "token": grant.issued.token,
-            "expires_in": grant.expires_in,
-            "expires_at": expires_at.isoformat().replace("+00:00", "Z"),
-        }
+    return _token_answer(grant.issued, grant.expires_in, grant.headers)
+
+
+async def refresh_token(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    try:
+        data = await read_json_object(request, services.config.server.max_body_bytes)
+        token = parse_refresh(data)
+    except ProblemError as err:
+        services.metrics.token_renewal(err.code)
+        raise
+    grant = await services.renewals.renew(
+        RenewalRequest(
+            token=token,
+            method=request.method,
+            client=client_of(request),
+            note_token=functools.partial(request.__setitem__, TOKEN_HASH),
+            note_key=functools.partial(request.__setitem__, KEY_ID),
+            admit_origins=functools.partial(admit_origin, request),
+        )
     )
-    response.headers.update(grant.headers)
-    return response
+    return _token_answer(grant.issued, grant.expires_in, grant.headers)
 
 
 async def _admit_token(
@@ -153,3 +183,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(TOKEN_PATH, issue_token, allow_head=False, expect_handler=expect)
     app.router.add_get(MESSAGES_PATH, read_messages, allow_head=False, expect_handler=expect)
     app.router.add_post(SEND_PATH, send_message, expect_handler=expect)
+    app.router.add_post(REFRESH_PATH, refresh_token, expect_handler=expect)

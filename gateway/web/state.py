@@ -19,6 +19,7 @@ from gateway.upstream import UpstreamClient
 
 if TYPE_CHECKING:  # it imports (through payloads) the request keys below
     from gateway.web.token_issuer import TokenIssuer
+    from gateway.web.token_renewer import TokenRenewer
 
 
 @dataclass
@@ -32,6 +33,7 @@ class Services:
     keys: KeyVerifier
     admissions: Admissions
     tokens: TokenIssuer
+    renewals: TokenRenewer
     upstream: UpstreamClient
     metrics: Metrics
 

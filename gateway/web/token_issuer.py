@@ -44,14 +44,17 @@ class TokenRequest:
 
 @dataclass(frozen=True, slots=True)
 class TokenGrant:
-    """An issued token and the RateLimit headers of its answer."""
+    """An issued (or renewed) token, its remaining life and the RateLimit headers of its
+    answer."""
 
     issued: IssuedToken
     expires_in: int
     headers: dict[str, str]
 
 
-class TokenIssuer:
+class TokenService:
+    """What token issuance and renewal (:mod:`gateway.web.token_renewer`) work with."""
+
     def __init__(
         self,
         *,
@@ -68,6 +71,8 @@ class TokenIssuer:
         self._models = models
         self._metrics = metrics
 
+
+class TokenIssuer(TokenService):
     async def issue(self, request: TokenRequest) -> TokenGrant:
         """A token for ``request``, or the problem that refuses it (counted)."""
         try:

@@ -20,6 +20,7 @@ def test_state_keys_read_back() -> None:
     keys = StateKeys("gw")
     name = limit_name("per-ip", "2001:db8::|AbCdEf012345")
     assert keys.parse(keys.token("J1")) == StateKey("ts", "J1")
+    assert keys.parse(keys.family("c-1")) == StateKey("tf", "c-1")
     assert keys.parse(keys.limit(name)) == StateKey("rl", name)
     assert keys.parse(keys.penalty("2001:db8::/64")) == StateKey("pb", "2001:db8::/64")
     assert keys.parse(keys.failures("s")) == StateKey("pf", "s")

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow  # replicas as processes
 
 N = 10
 #: what admit.lua itself calls inside Redis
-SCRIPT_COMMANDS = {"time", "pttl", "get", "set", "hget", "hset", "pexpire"}
+SCRIPT_COMMANDS = {"time", "pttl", "get", "set", "hget", "hmget", "hset", "pexpire"}
 PER_TOKEN = f"""
 policies:
   - name: send-per-token
@@ -27,12 +27,6 @@ policies:
     partition: [client_ip]
     limit: {{rate: {N}, per: 1h, burst: {N}}}
 """
-
-
-@pytest.fixture(params=["redis", "cluster"])
-def shared_store(request: pytest.FixtureRequest) -> str:
-    name = "redis_url" if request.param == "redis" else "cluster_url"
-    return str(request.getfixturevalue(name))
 
 
 async def test_exactly_n_of_5n_for_one_token(

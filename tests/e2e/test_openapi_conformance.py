@@ -19,7 +19,7 @@ import itertools
 import json
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -37,6 +37,7 @@ DOCUMENT = ROOT / "gateway" / "static" / "openapi.json"
 TOKEN_PATH = "/v1/chat/conversation/public/message/token/{model_id}"
 MESSAGES_PATH = "/v1/chat/conversation/public/messages/{token}"
 SEND_PATH = "/v1/chat/conversation/public/message"
+REFRESH_PATH = "/v1/chat/conversation/public/token/refresh"
 
 #: loose limits on every route (so answers carry RateLimit headers), tight ones on `tight`;
 #: a penalty box, as a protected policy set must have, out of this run's reach (its 429s
@@ -66,6 +67,10 @@ policies:
     match: {routes: [send]}
     partition: [token]
     limit: {rate: 50000, per: 1m, burst: 50000}
+  - name: renewals-per-key
+    match: {routes: [refresh]}
+    partition: [api_key]
+    limit: {rate: 1, per: 1h, burst: 5}
   - name: tight-tokens
     match: {routes: [token], models: [tight]}
     partition: [api_key]
@@ -111,6 +116,9 @@ class Credentials:
     tokens: Iterator[str]
     #: as a browser on the keys' page would, or as a server would (no Origin)
     origins: Iterator[str | None]
+    #: a new client token (of a new conversation), for each renewal: renewing the
+    #: tokens above would retire them, and their later uses would be reuse
+    fresh: Callable[[], str]
 
     def applied(self, case: Case) -> Case | None:
         """``case`` with real credentials in place of the generated ones, if it has any."""
@@ -129,6 +137,8 @@ class Credentials:
             params["token"] = next(self.tokens)
         elif path == SEND_PATH and isinstance(body, dict):
             body = {**body, "client_token": next(self.tokens)}
+        elif path == REFRESH_PATH and isinstance(body, dict):
+            body = {**body, "client_token": self.fresh()}
         else:
             return None
         if method != "OPTIONS":
@@ -207,6 +217,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
                 keys=itertools.cycle(keys),
                 tokens=itertools.cycle(tokens),
                 origins=itertools.cycle([PAGE, None]),
+                fresh=lambda: _token(running, demo_key, "demo"),
             ),
         )
         with live.session:
@@ -245,6 +256,9 @@ EXPECTED = {
     f"OPTIONS {MESSAGES_PATH}": {200, 400, 403},
     f"POST {SEND_PATH}": {200, 400, 403, 415, 429},
     f"OPTIONS {SEND_PATH}": {200, 400, 403},
+    # renewals-per-key lets the first 6 renewals through, refuses the others
+    f"POST {REFRESH_PATH}": {200, 400, 403, 415, 429},
+    f"OPTIONS {REFRESH_PATH}": {200, 400, 403},
     "GET /widget.js": {200, 304},
     "HEAD /widget.js": {200},
     "GET /widget.{version}.js": {404},

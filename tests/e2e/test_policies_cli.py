@@ -21,7 +21,8 @@ SEND = "/v1/chat/conversation/public/message"
 def test_check_prints_the_effective_policies() -> None:
     result = run_cli("policies", "check", "--config", str(ROOT / "config.yaml"))
     assert result.returncode == 0, result.stderr
-    assert "6 policies from" in result.stdout
+    assert "8 policies from" in result.stdout
+    assert "refresh-per-token" in result.stdout and "6/1m burst 3" in result.stdout
     assert "send-per-token" in result.stdout and "10/1m burst 5" in result.stdout
     assert "penalty box: 20 x" in result.stdout
     assert result.stderr == ""

@@ -291,6 +291,8 @@ PRE_INITIALISED: dict[str, dict[str, Any]] = {
     "gateway_tokens_refused": {"reason": metrics_module.TokenRefusal},
     "gateway_key_lookups": {"outcome": LookupOutcome},
     "gateway_suspicious_events": {"reason": metrics_module.SuspiciousReason},
+    "gateway_token_renewals": {"outcome": metrics_module.RenewalOutcome},
+    "gateway_token_family_revocations": {"reason": metrics_module.FamilyRevocation},
     "gateway_penalty_box_events": {"event": metrics_module.PenaltyEvent},
     "gateway_store_errors": {
         "operation": metrics_module.WatchedStoreOperation,

@@ -44,6 +44,8 @@ async def test_real_traffic_leaves_only_documented_keys(
     token = await gateway.get_token(key)
     async with gateway.send(token) as resp:
         assert resp.status == 200
+    async with gateway.refresh(token) as resp:  # the conversation's token family
+        assert resp.status == 200, await resp.text()
     wrong = agent_keys.generate().key  # well formed, unknown: a failure
     client = redis.asyncio.Redis.from_url(redis_url)
     found: dict[str, str] = {}

@@ -29,6 +29,7 @@ FAST_ARGON2 = {"time_cost": 1, "memory_kib": 8192, "parallelism": 1}
 TOKEN_URL = "/v1/chat/conversation/public/message/token/{model}"
 MESSAGES_URL = "/v1/chat/conversation/public/messages/{token}"
 SEND_URL = "/v1/chat/conversation/public/message"
+REFRESH_URL = "/v1/chat/conversation/public/token/refresh"
 
 
 def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -208,6 +209,12 @@ class Gateway:
                 if on_first_event is not None:
                     on_first_event()
                 break
+
+    def refresh(self, token: str, **headers: str) -> Any:
+        """``POST .../token/refresh`` for ``token`` (a context manager, as ``send``)."""
+        return self.http.post(
+            self.url + REFRESH_URL, json={"client_token": token}, headers=self.headers(headers)
+        )
 
     def messages(self, token: str, **headers: str) -> Any:
         return self.http.get(

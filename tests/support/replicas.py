@@ -75,6 +75,7 @@ def write_replica_config(
     policies: str,
     store: dict[str, Any],
     keys: dict[str, Any] | None = None,
+    tokens: dict[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     policy_dir = tmp_path / "policies"
     policy_dir.mkdir(exist_ok=True)
@@ -98,6 +99,8 @@ def write_replica_config(
         "upstream": {"url": upstream},
         "logging": {"level": "warning"},
     }
+    if tokens:
+        data["tokens"] = tokens
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(data))
     return path, policy_dir
@@ -113,8 +116,10 @@ def replicas(
     policies: str,
     store: dict[str, Any] | None = None,
     keys: dict[str, Any] | None = None,
+    tokens: dict[str, Any] | None = None,
 ) -> Iterator[Replicas]:
-    """``keys`` updates the key store section (a file store polled every 0.2 s)."""
+    """``keys`` updates the key store section (a file store polled every 0.2 s),
+    ``tokens`` sets the tokens section."""
     config, _ = write_replica_config(
         tmp_path,
         store_url=store_url,
@@ -122,6 +127,7 @@ def replicas(
         policies=policies,
         store=store or {},
         keys=keys,
+        tokens=tokens,
     )
     urls, logs = [], []
     with ExitStack() as stack:

@@ -167,7 +167,7 @@ async def test_a_revocation_seen_here_is_refused_without_asking_the_store(
         assert resp.status == 200
     async with gw.messages(token, **{"User-Agent": "curl/8"}) as resp:
         assert await status_and_code(resp) == (403, "token_reuse_suspected")
-    assert gw.sample("gateway_local_revocations") == 1
+    assert gw.sample("gateway_local_revocations") == 2  # the token and its conversation
     with redis.Redis.from_url(redis_url) as client:
         client.config_resetstat()
         for agent in ("curl/8", gw.user_agent):

@@ -1,12 +1,24 @@
--- One request's admission, atomically: penalty box, token record, every rate limit.
--- A denied request writes nothing (except the revocation of a token caught in reuse).
+-- One request's admission, atomically: penalty box, token record, token family, every
+-- rate limit, and a renewal's rotation. A denied request writes nothing (except the
+-- revocation of a token, or of its family, caught in reuse).
 --
--- KEYS: [penalty block key] [token state key] limit keys...
+-- KEYS: [penalty block key] [token state key] [family key] limit keys...
 -- ARGV[1] has_penalty (0/1)   ARGV[2] has_token (0/1)   ARGV[3] number of limits
 -- token (when has_token): ARGV[4] fingerprint ('' = binding off), ARGV[5] fingerprint
 --   bound at issue ('' = bind at first use), ARGV[6] max fingerprints,
 --   ARGV[7] reuse action (0 deny, 1 revoke, 2 flag), ARGV[8] record ttl ms
--- then per limit i (from ARGV[9]): interval us, burst, shadow (0/1), field
+-- family (when ARGV[9] is 1, only with a token): ARGV[10] the token's jti, ARGV[11]
+--   rotation overlap ms, ARGV[12] family record ttl ms, ARGV[13] a renewal's successor
+--   jti ('' when not renewing)
+-- then per limit i (from ARGV[14]): interval us, burst, shadow (0/1), field
+--
+-- The family record (a hash, expiring with the conversation): 'c' the newest token's
+-- jti, 'p' the jti it retired, 't' when (ms), 'x' present once the family is revoked. No
+-- record: the conversation's first token, never renewed. A token of the family that is
+-- not the newest is retired: it passes only while it is 'p' and within the overlap;
+-- after that it is reuse, and the family is revoked. A renewal of the newest token
+-- rotates (c = successor, p = it, t = now) once every limit allows it; a renewal of 'p'
+-- within the overlap writes nothing and gets 'c' and 't' (idempotent).
 --
 -- Times are whole microseconds since 2023-11-14T22:13:20Z (EPOCH below): below 2^53, so
 -- exact in Lua's doubles, and the same numbers gateway/core/gcra.py computes.
@@ -20,14 +32,19 @@
 -- (or a fingerprint bound at issue) made under another rule is stale, and the token is
 -- bound again rather than taken for stolen.
 --
--- Returns {penalized_ms, token_verdict, allowed_1, remaining_1, reset_1, retry_1, ...}
--- token_verdict: '' (no token), 'ok', 'bound', 'flagged', 'revoked', 'reuse'.
+-- Returns {penalized_ms, token_verdict, successor jti, successor issued ms,
+--          allowed_1, remaining_1, reset_1, retry_1, ...}
+-- token_verdict: '' (no token), 'ok', 'bound', 'flagged', 'revoked', 'reuse',
+--   'replayed' (a retired token after the overlap: the family is revoked now),
+--   'family_revoked'; the successor is '' and 0 unless a renewal was admitted.
 
 local FP = 16
 local TAG = 4
 local EPOCH = 1700000000
+local LIMITS = 14
 local has_penalty = ARGV[1] == '1'
 local has_token = ARGV[2] == '1'
+local has_family = has_token and ARGV[9] == '1'
 local n = tonumber(ARGV[3])
 local k = 1
 
@@ -45,9 +62,15 @@ end
 if has_penalty then
   local left = redis.call('PTTL', KEYS[k])
   if left > 0 then
-    return {left, ''}
+    return {left, '', '', 0}
   end
   k = k + 1
+end
+
+-- the family's record is revoked (kept as long as the conversation can last)
+local function revoke_family(family_key)
+  redis.call('HSET', family_key, 'x', '1')
+  keep_for(family_key, tonumber(ARGV[12]))
 end
 
 local verdict = ''
@@ -60,7 +83,7 @@ if has_token then
   local max_fps, action, ttl = tonumber(ARGV[6]), ARGV[7], tonumber(ARGV[8])
   local rec = redis.call('HGET', token_key, 'r')
   if rec and string.sub(rec, 1, 1) == '!' then
-    return {0, 'revoked'}
+    return {0, 'revoked', '', 0}
   end
   if fp == '' then
     verdict = 'ok'
@@ -94,16 +117,42 @@ if has_token then
       if action == '1' then
         redis.call('HSET', token_key, 'r', '!' .. known)
         keep_for(token_key, ttl)
+        if has_family then revoke_family(KEYS[k]) end
       end
-      return {0, 'reuse'}
+      return {0, 'reuse', '', 0}
     end
   end
 end
 
-local out = {0, verdict}
+local family_key = nil
+local successor, successor_at = '', 0
+local rotate = false
+if has_family then
+  family_key = KEYS[k]
+  k = k + 1
+  local jti, overlap, wanted = ARGV[10], tonumber(ARGV[11]), ARGV[13]
+  local f = redis.call('HMGET', family_key, 'c', 'p', 't', 'x')
+  if f[4] then
+    return {0, 'family_revoked', '', 0}
+  end
+  if f[1] and f[1] ~= jti then
+    if f[2] == jti and now_ms - tonumber(f[3]) <= overlap then
+      if wanted ~= '' then  -- the same renewal again: the successor already made
+        successor, successor_at = f[1], tonumber(f[3])
+      end
+    else
+      revoke_family(family_key)
+      return {0, 'replayed', '', 0}
+    end
+  elseif wanted ~= '' then
+    successor, successor_at, rotate = wanted, now_ms, true
+  end
+end
+
+local out = {0, verdict, successor, successor_at}
 local tats = {}
 local denied = false
-local a = 9
+local a = LIMITS
 for i = 1, n do
   local interval, burst, shadow = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2] == '1'
   local field = ARGV[a + 3]
@@ -139,10 +188,11 @@ for i = 1, n do
 end
 
 if denied then
+  out[3], out[4] = '', 0
   return out
 end
 local hash_ttl = {}
-a = 9
+a = LIMITS
 for i = 1, n do
   local field = ARGV[a + 3]
   a = a + 4
@@ -164,5 +214,9 @@ if bind then
 end
 for key, ttl in pairs(hash_ttl) do
   keep_for(key, ttl)
+end
+if rotate then
+  redis.call('HSET', family_key, 'c', successor, 'p', ARGV[10], 't', now_ms)
+  keep_for(family_key, tonumber(ARGV[12]))
 end
 return out
