@@ -127,6 +127,12 @@ async def serve(config: Config, environ: Mapping[str, str]) -> None:
     lag = asyncio.create_task(watch_loop_lag(metrics), name="loop-lag")
     parent = asyncio.create_task(watch_parent(stop), name="parent") if worker else None
     try:
+        # The public port is bound first: a probe that finds /readyz answering must
+        # find the public listener accepting too (the other order let a rollout send
+        # traffic to a port not bound yet: connection refused).
+        await web.TCPSite(
+            public, server.host, server.port, backlog=1024, reuse_port=worker is not None
+        ).start()
         if config.admin.enabled:  # its own thread and loop: never behind public traffic
             admin = AdminThread(
                 create_admin_app(app),
@@ -136,9 +142,6 @@ async def serve(config: Config, environ: Mapping[str, str]) -> None:
                 path=admin_socket,  # a worker's: the supervisor serves the admin port
             )
             await asyncio.to_thread(admin.start)
-        await web.TCPSite(
-            public, server.host, server.port, backlog=1024, reuse_port=worker is not None
-        ).start()
         settle_heap()
         log.info(
             "listening",

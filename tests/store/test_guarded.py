@@ -20,6 +20,7 @@ import pytest
 import uvloop
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from gateway.config import StoreSettings
 from gateway.core.breaker import BreakerState, CircuitBreaker
@@ -179,7 +180,9 @@ def test_a_store_that_does_not_answer_still_fails_and_opens_the_breaker(
                 with pytest.raises(StoreUnavailable, match="TimeoutError") as failed:
                     await store.admit(REQUEST)
                 elapsed.append(time.monotonic() - started)
-                assert isinstance(failed.value.__cause__, TimeoutError)
+                # the deadline's own TimeoutError, or redis-py's when its socket
+                # timeout fires first on a loaded machine: both are a timeout
+                assert isinstance(failed.value.__cause__, (TimeoutError, RedisTimeout))
                 current = asyncio.current_task()
                 assert current is not None and current.cancelling() == 0
             assert store.breaker.state is BreakerState.OPEN
