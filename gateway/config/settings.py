@@ -161,7 +161,8 @@ class KeyStoreSettings(Section):
 
 
 class TokenSettings(Section):
-    ttl_seconds: int = Field(900, ge=30, le=86_400)
+    #: 3 s at least: the widget renews a third of a lifetime ahead, so a second is left
+    ttl_seconds: int = Field(900, ge=3, le=86_400)
     issuer: str = Field("agent-gateway", min_length=1)
     audience: str = Field("public-agent-api", min_length=1)
     algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"

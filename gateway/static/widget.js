@@ -24,6 +24,10 @@
   var TOKEN_PATH = "/v1/chat/conversation/public/message/token/";
   var MESSAGES_PATH = "/v1/chat/conversation/public/messages/";
   var SEND_PATH = "/v1/chat/conversation/public/message";
+  var REFRESH_PATH = "/v1/chat/conversation/public/token/refresh";
+  /* Refusals after which the conversation cannot go on: the visitor is told, and the
+   * reload button starts a new one. */
+  var ENDED = { token_reuse_suspected: 1, conversation_expired: 1, token_revoked: 1 };
 
   /* ---- Messages: every text a visitor sees, by locale ---- */
 
@@ -565,8 +569,11 @@
 
   /* ---- Client tokens: every token the widget holds is obtained here ---- */
 
-  /* One request at a time, kept in memory only. `onNew` runs when a token for a new
-   * conversation replaces another; `wanted()` says whether to renew ahead of use. */
+  /* One request at a time, kept in memory only. A token is renewed for the same
+   * conversation (rotation: the old one is retired); a new conversation starts only when
+   * there is none yet or the old token can no longer be renewed. `onNew` runs when a
+   * token for a new conversation replaces another; `wanted()` says whether to renew ahead
+   * of use. */
   function Tokens(options, onNew, onError, wanted) {
     this.options = options;
     this.onNew = onNew;
@@ -588,41 +595,85 @@
     return this.renew();
   };
 
+  /* Renew this long before expiry: a tenth of the lifetime, 5 s to 60 s, never more
+   * than a third of it. */
   Tokens.prototype.margin = function () {
-    return Math.min(60, Math.max(5, this.ttl * 0.1)) * 1000;
+    return Math.min(60, Math.max(5, this.ttl * 0.1), this.ttl / 3) * 1000;
   };
 
   Tokens.prototype.renew = function () {
     var self = this;
-    var opts = this.options;
     if (this.pending) return this.pending;
     this.pending = (async function () {
-      var resp;
-      try {
-        resp = await fetch(opts.gateway + TOKEN_PATH + encodeURIComponent(opts.model), {
-          headers: { Authorization: "Bearer " + opts.key },
-          credentials: "omit",
-          cache: "no-store",
-        });
-      } catch (err) {
-        throw networkError();
-      }
-      if (!resp.ok) throw await refusal(resp);
-      var body = await resp.json();
-      self.token = body.token;
-      // expires_in is relative, so a visitor's wrong clock does not matter
-      self.ttl = Number(body.expires_in) || 60;
-      self.expiresAt = Date.now() + self.ttl * 1000;
-      self.stale = false;
-      self.schedule();
-      self.onNew();
-      return self.token;
+      if (self.token && (await self.refresh())) return self.token;
+      return self.issue();
     })();
     this.pending.then(
       function () { self.pending = null; },
       function () { self.pending = null; }
     );
     return this.pending;
+  };
+
+  /* A token for a new conversation, from the public key. */
+  Tokens.prototype.issue = async function () {
+    var opts = this.options;
+    var resp;
+    try {
+      resp = await fetch(opts.gateway + TOKEN_PATH + encodeURIComponent(opts.model), {
+        headers: { Authorization: "Bearer " + opts.key },
+        credentials: "omit",
+        cache: "no-store",
+      });
+    } catch (err) {
+      throw networkError();
+    }
+    if (!resp.ok) throw await refusal(resp);
+    this.accept(await resp.json());
+    this.onNew();
+    return this.token;
+  };
+
+  /* The same conversation under a new token: true when renewed, false when the token is
+   * past renewal (expired beyond the grace, or no longer readable) so a new conversation
+   * must start; throws when the conversation ended or the gateway could not answer. */
+  Tokens.prototype.refresh = async function () {
+    var resp;
+    try {
+      resp = await fetch(this.options.gateway + REFRESH_PATH, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ client_token: this.token }),
+        credentials: "omit",
+        cache: "no-store",
+      });
+    } catch (err) {
+      throw networkError();
+    }
+    if (resp.ok) {
+      this.accept(await resp.json());
+      return true;
+    }
+    var err = await refusal(resp);
+    if (err.code === "token_expired" || err.code === "token_invalid") return false;
+    if (ENDED[err.code]) this.forget();
+    throw err;
+  };
+
+  Tokens.prototype.accept = function (body) {
+    this.token = body.token;
+    // expires_in is relative, so a visitor's wrong clock does not matter
+    this.ttl = Number(body.expires_in) || 60;
+    this.expiresAt = Date.now() + this.ttl * 1000;
+    this.stale = false;
+    this.schedule();
+  };
+
+  /* The conversation cannot go on: the next token starts a new one. */
+  Tokens.prototype.forget = function () {
+    this.token = null;
+    this.stale = true;
+    clearTimeout(this.timer);
   };
 
   /* Renew before expiry while the chat is in use; otherwise on next use. */
@@ -1034,7 +1085,8 @@
     this.status.hidden = false;
     this.status.setAttribute("data-status", String(err.status || 0));
     this.status.setAttribute("data-code", err.code || "");
-    if (err.status === 403 && err.code !== "origin_not_allowed") this.tokens.stale = true;
+    if (ENDED[err.code]) this.tokens.forget();
+    else if (err.status === 403 && err.code !== "origin_not_allowed") this.tokens.stale = true;
     if (err.retryAfter) {
       this.blockedUntil = Date.now() + err.retryAfter * 1000;
       this.setBusy(this.busy);
