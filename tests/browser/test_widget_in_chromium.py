@@ -210,7 +210,7 @@ async def test_a_refused_token_shows_a_clear_message_and_a_new_conversation_reco
     await expect(page.locator(".assistant").last).to_have_text("You said: fresh start")
 
 
-async def test_the_token_is_renewed_before_it_expires(
+async def test_the_token_is_renewed_before_it_expires_for_the_same_conversation(
     browser: BrowserContext, gateway_factory: Any, backend: TestServer
 ) -> None:
     gateway: Gateway = await gateway_factory(tokens={"ttl_seconds": 120})
@@ -226,10 +226,13 @@ async def test_the_token_is_renewed_before_it_expires(
     await page.clock.fast_forward(100_000)
     assert traffic.count("/message/token/demo") == 1
     await page.clock.fast_forward(10_000)
-    await eventually(lambda: traffic.count("/message/token/demo") == 2)
-    await expect(page.locator(".note")).to_have_text("A new conversation has started.")
+    # renewed for the same conversation: no new token from the key, no new conversation
+    await eventually(lambda: traffic.count("/public/token/refresh", "POST") == 1)
+    assert traffic.count("/message/token/demo") == 1
     await send(page, "still here")
     await expect(page.locator(".assistant").last).to_have_text("You said: still here")
+    await expect(page.locator(".note")).to_have_count(0)
+    await expect(page.locator(".user")).to_have_text(["hello", "still here"])
 
 
 async def test_a_rate_limited_message_shows_when_to_retry(
