@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 
 import structlog
 
@@ -30,7 +30,13 @@ from gateway.core.renewal import (
     family_revocation,
 )
 from gateway.core.revocations import RevocationSet
-from gateway.core.token_codec import ClientToken, TokenCodec, TokenRejected, VerifiedToken
+from gateway.core.token_codec import (
+    ClientToken,
+    TokenCodec,
+    TokenRejected,
+    VerifiedToken,
+    log_hash,
+)
 from gateway.errors import ProblemError
 from gateway.keystore.base import KeyRecord
 from gateway.keystore.verifier import Candidate, KeyRejected, KeyVerifier
@@ -335,8 +341,8 @@ class Admissions:
     def remember_revoked(self, jti: str, expires_at: float) -> None:
         """Refuse the token ``jti`` on this replica until it expires (``expires_at``, the
         codec's clock; the leeway is added here), before and without the store: a token
-        revoked for reuse, one the store said was revoked, and (for a token renewal) a
-        token retired by rotation. Bounded: see :class:`RevocationSet`."""
+        revoked for reuse, or one the store said was revoked. Bounded: see
+        :class:`RevocationSet`."""
         self.revocations.add(jti, expires_at + self._codec.leeway_seconds, self._clock())
 
     def remember_family_revoked(self, claims: ClientToken) -> None:
@@ -351,6 +357,12 @@ class Admissions:
             with StoreCall(self.metrics, "admit"):  # latency and errors, by operation
                 admission = await self._store.admit(request)
         except StoreUnavailable as exc:
+            if request.family is not None and request.family.successor:
+                # never a renewal on the local store: it knows no family, so a retired
+                # token would be renewed (a thief's), and its rotation unknown to the
+                # shared store would revoke the visitor's conversation on recovery; the
+                # token in hand still works, and the grace covers the outage's wait
+                _store_unavailable(exc)
             self._fail_open_or_refuse(policies, "admit", exc)
             return await self.fallback.admit(request)
         if self.failing_open:
@@ -363,9 +375,7 @@ class Admissions:
         """The store failed: 503 unless the policies fail open (then the caller asks the
         local store instead)."""
         if policies.on_store_error != "fail_open":
-            raise ProblemError(
-                "store_unavailable", "the state store is unavailable", {"Retry-After": "1"}
-            ) from exc
+            _store_unavailable(exc)
         self.metrics.store_failed_open(operation)
         if not self.failing_open:
             self.failing_open = True
@@ -585,9 +595,15 @@ class Admissions:
         log.warning(
             "token_family_revoked",
             key_id=claims.key_id,
-            conversation_id=claims.conversation_id,
+            conversation_hash=log_hash(claims.conversation_id),  # never the id itself
             reason=reason,
         )
+
+
+def _store_unavailable(exc: StoreUnavailable) -> NoReturn:
+    raise ProblemError(
+        "store_unavailable", "the state store is unavailable", {"Retry-After": "1"}
+    ) from exc
 
 
 def _family_revoked() -> ProblemError:

@@ -202,7 +202,9 @@ class TokenCodec:
             issued_at=issued_at,
             expires_at=issued_at + self.ttl_seconds,
             fingerprint=fingerprint,
-            conversation_started_at=old.started_at,
+            # the issue time is the store's clock, the start was the issuing replica's:
+            # a replica ahead of the store must not make ``cst`` later than ``iat``
+            conversation_started_at=min(old.started_at, issued_at),
         )
         return IssuedToken(token=self._sign(self._payload(claims)), claims=claims)
 

@@ -28,6 +28,8 @@
   /* Refusals after which the conversation cannot go on: the visitor is told, and the
    * reload button starts a new one. */
   var ENDED = { token_reuse_suspected: 1, conversation_expired: 1, token_revoked: 1 };
+  /* A renewal whose answer did not arrive is asked again after these waits. */
+  var REFRESH_RETRIES_MS = [500, 1000, 2000];
 
   /* ---- Messages: every text a visitor sees, by locale ---- */
 
@@ -639,16 +641,22 @@
    * must start; throws when the conversation ended or the gateway could not answer. */
   Tokens.prototype.refresh = async function () {
     var resp;
-    try {
-      resp = await fetch(this.options.gateway + REFRESH_PATH, {
-        method: "POST",
-        headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ client_token: this.token }),
-        credentials: "omit",
-        cache: "no-store",
-      });
-    } catch (err) {
-      throw networkError();
+    for (var attempt = 0; !resp; attempt++) {
+      try {
+        resp = await fetch(this.options.gateway + REFRESH_PATH, {
+          method: "POST",
+          headers: { "Content-Type": "application/json" },
+          body: JSON.stringify({ client_token: this.token }),
+          credentials: "omit",
+          cache: "no-store",
+        });
+      } catch (err) {
+        // The answer may be lost after the gateway rotated the token: asked again within
+        // the rotation overlap (10 s by default) the same successor comes back, while
+        // later the old token would be taken for a stolen copy.
+        if (attempt >= REFRESH_RETRIES_MS.length) throw networkError();
+        await new Promise(function (done) { setTimeout(done, REFRESH_RETRIES_MS[attempt]); });
+      }
     }
     if (resp.ok) {
       this.accept(await resp.json());

@@ -67,7 +67,10 @@ class TokenRenewer(TokenService):
                 err, request.client, claims.key_id if claims is not None else None
             )
             raise
-        fingerprint = admissions.fingerprint(request.client) or claims.fingerprint
+        # the successor keeps its predecessor's binding: under ``binding.action: flag`` a
+        # renewal from another client is flagged and admitted, and must not rebind the
+        # conversation to that client (its later uses would pass unflagged)
+        fingerprint = claims.fingerprint or admissions.fingerprint(request.client)
         issued = self._codec.renew(
             claims,
             jti=renewed.jti,

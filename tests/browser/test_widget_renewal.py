@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
-from playwright.async_api import BrowserContext, Page, Response, expect
+from playwright.async_api import BrowserContext, Page, Response, Route, expect
 
 from tests.browser.pages import Pages, page_html, say, widget_tag
 from tests.support.harness import Gateway
@@ -125,3 +125,39 @@ async def test_a_copied_old_token_used_elsewhere_ends_the_conversation_and_the_w
     await expect(page.locator(".msg")).to_have_count(0)  # a new, empty conversation
     await answered(page, "hello again", 1)
     assert len(tokens.issued) == issued + 1
+
+
+async def test_a_renewal_whose_answer_is_lost_is_asked_again_within_the_overlap(
+    browser: BrowserContext, gateway_factory: Any, backend: TestServer, pages: Pages
+) -> None:
+    """The gateway rotated the token but its answer never reached the page (a Wi-Fi
+    handoff): the widget asks again within the rotation overlap and gets the same
+    successor, instead of presenting the retired token later and being taken for a
+    thief."""
+    gateway: Gateway = await gateway_factory(
+        tokens={"ttl_seconds": 3, "rotation_overlap_seconds": 2}
+    )
+    key = await gateway.create_key(origins=(pages.origin,))
+    lost: list[str] = []
+
+    async def lose_the_first_answer(route: Route) -> None:
+        if route.request.method == "POST" and not lost:
+            response = await route.fetch()  # the gateway rotates the token...
+            lost.append((await response.json())["token"])
+            await route.abort("connectionreset")  # ...and the page never hears of it
+            return
+        await route.continue_()
+
+    page = await browser.new_page()
+    await page.route(gateway.url + REFRESH_ROUTE, lose_the_first_answer)
+    tokens = Tokens(page)
+    attrs = {"data-key": key, "data-model": "demo", "data-open": "true", "data-locale": "en"}
+    await page.goto(
+        pages.add("/lost", page_html(body=widget_tag(gateway.url + "/widget.js", attrs)))
+    )
+    await answered(page, "before the handoff", 1)
+    await tokens.renewals(2, timeout=30)
+    assert tokens.renewed[0] == lost[0]  # asked again: the same successor
+    await answered(page, "after the handoff", 2)
+    await expect(page.locator(".status")).to_be_hidden()
+    assert tokens.refused == [] and len(tokens.issued) == 1

@@ -36,6 +36,16 @@ def test_the_successor_keeps_the_conversation_and_is_deterministic() -> None:
     assert CODEC.decode(again.token, NOW + 1601).started_at == NOW  # across generations
 
 
+def test_a_store_clock_behind_the_issuing_replica_still_gives_a_valid_successor() -> None:
+    """The successor's issue time is the store's clock, its conversation start the
+    issuing replica's: a replica 2 s ahead of Redis renewing at once must not sign a start
+    later than the issue (such a token was refused as malformed)."""
+    first = CODEC.issue(key_id="AbCdEf012345", model_id="demo", now=NOW + 2)
+    renewed = CODEC.renew(first.claims, jti="J" * 22, issued_at=NOW, fingerprint=None)
+    claims = CODEC.decode(renewed.token, NOW + 1)
+    assert claims.started_at == NOW and claims.conversation_id == first.claims.conversation_id
+
+
 def test_a_first_token_started_its_conversation() -> None:
     first = CODEC.issue(key_id="AbCdEf012345", model_id="demo", now=NOW)
     assert "cst" not in jwt.decode(first.token, options={"verify_signature": False})

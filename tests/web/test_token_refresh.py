@@ -4,6 +4,7 @@ and each of its problem codes."""
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,7 +13,8 @@ from structlog.testing import capture_logs
 from gateway.core import agent_keys
 from gateway.core.token_codec import ClientToken, TokenCodec, log_hash
 from gateway.keystore.base import utcnow
-from tests.support.harness import REFRESH_URL, Gateway
+from tests.support.harness import REFRESH_URL, Gateway, make_config, start_gateway, stop_gateway
+from tests.support.redis_servers import running_redis
 
 #: tokens.rotation_overlap_seconds 0: a retired token is reuse as soon as the clock moves
 NO_OVERLAP = {"tokens": {"rotation_overlap_seconds": 0}}
@@ -94,7 +96,10 @@ async def test_a_retired_token_after_the_overlap_revokes_the_conversation(
         async with gw.send(first) as resp:  # someone kept a copy of the old token
             status, body = await answer(resp)
     assert (status, body["code"]) == (403, "token_reuse_suspected")
-    assert any(e["event"] == "token_family_revoked" for e in events)
+    (revoked,) = [e for e in events if e["event"] == "token_family_revoked"]
+    conversation = claims(gw, second).conversation_id
+    assert revoked["conversation_hash"] == log_hash(conversation)
+    assert conversation not in str(events)  # logs name a conversation by hash only
     # every token of the conversation is refused, the newest too, on every route
     async with gw.messages(second) as resp:
         assert (await answer(resp))[1]["code"] == "token_reuse_suspected"
@@ -299,3 +304,52 @@ async def test_the_access_line_names_tokens_by_their_hash_only(gateway: Gateway)
     access = [e for e in events if e.get("route") == REFRESH_URL]
     assert [e["token_hash"] for e in access] == [log_hash(first), log_hash(junk)]
     assert first not in str(events) and second not in str(events)
+
+
+async def test_under_flag_a_renewal_from_another_client_does_not_rebind_the_conversation(
+    gateway_factory: Any,
+) -> None:
+    """``binding.action: flag`` admits a renewal from another client and flags it; the
+    successor keeps the owner's binding, so the other client's later uses are flagged
+    too (a renewal bound to the renewer laundered a stolen token in one step)."""
+    gw: Gateway = await gateway_factory(policies="binding: {action: flag, bind_at: issue}\n")
+    first = await gw.new_token()
+    thief = {"User-Agent": "thief/1"}
+
+    async def flags(token: str, **headers: str) -> int:
+        with capture_logs() as events:
+            async with gw.messages(token, **headers) as resp:
+                assert resp.status == 404  # admitted, no message yet
+        return sum(e["event"] == "token_reuse_flagged" for e in events)
+
+    with capture_logs() as events:
+        second = await renewed(gw, first, **thief)
+    assert [e["event"] for e in events].count("token_reuse_flagged") == 1
+    assert await flags(second, **thief) == 1  # still not the owner's client
+    assert await flags(second) == 0  # the owner's
+    assert claims(gw, second).fingerprint == claims(gw, first).fingerprint
+
+
+async def test_a_renewal_never_fails_open(backend_url: str, tmp_path: Path) -> None:
+    """With ``on_store_error: fail_open`` a replica serves reads and sends on local limits
+    while Redis is down, but refuses renewals (503): the local store knows no family, so
+    a retired token (a thief's copy) would be renewed, and the rotation, unknown to the
+    shared store, would revoke the visitor's conversation once Redis is back."""
+    with running_redis(tmp_path / "redis") as server:
+        config = make_config(
+            tmp_path,
+            backend_url,
+            redis_url=f"redis://127.0.0.1:{server.port}/0",
+            policies="on_store_error: fail_open\n",
+        )
+        gw = await start_gateway(config)
+        first = await gw.new_token()
+    try:  # Redis is down now
+        async with gw.send(first) as resp:
+            assert resp.status == 200  # failing open
+        async with gw.refresh(first) as resp:
+            status, body = await answer(resp)
+        assert (status, body["code"]) == (503, "store_unavailable")
+        assert resp.headers["Retry-After"] == "1"
+    finally:
+        await stop_gateway(gw)
