@@ -348,7 +348,7 @@ class Admissions:
     def remember_family_revoked(self, claims: ClientToken) -> None:
         """Refuse every token of ``claims``' conversation on this replica for as long as
         one could pass, before and without the store."""
-        until = self.renewal.family_until(claims) + self._codec.leeway_seconds
+        until = self._clock() + self.renewal.family_seconds
         self.revocations.add(family_revocation(claims.conversation_id), until, self._clock())
 
     # -- the store call ----------------------------------------------------------------
@@ -540,7 +540,7 @@ class Admissions:
             ttl_ms=int((claims.remaining(now) + self._codec.leeway_seconds + grace + 1) * 1000),
         )
         family = FamilyCheck(
-            claims.conversation_id, rules.overlap_ms, rules.family_ttl_ms(claims, now), successor
+            claims.conversation_id, rules.overlap_ms, rules.family_ttl_ms, successor
         )
         selection = policies.select(route, method, claims.model_id, claims.key_id)
         facts = RequestFacts(

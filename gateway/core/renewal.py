@@ -7,9 +7,12 @@ gets the same successor, after it any use of a retired token means two parties h
 conversation, and the whole family is revoked. The store keeps one small record per
 family (see admit.lua); this module holds the arithmetic, with ``now`` passed in.
 
-The family outlives its last possible token: a renewal is refused once the conversation
-is ``max_conversation_seconds`` old, and the last token renewed before that lives its TTL,
-the leeway and the renewal grace more.
+The family's record outlives every token of it, and no longer: no token of a family is
+issued after the moment its record is written (a rotation) or revoked, and none passes
+more than a token's span (its TTL, the expiry leeway, the renewal grace) after its issue,
+so the record is kept that span (and a leeway for clocks) from each write. A conversation
+left idle past that span can no longer go on, and its record is gone with it; an active
+one extends it at each renewal, until ``max_conversation_seconds`` stops renewals.
 """
 
 from __future__ import annotations
@@ -57,15 +60,19 @@ class RenewalRules:
     def lifetime_over(self, claims: ClientToken, now: float) -> bool:
         return now >= self.conversation_ends(claims)
 
-    def family_until(self, claims: ClientToken) -> int:
-        """When the last token of the family can no longer pass, grace included."""
-        return (
-            self.conversation_ends(claims)
-            + self.ttl_seconds
-            + self.leeway_seconds
-            + self.grace_seconds
-        )
+    @property
+    def token_span_seconds(self) -> int:
+        """How long after its issue a token can still pass (renewal included): its TTL, the
+        expiry leeway and the renewal grace."""
+        return self.ttl_seconds + self.leeway_seconds + self.grace_seconds
 
-    def family_ttl_ms(self, claims: ClientToken, now: float) -> int:
-        """How long the family's record must be kept from ``now``."""
-        return max(int((self.family_until(claims) - now) * 1000) + 1, MIN_FAMILY_TTL_MS)
+    @property
+    def family_seconds(self) -> int:
+        """How long a family's record (or a replica's memory of its revocation) is kept
+        from the moment it is written: a token's span, and a leeway more for the clocks of
+        the replicas and the store."""
+        return self.token_span_seconds + self.leeway_seconds
+
+    @property
+    def family_ttl_ms(self) -> int:
+        return max(self.family_seconds * 1000, MIN_FAMILY_TTL_MS)

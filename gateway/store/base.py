@@ -61,7 +61,7 @@ class FamilyCheck(NamedTuple):
     conversation_id: str
     #: how long a retired token keeps passing
     overlap_ms: int
-    #: how long the family's record is kept from now (it expires with the conversation)
+    #: how long the family's record is kept from now (as long as a token issued now can pass)
     ttl_ms: int
     #: a renewal: the jti for the successor when this renewal rotates the family ('' for
     #: any other use); within the overlap, a renewal of the retired token gets the

@@ -88,9 +88,10 @@ def test_lifetime_and_family_arithmetic() -> None:
     assert RULES.conversation_ends(claims) == NOW + 86_400
     assert not RULES.lifetime_over(claims, NOW + 86_399)
     assert RULES.lifetime_over(claims, NOW + 86_400)
-    # the family outlives the last token a renewal could make: TTL, leeway and grace
-    assert RULES.family_until(claims) == NOW + 86_400 + 900 + 5 + 120
-    assert RULES.family_ttl_ms(claims, NOW) == (86_400 + 900 + 5 + 120) * 1000 + 1
-    assert RULES.family_ttl_ms(claims, NOW + 10**7) == 1000  # never below a second
+    # a family's record outlives, from each write, any token issued up to then: TTL,
+    # leeway and grace, and a leeway more for clocks; not the conversation's whole day
+    assert RULES.token_span_seconds == 900 + 5 + 120
+    assert RULES.family_seconds == 900 + 5 + 120 + 5
+    assert RULES.family_ttl_ms == 1_030_000
     assert RULES.overlap_ms == 10_000
     assert family_revocation(claims.conversation_id) == "f:" + claims.conversation_id

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from structlog.testing import capture_logs
 
 from gateway.core import agent_keys
@@ -353,3 +354,24 @@ async def test_a_renewal_never_fails_open(backend_url: str, tmp_path: Path) -> N
         assert resp.headers["Retry-After"] == "1"
     finally:
         await stop_gateway(gw)
+
+
+async def test_a_family_record_lives_as_long_as_its_tokens_not_the_conversations_day(
+    gateway_factory: Any, redis_url: str
+) -> None:
+    """A family's record is kept from each rotation or revocation as long as a token issued
+    then can pass (TTL, leeway, grace, a leeway for clocks), not for the conversation's
+    whole lifetime: records of conversations left idle would pile up for a day."""
+    gw: Gateway = await gateway_factory(store="redis")
+    first = await gw.new_token()
+    second = await renewed(gw, first)
+    tokens = gw.config.tokens
+    span_ms = (tokens.ttl_seconds + 2 * tokens.leeway_seconds + tokens.refresh_grace_seconds) * 1000
+    family = f"{{{gw.config.store.prefix}}}:tf:{claims(gw, second).conversation_id}"
+    with redis.Redis.from_url(redis_url) as client:
+        assert span_ms - 60_000 < client.pttl(family) <= span_ms
+    async with gw.messages(second, **{"User-Agent": "thief/1"}) as resp:  # revokes it
+        assert (await answer(resp))[1]["code"] == "token_reuse_suspected"
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.hget(family, "x") == b"1"
+        assert span_ms - 60_000 < client.pttl(family) <= span_ms

@@ -12,7 +12,7 @@
 --   jti ('' when not renewing)
 -- then per limit i (from ARGV[14]): interval us, burst, shadow (0/1), field
 --
--- The family record (a hash, expiring with the conversation): 'c' the newest token's
+-- The family record (a hash, kept from each write as long as a token issued then can pass): 'c' the newest token's
 -- jti, 'p' the jti it retired, 't' when (ms), 'x' present once the family is revoked. No
 -- record: the conversation's first token, never renewed. A token of the family that is
 -- not the newest is retired: it passes only while it is 'p' and within the overlap;
@@ -67,7 +67,7 @@ if has_penalty then
   k = k + 1
 end
 
--- the family's record is revoked (kept as long as the conversation can last)
+-- the family's record is revoked (kept as long as any of its tokens can pass)
 local function revoke_family(family_key)
   redis.call('HSET', family_key, 'x', '1')
   keep_for(family_key, tonumber(ARGV[12]))
