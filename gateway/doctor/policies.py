@@ -10,7 +10,11 @@ from gateway.policies.loader import LoadedPolicies, load_policies
 from gateway.policies.protection import assess, where
 
 #: the check name of each assessment event
-CHECKS = {"policies_unprotected": "policies.protection", "policies_fail_open": "policies.fail_open"}
+CHECKS = {
+    "policies_unprotected": "policies.protection",
+    "policies_no_refresh_limit": "policies.refresh",
+    "policies_fail_open": "policies.fail_open",
+}
 
 
 def check(config: Config) -> tuple[LoadedPolicies | None, list[Finding]]:

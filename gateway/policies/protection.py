@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.core.protection import protection_gaps
+from gateway.core.protection import covers_route, protection_gaps
 from gateway.policies.loader import LoadedPolicies
 
 ALLOW_FIELD = "policies.allow_unprotected"
@@ -75,6 +75,18 @@ def assess(loaded: LoadedPolicies, *, allow_unprotected: bool, source: str = "")
                     "configuration (docs/policies.md, 'Protection')",
                 )
             )
+    if not gaps and not any(covers_route(p, "refresh", "POST") for p in loaded.policies.policies):
+        warnings.append(
+            Notice(
+                "policies_no_refresh_limit",
+                f"{where(loaded)}: no enforcing limit on the refresh route: one token can be "
+                "renewed without limit, and each renewal signs a token and writes its state "
+                "to the store",
+                "add a policy with match: {routes: [refresh]}, mode: enforce (see "
+                "refresh-per-token and refresh-per-ip in policies/default.yaml); a later "
+                "release will refuse a set without one, as for the token and send routes",
+            )
+        )
     if loaded.policies.on_store_error == "fail_open":
         at = loaded.origins.get("@on_store_error", where(loaded))
         warnings.append(
