@@ -30,6 +30,7 @@ from gateway.core.renewal import (
     family_revocation,
 )
 from gateway.core.revocations import RevocationSet
+from gateway.core.sharding import Shard, Sharding, shard_of
 from gateway.core.token_codec import ClientToken, TokenCodec, TokenRejected, VerifiedToken
 from gateway.errors import ProblemError
 from gateway.keystore.base import KeyRecord
@@ -167,9 +168,13 @@ class Admissions:
         max_token_chars: int,
         metrics: Metrics,
         renewal: RenewalRules | None = None,
+        sharding: Sharding | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.metrics = metrics
+        #: ``store.sharding: key``: new conversations keep their state under their agent
+        #: key's hash tag (tokens say so: ``ClientToken.sharded``); None: one tag for all
+        self.sharding = sharding
         self._codec = codec
         #: the rules of token families (rotation overlap, lifetime): checked on every use
         self.renewal = renewal or RenewalRules(
@@ -205,6 +210,11 @@ class Admissions:
         if not rule.enabled:
             return ""
         return self._fingerprints(rule, client.ip, client.user_agent)
+
+    def shards(self, key_id: str) -> int:
+        """What a new conversation of ``key_id`` writes in its tokens (``shd``): 0 when
+        state is not sharded."""
+        return 0 if self.sharding is None else self.sharding.shards(key_id)
 
     def issue_fingerprint(self, client: Client) -> str | None:
         """The fingerprint to sign into the token when tokens are bound at issue."""
@@ -417,7 +427,10 @@ class Admissions:
         selection = policies.select(route, method, model, key_id)
         facts = RequestFacts(route, method, client.ip, key_id=key_id, model=model)
         subject = policies.penalty_subject(client.ip)
-        request = AdmitRequest(limits=selection.specs(facts), penalty_subject=subject)
+        shard = None
+        if self.sharding is not None and key_id is not None:
+            shard = shard_of(key_id, client.ip, self.sharding.shards(key_id))
+        request = self._request(selection, facts, subject, shard)
         if not request.limits and subject is None:
             if self.record_decisions:
                 self._record(facts, selection, None)
@@ -427,6 +440,29 @@ class Admissions:
             self._record(facts, selection, admission)
         self._refuse_penalized(admission, subject)
         return self._limits_outcome(admission, selection, key_id)
+
+    @staticmethod
+    def _request(
+        selection: Selection,
+        facts: RequestFacts,
+        subject: str | None,
+        shard: Shard | None,
+        token: TokenUse | None = None,
+        family: FamilyCheck | None = None,
+    ) -> AdmitRequest:
+        """The store request: in a shard, the admission's keys carry its tag, a hot key's
+        limits of the key as a whole are split over its sub-buckets, and the penalty box
+        (kept on the store's own tag, where failures are counted) is checked by this
+        replica's cache only (docs/policies.md, "Sharded mode")."""
+        specs = selection.specs(facts)
+        if shard is None:
+            return AdmitRequest(token, specs, subject, family)
+        if shard.buckets > 1:
+            specs = tuple(
+                shard.split(spec, p.token_only and not p.by_token)
+                for p, spec in zip(selection.policies, specs, strict=True)
+            )
+        return AdmitRequest(token, specs, None, family, shard.name)
 
     @staticmethod
     def _record(facts: RequestFacts, selection: Selection, admission: Admission | None) -> None:
@@ -543,9 +579,10 @@ class Admissions:
             conversation=claims.conversation_id,
         )
         subject = policies.penalty_subject(client.ip)
-        request = AdmitRequest(
-            token=use, limits=selection.specs(facts), penalty_subject=subject, family=family
-        )
+        shard = None
+        if claims.shards:  # the conversation's layout, whatever the settings are now
+            shard = shard_of(claims.key_id, claims.conversation_id, claims.shards)
+        request = self._request(selection, facts, subject, shard, use, family)
         admission = await self._admit(request, policies)
         if self.record_decisions:
             self._record(facts, selection, admission)

@@ -83,6 +83,10 @@ class AdmitRequest(NamedTuple):
     penalty_subject: str | None = None
     #: the token's family (only with ``token``)
     family: FamilyCheck | None = None
+    #: the shard whose hash tag every key of this admission carries (an agent key id, or
+    #: a hot key's sub-bucket: :func:`gateway.core.redis_keys.shard_name`); None: the
+    #: store's one tag. Only the Redis store's key names depend on it
+    shard: str | None = None
 
 
 class Admission(NamedTuple):
