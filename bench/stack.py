@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench import envoy, gateway_setup, upstream
 from bench.gateway_setup import AgentKey, Signing
@@ -81,6 +84,41 @@ class Stack:
         proc.wait_port(port)
         return port
 
+    def start_cluster(self, masters: int = 3) -> list[int]:
+        """A Redis Cluster of ``masters`` primaries (no replicas) on 127.0.0.1: their
+        ports, once every slot is served."""
+        ports = [free_port() for _ in range(masters)]
+        for port in ports:
+            node = self.work / f"cluster-{port}"
+            node.mkdir()
+            argv = [
+                "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(node), "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf", "--protected-mode", "no",
+            ]  # fmt: skip
+            self._start(f"cluster-{port}", argv, self.cpus.load).wait_port(port)
+        nodes = [f"127.0.0.1:{port}" for port in ports]
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *nodes,
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        deadline = time.monotonic() + 20
+        while any(b"cluster_state:ok" not in _cluster_info(port) for port in ports):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not become ready")
+            time.sleep(0.1)
+        return ports
+
     # -- proxies under test (on the proxy CPU) ------------------------------------------
     def start_passthrough(self, upstream_url: str) -> Target:
         port = free_port()
@@ -117,7 +155,11 @@ class Stack:
         redis_port: int | None = None,
         trusted_proxies: list[str] | None = None,
         models: list[str] | None = None,
+        redis_url: str | None = None,
+        store_settings: dict[str, Any] | None = None,
     ) -> Target:
+        """A gateway on the memory store, on the Redis at ``redis_port``, or on the store
+        at ``redis_url`` (a Cluster) with ``store_settings`` added."""
         port, admin = free_port(), free_port()
         config = gateway_setup.write_config(
             self.work,
@@ -127,7 +169,8 @@ class Stack:
             upstream=upstream_url,
             keys_path=keys_path,
             policies=policies,
-            redis_url=f"redis://127.0.0.1:{redis_port}/0" if redis_port else None,
+            redis_url=f"redis://127.0.0.1:{redis_port}/0" if redis_port else redis_url,
+            store_settings=store_settings,
             trusted_proxies=trusted_proxies,
             upstream_client=self.upstream_client,
             models=models,
@@ -149,3 +192,10 @@ class Stack:
             keys_path=path, policies=self.work, models=models,
         )  # fmt: skip
         return path, gateway_setup.create_keys(config, count, models)
+
+
+def _cluster_info(port: int) -> bytes:
+    done = subprocess.run(
+        ["redis-cli", "-p", str(port), "cluster", "info"], capture_output=True, timeout=5
+    )
+    return done.stdout
