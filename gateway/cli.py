@@ -285,7 +285,10 @@ async def _explain(config: Config, args: argparse.Namespace) -> list[str]:
         return lines
     store = open_store(config.store)
     try:
-        states = await store.peek(tuple(a.spec for a in applied))
+        # a key's limits under store.sharding: key are in its slot (a conversation
+        # started before the switch, or in a hot key's sub-bucket, is not looked up)
+        shard = args.key_id if config.store.sharding == "key" and args.key_id else None
+        states = await store.peek(tuple(a.spec for a in applied), shard)
         lines = explain_lines(applied, states)
         subject = policies.penalty_subject(args.ip)
         if subject is not None:

@@ -129,8 +129,11 @@ class CircuitOpen(StoreUnavailable):
 class StateStore(Protocol):
     async def admit(self, request: AdmitRequest) -> Admission: ...
 
-    async def peek(self, specs: tuple[LimitSpec, ...]) -> tuple[LimitState, ...]:
-        """The limits' current state, consuming nothing (for operators)."""
+    async def peek(
+        self, specs: tuple[LimitSpec, ...], shard: str | None = None
+    ) -> tuple[LimitState, ...]:
+        """The limits' current state, consuming nothing (for operators); ``shard`` as in
+        :class:`AdmitRequest`."""
 
     async def record_failure(
         self, subject: str, rule: PenaltyRule, *, reserved: bool = False

@@ -155,10 +155,13 @@ class RedisStore:
             int(reply[0]), _verdict(reply[1]), tuple(states), _renewed(reply[2], reply[3])
         )
 
-    async def peek(self, specs: tuple[LimitSpec, ...]) -> tuple[LimitState, ...]:
+    async def peek(
+        self, specs: tuple[LimitSpec, ...], shard: str | None = None
+    ) -> tuple[LimitState, ...]:
         if not specs:
             return ()
-        locations = [self.limit_location(spec) for spec in specs]
+        built = self.keys.for_admission(shard)
+        locations = [self.limit_location(spec, built) for spec in specs]
         reply = await self._call(self._peek, [k for k, _ in locations], [f for _, f in locations])
         now = int(reply[0])
         return tuple(

@@ -236,3 +236,12 @@ def test_the_key_builder_of_an_unsharded_store_is_its_own() -> None:
     keys = StateKeys("gw")
     request = AdmitRequest()
     assert request.shard is None and keys.for_admission(request.shard) is keys
+
+
+async def test_peek_reads_a_key_s_limits_in_its_shard(cluster_store: RedisStore) -> None:
+    """What ``gateway policies explain --key-id`` shows under ``sharding: key``."""
+    spec = LimitSpec("per-key:Key000000002", DAY_US, 5)
+    await cluster_store.admit(AdmitRequest(limits=(spec,), shard="Key000000002"))
+    (sharded,) = await cluster_store.peek((spec,), "Key000000002")
+    (one_tag,) = await cluster_store.peek((spec,))
+    assert sharded.remaining == one_tag.remaining - 1  # one taken, in the shard only
