@@ -30,6 +30,7 @@ from bench.load import LoadGenerator, LoadResult
 from bench.machine import cpus
 from bench.scenarios import SCENARIOS
 from bench.stack import Cpus, Stack
+from gateway.core.redis_keys import bucket_shard, cluster_slot
 
 NAME = "cluster-spread"
 #: one slot for all; a slot per agent key; one agent key over its sub-buckets
@@ -53,6 +54,8 @@ class SpreadRun:
     mode: str
     load: LoadResult
     primaries: list[Primary]
+    #: the agent keys (or a hot key's sub-buckets) each primary serves
+    tags: list[int]
 
     @property
     def calls(self) -> list[int]:
@@ -80,6 +83,21 @@ def _evalsha(port: int) -> tuple[int, float]:
     with redis.Redis(port=port) as client:
         stat = client.info("commandstats").get("cmdstat_evalsha", {})
     return int(stat.get("calls", 0)), float(stat.get("usec_per_call", 0.0))
+
+
+def _tags_per_primary(ports: list[int], tags: list[str]) -> list[int]:
+    """How many of the hash tags ``tags`` each primary serves (``CLUSTER SLOTS``)."""
+    with redis.Redis(port=ports[0]) as client:
+        ranges = client.execute_command("CLUSTER", "SLOTS")
+    owner = {}
+    for start, end, primary, *_ in ranges:
+        owner[(int(start), int(end))] = int(primary[1])
+    counts = dict.fromkeys(ports, 0)
+    for tag in tags:
+        slot = cluster_slot(tag)
+        port = next(p for (lo, hi), p in owner.items() if lo <= slot <= hi)
+        counts[port] += 1
+    return [counts[port] for port in ports]
 
 
 def _reset(ports: list[int]) -> None:
@@ -133,12 +151,22 @@ def run(args: argparse.Namespace, work: Path, pins: Cpus) -> list[SpreadRun]:
             load = generator.run(gateway.port, requests, args.seconds, work)
             time.sleep(0.3)
             primaries = [Primary(port, *_evalsha(port)) for port in ports]
-            spread = SpreadRun(mode, load, primaries)
+            if mode == "off":
+                tags = ["gw"]
+            elif mode == "key":
+                tags = [f"gw:{key.key_id}" for key in keys]
+            else:
+                tags = [
+                    f"gw:{bucket_shard('gw', hot, b, args.hot_buckets)}"
+                    for b in range(args.hot_buckets)
+                ]
+            spread = SpreadRun(mode, load, primaries, _tags_per_primary(ports, tags))
             out.append(spread)
             say(
                 f"  {LABELS[mode]:24s}: {load.rps:7,.0f} req/s p99 {load.p99_ms:5.2f} ms, "
                 f"evalsha per primary {'/'.join(f'{c:,}' for c in spread.calls)} "
-                f"({spread.worst_off_mean:.0%} off the mean), "
+                f"({spread.worst_off_mean:.0%} off the mean; tags per primary "
+                f"{'/'.join(map(str, spread.tags))}), "
                 f"{spread.usec_per_admission:.1f} us per admission in Redis"
                 + (f", FAILED {load.non_2xx + load.errors}" if load.non_2xx or load.errors else "")
             )
@@ -149,13 +177,14 @@ def run(args: argparse.Namespace, work: Path, pins: Cpus) -> list[SpreadRun]:
 def report(runs: list[SpreadRun]) -> list[str]:
     lines = [
         "| state layout | req/s | p99 ms | EVALSHA per primary | farthest from the mean "
-        "| Redis us per admission |",
-        "|---|---:|---:|---|---:|---:|",
+        "| hash tags per primary | Redis us per admission |",
+        "|---|---:|---:|---|---:|---|---:|",
     ]
     for r in runs:
         lines.append(
             f"| {LABELS[r.mode]} | {r.load.rps:,.0f} | {r.load.p99_ms:.2f} | "
             f"{' / '.join(f'{c:,}' for c in r.calls)} | {r.worst_off_mean:.0%} | "
+            f"{' / '.join(map(str, r.tags))} | "
             f"{r.usec_per_admission:.1f} |"
         )
     return lines

@@ -30,7 +30,7 @@ from gateway.core.renewal import (
     family_revocation,
 )
 from gateway.core.revocations import RevocationSet
-from gateway.core.sharding import Shard, Sharding, shard_of
+from gateway.core.sharding import Shard, Sharding
 from gateway.core.token_codec import ClientToken, TokenCodec, TokenRejected, VerifiedToken
 from gateway.errors import ProblemError
 from gateway.keystore.base import KeyRecord
@@ -172,9 +172,9 @@ class Admissions:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.metrics = metrics
-        #: ``store.sharding: key``: new conversations keep their state under their agent
-        #: key's hash tag (tokens say so: ``ClientToken.sharded``); None: one tag for all
-        self.sharding = sharding
+        #: the state layout: under ``store.sharding: key`` new conversations keep their
+        #: state under their agent key's hash tag (their tokens say so, ``shd``)
+        self.sharding = sharding or Sharding()
         self._codec = codec
         #: the rules of token families (rotation overlap, lifetime): checked on every use
         self.renewal = renewal or RenewalRules(
@@ -214,7 +214,7 @@ class Admissions:
     def shards(self, key_id: str) -> int:
         """What a new conversation of ``key_id`` writes in its tokens (``shd``): 0 when
         state is not sharded."""
-        return 0 if self.sharding is None else self.sharding.shards(key_id)
+        return self.sharding.shards(key_id)
 
     def issue_fingerprint(self, client: Client) -> str | None:
         """The fingerprint to sign into the token when tokens are bound at issue."""
@@ -428,8 +428,9 @@ class Admissions:
         facts = RequestFacts(route, method, client.ip, key_id=key_id, model=model)
         subject = policies.penalty_subject(client.ip)
         shard = None
-        if self.sharding is not None and key_id is not None:
-            shard = shard_of(key_id, client.ip, self.sharding.shards(key_id))
+        shards = self.sharding.shards(key_id) if key_id is not None else 0
+        if key_id is not None and shards:
+            shard = self.sharding.shard(key_id, client.ip, shards)
         request = self._request(selection, facts, subject, shard)
         if not request.limits and subject is None:
             if self.record_decisions:
@@ -581,7 +582,7 @@ class Admissions:
         subject = policies.penalty_subject(client.ip)
         shard = None
         if claims.shards:  # the conversation's layout, whatever the settings are now
-            shard = shard_of(claims.key_id, claims.conversation_id, claims.shards)
+            shard = self.sharding.shard(claims.key_id, claims.conversation_id, claims.shards)
         request = self._request(selection, facts, subject, shard, use, family)
         admission = await self._admit(request, policies)
         if self.record_decisions:

@@ -5,12 +5,13 @@ All keys of one store carry its prefix as a hash tag (``{gw}``), so the keys of 
 script call share a Redis Cluster slot. The state store's keys (:class:`StateKeys`) and
 the key store's (:class:`KeyStoreKeys`) have a prefix each. With ``store.sharding: key``
 the state of one admission carries a tag of its own agent key instead (``{gw:<key id>}``,
-or ``{gw:<key id>:<sub-bucket>}`` for a hot key): :meth:`StateKeys.for_admission` gives
+or ``{gw:<key id>:<sub-bucket>:<salt>}`` for a hot key): :meth:`StateKeys.for_admission` gives
 that admission's keys, every kind of key under the same tag, so they still share a slot.
 """
 
 from __future__ import annotations
 
+import binascii
 from typing import NamedTuple
 
 #: (key pattern, Redis type) of every key, as in docs/operations.md; ``{prefix}`` is the
@@ -36,10 +37,30 @@ def hash_tag(prefix: str) -> str:
     return "{" + prefix + "}"
 
 
-def shard_name(key_id: str, bucket: int | None = None) -> str:
-    """The shard of an agent key's state: its id, or ``<id>:<bucket>`` for one sub-bucket
-    of a hot key."""
-    return key_id if bucket is None else f"{key_id}:{bucket}"
+#: Redis Cluster's hash slots
+CLUSTER_SLOTS = 16384
+
+
+def cluster_slot(tag: str) -> int:
+    """The Cluster slot of a key whose hash tag is ``{tag}`` (CRC16-XMODEM, as Redis)."""
+    return binascii.crc_hqx(tag.encode(), 0) % CLUSTER_SLOTS
+
+
+def bucket_shard(prefix: str, key_id: str, bucket: int, buckets: int) -> str:
+    """The shard of sub-bucket ``bucket`` of a hot key over ``buckets``:
+    ``<key id>:<bucket>:<salt>``, the first salt that puts ``{prefix:<shard>}`` in the
+    bucket-th of ``buckets`` equal ranges of slots. The sub-buckets thus sit on evenly
+    spaced slots, and a Cluster whose primaries serve equal contiguous ranges (as
+    ``redis-cli --cluster create`` makes) gets an equal share of them when ``buckets`` is
+    a multiple of its primaries; random tags would leave 12 sub-buckets lumped 2/5/5 as
+    often as not. Deterministic (about ``buckets`` tries), so every replica agrees."""
+    low, high = bucket * CLUSTER_SLOTS // buckets, (bucket + 1) * CLUSTER_SLOTS // buckets
+    salt = 0
+    while True:
+        shard = f"{key_id}:{bucket}:{salt}"
+        if low <= cluster_slot(f"{prefix}:{shard}") < high:
+            return shard
+        salt += 1
 
 
 #: sharded key builders kept per store (one per agent key or sub-bucket in use)
@@ -80,7 +101,8 @@ class StateKeys:
 
     def for_admission(self, shard: str | None) -> StateKeys:
         """The keys of one admission: these (the store's one tag) when ``shard`` is None,
-        else every kind of key under ``{prefix:<shard>}`` (see :func:`shard_name`), so the
+        else every kind of key under ``{prefix:<shard>}`` (an agent key id, or
+        :func:`bucket_shard`), so the
         token, its family, the limits and the penalty key of the admission share a slot
         whichever kinds of key it touches."""
         if shard is None:

@@ -3,7 +3,8 @@ agent key's own limits are split over its sub-buckets. Pure.
 
 A shard is an agent key: every key of its admissions carries ``{prefix:<key id>}``
 (:meth:`gateway.core.redis_keys.StateKeys.for_admission`). A hot key
-(``store.hot_keys``) has N sub-buckets, ``{prefix:<key id>:<b>}``: a conversation's
+(``store.hot_keys``) has N sub-buckets on evenly spaced slots
+(:func:`~gateway.core.redis_keys.bucket_shard`): a conversation's
 state lives in the sub-bucket its id picks, so its tokens, its family and its renewals
 stay together (a renewal changes the jti, never the conversation), and N is written in
 its tokens (``shd``), so a change of ``hot_keys`` moves no live conversation. Each limit
@@ -21,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from gateway.core.gcra import LimitSpec
-from gateway.core.redis_keys import shard_name
+from gateway.core.redis_keys import bucket_shard
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,20 +47,35 @@ def bucket_of(spread: str, buckets: int) -> int:
     return zlib.crc32(spread.encode()) % buckets
 
 
-def shard_of(key_id: str, spread: str, buckets: int) -> Shard:
-    """The shard of an admission for ``key_id`` over ``buckets`` sub-buckets (1: the key
-    itself); ``spread`` picks the sub-bucket."""
-    if buckets <= 1:
-        return Shard(key_id)
-    return Shard(shard_name(key_id, bucket_of(spread, buckets)), buckets)
+#: hot keys' sub-bucket shards remembered (key id, bucket, buckets)
+MAX_BUCKETS_KEPT = 4096
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Sharding:
-    """``store.sharding: key`` with its hot keys (key id -> sub-buckets)."""
+    """How admissions lay out their state: ``enabled`` is ``store.sharding: key`` (for
+    new conversations; a token's own layout, ``shd``, decides for its conversation), with
+    the store's prefix and its hot keys (key id -> sub-buckets)."""
 
+    prefix: str = "gw"
     hot_keys: Mapping[str, int] = field(default_factory=dict)
+    enabled: bool = False
+    _buckets: dict[tuple[str, int, int], str] = field(default_factory=dict, compare=False)
 
     def shards(self, key_id: str) -> int:
-        """What a new conversation of ``key_id`` writes in its tokens (``shd``)."""
-        return self.hot_keys.get(key_id, 1)
+        """What a new conversation of ``key_id`` writes in its tokens (``shd``): 0 when
+        sharding is off."""
+        return self.hot_keys.get(key_id, 1) if self.enabled else 0
+
+    def shard(self, key_id: str, spread: str, buckets: int) -> Shard:
+        """The shard of an admission for ``key_id`` over ``buckets`` sub-buckets (1: the
+        key itself); ``spread`` picks the sub-bucket."""
+        if buckets <= 1:
+            return Shard(key_id)
+        wanted = (key_id, bucket_of(spread, buckets), buckets)
+        name = self._buckets.get(wanted)
+        if name is None:
+            if len(self._buckets) >= MAX_BUCKETS_KEPT:
+                self._buckets.clear()
+            name = self._buckets[wanted] = bucket_shard(self.prefix, *wanted)
+        return Shard(name, buckets)

@@ -84,7 +84,7 @@ class AdmitRequest(NamedTuple):
     #: the token's family (only with ``token``)
     family: FamilyCheck | None = None
     #: the shard whose hash tag every key of this admission carries (an agent key id, or
-    #: a hot key's sub-bucket: :func:`gateway.core.redis_keys.shard_name`); None: the
+    #: a hot key's sub-bucket: :func:`gateway.core.redis_keys.bucket_shard`); None: the
     #: store's one tag. Only the Redis store's key names depend on it
     shard: str | None = None
 

@@ -19,11 +19,9 @@ from gateway.store.pipeline import SCHEMES, RedisPipe
 from gateway.store.redis import RedisStore
 
 
-def sharding_of(settings: StoreSettings) -> Sharding | None:
-    """``store.sharding``: how new conversations lay out their state (None: one tag)."""
-    if settings.sharding == "off":
-        return None
-    return Sharding(dict(settings.hot_keys))
+def sharding_of(settings: StoreSettings) -> Sharding:
+    """``store.sharding``: how new conversations lay out their state."""
+    return Sharding(settings.prefix, dict(settings.hot_keys), settings.sharding == "key")
 
 
 def open_store(

@@ -18,7 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 from gateway.admission import Admissions, Client
 from gateway.core.gcra import LimitSpec
 from gateway.core.redis_keys import StateKeys
-from gateway.core.sharding import Sharding, shard_of
+from gateway.core.sharding import Sharding
 from gateway.core.signing_keys import KeySet, SigningKey
 from gateway.core.token_codec import TokenCodec
 from gateway.errors import ProblemError
@@ -107,7 +107,7 @@ async def test_each_key_s_admissions_stay_in_its_slot_and_keys_spread_over_prima
 async def test_renewal_in_a_shard_rotates_and_a_late_retired_token_revokes_the_family(
     cluster_store: RedisStore,
 ) -> None:
-    shard = shard_of("Key000000001", "c", 1).name
+    shard = Sharding().shard("Key000000001", "c", 1).name
     first, cid = secrets.token_urlsafe(12), str(uuid.uuid4())
     assert (await use(cluster_store, shard, first, cid))[0] is TokenVerdict.BOUND
     _, _, second = await use(cluster_store, shard, first, cid, successor="second", overlap_ms=0)
@@ -126,10 +126,10 @@ async def test_a_hot_key_s_sub_buckets_admit_at_most_buckets_minus_one_over_its_
     and the whole key admits 12 = 10 + (4 - 1), not one more."""
     buckets, burst, key_id = 4, 10, "HotKey000001"
     whole = LimitSpec(f"per-key:{key_id}", DAY_US, burst)
-    allowed = 0
+    allowed, sharding = 0, Sharding(cluster_store.keys.tag[1:-1])
     for _ in range(200):
         cid = str(uuid.uuid4())
-        shard = shard_of(key_id, cid, buckets)
+        shard = sharding.shard(key_id, cid, buckets)
         spec = shard.split(whole, whole_key=True)
         assert spec.interval_us == DAY_US * buckets
         _, ok, _ = await use(
@@ -199,7 +199,7 @@ async def test_switching_sharding_on_keeps_live_tokens_and_their_revocations(
         await before.use_token(stolen.claims, ELSEWHERE, "send", "POST")
 
     # the switch: new replicas, nothing carried over but the store
-    after = admissions_on(cluster_store, tmp_path, clock, Sharding())
+    after = admissions_on(cluster_store, tmp_path, clock, Sharding(enabled=True))
     assert after.shards(KEY) == 1
     with pytest.raises(ProblemError) as info:  # the revocation is not lost
         await after.use_token(stolen.claims, VISITOR, "send", "POST")
