@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -87,7 +88,11 @@ class Stack:
     def start_cluster(self, masters: int = 3) -> list[int]:
         """A Redis Cluster of ``masters`` primaries (no replicas) on 127.0.0.1: their
         ports, once every slot is served."""
-        ports = [free_port() for _ in range(masters)]
+        ports: list[int] = []
+        while len(ports) < masters:
+            port = _cluster_port()
+            if port not in ports:
+                ports.append(port)
         for port in ports:
             node = self.work / f"cluster-{port}"
             node.mkdir()
@@ -199,3 +204,21 @@ def _cluster_info(port: int) -> bytes:
         ["redis-cli", "-p", str(port), "cluster", "info"], capture_output=True, timeout=5
     )
     return done.stdout
+
+
+def _cluster_port() -> int:
+    """A free port below 55536 whose cluster bus port (port + 10000) is free too."""
+    for _ in range(200):
+        port = free_port()
+        if port <= 55535 and _free(port + 10000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
