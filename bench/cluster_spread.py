@@ -13,6 +13,7 @@ time per call, the figure the README's capacity model starts from; and the run's
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import random
 import shutil
@@ -30,7 +31,11 @@ from bench.load import LoadGenerator, LoadResult
 from bench.machine import cpus
 from bench.scenarios import SCENARIOS
 from bench.stack import Cpus, Stack
+from gateway.core.gcra import LimitSpec
 from gateway.core.redis_keys import bucket_shard, cluster_slot
+from gateway.redis_connect import connect
+from gateway.store.base import AdmitRequest, TokenUse
+from gateway.store.redis import RedisStore
 
 NAME = "cluster-spread"
 #: one slot for all; a slot per agent key; one agent key over its sub-buckets
@@ -39,7 +44,11 @@ LABELS = {
     "off": "one slot (sharding off)",
     "key": "per agent key",
     "hot": "one hot key, sub-buckets",
+    "store-key": "store: per key",
+    "two-slots": "store: per key + {gw}",
 }
+#: admissions in flight in the store runs
+CONCURRENCY = 32
 
 
 @dataclass(frozen=True)
@@ -70,9 +79,9 @@ class SpreadRun:
 
     @property
     def usec_per_admission(self) -> float:
-        busy = [p for p in self.primaries if p.evalsha]
-        total = sum(p.evalsha for p in busy)
-        return sum(p.usec_per_call * p.evalsha for p in busy) / total if total else 0.0
+        """Redis's time per admission, every script call of it counted."""
+        spent = sum(p.usec_per_call * p.evalsha for p in self.primaries)
+        return spent / self.load.requests if self.load.requests else 0.0
 
 
 def say(*parts: object) -> None:
@@ -171,7 +180,63 @@ def run(args: argparse.Namespace, work: Path, pins: Cpus) -> list[SpreadRun]:
                 + (f", FAILED {load.non_2xx + load.errors}" if load.non_2xx or load.errors else "")
             )
             gateway.proc.stop() if gateway.proc else None
+        say("the rejected design, at the store: cross-key limits on their own slot")
+        for both in (False, True):
+            store_run = asyncio.run(
+                _store_run(url, ports, [k.key_id for k in keys], args.store_admissions, both)
+            )
+            out.append(store_run)
+            say(
+                f"  {LABELS[store_run.mode]:24s}: p99 {store_run.load.p99_ms:5.2f} ms, "
+                f"evalsha per primary {'/'.join(f'{c:,}' for c in store_run.calls)} "
+                f"({store_run.worst_off_mean:.0%} off the mean), "
+                f"{store_run.usec_per_admission:.1f} us per admission in Redis"
+            )
     return out
+
+
+async def _store_run(
+    url: str, ports: list[int], key_ids: list[str], count: int, global_slot: bool
+) -> SpreadRun:
+    """``count`` admissions straight to the store (32 at a time), each a token use with a
+    per-token and a per-key limit in its key's slot; with ``global_slot`` also, at the
+    same time, the per-address limit and the penalty box on the one slot ``{gw}`` (the
+    second script of the rejected design; no refund is needed, nothing is denied)."""
+    client = connect(url, socket_timeout=2, max_connections=CONCURRENCY)
+    store = RedisStore(client, prefix="gw", max_calls=CONCURRENCY)
+    await store.start()
+    places = asyncio.Semaphore(CONCURRENCY)
+    times: list[float] = []
+
+    async def one(i: int) -> None:
+        key_id, jti = key_ids[i % len(key_ids)], f"bench-{i % 5000}"
+        limits = (
+            LimitSpec("send-per-token", 1, 1_000_000, scope=jti),
+            LimitSpec(f"send-per-key:{key_id}", 1, 1_000_000),
+        )
+        use = TokenUse(jti, "", "", 1, "deny", 60_000)
+        calls = [store.admit(AdmitRequest(use, limits, shard=key_id))]
+        if global_slot:
+            ip = f"203.0.{i % 250}.{i % 200}"
+            per_ip = LimitSpec(f"send-per-ip:{ip}", 1, 1_000_000)
+            calls.append(store.admit(AdmitRequest(limits=(per_ip,), penalty_subject=ip)))
+        async with places:
+            started = time.perf_counter()
+            await asyncio.gather(*calls)
+            times.append(time.perf_counter() - started)
+
+    await asyncio.gather(*(one(i) for i in range(1000)))  # warm
+    _reset(ports)
+    times.clear()
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(count)))
+    seconds = time.perf_counter() - started
+    await store.close()
+    primaries = [Primary(port, *_evalsha(port)) for port in ports]
+    times.sort()
+    p50, p99 = times[len(times) // 2] * 1000, times[int(len(times) * 0.99)] * 1000
+    load = LoadResult(count, seconds, 0, 0, p50, p99)
+    return SpreadRun("two-slots" if global_slot else "store-key", load, primaries, [])
 
 
 def report(runs: list[SpreadRun]) -> list[str]:
@@ -201,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument(
+        "--store-admissions", type=int, default=20_000, help="per store run (rejected design)"
+    )
     args = parser.parse_args(argv)
     proxy_cpu, load_cpu = cpus()
     if load_cpu is not None:

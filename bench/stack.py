@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from typing import Any
 
 from bench import envoy, gateway_setup, upstream
 from bench.gateway_setup import AgentKey, Signing
-from bench.processes import Proc, free_port
+from bench.processes import Proc, cluster_port, free_port
 
 PY = sys.executable
 GATEWAY = str(Path(PY).with_name("gateway"))
@@ -90,7 +89,7 @@ class Stack:
         ports, once every slot is served."""
         ports: list[int] = []
         while len(ports) < masters:
-            port = _cluster_port()
+            port = cluster_port()
             if port not in ports:
                 ports.append(port)
         for port in ports:
@@ -204,21 +203,3 @@ def _cluster_info(port: int) -> bytes:
         ["redis-cli", "-p", str(port), "cluster", "info"], capture_output=True, timeout=5
     )
     return done.stdout
-
-
-def _cluster_port() -> int:
-    """A free port below 55536 whose cluster bus port (port + 10000) is free too."""
-    for _ in range(200):
-        port = free_port()
-        if port <= 55535 and _free(port + 10000):
-            return port
-    raise RuntimeError("no free port pair for a cluster node")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True

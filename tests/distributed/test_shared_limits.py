@@ -22,6 +22,15 @@ policies:
     partition: [token]
     limit: {{rate: {N}, per: 1h, burst: {N}}}
 """
+#: per token, per client address, per key, and the penalty box
+THREE_POLICIES = (
+    PER_TOKEN
+    + """
+  - {name: send-per-ip, match: {routes: [send]}, partition: [client_ip], limit: {rate: 1000, per: 1m, burst: 1000}}
+  - {name: send-per-key, match: {routes: [send]}, partition: [api_key, model], limit: {rate: 1000, per: 1m, burst: 1000}}
+penalty_box: {threshold: 100}
+"""
+)
 PER_IP = f"""
 policies:
   - name: send-per-ip
@@ -71,16 +80,8 @@ async def test_exactly_n_of_5n_per_ip_across_tokens(
 async def test_one_script_call_per_admitted_request(
     tmp_path: Path, redis_url: str, backend_process: str
 ) -> None:
-    policies = (
-        PER_TOKEN
-        + """
-  - {name: send-per-ip, match: {routes: [send]}, partition: [client_ip], limit: {rate: 1000, per: 1m, burst: 1000}}
-  - {name: send-per-key, match: {routes: [send]}, partition: [api_key, model], limit: {rate: 1000, per: 1m, burst: 1000}}
-penalty_box: {threshold: 100}
-"""
-    )
     with replicas(
-        tmp_path, 1, store_url=redis_url, upstream=backend_process, policies=policies
+        tmp_path, 1, store_url=redis_url, upstream=backend_process, policies=THREE_POLICIES
     ) as group:
         token = group.token(group.create_key())
         assert await burst([(group.urls[0], token)]) == [200]  # warm: script loaded, bound
@@ -151,20 +152,12 @@ async def test_sharded_each_admission_is_one_script_call_on_its_key_s_primary(
     """store.sharding: key on the Cluster: the same three policies (per token, per client
     address, per key) and the penalty box; N - 1 admitted requests of one key are N - 1
     EVALSHA calls, all on one primary (no CROSSSLOT, no second round trip)."""
-    policies = (
-        PER_TOKEN
-        + """
-  - {name: send-per-ip, match: {routes: [send]}, partition: [client_ip], limit: {rate: 1000, per: 1m, burst: 1000}}
-  - {name: send-per-key, match: {routes: [send]}, partition: [api_key, model], limit: {rate: 1000, per: 1m, burst: 1000}}
-penalty_box: {threshold: 100}
-"""
-    )
     with replicas(
         tmp_path,
         1,
         store_url=cluster_url,
         upstream=backend_process,
-        policies=policies,
+        policies=THREE_POLICIES,
         store={"sharding": "key"},
     ) as group:
         key = group.create_key()

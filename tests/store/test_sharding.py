@@ -15,19 +15,17 @@ from pathlib import Path
 import pytest
 from redis.asyncio.cluster import RedisCluster
 
-from gateway.admission import Admissions, Client
+from gateway.admission import Admissions
 from gateway.core.gcra import LimitSpec
 from gateway.core.redis_keys import StateKeys
 from gateway.core.sharding import Sharding
-from gateway.core.signing_keys import KeySet, SigningKey
-from gateway.core.token_codec import TokenCodec
 from gateway.errors import ProblemError
 from gateway.observability.metrics import Metrics
-from gateway.policies.live import LivePolicies
 from gateway.redis_connect import connect
 from gateway.store.base import AdmitRequest, FamilyCheck, TokenUse, TokenVerdict
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
+from tests.store.test_admissions import CODEC, ELSEWHERE, VISITOR, policies_at
 from tests.support.clock import FixedClock
 
 FP_A = "7e57" + "a" * 12
@@ -152,30 +150,18 @@ policies:
     partition: [api_key]
     limit: {rate: 1000, per: 1m, burst: 100}
 """
-CODEC = TokenCodec(
-    KeySet((SigningKey("k1", b"s" * 40),)),
-    issuer="agent-gateway",
-    audience="public-agent-api",
-    ttl_seconds=900,
-    leeway_seconds=5,
-)
-VISITOR = Client("203.0.113.5", "visitor/1.0")
-ELSEWHERE = Client("198.51.100.9", "other/2.0")
 KEY = "MigrateKey01"
 
 
 def admissions_on(
     store: RedisStore, tmp_path: Path, clock: FixedClock, sharding: Sharding | None
 ) -> Admissions:
-    folder = tmp_path / f"policies-{uuid.uuid4().hex[:6]}"
+    folder = tmp_path / uuid.uuid4().hex[:6]
     folder.mkdir()
-    (folder / "test.yaml").write_text(POLICIES)
-    policies = LivePolicies(folder, allow_unprotected=True)
-    policies.load()
     return Admissions(
         CODEC,
         store,
-        policies,
+        policies_at(folder, POLICIES),
         fallback=MemoryStore(),
         key_active=lambda _: True,
         max_token_chars=2048,

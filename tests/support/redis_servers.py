@@ -4,10 +4,8 @@ cluster."""
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,6 +15,7 @@ from pathlib import Path
 import redis
 from pytest_redis.executor import RedisExecutor
 
+from bench.processes import cluster_port
 from tests.support.processes import free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -82,30 +81,12 @@ def _wait_ok(ports: list[int], timeout: float = 20.0) -> None:
     raise AssertionError("the test cluster did not reach cluster_state:ok")
 
 
-def _cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free and valid too."""
-    for _ in range(200):
-        port = random.randint(20000, 40000)
-        if all(_is_free(p) for p in (port, port + 10000)):
-            return port
-    raise RuntimeError("no free port pair for a cluster node")
-
-
-def _is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 @contextmanager
 def redis_cluster(datadir: Path, masters: int = 3) -> Iterator[list[int]]:
     """``masters`` Redis servers in cluster mode on 127.0.0.1; yields their ports."""
     ports: list[int] = []
     while len(ports) < masters:
-        port = _cluster_port()
+        port = cluster_port()
         if port not in ports:
             ports.append(port)
     procs = []
