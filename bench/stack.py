@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import sys
-import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +12,7 @@ from typing import Any
 
 from bench import envoy, gateway_setup, upstream
 from bench.gateway_setup import AgentKey, Signing
-from bench.processes import Proc, cluster_port, free_port
+from bench.processes import Proc, cluster_port, form_cluster, free_port
 
 PY = sys.executable
 GATEWAY = str(Path(PY).with_name("gateway"))
@@ -101,26 +99,7 @@ class Stack:
                 "--cluster-config-file", "nodes.conf", "--protected-mode", "no",
             ]  # fmt: skip
             self._start(f"cluster-{port}", argv, self.cpus.load).wait_port(port)
-        nodes = [f"127.0.0.1:{port}" for port in ports]
-        subprocess.run(
-            [
-                "redis-cli",
-                "--cluster",
-                "create",
-                *nodes,
-                "--cluster-replicas",
-                "0",
-                "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        deadline = time.monotonic() + 20
-        while any(b"cluster_state:ok" not in _cluster_info(port) for port in ports):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the Redis Cluster did not become ready")
-            time.sleep(0.1)
+        form_cluster(ports)
         return ports
 
     # -- proxies under test (on the proxy CPU) ------------------------------------------
@@ -196,10 +175,3 @@ class Stack:
             keys_path=path, policies=self.work, models=models,
         )  # fmt: skip
         return path, gateway_setup.create_keys(config, count, models)
-
-
-def _cluster_info(port: int) -> bytes:
-    done = subprocess.run(
-        ["redis-cli", "-p", str(port), "cluster", "info"], capture_output=True, timeout=5
-    )
-    return done.stdout

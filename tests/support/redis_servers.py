@@ -15,7 +15,7 @@ from pathlib import Path
 import redis
 from pytest_redis.executor import RedisExecutor
 
-from bench.processes import cluster_port
+from bench.processes import cluster_port, form_cluster
 from tests.support.processes import free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -60,25 +60,6 @@ def frozen(executor: RedisExecutor) -> Iterator[None]:
         yield
     finally:
         os.kill(pid, signal.SIGCONT)
-
-
-def _wait_ok(ports: list[int], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        states = []
-        for port in ports:
-            try:
-                with redis.Redis(
-                    host="127.0.0.1", port=port, socket_timeout=1, decode_responses=True
-                ) as client:
-                    info = client.execute_command("CLUSTER INFO")
-                    states.append(info.get("cluster_state") if isinstance(info, dict) else None)
-            except redis.RedisError:
-                states.append(None)
-        if all(state == "ok" for state in states):
-            return
-        time.sleep(0.2)
-    raise AssertionError("the test cluster did not reach cluster_state:ok")
 
 
 @contextmanager
@@ -130,21 +111,7 @@ def redis_cluster(datadir: Path, masters: int = 3) -> Iterator[list[int]]:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.05)
-        subprocess.run(
-            [
-                REDIS_CLI,
-                "--cluster",
-                "create",
-                *[f"127.0.0.1:{p}" for p in ports],
-                "--cluster-replicas",
-                "0",
-                "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        _wait_ok(ports)
+        form_cluster(ports, REDIS_CLI)
         yield ports
     finally:
         for proc in procs:
