@@ -114,6 +114,7 @@ class RedisStore:
     # operations ----------------------------------------------------------------------
     async def admit(self, request: AdmitRequest) -> Admission:
         subject, use, limits = request.penalty_subject, request.token, request.limits
+        # every key of the call comes from ``built`` (a new kind of key too): one slot
         built = self.keys.for_admission(request.shard)
         keys: list[str] = []
         if subject is not None:
