@@ -61,7 +61,7 @@ $(BENCH_STAMP): $(STAMP) requirements/bench.lock
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
 
-# loopback only, about 2 minutes: a 3-primary Redis Cluster, 200 agent keys, EVALSHA per
+# loopback only, about 3 minutes: a 3-primary Redis Cluster, 200 agent keys, EVALSHA per
 # primary with store.sharding off and key (README, "Performance")
 bench-cluster: $(BENCH_STAMP)
 	$(BIN)/python -m bench --only cluster-spread

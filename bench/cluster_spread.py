@@ -1,5 +1,5 @@
 """The cluster-spread scenario: does ``store.sharding: key`` spread admissions over a Redis
-Cluster's primaries? (``python -m bench --only cluster-spread``, about two minutes.)
+Cluster's primaries? (``python -m bench --only cluster-spread``, about three minutes.)
 
 A real 3-primary Cluster on 127.0.0.1, the gateway on it (the shipped policy set, limits
 raised out of reach), POSTs with tokens of 200 agent keys: once with ``sharding: off``
