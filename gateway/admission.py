@@ -356,13 +356,17 @@ class Admissions:
         self.revocations.add(family_revocation(claims.conversation_id), until, self._clock())
 
     # -- the store call ----------------------------------------------------------------
-    async def _admit(self, request: AdmitRequest, policies: PolicySet) -> Admission:
+    async def _admit(
+        self, request: AdmitRequest, policies: PolicySet, local: AdmitRequest | None = None
+    ) -> Admission:
+        """``local``: what the local store is asked when the store fails open, if not
+        ``request`` (a sharded request's limits as configured, and the penalty box)."""
         try:
             with StoreCall(self.metrics, "admit"):  # latency and errors, by operation
                 admission = await self._store.admit(request)
         except StoreUnavailable as exc:
             self._fail_open_or_refuse(policies, "admit", exc)
-            return await self.fallback.admit(request)
+            return await self.fallback.admit(local or request)
         if self.failing_open:
             self._store_answered()
         return admission
@@ -431,12 +435,12 @@ class Admissions:
         shards = self.sharding.shards(key_id) if key_id is not None else 0
         if key_id is not None and shards:
             shard = self.sharding.shard(key_id, client.ip, shards)
-        request = self._request(selection, facts, subject, shard)
+        request, local = self._request(selection, facts, subject, shard)
         if not request.limits and subject is None:
             if self.record_decisions:
                 self._record(facts, selection, None)
             return {}
-        admission = await self._admit(request, policies)
+        admission = await self._admit(request, policies, local)
         if self.record_decisions:
             self._record(facts, selection, admission)
         self._refuse_penalized(admission, subject)
@@ -450,20 +454,23 @@ class Admissions:
         shard: Shard | None,
         token: TokenUse | None = None,
         family: FamilyCheck | None = None,
-    ) -> AdmitRequest:
-        """The store request: in a shard, the admission's keys carry its tag, a hot key's
-        limits of the key as a whole are split over its sub-buckets, and the penalty box
-        (kept on the store's own tag, where failures are counted) is checked by this
-        replica's cache only (docs/policies.md, "Sharded mode")."""
+    ) -> tuple[AdmitRequest, AdmitRequest | None]:
+        """The store request, and what the local store is asked instead when the store
+        fails open (None: the same). In a shard, the admission's keys carry its tag, a
+        hot key's limits of the key as a whole are split over its sub-buckets, and the
+        penalty box (kept on the store's own tag, where failures are counted) is checked
+        by this replica's cache only (docs/policies.md, "Sharded mode"); the local store
+        gets the limits as configured and the penalty box."""
         specs = selection.specs(facts)
+        plain = AdmitRequest(token, specs, subject, family)
         if shard is None:
-            return AdmitRequest(token, specs, subject, family)
+            return plain, None
         if shard.buckets > 1:
             specs = tuple(
                 shard.split(spec, p.token_only and not p.by_token)
                 for p, spec in zip(selection.policies, specs, strict=True)
             )
-        return AdmitRequest(token, specs, None, family, shard.name)
+        return AdmitRequest(token, specs, None, family, shard.name), plain
 
     @staticmethod
     def _record(facts: RequestFacts, selection: Selection, admission: Admission | None) -> None:
@@ -583,8 +590,8 @@ class Admissions:
         shard = None
         if claims.shards:  # the conversation's layout, whatever the settings are now
             shard = self.sharding.shard(claims.key_id, claims.conversation_id, claims.shards)
-        request = self._request(selection, facts, subject, shard, use, family)
-        admission = await self._admit(request, policies)
+        request, local = self._request(selection, facts, subject, shard, use, family)
+        admission = await self._admit(request, policies, local)
         if self.record_decisions:
             self._record(facts, selection, admission)
         self._refuse_penalized(admission, subject)

@@ -13,9 +13,11 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio
 from redis.asyncio.cluster import RedisCluster
 
 from gateway.admission import Admissions
+from gateway.core.breaker import CircuitBreaker
 from gateway.core.gcra import LimitSpec
 from gateway.core.redis_keys import StateKeys
 from gateway.core.sharding import Sharding
@@ -23,10 +25,12 @@ from gateway.errors import ProblemError
 from gateway.observability.metrics import Metrics
 from gateway.redis_connect import connect
 from gateway.store.base import AdmitRequest, FamilyCheck, TokenUse, TokenVerdict
+from gateway.store.guarded import GuardedStore
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
 from tests.store.test_admissions import CODEC, ELSEWHERE, VISITOR, policies_at
 from tests.support.clock import FixedClock
+from tests.support.processes import free_port
 
 FP_A = "7e57" + "a" * 12
 DAY_US = 86_400_000_000
@@ -231,3 +235,48 @@ async def test_peek_reads_a_key_s_limits_in_its_shard(cluster_store: RedisStore)
     (sharded,) = await cluster_store.peek((spec,), "Key000000002")
     (one_tag,) = await cluster_store.peek((spec,))
     assert sharded.remaining == one_tag.remaining - 1  # one taken, in the shard only
+
+
+FAIL_OPEN_PER_KEY = """
+on_store_error: fail_open
+policies:
+  - name: send-per-key
+    match: {routes: [send]}
+    partition: [api_key]
+    limit: {rate: 1, per: 1h, burst: 8}
+"""
+
+
+async def test_a_hot_key_failing_open_gets_its_limit_as_configured_locally(
+    tmp_path: Path,
+) -> None:
+    """The store refuses connections (nothing listens on its port) and the policies fail
+    open: the local store gets the hot key's limit whole (burst 8), not one sub-bucket's
+    share (ceil(8 / 4) = 2) under one name."""
+    dead = GuardedStore(
+        RedisStore(redis.asyncio.Redis(port=free_port()), prefix="gw"),
+        timeout=0.5,
+        breaker=CircuitBreaker(1, 60.0),  # open after the first failure: no more waits
+    )
+    clock = FixedClock()
+    admissions = Admissions(
+        CODEC,
+        dead,
+        policies_at(tmp_path, FAIL_OPEN_PER_KEY),
+        fallback=MemoryStore(),
+        key_active=lambda _: True,
+        max_token_chars=2048,
+        metrics=Metrics(),
+        sharding=Sharding("gw", {KEY: 4}, enabled=True),
+        clock=clock,
+    )
+    statuses = []
+    for _ in range(20):
+        claims = CODEC.issue(key_id=KEY, model_id="demo", now=clock(), shards=4).claims
+        try:
+            await admissions.use_token(claims, VISITOR, "send", "POST")
+            statuses.append(200)
+        except ProblemError as err:
+            statuses.append(429 if err.code == "rate_limited" else 0)
+    assert statuses == [200] * 8 + [429] * 12
+    assert admissions.failing_open
