@@ -462,7 +462,7 @@ class Admissions:
         by this replica's cache only (docs/policies.md, "Sharded mode"); the local store
         gets the limits as configured and the penalty box."""
         specs = selection.specs(facts)
-        plain = AdmitRequest(token, specs, subject, family)
+        plain = AdmitRequest(token=token, limits=specs, penalty_subject=subject, family=family)
         if shard is None:
             return plain, None
         if shard.buckets > 1:
@@ -470,7 +470,8 @@ class Admissions:
                 shard.split(spec, p.token_only and not p.by_token)
                 for p, spec in zip(selection.policies, specs, strict=True)
             )
-        return AdmitRequest(token, specs, None, family, shard.name), plain
+        sharded = plain._replace(limits=specs, penalty_subject=None, shard=shard.name)
+        return sharded, plain
 
     @staticmethod
     def _record(facts: RequestFacts, selection: Selection, admission: Admission | None) -> None:

@@ -24,7 +24,7 @@ from gateway.core.sharding import Sharding
 from gateway.errors import ProblemError
 from gateway.observability.metrics import Metrics
 from gateway.redis_connect import connect
-from gateway.store.base import AdmitRequest, FamilyCheck, TokenUse, TokenVerdict
+from gateway.store.base import AdmitRequest, FamilyCheck, StateStore, TokenUse, TokenVerdict
 from gateway.store.guarded import GuardedStore
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
@@ -158,14 +158,18 @@ KEY = "MigrateKey01"
 
 
 def admissions_on(
-    store: RedisStore, tmp_path: Path, clock: FixedClock, sharding: Sharding | None
+    store: StateStore,
+    tmp_path: Path,
+    clock: FixedClock,
+    sharding: Sharding | None,
+    policies: str = POLICIES,
 ) -> Admissions:
     folder = tmp_path / uuid.uuid4().hex[:6]
     folder.mkdir()
     return Admissions(
         CODEC,
         store,
-        policies_at(folder, POLICIES),
+        policies_at(folder, policies),
         fallback=MemoryStore(),
         key_active=lambda _: True,
         max_token_chars=2048,
@@ -259,17 +263,8 @@ async def test_a_hot_key_failing_open_gets_its_limit_as_configured_locally(
         breaker=CircuitBreaker(1, 60.0),  # open after the first failure: no more waits
     )
     clock = FixedClock()
-    admissions = Admissions(
-        CODEC,
-        dead,
-        policies_at(tmp_path, FAIL_OPEN_PER_KEY),
-        fallback=MemoryStore(),
-        key_active=lambda _: True,
-        max_token_chars=2048,
-        metrics=Metrics(),
-        sharding=Sharding("gw", {KEY: 4}, enabled=True),
-        clock=clock,
-    )
+    hot = Sharding("gw", {KEY: 4}, enabled=True)
+    admissions = admissions_on(dead, tmp_path, clock, hot, FAIL_OPEN_PER_KEY)
     statuses = []
     for _ in range(20):
         claims = CODEC.issue(key_id=KEY, model_id="demo", now=clock(), shards=4).claims
