@@ -7,7 +7,7 @@ BENCH_STAMP := $(VENV)/.bench-installed
 # axe-core for the widget's accessibility test, exactly as package-lock.json pins and hashes it
 NPM_STAMP   := node_modules/.installed
 
-.PHONY: run test test-quick lint typecheck bench soak screenshot clean lock wheelhouse image image-backend
+.PHONY: run test test-quick lint typecheck bench bench-cluster soak screenshot clean lock wheelhouse image image-backend
 
 # the dependencies exactly as requirements/dev.lock pins and hashes them, then the project
 # itself (editable, no dependencies) with the locked build backend
@@ -60,6 +60,11 @@ $(BENCH_STAMP): $(STAMP) requirements/bench.lock
 # loopback only, about 3 minutes; installs wrk and nginx with apt-get when missing (root)
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
+
+# loopback only, about 3 minutes: a 3-primary Redis Cluster, 200 agent keys, EVALSHA per
+# primary with store.sharding off and key (README, "Performance")
+bench-cluster: $(BENCH_STAMP)
+	$(BIN)/python -m bench --only cluster-spread
 
 # loopback only, about 11 minutes: mixed traffic at a third of the capacity `make bench` measured;
 # fails when the gateway's memory grows more than 10% after the first minute

@@ -74,11 +74,13 @@ def write_config(
     trusted_proxies: list[str] | None = None,
     upstream_client: str = "builtin",
     models: list[str] | None = None,
+    store_settings: dict[str, Any] | None = None,
 ) -> Path:
+    store = {"type": "redis", "url": redis_url} if redis_url else {"type": "memory"}
     data: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": port, "trusted_proxies": trusted_proxies or []},
         "admin": {"host": "127.0.0.1", "port": admin_port},
-        "store": {"type": "redis", "url": redis_url} if redis_url else {"type": "memory"},
+        "store": {**store, **(store_settings or {})},
         "keys": {"type": "file", "path": str(keys_path)},
         "tokens": {"ttl_seconds": 900, "issuer": ISSUER, "audience": AUDIENCE},
         "policies": {"path": str(policies), "watch": True},
@@ -118,8 +120,11 @@ class Minted:
     conversation_id: str
 
 
-def mint_tokens(signing: Signing, key_id: str, count: int, model: str = MODEL) -> list[Minted]:
-    """Client tokens exactly as the token route issues them (same codec, same claims)."""
+def mint_tokens(
+    signing: Signing, key_id: str, count: int, model: str = MODEL, shards: int = 0
+) -> list[Minted]:
+    """Client tokens exactly as the token route issues them (same codec, same claims;
+    ``shards``: as a gateway with ``store.sharding: key`` writes them)."""
     codec = TokenCodec(
         parse_keyset(f"{signing.kid}:{signing.secret}", "bench"),
         issuer=ISSUER,
@@ -129,6 +134,6 @@ def mint_tokens(signing: Signing, key_id: str, count: int, model: str = MODEL) -
     now = time.time()
     out = []
     for _ in range(count):
-        issued = codec.issue(key_id=key_id, model_id=model, now=now)
+        issued = codec.issue(key_id=key_id, model_id=model, now=now, shards=shards)
         out.append(Minted(issued.token, issued.claims.jti, issued.claims.conversation_id))
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -18,6 +19,46 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def cluster_port() -> int:
+    """A free port for a Redis Cluster node: its cluster bus port (port + 10000) must be
+    free too, and below 65536."""
+    for _ in range(200):
+        port = random.randint(20000, 40000)
+        if all(_is_free(p) for p in (port, port + 10000)):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def form_cluster(ports: list[int], redis_cli: str = "redis-cli", timeout: float = 20.0) -> None:
+    """Make the cluster-enabled Redis servers on ``ports`` (127.0.0.1) one Cluster of
+    primaries without replicas, and wait until every node says ``cluster_state:ok``."""
+    nodes = [f"127.0.0.1:{port}" for port in ports]
+    create = [redis_cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"]
+    subprocess.run(create, check=True, capture_output=True, timeout=60)
+    deadline = time.monotonic() + timeout
+    while True:
+        infos = [
+            subprocess.run(
+                [redis_cli, "-p", str(port), "cluster", "info"], capture_output=True, timeout=5
+            ).stdout
+            for port in ports
+        ]
+        if all(b"cluster_state:ok" in info for info in infos):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+        time.sleep(0.1)
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def pinned(argv: Sequence[str], cpu: int | None) -> list[str]:

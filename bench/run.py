@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import overload, probes, renewal
+from bench import cluster_spread, overload, probes, renewal
 from bench.gateway_setup import RAISED_LIMIT, mint_tokens, raised_policies, shipped_policies
 from bench.load import LoadGenerator, LoadResult, Request
 from bench.machine import cpus, describe, ensure_tools
@@ -62,7 +62,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-install", action="store_true", help="never apt-get install")
     parser.add_argument(
-        "--only", nargs="*", default=None, help="scenarios: send read token renewal overload"
+        "--only",
+        nargs="*",
+        default=None,
+        help="scenarios: send read token renewal overload; cluster-spread (alone: a Redis "
+        "Cluster of its own, python -m bench.cluster_spread)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -83,6 +87,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    if args.only == [cluster_spread.NAME]:  # a Cluster of its own, nothing else
+        return cluster_spread.main([])
     started = time.monotonic()
     ensure_tools(install=not args.no_install, say=say)
     proxy_cpu, load_cpu = cpus()

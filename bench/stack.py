@@ -8,10 +8,11 @@ import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench import envoy, gateway_setup, upstream
 from bench.gateway_setup import AgentKey, Signing
-from bench.processes import Proc, free_port
+from bench.processes import Proc, cluster_port, form_cluster, free_port
 
 PY = sys.executable
 GATEWAY = str(Path(PY).with_name("gateway"))
@@ -81,6 +82,26 @@ class Stack:
         proc.wait_port(port)
         return port
 
+    def start_cluster(self, masters: int = 3) -> list[int]:
+        """A Redis Cluster of ``masters`` primaries (no replicas) on 127.0.0.1: their
+        ports, once every slot is served."""
+        ports: list[int] = []
+        while len(ports) < masters:
+            port = cluster_port()
+            if port not in ports:
+                ports.append(port)
+        for port in ports:
+            node = self.work / f"cluster-{port}"
+            node.mkdir()
+            argv = [
+                "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(node), "--cluster-enabled", "yes",
+                "--cluster-config-file", "nodes.conf", "--protected-mode", "no",
+            ]  # fmt: skip
+            self._start(f"cluster-{port}", argv, self.cpus.load).wait_port(port)
+        form_cluster(ports)
+        return ports
+
     # -- proxies under test (on the proxy CPU) ------------------------------------------
     def start_passthrough(self, upstream_url: str) -> Target:
         port = free_port()
@@ -117,7 +138,11 @@ class Stack:
         redis_port: int | None = None,
         trusted_proxies: list[str] | None = None,
         models: list[str] | None = None,
+        redis_url: str | None = None,
+        store_settings: dict[str, Any] | None = None,
     ) -> Target:
+        """A gateway on the memory store, on the Redis at ``redis_port``, or on the store
+        at ``redis_url`` (a Cluster) with ``store_settings`` added."""
         port, admin = free_port(), free_port()
         config = gateway_setup.write_config(
             self.work,
@@ -127,7 +152,8 @@ class Stack:
             upstream=upstream_url,
             keys_path=keys_path,
             policies=policies,
-            redis_url=f"redis://127.0.0.1:{redis_port}/0" if redis_port else None,
+            redis_url=f"redis://127.0.0.1:{redis_port}/0" if redis_port else redis_url,
+            store_settings=store_settings,
             trusted_proxies=trusted_proxies,
             upstream_client=self.upstream_client,
             models=models,

@@ -30,6 +30,7 @@ from gateway.core.renewal import (
     family_revocation,
 )
 from gateway.core.revocations import RevocationSet
+from gateway.core.sharding import Shard, Sharding
 from gateway.core.token_codec import (
     ClientToken,
     TokenCodec,
@@ -173,9 +174,13 @@ class Admissions:
         max_token_chars: int,
         metrics: Metrics,
         renewal: RenewalRules | None = None,
+        sharding: Sharding | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.metrics = metrics
+        #: the state layout: under ``store.sharding: key`` new conversations keep their
+        #: state under their agent key's hash tag (their tokens say so, ``shd``)
+        self.sharding = sharding or Sharding()
         self._codec = codec
         #: the rules of token families (rotation overlap, lifetime): checked on every use
         self.renewal = renewal or RenewalRules(
@@ -211,6 +216,11 @@ class Admissions:
         if not rule.enabled:
             return ""
         return self._fingerprints(rule, client.ip, client.user_agent)
+
+    def shards(self, key_id: str) -> int:
+        """What a new conversation of ``key_id`` writes in its tokens (``shd``): 0 when
+        state is not sharded."""
+        return self.sharding.shards(key_id)
 
     def issue_fingerprint(self, client: Client) -> str | None:
         """The fingerprint to sign into the token when tokens are bound at issue."""
@@ -352,7 +362,11 @@ class Admissions:
         self.revocations.add(family_revocation(claims.conversation_id), until, self._clock())
 
     # -- the store call ----------------------------------------------------------------
-    async def _admit(self, request: AdmitRequest, policies: PolicySet) -> Admission:
+    async def _admit(
+        self, request: AdmitRequest, policies: PolicySet, local: AdmitRequest | None = None
+    ) -> Admission:
+        """``local``: what the local store is asked when the store fails open, if not
+        ``request`` (a sharded request's limits as configured, and the penalty box)."""
         try:
             with StoreCall(self.metrics, "admit"):  # latency and errors, by operation
                 admission = await self._store.admit(request)
@@ -364,7 +378,7 @@ class Admissions:
                 # token in hand still works, and the grace covers the outage's wait
                 _store_unavailable(exc)
             self._fail_open_or_refuse(policies, "admit", exc)
-            return await self.fallback.admit(request)
+            return await self.fallback.admit(local or request)
         if self.failing_open:
             self._store_answered()
         return admission
@@ -427,16 +441,47 @@ class Admissions:
         selection = policies.select(route, method, model, key_id)
         facts = RequestFacts(route, method, client.ip, key_id=key_id, model=model)
         subject = policies.penalty_subject(client.ip)
-        request = AdmitRequest(limits=selection.specs(facts), penalty_subject=subject)
+        shard = None
+        shards = self.sharding.shards(key_id) if key_id is not None else 0
+        if key_id is not None and shards:
+            shard = self.sharding.shard(key_id, client.ip, shards)
+        request, local = self._request(selection, facts, subject, shard)
         if not request.limits and subject is None:
             if self.record_decisions:
                 self._record(facts, selection, None)
             return {}
-        admission = await self._admit(request, policies)
+        admission = await self._admit(request, policies, local)
         if self.record_decisions:
             self._record(facts, selection, admission)
         self._refuse_penalized(admission, subject)
         return self._limits_outcome(admission, selection, key_id)
+
+    @staticmethod
+    def _request(
+        selection: Selection,
+        facts: RequestFacts,
+        subject: str | None,
+        shard: Shard | None,
+        token: TokenUse | None = None,
+        family: FamilyCheck | None = None,
+    ) -> tuple[AdmitRequest, AdmitRequest | None]:
+        """The store request, and what the local store is asked instead when the store
+        fails open (None: the same). In a shard, the admission's keys carry its tag, a
+        hot key's limits of the key as a whole are split over its sub-buckets, and the
+        penalty box (kept on the store's own tag, where failures are counted) is checked
+        by this replica's cache only (docs/policies.md, "Sharded mode"); the local store
+        gets the limits as configured and the penalty box."""
+        specs = selection.specs(facts)
+        plain = AdmitRequest(token=token, limits=specs, penalty_subject=subject, family=family)
+        if shard is None:
+            return plain, None
+        if shard.buckets > 1:
+            specs = tuple(
+                shard.split(spec, p.token_only and not p.by_token)
+                for p, spec in zip(selection.policies, specs, strict=True)
+            )
+        sharded = plain._replace(limits=specs, penalty_subject=None, shard=shard.name)
+        return sharded, plain
 
     @staticmethod
     def _record(facts: RequestFacts, selection: Selection, admission: Admission | None) -> None:
@@ -553,10 +598,11 @@ class Admissions:
             conversation=claims.conversation_id,
         )
         subject = policies.penalty_subject(client.ip)
-        request = AdmitRequest(
-            token=use, limits=selection.specs(facts), penalty_subject=subject, family=family
-        )
-        admission = await self._admit(request, policies)
+        shard = None
+        if claims.shards:  # the conversation's layout, whatever the settings are now
+            shard = self.sharding.shard(claims.key_id, claims.conversation_id, claims.shards)
+        request, local = self._request(selection, facts, subject, shard, use, family)
+        admission = await self._admit(request, policies, local)
         if self.record_decisions:
             self._record(facts, selection, admission)
         self._refuse_penalized(admission, subject)

@@ -19,7 +19,7 @@ from gateway.core.signing_keys import SigningKeyError
 from gateway.keystore.admin import KeySpecError, create_key
 from gateway.keystore.base import KeyRecord, KeyStoreError, utcnow
 from gateway.keystore.factory import open_keystore
-from gateway.policies.lint import lint
+from gateway.policies.lint import lint, sharding_changes
 from gateway.policies.loader import load_policies
 from gateway.policies.protection import assess
 from gateway.policies.report import effective_table, explain_lines
@@ -207,6 +207,8 @@ def cmd_policies_check(args: argparse.Namespace) -> int:
         return EXIT_INVALID_POLICIES
     findings = [f"{n.message} (fix: {n.fix})" for n in verdict.warnings]
     findings += lint(loaded, known_models)
+    if config is not None and config.store.sharding == "key":
+        findings += sharding_changes(loaded, config.store.hot_keys)
     for finding in findings:
         print(f"warning: {finding}", file=sys.stderr)
     return EXIT_INVALID_POLICIES if findings and args.strict else 0
@@ -283,7 +285,10 @@ async def _explain(config: Config, args: argparse.Namespace) -> list[str]:
         return lines
     store = open_store(config.store)
     try:
-        states = await store.peek(tuple(a.spec for a in applied))
+        # a key's limits under store.sharding: key are in its slot (a conversation
+        # started before the switch, or in a hot key's sub-bucket, is not looked up)
+        shard = args.key_id if config.store.sharding == "key" and args.key_id else None
+        states = await store.peek(tuple(a.spec for a in applied), shard)
         lines = explain_lines(applied, states)
         subject = policies.penalty_subject(args.ip)
         if subject is not None:

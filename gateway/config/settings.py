@@ -20,16 +20,18 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.core.identifiers import MODEL_ID
+from gateway.core.identifiers import KEY_ID, MODEL_ID
 from gateway.core.renewal import (
     DEFAULT_GRACE_SECONDS,
     DEFAULT_MAX_CONVERSATION_SECONDS,
     DEFAULT_OVERLAP_SECONDS,
 )
+from gateway.core.token_codec import MAX_SHARDS
 from gateway.oauth.settings import OAuthSettings
 
 MODEL_ID_PATTERN = rf"^{MODEL_ID}$"
 ModelId = Annotated[str, Field(pattern=MODEL_ID_PATTERN)]
+KeyId = Annotated[str, Field(pattern=rf"^{KEY_ID}$")]
 #: an HTTP field name (RFC 9110 section 5.1)
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
@@ -131,6 +133,29 @@ class StoreSettings(Section):
     #: consecutive failures that open the circuit, and how long it stays open
     breaker_failures: int = Field(3, ge=1, le=1000)
     breaker_open_seconds: float = Field(1.0, gt=0, le=300)
+    #: ``key``: each agent key's state under a hash tag of its own (``{prefix:<key id>}``)
+    #: so a Redis Cluster spreads keys over its primaries; ``off``: one tag for all
+    #: (docs/operations.md, "Sharded state")
+    sharding: Literal["off", "key"] = "off"
+    #: agent keys too busy for one primary: key id -> sub-buckets (each with rate/N of
+    #: the key's own limits; docs/policies.md, "Sharded mode")
+    hot_keys: dict[KeyId, int] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _sharding_needs_redis(self) -> StoreSettings:
+        if self.sharding != "off" and self.type != "redis":
+            raise ValueError(
+                f"sharding: {self.sharding} needs type: redis (the {self.type} store has "
+                "one node: there is nothing to shard)"
+            )
+        if self.hot_keys and self.sharding != "key":
+            raise ValueError("hot_keys needs sharding: key")
+        for key_id, buckets in self.hot_keys.items():
+            if not 2 <= buckets <= MAX_SHARDS:
+                raise ValueError(
+                    f"hot_keys.{key_id}: {buckets} sub-buckets; between 2 and {MAX_SHARDS}"
+                )
+        return self
 
 
 class Argon2Settings(Section):

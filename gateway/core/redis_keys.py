@@ -3,15 +3,20 @@ in Redis" in docs/operations.md).
 
 All keys of one store carry its prefix as a hash tag (``{gw}``), so the keys of one Lua
 script call share a Redis Cluster slot. The state store's keys (:class:`StateKeys`) and
-the key store's (:class:`KeyStoreKeys`) have a prefix each.
+the key store's (:class:`KeyStoreKeys`) have a prefix each. With ``store.sharding: key``
+the state of one admission carries a tag of its own agent key instead (``{gw:<key id>}``,
+or ``{gw:<key id>:<sub-bucket>:<salt>}`` for a hot key): :meth:`StateKeys.for_admission` gives
+that admission's keys, every kind of key under the same tag, so they still share a slot.
 """
 
 from __future__ import annotations
 
+import binascii
 from typing import NamedTuple
 
 #: (key pattern, Redis type) of every key, as in docs/operations.md; ``{prefix}`` is the
-#: store's hash tag, ``<...>`` one non-empty value
+#: store's hash tag (``{prefix:<shard>}`` for a sharded admission), ``<...>`` one
+#: non-empty value
 STATE_KEY_SHAPES = (
     ("{prefix}:ts:<jti>", "hash"),
     ("{prefix}:tf:<conversation>", "hash"),
@@ -30,6 +35,36 @@ KEY_STORE_KEY_SHAPES = (
 def hash_tag(prefix: str) -> str:
     """``{prefix}``: Redis Cluster hashes only this part of a key."""
     return "{" + prefix + "}"
+
+
+#: Redis Cluster's hash slots
+CLUSTER_SLOTS = 16384
+
+
+def cluster_slot(tag: str) -> int:
+    """The Cluster slot of a key whose hash tag is ``{tag}`` (CRC16-XMODEM, as Redis)."""
+    return binascii.crc_hqx(tag.encode(), 0) % CLUSTER_SLOTS
+
+
+def bucket_shard(prefix: str, key_id: str, bucket: int, buckets: int) -> str:
+    """The shard of sub-bucket ``bucket`` of a hot key over ``buckets``:
+    ``<key id>:<bucket>:<salt>``, the first salt that puts ``{prefix:<shard>}`` in the
+    bucket-th of ``buckets`` equal ranges of slots. The sub-buckets thus sit on evenly
+    spaced slots, and a Cluster whose primaries serve equal contiguous ranges (as
+    ``redis-cli --cluster create`` makes) gets an equal share of them when ``buckets`` is
+    a multiple of its primaries; random tags would leave 12 sub-buckets lumped 2/5/5 as
+    often as not. Deterministic (about ``buckets`` tries), so every replica agrees."""
+    low, high = bucket * CLUSTER_SLOTS // buckets, (bucket + 1) * CLUSTER_SLOTS // buckets
+    salt = 0
+    while True:
+        shard = f"{key_id}:{bucket}:{salt}"
+        if low <= cluster_slot(f"{prefix}:{shard}") < high:
+            return shard
+        salt += 1
+
+
+#: sharded key builders kept per store (one per agent key or sub-bucket in use)
+MAX_SHARD_BUILDERS = 8192
 
 
 def limit_name(policy: str, partition: str) -> str:
@@ -55,12 +90,29 @@ class StateKeys:
     :meth:`failure_script` and :meth:`reserve_script`; admit.lua takes the penalty key,
     the token key, the token family's key, then the limits' keys, each when present."""
 
-    __slots__ = ("_pa", "_pb", "_pf", "_rl", "_tf", "_ts", "tag")
+    __slots__ = ("_pa", "_pb", "_pf", "_prefix", "_rl", "_shards", "_tf", "_ts", "tag")
 
-    def __init__(self, prefix: str) -> None:
-        self.tag = tag = hash_tag(prefix)
+    def __init__(self, prefix: str, shard: str | None = None) -> None:
+        self._prefix = prefix
+        self.tag = tag = hash_tag(prefix if shard is None else f"{prefix}:{shard}")
         self._ts, self._tf, self._rl = f"{tag}:ts:", f"{tag}:tf:", f"{tag}:rl:"
         self._pb, self._pf, self._pa = f"{tag}:pb:", f"{tag}:pf:", f"{tag}:pa:"
+        self._shards: dict[str, StateKeys] = {}
+
+    def for_admission(self, shard: str | None) -> StateKeys:
+        """The keys of one admission: these (the store's one tag) when ``shard`` is None,
+        else every kind of key under ``{prefix:<shard>}`` (an agent key id, or
+        :func:`bucket_shard`), so the
+        token, its family, the limits and the penalty key of the admission share a slot
+        whichever kinds of key it touches."""
+        if shard is None:
+            return self
+        found = self._shards.get(shard)
+        if found is None:
+            if len(self._shards) >= MAX_SHARD_BUILDERS:
+                self._shards.clear()
+            found = self._shards[shard] = StateKeys(self._prefix, shard)
+        return found
 
     def token(self, jti: str) -> str:
         """The token's state: a hash of its record and its token-scoped limits."""
@@ -89,10 +141,17 @@ class StateKeys:
         return self._pa + subject
 
     def parse(self, key: str) -> StateKey | None:
-        """The kind and name of one of these keys; ``None`` for any other key."""
-        head, sep, rest = key.partition(":")
+        """The kind and name of one of these keys, or of a sharded admission's
+        (:meth:`for_admission`); ``None`` for any other key."""
+        if not key.startswith(self.tag[:-1]):
+            return None
+        close = key.find("}")
+        head, rest = key[: close + 1], key[close + 1 :]
+        if head != self.tag and not head.startswith(self.tag[:-1] + ":"):
+            return None
+        sep, rest = rest[:1], rest[1:]
         kind, sep2, name = rest.partition(":")
-        if head != self.tag or not (sep and sep2 and name) or kind not in STATE_KINDS:
+        if not (sep == ":" and sep2 and name) or kind not in STATE_KINDS:
             return None
         return StateKey(kind, name)
 

@@ -4,8 +4,11 @@ Claims: ``iss``, ``aud``, ``iat``, ``nbf``, ``exp``, ``jti`` (128 random bits), 
 (conversation id), ``mid`` (model id), ``akid`` (agent key id), when bound at issue ``fph``
 (the client fingerprint) and, in a renewed token, ``cst`` (when its conversation started:
 the conversation's lifetime counts from there across renewals; a token without it started
-its conversation). The header carries ``kid``; decoding pins the algorithm
-and the issuer/audience, and takes ``now`` from the caller.
+its conversation), and ``shd`` when its conversation's state is sharded by agent key
+(``store.sharding: key`` when the conversation started): 1, or a hot key's number of
+sub-buckets. Renewals carry it over, so a conversation keeps one layout for its life.
+The header carries ``kid``; decoding pins the algorithm and the issuer/audience, and
+takes ``now`` from the caller.
 
 Both directions skip pyjwt's generic machinery on the hot path. Signing writes the header
 segment pyjwt writes, compact JSON claims and the HMAC (pyjwt reads the result; the tests
@@ -56,6 +59,8 @@ VERIFIED_CACHE = 8192
 #: bytes of the BLAKE2b that keys the cache of verified tokens
 CACHE_DIGEST_BYTES = 16
 MIN_KEY_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+#: ``shd`` at most: the sub-buckets of a hot agent key (``store.hot_keys``)
+MAX_SHARDS = 64
 REQUIRED_CLAIMS = ("iss", "aud", "iat", "exp", "jti", "cid", "mid", "akid")
 DIGESTS: dict[str, Callable[[], Any]] = {
     "HS256": hashlib.sha256,
@@ -83,6 +88,9 @@ class ClientToken(NamedTuple):
     fingerprint: str | None = None
     #: when the conversation started, for a renewed token (else ``issued_at``)
     conversation_started_at: int | None = None
+    #: ``shd``: 0 when the conversation's state is under the store's one hash tag, else
+    #: under its agent key's, over this many sub-buckets (1 for all but hot keys)
+    shards: int = 0
 
     def remaining(self, now: float) -> float:
         return self.expires_at - now
@@ -173,7 +181,13 @@ class TokenCodec:
         return self._leeway
 
     def issue(
-        self, *, key_id: str, model_id: str, now: float, fingerprint: str | None = None
+        self,
+        *,
+        key_id: str,
+        model_id: str,
+        now: float,
+        fingerprint: str | None = None,
+        shards: int = 0,
     ) -> IssuedToken:
         issued_at = int(now)
         claims = ClientToken(
@@ -184,6 +198,7 @@ class TokenCodec:
             issued_at=issued_at,
             expires_at=issued_at + self.ttl_seconds,
             fingerprint=fingerprint,
+            shards=shards,
         )
         return IssuedToken(token=self._sign(self._payload(claims)), claims=claims)
 
@@ -191,7 +206,8 @@ class TokenCodec:
         self, old: ClientToken, *, jti: str, issued_at: int, fingerprint: str | None
     ) -> IssuedToken:
         """The token that succeeds ``old`` in its conversation: same conversation, model
-        and key, the given ``jti`` and issue time, the conversation's start carried over.
+        and key, the given ``jti`` and issue time, the conversation's start and state
+        layout (``shd``) carried over.
         Deterministic: the same arguments under the same signing key give the same token
         (a renewal repeated within the rotation overlap gets the token the first got)."""
         claims = ClientToken(
@@ -205,6 +221,7 @@ class TokenCodec:
             # the issue time is the store's clock, the start was the issuing replica's:
             # a replica ahead of the store must not make ``cst`` later than ``iat``
             conversation_started_at=min(old.started_at, issued_at),
+            shards=old.shards,
         )
         return IssuedToken(token=self._sign(self._payload(claims)), claims=claims)
 
@@ -225,6 +242,8 @@ class TokenCodec:
             payload["fph"] = claims.fingerprint
         if claims.conversation_started_at is not None:
             payload["cst"] = claims.conversation_started_at
+        if claims.shards:
+            payload["shd"] = claims.shards
         return payload
 
     def _sign(self, payload: dict[str, Any]) -> str:
@@ -358,6 +377,7 @@ class TokenCodec:
                 expires_at=exp,
                 fingerprint=_shaped(claims["fph"], FINGERPRINT_SHAPE) if "fph" in claims else None,
                 conversation_started_at=_started(started, iat),
+                shards=_shards(claims.get("shd")),
             )
         except (TypeError, ValueError, OverflowError):
             raise TokenRejected("token_invalid", "the token's claims are malformed") from None
@@ -370,6 +390,15 @@ def _started(value: object, issued_at: int) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value > issued_at:
         raise ValueError("not a conversation start this gateway writes")
+    return value
+
+
+def _shards(value: object) -> int:
+    """``shd``: absent (0), or a number of shards from 1 to :data:`MAX_SHARDS`."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SHARDS:
+        raise ValueError("not a layout this gateway writes")
     return value
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
-from gateway.core.policy import Policy
+from gateway.core.policy import TOKEN_FIXED, TOKEN_SCOPED, Policy
 from gateway.policies.loader import LoadedPolicies
 
 
@@ -58,4 +58,48 @@ def lint(loaded: LoadedPolicies, known_models: Collection[str] | None = None) ->
                     "earlier override names the same keys"
                 )
             claimed |= override.key_ids
+    return findings
+
+
+#: routes whose requests carry an agent key (and so a shard); ``private`` ones do not
+KEYED_ROUTES = frozenset({"token", "messages", "send", "refresh"})
+#: partition components that name one agent key's traffic, or less
+WITHIN_A_KEY = frozenset({"api_key", "token", "conversation"})
+
+
+def sharding_changes(loaded: LoadedPolicies, hot_keys: Mapping[str, int]) -> list[str]:
+    """What ``store.sharding: key`` changes in this set, one line per policy it changes
+    (see docs/policies.md, "Sharded mode"): a limit not partitioned within one agent key
+    is counted per agent key, the penalty box is read by admissions only from each
+    replica's cache, and a hot key's own limits are split over its sub-buckets."""
+    findings: list[str] = []
+    where = loaded.origins
+    policy_set = loaded.policies
+    for policy in policy_set.policies:
+        at = where.get(policy.name, "?")
+        keyed = sorted(policy.routes & KEYED_ROUTES)
+        parts = frozenset(policy.partition)
+        if keyed and parts.isdisjoint(WITHIN_A_KEY):
+            findings.append(
+                f"{at}: policy {policy.name!r} (partition {'+'.join(policy.partition)}) is "
+                f"counted per agent key on routes {', '.join(keyed)} under store.sharding: "
+                "key: a client using several keys gets the limit once per key"
+            )
+        if keyed and "api_key" in parts and parts <= TOKEN_FIXED - TOKEN_SCOPED:
+            hot = {
+                k: n for k, n in hot_keys.items() if policy.key_ids is None or k in policy.key_ids
+            }
+            for key_id, buckets in sorted(hot.items()):
+                findings.append(
+                    f"{at}: policy {policy.name!r} is split over hot key {key_id}'s {buckets} "
+                    f"sub-buckets: rate/{buckets} each, at most {buckets - 1} requests over its "
+                    "limit in any window, and one conversation gets rate/"
+                    f"{buckets}"
+                )
+    if policy_set.penalty is not None:
+        findings.append(
+            f"{policy_set.sources[0] if policy_set.sources else '?'}: penalty_box under "
+            "store.sharding: key: failures are still counted for all keys, but requests "
+            "with a token or key are refused only by replicas that saw the client boxed"
+        )
     return findings

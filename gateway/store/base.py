@@ -83,6 +83,10 @@ class AdmitRequest(NamedTuple):
     penalty_subject: str | None = None
     #: the token's family (only with ``token``)
     family: FamilyCheck | None = None
+    #: the shard whose hash tag every key of this admission carries (an agent key id, or
+    #: a hot key's sub-bucket: :func:`gateway.core.redis_keys.bucket_shard`); None: the
+    #: store's one tag. Only the Redis store's key names depend on it
+    shard: str | None = None
 
 
 class Admission(NamedTuple):
@@ -125,8 +129,11 @@ class CircuitOpen(StoreUnavailable):
 class StateStore(Protocol):
     async def admit(self, request: AdmitRequest) -> Admission: ...
 
-    async def peek(self, specs: tuple[LimitSpec, ...]) -> tuple[LimitState, ...]:
-        """The limits' current state, consuming nothing (for operators)."""
+    async def peek(
+        self, specs: tuple[LimitSpec, ...], shard: str | None = None
+    ) -> tuple[LimitState, ...]:
+        """The limits' current state, consuming nothing (for operators); ``shard`` as in
+        :class:`AdmitRequest`."""
 
     async def record_failure(
         self, subject: str, rule: PenaltyRule, *, reserved: bool = False

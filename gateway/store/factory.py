@@ -10,12 +10,18 @@ from redis.backoff import NoBackoff
 
 from gateway.config import StoreSettings
 from gateway.core.breaker import BreakerState, CircuitBreaker
+from gateway.core.sharding import Sharding
 from gateway.redis_connect import connect
 from gateway.store.base import StateStore
 from gateway.store.guarded import GuardedStore
 from gateway.store.memory import MemoryStore
 from gateway.store.pipeline import SCHEMES, RedisPipe
 from gateway.store.redis import RedisStore
+
+
+def sharding_of(settings: StoreSettings) -> Sharding:
+    """``store.sharding``: how new conversations lay out their state."""
+    return Sharding(settings.prefix, dict(settings.hot_keys), settings.sharding == "key")
 
 
 def open_store(

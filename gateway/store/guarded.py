@@ -226,8 +226,10 @@ class GuardedStore:
     async def admit(self, request: AdmitRequest) -> Admission:
         return await self._call("admit", lambda: self.inner.admit(request))
 
-    async def peek(self, specs: tuple[LimitSpec, ...]) -> tuple[LimitState, ...]:
-        return await self._call("peek", lambda: self.inner.peek(specs))
+    async def peek(
+        self, specs: tuple[LimitSpec, ...], shard: str | None = None
+    ) -> tuple[LimitState, ...]:
+        return await self._call("peek", lambda: self.inner.peek(specs, shard))
 
     async def record_failure(
         self, subject: str, rule: PenaltyRule, *, reserved: bool = False

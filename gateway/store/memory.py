@@ -259,7 +259,9 @@ class MemoryStore:
             self._keep_family(family, rotated, now)
         return Admission(0, verdict, tuple(states), renewed)
 
-    async def peek(self, specs: tuple[LimitSpec, ...]) -> tuple[LimitState, ...]:
+    async def peek(
+        self, specs: tuple[LimitSpec, ...], shard: str | None = None
+    ) -> tuple[LimitState, ...]:
         now = self._clock()
         return tuple(evaluate(spec, self._tat(spec, now), self._us(now)) for spec in specs)
 

@@ -5,10 +5,12 @@ of the limits partitioned by it or its conversation, expiring with it (see admit
 other limits, the penalty box, failure counts and attempts in flight are keys of their
 own.
 
-All keys carry the same hash tag ``{prefix}``, so a script that touches a token record,
-the penalty box and several rate-limit counters is valid on Redis Cluster (the keys of
-one deployment share a slot; see docs/operations.md for the trade-off). Scripts are
-shipped as files in the package, loaded once and called by SHA.
+All keys of one admission carry the same hash tag, so a script that touches a token
+record, its family, the penalty box and several rate-limit counters is valid on Redis
+Cluster: ``{prefix}`` for all (one slot for the deployment), or with ``store.sharding:
+key`` the admission's agent key's ``{prefix:<key id>}`` (``AdmitRequest.shard``), which
+spreads keys over the Cluster's primaries (see docs/operations.md). Scripts are shipped
+as files in the package, loaded once and called by SHA.
 
 The per-request ``admit`` call goes through a :class:`~gateway.store.pipeline.RedisPipe`
 when one is given (standalone Redis: one pipelined connection, far less CPU per call);
@@ -100,22 +102,26 @@ class RedisStore:
         self._peek: AsyncScript = client.register_script(_lua("peek.lua"))
 
     # key names (see gateway.core.redis_keys) -------------------------------------------
-    def limit_location(self, spec: LimitSpec) -> tuple[str, str]:
+    def limit_location(self, spec: LimitSpec, keys: StateKeys | None = None) -> tuple[str, str]:
         """(key, field): a limit of its own is a string key (field ''), a token-scoped
-        one a field of the token's state hash."""
+        one a field of the token's state hash; under ``keys`` (an admission's) or the
+        store's one tag."""
+        keys = keys or self.keys
         if spec.scope is None:
-            return self.limit_key(spec.key), ""
-        return self.token_key(spec.scope), spec.key
+            return keys.limit(spec.key), ""
+        return keys.token(spec.scope), spec.key
 
     # operations ----------------------------------------------------------------------
     async def admit(self, request: AdmitRequest) -> Admission:
         subject, use, limits = request.penalty_subject, request.token, request.limits
+        # every key of the call comes from ``built`` (a new kind of key too): one slot
+        built = self.keys.for_admission(request.shard)
         keys: list[str] = []
         if subject is not None:
-            keys.append(self.penalty_key(subject))
+            keys.append(built.penalty(subject))
         args: list[Any]
         if use is not None:
-            keys.append(self.token_key(use.jti))
+            keys.append(built.token(use.jti))
             args = [
                 1 if subject is not None else 0,
                 1,
@@ -128,14 +134,14 @@ class RedisStore:
             ]
             family = request.family
             if family is not None:
-                keys.append(self.keys.family(family.conversation_id))
+                keys.append(built.family(family.conversation_id))
                 args += (1, use.jti, family.overlap_ms, family.ttl_ms, family.successor)
             else:
                 args += NO_FAMILY
         else:
             args = [1 if subject is not None else 0, 0, len(limits), "", "", 0, 0, 0, *NO_FAMILY]
         for spec in limits:
-            key, field = self.limit_location(spec)
+            key, field = self.limit_location(spec, built)
             keys.append(key)
             args += (spec.interval_us, spec.burst, 1 if spec.shadow else 0, field)
         if self.pipe is not None:
@@ -150,10 +156,13 @@ class RedisStore:
             int(reply[0]), _verdict(reply[1]), tuple(states), _renewed(reply[2], reply[3])
         )
 
-    async def peek(self, specs: tuple[LimitSpec, ...]) -> tuple[LimitState, ...]:
+    async def peek(
+        self, specs: tuple[LimitSpec, ...], shard: str | None = None
+    ) -> tuple[LimitState, ...]:
         if not specs:
             return ()
-        locations = [self.limit_location(spec) for spec in specs]
+        built = self.keys.for_admission(shard)
+        locations = [self.limit_location(spec, built) for spec in specs]
         reply = await self._call(self._peek, [k for k, _ in locations], [f for _, f in locations])
         now = int(reply[0])
         return tuple(

@@ -31,7 +31,7 @@ from gateway.observability.redaction import register_secret
 from gateway.policies.live import LivePolicies
 from gateway.redis_connect import url_password
 from gateway.store.base import StateStore
-from gateway.store.factory import open_store
+from gateway.store.factory import open_store, sharding_of
 from gateway.store.memory import MemoryStore
 from gateway.upstream import UpstreamClient, open_transport
 from gateway.web import openapi, overload, public, widget
@@ -183,6 +183,7 @@ async def start_services(parts: Parts, stack: contextlib.AsyncExitStack) -> Serv
         max_token_chars=config.server.max_token_chars,
         metrics=metrics,
         renewal=renewal_rules(config.tokens),
+        sharding=sharding_of(config.store),
     )
     stop = asyncio.Event()
     tasks = [asyncio.create_task(key_store.run(stop), name="keystore-sync")]

@@ -99,6 +99,7 @@ class TokenIssuer(TokenService):
             model_id=model_id,
             now=admissions.now(),
             fingerprint=admissions.issue_fingerprint(request.client),
+            shards=admissions.shards(record.key_id),
         )
         self._metrics.token_issued(model_id)
         return TokenGrant(issued, self._codec.ttl_seconds, headers)

@@ -2,7 +2,16 @@
 
 from redis.crc import key_slot
 
-from gateway.core.redis_keys import KeyStoreKeys, StateKey, StateKeys, hash_tag, limit_name
+from gateway.core.redis_keys import (
+    CLUSTER_SLOTS,
+    KeyStoreKeys,
+    StateKey,
+    StateKeys,
+    bucket_shard,
+    cluster_slot,
+    hash_tag,
+    limit_name,
+)
 
 
 def test_state_keys() -> None:
@@ -58,3 +67,35 @@ def test_one_store_s_keys_share_one_cluster_slot() -> None:
     assert hash_tag("tenant-a") == "{tenant-a}"
     stored = [key_store.record("k"), key_store.ids, key_store.version]
     assert {key_slot(k.encode()) for k in stored} == {key_slot(b"tenant-a.keys")}
+
+
+def test_a_sharded_admission_s_keys_share_its_agent_key_s_slot() -> None:
+    keys = StateKeys("gw")
+    assert keys.for_admission(None) is keys
+    shard = keys.for_admission("K0123456789A")
+    assert shard is keys.for_admission("K0123456789A")  # built once per shard
+    built = [
+        shard.token("J1"),
+        shard.family("c-1"),
+        shard.limit("per-key:K0123456789A"),
+        shard.penalty("203.0.113.7"),
+    ]
+    assert built[0] == "{gw:K0123456789A}:ts:J1"
+    assert {key_slot(k.encode()) for k in built} == {key_slot(b"gw:K0123456789A")}
+    hot = keys.for_admission(bucket_shard("gw", "K0123456789A", 3, 12))
+    assert hot.family("c-1").startswith("{gw:K0123456789A:3:")
+    # read back by the store's own builder; another prefix's are not its keys
+    assert keys.parse(shard.family("c-1")) == StateKey("tf", "c-1")
+    assert keys.parse(hot.token("J1")) == StateKey("ts", "J1")
+    assert keys.parse("{gw2:K0123456789A}:ts:J1") is None
+    assert keys.parse("{gw:K0123456789A}ts:J1") is None
+
+
+def test_a_hot_key_s_sub_buckets_sit_on_evenly_spaced_slots() -> None:
+    """12 sub-buckets: one in each twelfth of the slots, so 3 (or 4, 6, 12) primaries
+    with equal contiguous ranges serve the same number of them."""
+    assert cluster_slot("gw:K0123456789A") == key_slot(b"{gw:K0123456789A}:ts:J1")
+    shards = [bucket_shard("gw", "K0123456789A", b, 12) for b in range(12)]
+    slots = [cluster_slot(f"gw:{shard}") for shard in shards]
+    assert [slot * 12 // CLUSTER_SLOTS for slot in slots] == list(range(12))
+    assert bucket_shard("gw", "K0123456789A", 5, 12) == shards[5]  # every replica agrees

@@ -363,3 +363,23 @@ def test_the_codec_keeps_no_client_token_in_memory() -> None:
             assert not any(s in text for s in segments), "a client token is kept"
     for token in tokens:
         assert not any(r is c._verified or r is c.__dict__ for r in gc.get_referrers(token))
+
+
+def test_the_state_layout_claim_is_carried_by_renewals_and_checked() -> None:
+    """``shd``: absent for a conversation under the store's one tag, else its number of
+    shards (1, or a hot key's sub-buckets); a renewal keeps it; anything else signed with
+    the right key is still not a layout this gateway writes."""
+    c = codec()
+    plain = c.issue(key_id="K" * 12, model_id="demo", now=NOW)
+    assert "shd" not in _payload(c) and plain.claims.shards == 0
+    hot = c.issue(key_id="K" * 12, model_id="demo", now=NOW, shards=12)
+    assert c.decode(hot.token, NOW).shards == 12
+    renewed = c.renew(hot.claims, jti="j" * 22, issued_at=int(NOW) + 60, fingerprint=None)
+    assert c.decode(renewed.token, NOW + 60).shards == 12
+    assert (
+        c.renew(plain.claims, jti="k" * 22, issued_at=int(NOW), fingerprint=None).claims.shards == 0
+    )
+    for bad in (0, 65, True, "1", 1.5):
+        payload = {**_payload(c), "shd": bad}
+        token = jwt.encode(payload, OLD.secret, headers={"kid": "old"})
+        assert rejected(c, token) == "token_invalid", bad

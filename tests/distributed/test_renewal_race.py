@@ -12,6 +12,7 @@ import httpx
 import pytest
 import redis
 
+from tests.distributed.conftest import SharedStore
 from tests.support.replicas import SEND, replicas
 
 pytestmark = pytest.mark.slow  # replicas as processes
@@ -31,12 +32,13 @@ async def post(client: httpx.AsyncClient, url: str, path: str, body: dict[str, A
 
 
 async def test_one_family_survives_renewals_racing_on_three_replicas(
-    tmp_path: Path, shared_store: str, backend_process: str
+    tmp_path: Path, shared_store: SharedStore, backend_process: str
 ) -> None:
     with replicas(
         tmp_path,
         3,
-        store_url=shared_store,
+        store_url=shared_store.url,
+        store=shared_store.settings,
         upstream=backend_process,
         policies=BINDING,
         tokens={"rotation_overlap_seconds": OVERLAP_SECONDS},

@@ -140,19 +140,21 @@ async def send_as(
     return resp.status_code, resp.json().get("code", "") if resp.status_code >= 400 else ""
 
 
+@pytest.mark.parametrize("sharding", ["off", "key"])
 async def test_fail_open_still_refuses_tokens_revoked_before_the_outage(
-    tmp_path: Path, dedicated: RedisExecutor, backend_process: str
+    tmp_path: Path, dedicated: RedisExecutor, backend_process: str, sharding: str
 ) -> None:
     """Redis frozen (SIGSTOP: connections open, no answer) under fail-open policies: the
     local limiter admits, but a token revoked for reuse before the freeze stays refused
-    on the replica that caught the reuse and on the one the store told it was revoked."""
+    on the replica that caught the reuse and on the one the store told it was revoked
+    (with each key's state under its own tag too)."""
     with replicas(
         tmp_path,
         2,
         store_url=f"redis://127.0.0.1:{dedicated.port}/0",
         upstream=backend_process,
         policies=REVOKE_ON_REUSE,
-        store={"timeout_ms": 50},
+        store={"timeout_ms": 50, "sharding": sharding},
     ) as group:
         key = group.create_key()
         stolen, other = group.token(key), group.token(key)

@@ -151,3 +151,16 @@ def test_sighup_reloads_policies(tmp_path: Path, backend_process: str, watch: bo
         time.sleep(0.5)
         third = token()
         assert [send(third).status_code for _ in range(4)] == [200, 200, 200, 429]
+
+
+def test_check_warns_what_sharding_changes(tmp_path: Path) -> None:
+    """The shipped policies and config, with ``store.sharding: key`` set by the
+    environment: a warning per policy whose meaning changes, none without it."""
+    config = str(ROOT / "config.yaml")
+    plain = run_cli("policies", "check", "--config", config)
+    assert "store.sharding" not in plain.stderr
+    env = {"GATEWAY__STORE__TYPE": "redis", "GATEWAY__STORE__SHARDING": "key"}
+    sharded = run_cli("policies", "check", "--config", config, env=env)
+    assert sharded.returncode == 0, sharded.stderr
+    assert "is counted per agent key on routes" in sharded.stderr
+    assert "penalty_box under store.sharding: key" in sharded.stderr

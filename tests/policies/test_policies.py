@@ -7,7 +7,7 @@ import pytest
 from gateway.config.yaml_source import SourceError
 from gateway.core.gcra import LimitState
 from gateway.core.policy import RequestFacts
-from gateway.policies.lint import lint
+from gateway.policies.lint import lint, sharding_changes
 from gateway.policies.loader import load_policies
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -312,3 +312,43 @@ def test_the_live_policies_refuses_an_unprotected_set_at_start_and_on_signal(
     allowed = LivePolicies(path, on_reload=results.append, allow_unprotected=True)
     allowed.load()  # runs, with a warning
     assert allowed.current.policies == ()
+
+
+SHARDED_CHANGES = """
+penalty_box: {subject: client_ip, threshold: 5}
+policies:
+  - name: per-ip
+    match: {routes: [send]}
+    partition: [client_ip]
+    limit: {rate: 10, per: 1m, burst: 5}
+  - name: per-key
+    match: {routes: [send]}
+    partition: [api_key, model]
+    limit: {rate: 600, per: 1m, burst: 60}
+  - name: per-conversation
+    match: {routes: [send]}
+    partition: [conversation]
+    limit: {rate: 5, per: 1m, burst: 5}
+  - name: private-global
+    match: {routes: [private]}
+    partition: [global]
+    limit: {rate: 5, per: 1m, burst: 5}
+"""
+
+
+def test_policies_check_says_what_sharding_changes(tmp_path: Path) -> None:
+    """Under ``store.sharding: key``: the per-address limit becomes per key and address,
+    a hot key's own limit is split, the penalty box is read from each replica's cache;
+    limits within a key or on routes without a key keep their meaning."""
+    path = write(tmp_path, "p.yaml", SHARDED_CHANGES)
+    findings = sharding_changes(load_policies(path), {KEY_A: 4})
+    text = "\n".join(findings)
+    assert f"{path}:" in text
+    assert "policy 'per-ip' (partition client_ip) is counted per agent key on routes send" in text
+    assert f"policy 'per-key' is split over hot key {KEY_A}'s 4 sub-buckets" in text
+    assert "at most 3 requests over its limit" in text
+    assert "penalty_box under store.sharding: key" in text
+    assert "per-conversation" not in text and "private-global" not in text
+    assert len(findings) == 3
+    # the same set without hot keys: the per-key limit keeps its meaning
+    assert len(sharding_changes(load_policies(path), {})) == 2

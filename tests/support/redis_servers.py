@@ -4,10 +4,8 @@ cluster."""
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,6 +15,7 @@ from pathlib import Path
 import redis
 from pytest_redis.executor import RedisExecutor
 
+from bench.processes import cluster_port, form_cluster
 from tests.support.processes import free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
@@ -63,49 +62,12 @@ def frozen(executor: RedisExecutor) -> Iterator[None]:
         os.kill(pid, signal.SIGCONT)
 
 
-def _wait_ok(ports: list[int], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        states = []
-        for port in ports:
-            try:
-                with redis.Redis(
-                    host="127.0.0.1", port=port, socket_timeout=1, decode_responses=True
-                ) as client:
-                    info = client.execute_command("CLUSTER INFO")
-                    states.append(info.get("cluster_state") if isinstance(info, dict) else None)
-            except redis.RedisError:
-                states.append(None)
-        if all(state == "ok" for state in states):
-            return
-        time.sleep(0.2)
-    raise AssertionError("the test cluster did not reach cluster_state:ok")
-
-
-def _cluster_port() -> int:
-    """A free port whose cluster bus port (port + 10000) is free and valid too."""
-    for _ in range(200):
-        port = random.randint(20000, 40000)
-        if all(_is_free(p) for p in (port, port + 10000)):
-            return port
-    raise RuntimeError("no free port pair for a cluster node")
-
-
-def _is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 @contextmanager
 def redis_cluster(datadir: Path, masters: int = 3) -> Iterator[list[int]]:
     """``masters`` Redis servers in cluster mode on 127.0.0.1; yields their ports."""
     ports: list[int] = []
     while len(ports) < masters:
-        port = _cluster_port()
+        port = cluster_port()
         if port not in ports:
             ports.append(port)
     procs = []
@@ -149,21 +111,7 @@ def redis_cluster(datadir: Path, masters: int = 3) -> Iterator[list[int]]:
                     if time.monotonic() > deadline:
                         raise
                     time.sleep(0.05)
-        subprocess.run(
-            [
-                REDIS_CLI,
-                "--cluster",
-                "create",
-                *[f"127.0.0.1:{p}" for p in ports],
-                "--cluster-replicas",
-                "0",
-                "--cluster-yes",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        _wait_ok(ports)
+        form_cluster(ports, REDIS_CLI)
         yield ports
     finally:
         for proc in procs:
