@@ -2,7 +2,9 @@
 
 Claims: ``iss``, ``aud``, ``iat``, ``nbf``, ``exp``, ``jti`` (128 random bits), ``cid``
 (conversation id), ``mid`` (model id), ``akid`` (agent key id), when bound at issue ``fph``
-(the client fingerprint) and, in a renewed token, ``cst`` (when its conversation started:
+(the client fingerprint), when bound to a key ``cnf.jkt`` (RFC 9449: the thumbprint of
+the key whose proofs every use needs, :mod:`gateway.core.dpop`) and, in a renewed token,
+``cst`` (when its conversation started:
 the conversation's lifetime counts from there across renewals; a token without it started
 its conversation). The header carries ``kid``; decoding pins the algorithm
 and the issuer/audience, and takes ``now`` from the caller.
@@ -44,6 +46,7 @@ from gateway.core.identifiers import (
     CONVERSATION_ID_SHAPE,
     FINGERPRINT_SHAPE,
     KEY_ID_SHAPE,
+    KEY_THUMBPRINT_SHAPE,
     MODEL_ID_SHAPE,
     TOKEN_ID_SHAPE,
     new_conversation_id,
@@ -83,6 +86,8 @@ class ClientToken(NamedTuple):
     fingerprint: str | None = None
     #: when the conversation started, for a renewed token (else ``issued_at``)
     conversation_started_at: int | None = None
+    #: ``cnf.jkt``: the thumbprint of the key the token is bound to (proof of possession)
+    jkt: str | None = None
 
     def remaining(self, now: float) -> float:
         return self.expires_at - now
@@ -173,7 +178,13 @@ class TokenCodec:
         return self._leeway
 
     def issue(
-        self, *, key_id: str, model_id: str, now: float, fingerprint: str | None = None
+        self,
+        *,
+        key_id: str,
+        model_id: str,
+        now: float,
+        fingerprint: str | None = None,
+        jkt: str | None = None,
     ) -> IssuedToken:
         issued_at = int(now)
         claims = ClientToken(
@@ -184,6 +195,7 @@ class TokenCodec:
             issued_at=issued_at,
             expires_at=issued_at + self.ttl_seconds,
             fingerprint=fingerprint,
+            jkt=jkt,
         )
         return IssuedToken(token=self._sign(self._payload(claims)), claims=claims)
 
@@ -191,7 +203,8 @@ class TokenCodec:
         self, old: ClientToken, *, jti: str, issued_at: int, fingerprint: str | None
     ) -> IssuedToken:
         """The token that succeeds ``old`` in its conversation: same conversation, model
-        and key, the given ``jti`` and issue time, the conversation's start carried over.
+        and key, the given ``jti`` and issue time, the conversation's start and the bound
+        key (``cnf.jkt``) carried over.
         Deterministic: the same arguments under the same signing key give the same token
         (a renewal repeated within the rotation overlap gets the token the first got)."""
         claims = ClientToken(
@@ -203,6 +216,7 @@ class TokenCodec:
             expires_at=issued_at + self.ttl_seconds,
             fingerprint=fingerprint,
             conversation_started_at=old.started_at,
+            jkt=old.jkt,
         )
         return IssuedToken(token=self._sign(self._payload(claims)), claims=claims)
 
@@ -223,6 +237,8 @@ class TokenCodec:
             payload["fph"] = claims.fingerprint
         if claims.conversation_started_at is not None:
             payload["cst"] = claims.conversation_started_at
+        if claims.jkt is not None:
+            payload["cnf"] = {"jkt": claims.jkt}
         return payload
 
     def _sign(self, payload: dict[str, Any]) -> str:
@@ -356,6 +372,7 @@ class TokenCodec:
                 expires_at=exp,
                 fingerprint=_shaped(claims["fph"], FINGERPRINT_SHAPE) if "fph" in claims else None,
                 conversation_started_at=_started(started, iat),
+                jkt=_confirmation(claims.get("cnf")),
             )
         except (TypeError, ValueError, OverflowError):
             raise TokenRejected("token_invalid", "the token's claims are malformed") from None
@@ -369,6 +386,15 @@ def _started(value: object, issued_at: int) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value > issued_at:
         raise ValueError("not a conversation start this gateway writes")
     return value
+
+
+def _confirmation(value: object) -> str | None:
+    """``cnf``: absent, or exactly ``{"jkt": <thumbprint>}`` (the only member written)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"jkt"}:
+        raise ValueError("not a confirmation this gateway writes")
+    return _shaped(value["jkt"], KEY_THUMBPRINT_SHAPE)
 
 
 def _shaped(value: object, shape: re.Pattern[str]) -> str:
