@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import structlog
 
+from gateway.core.dpop import ProofKeyMismatch, ProofRejected, ProofVerifier
 from gateway.core.fingerprint import FingerprintCache
 from gateway.core.policy import PolicySet, RequestFacts, Selection, retry_after_seconds
 from gateway.core.renewal import (
@@ -43,6 +44,7 @@ from gateway.store.base import (
     AdmitRequest,
     FamilyCheck,
     PenaltyRule,
+    ProofUse,
     Renewed,
     StateStore,
     StoreUnavailable,
@@ -78,6 +80,27 @@ class Client(NamedTuple):
 
     ip: str
     user_agent: str
+
+
+class ProofRequest(NamedTuple):
+    """A request's DPoP proof (RFC 9449) and what it must name."""
+
+    #: the ``DPoP`` header (several joined by commas: malformed), None when absent
+    header: str | None
+    method: str
+    #: the URL the client called, as :func:`gateway.core.dpop.normalize_url` reads it
+    url: str
+
+
+#: the ``WWW-Authenticate`` challenge of a refused DPoP proof
+DPOP_CHALLENGE = 'DPoP error="invalid_dpop_proof", algs="ES256 EdDSA"'
+
+
+class ProofBinding(NamedTuple):
+    """A key-bound token's use: the request's proof and the token as presented (``ath``)."""
+
+    request: ProofRequest
+    token: str
 
 
 class PenaltyCache:
@@ -167,9 +190,12 @@ class Admissions:
         max_token_chars: int,
         metrics: Metrics,
         renewal: RenewalRules | None = None,
+        proofs: ProofVerifier | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.metrics = metrics
+        #: DPoP proofs' checks (:mod:`gateway.core.dpop`); the replay check is the store's
+        self.proofs = proofs or ProofVerifier()
         self._codec = codec
         #: the rules of token families (rotation overlap, lifetime): checked on every use
         self.renewal = renewal or RenewalRules(
@@ -411,14 +437,16 @@ class Admissions:
         *,
         key_id: str | None = None,
         model: str | None = None,
+        proof: ProofUse | None = None,
     ) -> dict[str, str]:
-        """Penalty box and the route's limits; the response's RateLimit headers."""
+        """Penalty box, the route's limits and a DPoP proof's replay check; the
+        response's RateLimit headers."""
         policies = self._policies.current
         selection = policies.select(route, method, model, key_id)
         facts = RequestFacts(route, method, client.ip, key_id=key_id, model=model)
         subject = policies.penalty_subject(client.ip)
-        request = AdmitRequest(limits=selection.specs(facts), penalty_subject=subject)
-        if not request.limits and subject is None:
+        request = AdmitRequest(limits=selection.specs(facts), penalty_subject=subject, proof=proof)
+        if not request.limits and subject is None and proof is None:
             if self.record_decisions:
                 self._record(facts, selection, None)
             return {}
@@ -426,7 +454,38 @@ class Admissions:
         if self.record_decisions:
             self._record(facts, selection, admission)
         self._refuse_penalized(admission, subject)
+        if admission.token is TokenVerdict.PROOF_REPLAYED:
+            raise self.proof_refused("replayed", "this DPoP proof was used before")
         return self._limits_outcome(admission, selection, key_id)
+
+    # -- proof of possession (RFC 9449) ------------------------------------------------
+    def proof_refused(self, reason: str, detail: str) -> ProblemError:
+        """401 ``invalid_dpop_proof`` (counted by ``reason``)."""
+        self.metrics.dpop_proof_refused(reason)
+        return ProblemError("invalid_dpop_proof", detail, {"WWW-Authenticate": DPOP_CHALLENGE})
+
+    def proof_use(
+        self, request: ProofRequest, *, token: str | None = None, jkt: str | None = None
+    ) -> tuple[ProofUse, str]:
+        """Check ``request``'s proof (with the presented ``token`` bound to ``jkt``): what
+        the store checks and remembers of it, and its key's thumbprint; a valid proof by
+        another key than ``jkt`` is a :class:`ProofUse` with ``key_mismatch``. 401
+        ``invalid_dpop_proof`` when it is missing or bad."""
+        now = self._clock()
+        try:
+            proof = self.proofs.verify(
+                request.header,
+                method=request.method,
+                url=request.url,
+                now=now,
+                token=token,
+                jkt=jkt,
+            )
+        except ProofRejected as exc:
+            raise self.proof_refused(exc.reason, exc.detail) from None
+        except ProofKeyMismatch:
+            return ProofUse("", 0, key_mismatch=True), ""
+        return ProofUse(proof.replay_id(), self.proofs.replay_ttl_ms(proof, now)), proof.jkt
 
     @staticmethod
     def _record(facts: RequestFacts, selection: Selection, admission: Admission | None) -> None:
@@ -475,15 +534,26 @@ class Admissions:
             await self.failed(client, "invalid_token")
 
     async def use_token(
-        self, claims: ClientToken, client: Client, route: str, method: str
+        self,
+        claims: ClientToken,
+        client: Client,
+        route: str,
+        method: str,
+        proof: ProofBinding | None = None,
     ) -> dict[str, str]:
         """Admit one use of a decoded token: the response's RateLimit headers, or the
-        matching 403/429/503 problem."""
-        headers, _ = await self._use_token(claims, client, route, method)
+        matching 401/403/429/503 problem. A token bound to a key (``cnf.jkt``) needs
+        ``proof``: the request's DPoP proof and the token as presented."""
+        headers, _ = await self._use_token(claims, client, route, method, proof=proof)
         return headers
 
     async def renew_token(
-        self, claims: ClientToken, client: Client, method: str, successor: str
+        self,
+        claims: ClientToken,
+        client: Client,
+        method: str,
+        successor: str,
+        proof: ProofBinding | None = None,
     ) -> tuple[dict[str, str], Renewed]:
         """Admit the renewal of a decoded token (route ``refresh``), in the same single
         store call as any use: the RateLimit headers and the successor's jti and issue
@@ -491,7 +561,7 @@ class Admissions:
         renewal made when it repeats that one within the overlap), or the matching
         403/429/503 problem. The conversation's lifetime is the caller's to check."""
         headers, renewed = await self._use_token(
-            claims, client, "refresh", method, successor=successor
+            claims, client, "refresh", method, successor=successor, proof=proof
         )
         if renewed is None:  # the store always names a successor for an admitted renewal
             raise RuntimeError("the store admitted a renewal without a successor")
@@ -505,6 +575,7 @@ class Admissions:
         method: str,
         *,
         successor: str = "",
+        proof: ProofBinding | None = None,
     ) -> tuple[dict[str, str], Renewed | None]:
         if not self._key_active(claims.key_id):
             raise ProblemError("token_revoked", "the agent key behind this token was revoked")
@@ -519,9 +590,16 @@ class Admissions:
         rules = self.renewal
         # a renewal accepts a token expired by up to the grace: its record lives as long
         grace = rules.grace_seconds if successor else 0
+        proof_use: ProofUse | None = None
+        fingerprint = self.fingerprint(client, policies)
+        if claims.jkt is not None:  # bound to a key, not to the network
+            if proof is None:
+                raise self.proof_refused("missing", "this request needs a DPoP proof")
+            proof_use, _ = self.proof_use(proof.request, token=proof.token, jkt=claims.jkt)
+            fingerprint = ""
         use = TokenUse(
             jti=claims.jti,
-            fingerprint=self.fingerprint(client, policies),
+            fingerprint=fingerprint,
             issued_fingerprint=claims.fingerprint or "",
             max_fingerprints=binding.max_fingerprints,
             on_reuse=binding.action,
@@ -544,7 +622,11 @@ class Admissions:
         )
         subject = policies.penalty_subject(client.ip)
         request = AdmitRequest(
-            token=use, limits=selection.specs(facts), penalty_subject=subject, family=family
+            token=use,
+            limits=selection.specs(facts),
+            penalty_subject=subject,
+            family=family,
+            proof=proof_use,
         )
         admission = await self._admit(request, policies)
         if self.record_decisions:
@@ -554,6 +636,18 @@ class Admissions:
         if verdict is TokenVerdict.REVOKED:
             self.remember_revoked(claims.jti, claims.expires_at)
             raise ProblemError("token_revoked", "the token has been revoked")
+        if verdict is TokenVerdict.PROOF_REPLAYED:
+            raise self.proof_refused("replayed", "this DPoP proof was used before")
+        if verdict is TokenVerdict.REUSE and proof_use is not None and proof_use.key_mismatch:
+            self.remember_revoked(claims.jti, claims.expires_at)
+            self._family_revoked(claims, "proof")
+            self.metrics.dpop_proof_refused("other_key")
+            await self.failed(client, "reuse")
+            raise ProblemError(
+                "token_reuse_suspected",
+                "the token was presented with a proof by another key: every token of the "
+                "conversation is revoked",
+            )
         if verdict is TokenVerdict.REUSE:
             if binding.action == "revoke":
                 self.remember_revoked(claims.jti, claims.expires_at)
