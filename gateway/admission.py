@@ -464,6 +464,23 @@ class Admissions:
         self.metrics.dpop_proof_refused(reason)
         return ProblemError("invalid_dpop_proof", detail, {"WWW-Authenticate": DPOP_CHALLENGE})
 
+    def issue_proof(self, request: ProofRequest | None) -> tuple[ProofUse | None, str | None]:
+        """A token request's proof under the binding mode: what the store checks and the
+        key the token is bound to, or (None, None) for a token bound to the network.
+        ``fingerprint`` ignores proofs; ``proof`` requires one (401 without);
+        ``proof_or_fingerprint`` binds to the key when a proof is sent."""
+        mode = self._policies.current.binding.mode
+        if mode == "fingerprint":
+            return None, None
+        if request is None or request.header is None:
+            if mode == "proof":
+                raise self.proof_refused(
+                    "missing", "tokens are bound to a key here: send a DPoP proof"
+                )
+            return None, None
+        use, jkt = self.proof_use(request)
+        return use, jkt
+
     def proof_use(
         self, request: ProofRequest, *, token: str | None = None, jkt: str | None = None
     ) -> tuple[ProofUse, str]:

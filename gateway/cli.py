@@ -22,7 +22,7 @@ from gateway.keystore.factory import open_keystore
 from gateway.policies.lint import lint
 from gateway.policies.loader import load_policies
 from gateway.policies.protection import assess
-from gateway.policies.report import effective_table, explain_lines
+from gateway.policies.report import binding_text, effective_table, explain_lines
 from gateway.policies.schema import ROUTES
 from gateway.redis_connect import RedisUrlError, safe_url
 from gateway.store.base import AdmitRequest, StoreUnavailable
@@ -279,12 +279,14 @@ async def _explain(config: Config, args: argparse.Namespace) -> list[str]:
     applied = policies.applicable(facts)
     if config.store.type == "memory":
         lines = explain_lines(applied, None)
+        lines.append(binding_text(policies.binding))
         lines.append("(store: memory: the counters live inside the running gateway)")
         return lines
     store = open_store(config.store)
     try:
         states = await store.peek(tuple(a.spec for a in applied))
         lines = explain_lines(applied, states)
+        lines.append(binding_text(policies.binding))
         subject = policies.penalty_subject(args.ip)
         if subject is not None:
             boxed = (await store.admit(AdmitRequest(penalty_subject=subject))).penalized_ms

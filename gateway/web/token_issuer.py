@@ -93,9 +93,7 @@ class TokenIssuer(TokenService):
         request.admit_origins(record.origins)
         if model_id not in record.models or model_id not in self._models:
             raise ProblemError("model_not_found", f"this key has no model {model_id!r}")
-        proof, jkt = None, None
-        if request.proof is not None and request.proof.header is not None:
-            proof, jkt = admissions.proof_use(request.proof)  # checked once the key passed
+        proof, jkt = admissions.issue_proof(request.proof)  # checked once the key passed
         headers = await admissions.admit_request(
             "token",
             request.client,

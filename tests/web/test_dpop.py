@@ -185,3 +185,24 @@ async def test_a_bad_proof_at_token_request_is_refused(gateway: Gateway) -> None
         async with gateway.http.get(url, headers=headers) as resp:
             assert resp.status == 401
             assert resp.headers["WWW-Authenticate"].startswith(CHALLENGE)
+
+
+async def test_binding_mode_fingerprint_ignores_proofs(gateway_factory: Any) -> None:
+    gateway = await gateway_factory(policies="binding: {mode: fingerprint}\n")
+    token = await bound_token(gateway, ProofKey())
+    assert claims(gateway, token).jkt is None
+    status, body, _ = await send(gateway, token, None)
+    assert status == 200, body
+
+
+async def test_binding_mode_proof_requires_a_proof_for_a_token(gateway_factory: Any) -> None:
+    gateway = await gateway_factory(policies="binding: {mode: proof}\n")
+    url = gateway.url + TOKEN_URL.format(model="demo")
+    headers = gateway.headers({"Authorization": f"Bearer {await gateway.create_key()}"})
+    async with gateway.http.get(url, headers=headers) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["code"] == "invalid_dpop_proof"
+        assert resp.headers["WWW-Authenticate"].startswith(CHALLENGE)
+    key = ProofKey()
+    token = await bound_token(gateway, key)
+    assert claims(gateway, token).jkt == key.jkt
