@@ -656,8 +656,7 @@ class Admissions:
         if verdict is TokenVerdict.PROOF_REPLAYED:
             raise self.proof_refused("replayed", "this DPoP proof was used before")
         if verdict is TokenVerdict.REUSE and proof_use is not None and proof_use.key_mismatch:
-            self.remember_revoked(claims.jti, claims.expires_at)
-            self._family_revoked(claims, "proof")
+            self._family_revoked(claims, "proof")  # this token is one of the family
             self.metrics.dpop_proof_refused("other_key")
             await self.failed(client, "reuse")
             raise ProblemError(

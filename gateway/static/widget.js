@@ -567,6 +567,82 @@
     return new ChatError(t("network"));
   }
 
+  /* ---- Proof of possession (RFC 9449): a key that never leaves this page ---- */
+
+  /* A P-256 key pair made with WebCrypto, its private half not extractable, kept in
+   * memory only (lost on reload, with the token). The token the gateway issues for a
+   * request with a proof is bound to this key: every use and renewal of it signs a fresh
+   * proof, so a token copied out of the page is useless without the key. Without
+   * WebCrypto the widget sends no proof and the token is bound to the network instead. */
+  function ProofKey() {
+    this.pair = null;
+    this.jwk = null;
+    this.making = null;
+  }
+
+  function b64url(bytes) {
+    var text = "";
+    for (var i = 0; i < bytes.length; i++) text += String.fromCharCode(bytes[i]);
+    return btoa(text).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+
+  function b64json(value) {
+    return b64url(new TextEncoder().encode(JSON.stringify(value)));
+  }
+
+  /* True once the key pair exists; false when this browser cannot make one. */
+  ProofKey.prototype.ready = function () {
+    var self = this;
+    if (!this.making) {
+      this.making = (async function () {
+        var subtle = window.crypto && window.crypto.subtle;
+        if (!subtle || !window.isSecureContext) return false;
+        try {
+          var pair = await subtle.generateKey(
+            { name: "ECDSA", namedCurve: "P-256" }, false, ["sign"]
+          );
+          var full = await subtle.exportKey("jwk", pair.publicKey);
+          self.jwk = { crv: full.crv, kty: full.kty, x: full.x, y: full.y };
+          self.pair = pair;
+          return true;
+        } catch (err) {
+          return false;
+        }
+      })();
+    }
+    return this.making;
+  };
+
+  /* The DPoP header's value for `method url` (with `ath` when a token is presented),
+   * or null without a key. */
+  ProofKey.prototype.proof = async function (method, url, token) {
+    if (!(await this.ready())) return null;
+    var subtle = window.crypto.subtle;
+    var target = new URL(url, document.baseURI);
+    var claims = {
+      jti: b64url(window.crypto.getRandomValues(new Uint8Array(16))),
+      htm: method,
+      htu: target.origin + target.pathname,
+      iat: Math.floor(Date.now() / 1000),
+    };
+    if (token) {
+      var digest = await subtle.digest("SHA-256", new TextEncoder().encode(token));
+      claims.ath = b64url(new Uint8Array(digest));
+    }
+    var input = b64json({ typ: "dpop+jwt", alg: "ES256", jwk: this.jwk }) + "." + b64json(claims);
+    var signature = await subtle.sign(
+      { name: "ECDSA", hash: "SHA-256" }, this.pair.privateKey, new TextEncoder().encode(input)
+    );
+    return input + "." + b64url(new Uint8Array(signature));
+  };
+
+  /* `headers` with the proof for `method url` added (when there is a key). */
+  ProofKey.prototype.sign = async function (headers, method, url, token) {
+    var proof = await this.proof(method, url, token);
+    if (proof) headers.DPoP = proof;
+    return headers;
+  };
+
   /* ---- Client tokens: every token the widget holds is obtained here ---- */
 
   /* One request at a time, kept in memory only. A token is renewed for the same
@@ -585,6 +661,7 @@
     this.pending = null;
     this.timer = 0;
     this.stale = false;
+    this.key = new ProofKey();
   }
 
   /* A token valid for at least the renewal margin. */
@@ -618,10 +695,12 @@
   /* A token for a new conversation, from the public key. */
   Tokens.prototype.issue = async function () {
     var opts = this.options;
+    var url = opts.gateway + TOKEN_PATH + encodeURIComponent(opts.model);
+    var headers = await this.key.sign({ Authorization: "Bearer " + opts.key }, "GET", url);
     var resp;
     try {
-      resp = await fetch(opts.gateway + TOKEN_PATH + encodeURIComponent(opts.model), {
-        headers: { Authorization: "Bearer " + opts.key },
+      resp = await fetch(url, {
+        headers: headers,
         credentials: "omit",
         cache: "no-store",
       });
@@ -638,11 +717,14 @@
    * past renewal (expired beyond the grace, or no longer readable) so a new conversation
    * must start; throws when the conversation ended or the gateway could not answer. */
   Tokens.prototype.refresh = async function () {
+    var url = this.options.gateway + REFRESH_PATH;
+    var headers = { "Content-Type": "application/json" };
+    await this.key.sign(headers, "POST", url, this.token);
     var resp;
     try {
-      resp = await fetch(this.options.gateway + REFRESH_PATH, {
+      resp = await fetch(url, {
         method: "POST",
-        headers: { "Content-Type": "application/json" },
+        headers: headers,
         body: JSON.stringify({ client_token: this.token }),
         credentials: "omit",
         cache: "no-store",
@@ -900,9 +982,12 @@
   Chat.prototype.loadHistory = async function () {
     var edits = this.edits;
     var token = await this.tokens.get();
+    var url = this.options.gateway + MESSAGES_PATH + encodeURIComponent(token);
+    var headers = await this.tokens.key.sign({}, "GET", url, token);
     var resp;
     try {
-      resp = await fetch(this.options.gateway + MESSAGES_PATH + encodeURIComponent(token), {
+      resp = await fetch(url, {
+        headers: headers,
         credentials: "omit",
         cache: "no-store",
       });
@@ -1020,10 +1105,13 @@
   };
 
   Chat.prototype.post = async function (token, text) {
+    var url = this.options.gateway + SEND_PATH;
+    var headers = { "Content-Type": "application/json", Accept: "text/event-stream" };
+    await this.tokens.key.sign(headers, "POST", url, token);
     try {
-      return await fetch(this.options.gateway + SEND_PATH, {
+      return await fetch(url, {
         method: "POST",
-        headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
+        headers: headers,
         body: JSON.stringify({ client_token: token, message: text, stream: true }),
         credentials: "omit",
         cache: "no-store",

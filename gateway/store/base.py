@@ -80,8 +80,8 @@ class FamilyCheck(NamedTuple):
 class ProofUse(NamedTuple):
     """A DPoP proof presented (:mod:`gateway.core.dpop`): refused when seen before, else
     remembered once the request is admitted. With a token, ``key_mismatch`` says the proof
-    is valid but by another key than the token's: the token and its family are revoked
-    (verdict ``reuse``) and nothing is remembered."""
+    is valid but by another key than the token's: the token's family is revoked (the token
+    alone without a family; verdict ``reuse``) and nothing is remembered."""
 
     #: the proof's key and jti, hashed (``Proof.replay_id``)
     replay_id: str

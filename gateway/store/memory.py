@@ -233,11 +233,12 @@ class MemoryStore:
         proof = request.proof
         if proof is not None:  # proof of possession, as admit.lua's delimited block
             if proof.key_mismatch and request.token is not None:
-                record = self.tokens.get(request.token.jti, now)
-                held = (record.fingerprints if record is not None else None) or []
-                self._revoke(request.token.jti, held, now, request.token.ttl_ms)
                 if family is not None:
                     self._revoke_family(family, now)
+                else:
+                    record = self.tokens.get(request.token.jti, now)
+                    held = (record.fingerprints if record is not None else None) or []
+                    self._revoke(request.token.jti, held, now, request.token.ttl_ms)
                 return Admission(0, TokenVerdict.REUSE, ())
             if not proof.key_mismatch and self.proofs.get(proof.replay_id, now):
                 return Admission(0, TokenVerdict.PROOF_REPLAYED, ())

@@ -1,7 +1,7 @@
 """DPoP proofs in the state store (memory, Redis through the pipe and through redis-py,
 Redis Cluster): a proof's key and jti pass once within its window, in the admission's one
 call; a refused request does not use the proof up; a valid proof by another key than the
-token's revokes the token and its family."""
+token's revokes the token's family."""
 
 import asyncio
 import secrets
@@ -71,15 +71,25 @@ async def test_a_rate_limited_request_does_not_use_the_proof_up(store: StateStor
     assert (await store.admit(AdmitRequest(proof=second))).token is None  # not seen before
 
 
-async def test_a_proof_by_another_key_revokes_the_token_and_its_family(store: StateStore) -> None:
+async def test_a_proof_by_another_key_revokes_the_family(store: StateStore) -> None:
     cid, jti, sibling = str(uuid.uuid4()), secrets.token_urlsafe(16), secrets.token_urlsafe(16)
     assert (await store.admit(token_request(jti, cid, ProofUse(replay_id(), TTL_MS)))).token
     stolen = ProofUse(replay_id(), TTL_MS, key_mismatch=True)
     assert (await store.admit(token_request(jti, cid, stolen))).token is TokenVerdict.REUSE
     owner = ProofUse(replay_id(), TTL_MS)
-    assert (await store.admit(token_request(jti, cid, owner))).token is TokenVerdict.REVOKED
+    refused = await store.admit(token_request(jti, cid, owner))
+    assert refused.token is TokenVerdict.FAMILY_REVOKED
     later = await store.admit(token_request(sibling, cid, ProofUse(replay_id(), TTL_MS)))
     assert later.token is TokenVerdict.FAMILY_REVOKED
+
+
+async def test_a_proof_by_another_key_revokes_a_token_without_a_family(store: StateStore) -> None:
+    jti = secrets.token_urlsafe(16)
+    use = TokenUse(jti, "", "", 1, "revoke", 60_000)
+    stolen = ProofUse(replay_id(), TTL_MS, key_mismatch=True)
+    assert (await store.admit(AdmitRequest(token=use, proof=stolen))).token is TokenVerdict.REUSE
+    owner = ProofUse(replay_id(), TTL_MS)
+    assert (await store.admit(AdmitRequest(token=use, proof=owner))).token is TokenVerdict.REVOKED
 
 
 async def test_the_proof_key_is_in_the_token_s_slot_and_expires(store: StateStore) -> None:

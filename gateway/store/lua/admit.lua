@@ -153,15 +153,18 @@ if has_family then
 end
 
 -- proof of possession (RFC 9449) -------------------------------------------------
--- '2': the token was presented with a valid proof by another key: it was copied; the
--- token and its family are revoked, as for any reuse. '1': a proof (its key and jti)
--- seen within its window is a replay; else it is remembered once the request is admitted.
+-- '2': the token was presented with a valid proof by another key: it was copied; its
+-- family (every token of the conversation, this one included) is revoked, or the token
+-- alone when it has none. '1': a proof (its key and jti) seen within its window is a
+-- replay; else it is remembered once the request is admitted.
 local proof_key = nil
 if ARGV[14] == '2' and has_token then
-  local held = redis.call('HGET', token_key, 'r') or ''
-  redis.call('HSET', token_key, 'r', '!' .. held)
-  keep_for(token_key, tonumber(ARGV[8]))
-  if has_family then revoke_family(family_key) end
+  if has_family then
+    revoke_family(family_key)
+  else
+    redis.call('HSET', token_key, 'r', '!' .. (redis.call('HGET', token_key, 'r') or ''))
+    keep_for(token_key, tonumber(ARGV[8]))
+  end
   return {0, 'reuse', '', 0}
 elseif ARGV[14] == '1' then
   proof_key = KEYS[k]
