@@ -98,10 +98,18 @@ BindingMode = Literal["fingerprint", "proof", "proof_or_fingerprint"]
 @dataclass(frozen=True, slots=True)
 class Binding:
     mode: BindingMode = "proof_or_fingerprint"
+    #: the mode for agent keys that list origins (used by pages in browsers); None: ``mode``
+    browser_mode: BindingMode | None = None
     rule: FingerprintRule = field(default_factory=FingerprintRule)
     bind_at: Literal["first_use", "issue"] = "first_use"
     max_fingerprints: int = 1
     action: ReuseAction = "revoke"
+
+    def mode_for(self, origins: tuple[str, ...]) -> BindingMode:
+        """The binding mode of an agent key with these origins."""
+        if origins and self.browser_mode is not None:
+            return self.browser_mode
+        return self.mode
 
 
 @dataclass(frozen=True, slots=True)

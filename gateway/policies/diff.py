@@ -568,6 +568,12 @@ def _binding(old: Binding, new: Binding) -> list[Change]:
         effect = _ordered(old.mode, new.mode, _BINDING_MODES, TIGHTENS)
         words = f"binding mode {old.mode} -> {new.mode}"
         out.append(Change("binding", None, "mode", old.mode, new.mode, effect, words))
+    browser_was, browser_now = old.mode_for(("o",)), new.mode_for(("o",))
+    if browser_was != browser_now and (browser_was, browser_now) != (old.mode, new.mode):
+        effect = _ordered(browser_was, browser_now, _BINDING_MODES, TIGHTENS)
+        words = f"binding mode of keys with origins {browser_was} -> {browser_now}"
+        change = Change("binding", None, "browser_mode", browser_was, browser_now, effect, words)
+        out.append(change)
     before, after = old.rule.components, new.rule.components
     if frozenset(before) != frozenset(after):
         if not after:

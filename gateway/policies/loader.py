@@ -117,6 +117,7 @@ def _compile(policies: list[Policy], sections: dict[str, object], files: list[Pa
                 ipv6_prefix=binding.ipv6_prefix,
             ),
             mode=binding.mode,
+            browser_mode=binding.browser_mode,
             bind_at=binding.bind_at,
             max_fingerprints=binding.max_fingerprints,
             action=binding.action,

@@ -67,8 +67,11 @@ def penalty_text(box: Penalty | None) -> str:
 def binding_text(b: Binding) -> str:
     """The binding mode and the fingerprint rule, in one line."""
     components = "+".join(b.rule.components) or "off"
+    modes = f"mode {b.mode}"
+    if b.browser_mode is not None and b.browser_mode != b.mode:
+        modes += f" ({b.browser_mode} for keys with origins)"
     return (
-        f"binding: mode {b.mode}; fingerprint {components} at {b.bind_at}, up to "
+        f"binding: {modes}; fingerprint {components} at {b.bind_at}, up to "
         f"{b.max_fingerprints} fingerprint(s), then {b.action}"
     )
 

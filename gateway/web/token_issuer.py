@@ -93,7 +93,8 @@ class TokenIssuer(TokenService):
         request.admit_origins(record.origins)
         if model_id not in record.models or model_id not in self._models:
             raise ProblemError("model_not_found", f"this key has no model {model_id!r}")
-        proof, jkt = admissions.issue_proof(request.proof)  # checked once the key passed
+        # checked once the key passed, under the binding mode of the key
+        proof, jkt = admissions.issue_proof(request.proof, record.origins)
         headers = await admissions.admit_request(
             "token",
             request.client,

@@ -206,3 +206,16 @@ async def test_binding_mode_proof_requires_a_proof_for_a_token(gateway_factory: 
     key = ProofKey()
     token = await bound_token(gateway, key)
     assert claims(gateway, token).jkt == key.jkt
+
+
+async def test_browser_mode_applies_to_keys_with_origins(gateway_factory: Any) -> None:
+    gateway = await gateway_factory(policies="binding: {browser_mode: proof}\n")
+    url = gateway.url + TOKEN_URL.format(model="demo")
+    page_key = await gateway.create_key(origins=("https://shop.example",))
+    headers = {"Authorization": f"Bearer {page_key}", "Origin": "https://shop.example"}
+    async with gateway.http.get(url, headers=gateway.headers(headers)) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["code"] == "invalid_dpop_proof"
+    server_key = await gateway.create_key()  # no origins: a server, proofs optional
+    token = await gateway.get_token(server_key)
+    assert claims(gateway, token).jkt is None
