@@ -578,6 +578,7 @@
     this.pair = null;
     this.jwk = null;
     this.making = null;
+    this.offset = 0; // the gateway's clock minus this one, ms (from its Date header)
   }
 
   function b64url(bytes) {
@@ -623,7 +624,7 @@
       jti: b64url(window.crypto.getRandomValues(new Uint8Array(16))),
       htm: method,
       htu: target.origin + target.pathname,
-      iat: Math.floor(Date.now() / 1000),
+      iat: Math.floor((Date.now() + this.offset) / 1000),
     };
     if (token) {
       var digest = await subtle.digest("SHA-256", new TextEncoder().encode(token));
@@ -636,11 +637,30 @@
     return input + "." + b64url(new Uint8Array(signature));
   };
 
-  /* `headers` with the proof for `method url` added (when there is a key). */
-  ProofKey.prototype.sign = async function (headers, method, url, token) {
-    var proof = await this.proof(method, url, token);
-    if (proof) headers.DPoP = proof;
-    return headers;
+  /* The gateway's clock, from its answer's Date header: true when this page's clock
+   * turns out to be off by more than a few seconds from what was assumed. */
+  ProofKey.prototype.learn = function (resp) {
+    var date = Date.parse(resp.headers.get("Date") || "");
+    if (isNaN(date)) return false;
+    var offset = date - Date.now();
+    var moved = Math.abs(offset - this.offset) > 5000;
+    if (moved) this.offset = offset;
+    return moved;
+  };
+
+  /* fetch() with a proof for `url` (and `token`, when one is presented); once more when
+   * the gateway refused it and its clock says the visitor's is off (proofs carry the
+   * time they were made: a wrong clock makes them look stale or early). */
+  ProofKey.prototype.fetch = async function (url, init, token) {
+    var method = init.method || "GET";
+    for (var attempt = 0; ; attempt++) {
+      var headers = Object.assign({}, init.headers);
+      var proof = await this.proof(method, url, token);
+      if (proof) headers.DPoP = proof;
+      var resp = await fetch(url, Object.assign({}, init, { headers: headers }));
+      var skewed = this.learn(resp);
+      if (resp.status !== 401 || !proof || attempt || !skewed) return resp;
+    }
   };
 
   /* ---- Client tokens: every token the widget holds is obtained here ---- */
@@ -696,11 +716,10 @@
   Tokens.prototype.issue = async function () {
     var opts = this.options;
     var url = opts.gateway + TOKEN_PATH + encodeURIComponent(opts.model);
-    var headers = await this.key.sign({ Authorization: "Bearer " + opts.key }, "GET", url);
     var resp;
     try {
-      resp = await fetch(url, {
-        headers: headers,
+      resp = await this.key.fetch(url, {
+        headers: { Authorization: "Bearer " + opts.key },
         credentials: "omit",
         cache: "no-store",
       });
@@ -718,17 +737,15 @@
    * must start; throws when the conversation ended or the gateway could not answer. */
   Tokens.prototype.refresh = async function () {
     var url = this.options.gateway + REFRESH_PATH;
-    var headers = { "Content-Type": "application/json" };
-    await this.key.sign(headers, "POST", url, this.token);
     var resp;
     try {
-      resp = await fetch(url, {
+      resp = await this.key.fetch(url, {
         method: "POST",
-        headers: headers,
+        headers: { "Content-Type": "application/json" },
         body: JSON.stringify({ client_token: this.token }),
         credentials: "omit",
         cache: "no-store",
-      });
+      }, this.token);
     } catch (err) {
       throw networkError();
     }
@@ -983,14 +1000,9 @@
     var edits = this.edits;
     var token = await this.tokens.get();
     var url = this.options.gateway + MESSAGES_PATH + encodeURIComponent(token);
-    var headers = await this.tokens.key.sign({}, "GET", url, token);
     var resp;
     try {
-      resp = await fetch(url, {
-        headers: headers,
-        credentials: "omit",
-        cache: "no-store",
-      });
+      resp = await this.tokens.key.fetch(url, { credentials: "omit", cache: "no-store" }, token);
     } catch (err) {
       throw networkError();
     }
@@ -1106,16 +1118,14 @@
 
   Chat.prototype.post = async function (token, text) {
     var url = this.options.gateway + SEND_PATH;
-    var headers = { "Content-Type": "application/json", Accept: "text/event-stream" };
-    await this.tokens.key.sign(headers, "POST", url, token);
     try {
-      return await fetch(url, {
+      return await this.tokens.key.fetch(url, {
         method: "POST",
-        headers: headers,
+        headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
         body: JSON.stringify({ client_token: token, message: text, stream: true }),
         credentials: "omit",
         cache: "no-store",
-      });
+      }, token);
     } catch (err) {
       throw networkError();
     }

@@ -54,6 +54,7 @@ EXPOSED_HEADERS = (
     "RateLimit-Policy",
     "X-Request-Id",
     "WWW-Authenticate",
+    "Date",
 )
 #: request headers a page may send, beside the CORS-safelisted ones
 ALLOWED_HEADERS = ("Authorization", "Content-Type", "DPoP")

@@ -94,3 +94,17 @@ async def test_a_token_copied_out_of_the_page_is_useless_and_kills_the_conversat
     await page.locator(".reload").click()  # a new conversation, under a new token
     await answered(page, "hello again", 1)
     assert len(tokens.issued) == issued + 1
+
+
+async def test_a_visitor_with_a_wrong_clock_still_chats(
+    browser: BrowserContext, gateway_factory: Any, backend: TestServer, pages: Pages
+) -> None:
+    gateway: Gateway = await gateway_factory(policies=PROOF_POLICIES)
+    key = await gateway.create_key(origins=(pages.origin,))
+    await browser.clock.install(time=time.time() - 600)  # ten minutes slow
+    page, tokens = await chat_page(browser, pages, gateway, key)
+    await answered(page, "my clock is wrong", 1)
+    await answered(page, "still wrong", 2)
+    # the first proof was refused as too old; the gateway's Date header set the widget right
+    assert tokens.refused == [401] and len(tokens.issued) == 1
+    assert gateway.sample("gateway_dpop_proofs_refused_total", reason="time") == 1
