@@ -51,24 +51,10 @@ KEY_TYPES = {"ES256": ("EC", "P-256"), "EdDSA": ("OKP", "Ed25519")}
 ALGORITHMS = {name: get_default_algorithms()[name] for name in KEY_TYPES}
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
-#: the reasons of :class:`ProofRejected` (``gateway_dpop_proofs_refused_total``)
-REASONS = (
-    "missing",
-    "malformed",
-    "type",
-    "algorithm",
-    "key",
-    "signature",
-    "method",
-    "url",
-    "time",
-    "token_hash",
-    "replayed",
-)
-
 
 class ProofRejected(Exception):
-    """The proof is missing or bad: 401 ``invalid_dpop_proof``."""
+    """The proof is missing or bad: 401 ``invalid_dpop_proof``; ``reason`` is one of
+    ``gateway.observability.metrics.ProofRefusal`` (a metrics label)."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)

@@ -113,7 +113,7 @@ RenewalOutcome = Literal[
 #: overlap), ``binding`` (a token used from another client, reuse action ``revoke``),
 #: ``proof`` (a key-bound token presented with a proof by another key)
 FamilyRevocation = Literal["replayed", "binding", "proof"]
-#: why a DPoP proof was refused (:data:`gateway.core.dpop.REASONS`), or ``other_key``: a
+#: why a DPoP proof was refused (``ProofRejected.reason``), or ``other_key``: a
 #: valid proof by another key than the token's (403, the family revoked)
 ProofRefusal = Literal[
     "missing",
