@@ -118,8 +118,11 @@ class Minted:
     conversation_id: str
 
 
-def mint_tokens(signing: Signing, key_id: str, count: int, model: str = MODEL) -> list[Minted]:
-    """Client tokens exactly as the token route issues them (same codec, same claims)."""
+def mint_tokens(
+    signing: Signing, key_id: str, count: int, model: str = MODEL, jkt: str | None = None
+) -> list[Minted]:
+    """Client tokens exactly as the token route issues them (same codec, same claims);
+    ``jkt``: bound to that key (as when the token request carries a DPoP proof)."""
     codec = TokenCodec(
         parse_keyset(f"{signing.kid}:{signing.secret}", "bench"),
         issuer=ISSUER,
@@ -129,6 +132,6 @@ def mint_tokens(signing: Signing, key_id: str, count: int, model: str = MODEL) -
     now = time.time()
     out = []
     for _ in range(count):
-        issued = codec.issue(key_id=key_id, model_id=model, now=now)
+        issued = codec.issue(key_id=key_id, model_id=model, now=now, jkt=jkt)
         out.append(Minted(issued.token, issued.claims.jti, issued.claims.conversation_id))
     return out

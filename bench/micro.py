@@ -24,28 +24,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import json
-import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import jwt
 import orjson
 from aiohttp import web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.streams import StreamReader
 from aiohttp.test_utils import make_mocked_request
-from cryptography.hazmat.primitives.asymmetric import ec
-from jwt.algorithms import ECAlgorithm
 from multidict import CIMultiDict
 from redis.asyncio import Redis
 
 from bench.gateway_setup import raised_policies
+from bench.proof_mode import BenchKey
 from gateway.config import Config
 from gateway.core.breaker import CircuitBreaker
-from gateway.core.dpop import ProofVerifier, thumbprint, token_hash
+from gateway.core.dpop import ProofVerifier
 from gateway.keystore.base import Found, KeyRecord, utcnow
 from gateway.observability import logging as gateway_logging
 from gateway.store.guarded import GuardedStore
@@ -202,25 +198,6 @@ async def build(work: Path) -> tuple[web.Application, str]:
         key_id=KEY_ID, model_id="demo", now=services.admissions.now()
     ).token
     return app, token
-
-
-class BenchKey:
-    """A client's ES256 key and its proofs, made ahead of the timed loops."""
-
-    def __init__(self) -> None:
-        self.private = ec.generate_private_key(ec.SECP256R1())
-        self.jwk = json.loads(ECAlgorithm.to_jwk(self.private.public_key()))
-        self.jkt = thumbprint(self.jwk)
-
-    def proofs(self, n: int, method: str, url: str, token: str | None = None) -> list[str]:
-        claims: dict[str, Any] = {"htm": method, "htu": url, "iat": int(time.time())}
-        if token is not None:
-            claims["ath"] = token_hash(token)
-        headers = {"typ": "dpop+jwt", "jwk": self.jwk}
-        return [
-            jwt.encode({**claims, "jti": secrets.token_urlsafe(12)}, self.private, "ES256", headers)
-            for _ in range(n)
-        ]
 
 
 def send_request(
