@@ -21,6 +21,7 @@ the last :data:`KEY_CACHE` thumbprints are kept (a client proves with one key ma
 from __future__ import annotations
 
 import binascii
+import functools
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -50,6 +51,8 @@ KEY_TYPES = {"ES256": ("EC", "P-256"), "EdDSA": ("OKP", "Ed25519")}
 #: pyjwt's own (ES256 pinned to P-256), on the ``cryptography`` backend
 ALGORITHMS = {name: get_default_algorithms()[name] for name in KEY_TYPES}
 DEFAULT_PORTS = {"http": 80, "https": 443}
+#: URLs normalised (the request's and the proofs'), remembered: a client calls a few
+URL_CACHE = 8192
 
 
 class ProofRejected(Exception):
@@ -101,6 +104,7 @@ def token_hash(token: str) -> str:
     return base64url_encode(hashlib.sha256(token.encode()).digest()).decode()
 
 
+@functools.lru_cache(maxsize=URL_CACHE)
 def normalize_url(url: str) -> str | None:
     """``url`` as compared with ``htu``: scheme and host in lower case, the scheme's
     default port dropped, an empty path as ``/``, no query nor fragment; None when it
