@@ -62,7 +62,13 @@ MAX_LOCAL_PENALTIES = 100_000
 IN_FLIGHT_RETRY_MS = 1000
 #: the problem codes of a refused client token (``gateway_token_uses_refused_total``)
 TOKEN_REFUSALS = frozenset(
-    {"token_expired", "token_invalid", "token_revoked", "token_reuse_suspected"}
+    {
+        "token_expired",
+        "token_invalid",
+        "token_revoked",
+        "token_reuse_suspected",
+        "invalid_dpop_proof",
+    }
 )
 #: token refusals that are security events (expired tokens are ordinary), by event name
 SUSPICIOUS_TOKEN_REFUSALS = {
@@ -71,8 +77,9 @@ SUSPICIOUS_TOKEN_REFUSALS = {
 }
 #: token refusals written to the security log
 LOGGED_TOKEN_REFUSALS = frozenset({"token_invalid", "token_revoked"})
-#: token refusals counted by the penalty box
-COUNTED_TOKEN_REFUSALS = frozenset({"token_invalid"})
+#: token refusals counted by the penalty box (as ``invalid_token``): a bad DPoP proof
+#: costs a signature check, so a client that keeps sending them sits out
+COUNTED_TOKEN_REFUSALS = frozenset({"token_invalid", "invalid_dpop_proof"})
 
 
 class Client(NamedTuple):

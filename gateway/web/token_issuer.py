@@ -82,6 +82,8 @@ class TokenIssuer(TokenService):
         except ProblemError as err:
             if err.code != "key_not_found":  # counted with its precise reason
                 self._metrics.token_refused(err.code)
+            if err.code == "invalid_dpop_proof":  # a signature check paid for: boxed
+                await self._admissions.failed(request.client, "invalid_token")
             raise
 
     async def _issue(self, request: TokenRequest) -> TokenGrant:

@@ -219,3 +219,18 @@ async def test_browser_mode_applies_to_keys_with_origins(gateway_factory: Any) -
     server_key = await gateway.create_key()  # no origins: a server, proofs optional
     token = await gateway.get_token(server_key)
     assert claims(gateway, token).jkt is None
+
+
+async def test_a_client_that_keeps_sending_bad_proofs_sits_out(gateway_factory: Any) -> None:
+    policies = "penalty_box: {threshold: 3, window: 1m, cooldown: 1m}\n"
+    gateway = await gateway_factory(policies=policies)
+    key = ProofKey()
+    token = await bound_token(gateway, key)
+    stale = key.proof("POST", gateway.url + SEND_URL, token=token, iat=time.time() - 600)
+    agent_key = await gateway.create_key()
+    url = gateway.url + TOKEN_URL.format(model="demo")
+    headers = gateway.headers({"Authorization": f"Bearer {agent_key}", "DPoP": "x.y.z"})
+    async with gateway.http.get(url, headers=headers) as resp:  # one at the token route
+        assert resp.status == 401
+    codes = [(await send(gateway, token, stale))[1]["code"] for _ in range(3)]
+    assert codes == ["invalid_dpop_proof", "invalid_dpop_proof", "rate_limited"]
