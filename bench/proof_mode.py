@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.request import urlopen
 
 import jwt
 import orjson
@@ -26,6 +25,7 @@ from jwt.algorithms import ECAlgorithm
 
 from bench.load import LoadGenerator, LoadResult, Request
 from bench.probes import SEND_PATH
+from bench.renewal import counter_by_label, median_run
 from bench.stack import Target
 from gateway.core.dpop import thumbprint, token_hash
 
@@ -76,14 +76,7 @@ def requests(key: BenchKey, tokens: list[str], url: str, count: int) -> list[Req
 
 def refused(admin_port: int) -> dict[str, float]:
     """``gateway_dpop_proofs_refused_total`` by reason."""
-    with urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("gateway_dpop_proofs_refused_total{"):
-            reason = line.split('reason="', 1)[1].split('"', 1)[0]
-            out[reason] = float(line.rsplit(" ", 1)[1])
-    return out
+    return counter_by_label(admin_port, "gateway_dpop_proofs_refused_total", "reason")
 
 
 def measure(
@@ -117,18 +110,10 @@ def measure(
     after = refused(admin)
     counted = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     return ProofRun(
-        bare=_median(bare_runs),
-        gateway=_median(gateway_runs),
+        bare=median_run(bare_runs),
+        gateway=median_run(gateway_runs),
         refusals={reason: n for reason, n in counted.items() if n},
     )
-
-
-def _median(runs: list[LoadResult]) -> LoadResult:
-    failed = [r for r in runs if r.non_2xx or r.errors]
-    if failed:
-        return failed[0]
-    ordered = sorted(runs, key=lambda r: r.rps)
-    return ordered[len(ordered) // 2]
 
 
 def targets(run: ProofRun) -> list[tuple[str, str, bool]]:

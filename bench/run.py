@@ -234,15 +234,7 @@ def run(args: argparse.Namespace, work: Path, pins: Cpus) -> Results:
                 per_run=args.renewal_tokens,
             )  # fmt: skip
             results.renewal = renewed
-            for label, kind, result in (
-                ("bare aiohttp proxy", "bare", renewed.bare),
-                ("gateway, Redis", "gateway", renewed.gateway),
-            ):
-                results.rows.append(Row(renewal.NAME, label, kind, result))
-                say(
-                    f"  {renewal.NAME} {label:24s} {result.rps:9,.0f} req/s  "
-                    f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms"
-                )
+            _bare_and_gateway(results, renewal.NAME, renewed.bare, renewed.gateway)
 
         if args.only is None or proof_mode.NAME in args.only:
             say("send_dpop: POST with a key-bound token and a fresh DPoP proof ...")
@@ -256,15 +248,7 @@ def run(args: argparse.Namespace, work: Path, pins: Cpus) -> Results:
                 per_run=args.proof_requests,
             )  # fmt: skip
             results.proof = proved
-            for label, kind, result in (
-                ("bare aiohttp proxy", "bare", proved.bare),
-                ("gateway, Redis", "gateway", proved.gateway),
-            ):
-                results.rows.append(Row(proof_mode.NAME, label, kind, result))
-                say(
-                    f"  {proof_mode.NAME} {label:24s} {result.rps:9,.0f} req/s  "
-                    f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms"
-                )
+            _bare_and_gateway(results, proof_mode.NAME, proved.bare, proved.gateway)
 
         wants_overload = args.only is None or overload.NAME in args.only
         wants_renewal = args.only is None or renewal.NAME in args.only
@@ -300,6 +284,19 @@ def run(args: argparse.Namespace, work: Path, pins: Cpus) -> Results:
                 cpu=pins.load, say=say,
             )  # fmt: skip
     return results
+
+
+def _bare_and_gateway(results: Results, name: str, bare: LoadResult, gateway: LoadResult) -> None:
+    """A two-target scenario's rows (the bare proxy and the gateway on Redis), said."""
+    for label, kind, result in (
+        ("bare aiohttp proxy", "bare", bare),
+        ("gateway, Redis", "gateway", gateway),
+    ):
+        results.rows.append(Row(name, label, kind, result))
+        say(
+            f"  {name} {label:24s} {result.rps:9,.0f} req/s  "
+            f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms"
+        )
 
 
 def _profile(
