@@ -57,7 +57,7 @@ $(BENCH_STAMP): $(STAMP) requirements/bench.lock
 		echo "make: the bench extra did not install; the benchmark will skip Envoy"
 	@touch $(BENCH_STAMP)
 
-# loopback only, about 3 minutes; installs wrk and nginx with apt-get when missing (root)
+# loopback only, about 4 minutes; installs wrk and nginx with apt-get when missing (root)
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench
 

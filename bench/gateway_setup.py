@@ -121,10 +121,16 @@ class Minted:
 
 
 def mint_tokens(
-    signing: Signing, key_id: str, count: int, model: str = MODEL, shards: int = 0
+    signing: Signing,
+    key_id: str,
+    count: int,
+    model: str = MODEL,
+    shards: int = 0,
+    jkt: str | None = None,
 ) -> list[Minted]:
     """Client tokens exactly as the token route issues them (same codec, same claims;
-    ``shards``: as a gateway with ``store.sharding: key`` writes them)."""
+    ``shards``: as a gateway with ``store.sharding: key`` writes them; ``jkt``: bound to
+    that key, as when the token request carries a DPoP proof)."""
     codec = TokenCodec(
         parse_keyset(f"{signing.kid}:{signing.secret}", "bench"),
         issuer=ISSUER,
@@ -134,6 +140,6 @@ def mint_tokens(
     now = time.time()
     out = []
     for _ in range(count):
-        issued = codec.issue(key_id=key_id, model_id=model, now=now, shards=shards)
+        issued = codec.issue(key_id=key_id, model_id=model, now=now, shards=shards, jkt=jkt)
         out.append(Minted(issued.token, issued.claims.jti, issued.claims.conversation_id))
     return out

@@ -8,7 +8,11 @@
   by a stub that answers at once: what the gateway itself spends, without the network;
 * ``admit``: ``_admit_token`` alone (token decode, binding, policies, store arguments,
   headers); ``payload``: reading and validating the JSON body; ``access_line``: the
-  middleware with a handler that does nothing.
+  middleware with a handler that does nothing;
+* ``request_dpop``: ``request`` with a token bound to a key (``cnf.jkt``) and a fresh
+  DPoP proof on each call; ``dpop_verify``: checking one ES256 proof (its key parsed
+  once, as the verifier's cache keeps it); ``dpop_verify_cold``: the same with a key
+  never seen (the JWK parsed too).
 
 The lowest of several rounds is reported, in microseconds per call. To compare two trees
 in one session, run the file with each tree first on the path (the file's own directory
@@ -34,8 +38,10 @@ from multidict import CIMultiDict
 from redis.asyncio import Redis
 
 from bench.gateway_setup import raised_policies
+from bench.proof_mode import BenchKey
 from gateway.config import Config
 from gateway.core.breaker import CircuitBreaker
+from gateway.core.dpop import ProofVerifier
 from gateway.keystore.base import Found, KeyRecord, utcnow
 from gateway.observability import logging as gateway_logging
 from gateway.store.guarded import GuardedStore
@@ -54,7 +60,7 @@ class StubPipe:
     """Answers the admit script like Redis would for an admitted request."""
 
     def __init__(self, limits: int) -> None:
-        self.reply: list[Any] = [0, b"ok"] + [1, 100, 1000, 0] * limits
+        self.reply: list[Any] = [0, b"ok", b"", 0] + [1, 100, 1000, 0] * limits
 
     async def evalsha(self, sha: Any, script: Any, keys: Any, args: Any) -> Any:
         return self.reply
@@ -194,7 +200,9 @@ async def build(work: Path) -> tuple[web.Application, str]:
     return app, token
 
 
-def send_request(app: web.Application, token: str, protocol: Protocol) -> web.Request:
+def send_request(
+    app: web.Application, token: str, protocol: Protocol, proof: str | None = None
+) -> web.Request:
     body = orjson.dumps({"client_token": token, "message": "hello there", "stream": False})
     loop = asyncio.get_running_loop()
     payload = StreamReader(BaseProtocol(loop), 2**16, loop=loop)
@@ -206,6 +214,8 @@ def send_request(app: web.Application, token: str, protocol: Protocol) -> web.Re
         "Content-Length": str(len(body)),
         "User-Agent": USER_AGENT,
     }
+    if proof is not None:
+        headers["DPoP"] = proof
     return make_mocked_request(
         "POST",
         public.SEND_PATH,
@@ -236,7 +246,10 @@ async def main(count: int, rounds: int) -> None:
         protocol = Protocol()
 
         async def request(n: int) -> float:
-            requests = [send_request(app, token, protocol) for _ in range(n)]
+            return await handled([send_request(app, token, protocol) for _ in range(n)])
+
+        async def handled(requests: list[web.Request]) -> float:
+            """Each request through the application, in turn: the time it took."""
             started = time.perf_counter()
             for i, req in enumerate(requests):
                 resp = await app._handle(req)
@@ -290,13 +303,46 @@ async def main(count: int, rounds: int) -> None:
             out.truncate()
             return elapsed
 
+        key = BenchKey()
+        services = app[SERVICES]
+        bound = services.codec.issue(
+            key_id=KEY_ID, model_id="demo", now=services.admissions.now(), jkt=key.jkt
+        ).token
+        url = "http://gateway" + public.SEND_PATH
+
+        async def request_dpop(n: int) -> float:
+            proofs = key.proofs(n, "POST", url, bound)
+            return await handled([send_request(app, bound, protocol, p) for p in proofs])
+
+        async def dpop_verify(n: int) -> float:
+            verifier = ProofVerifier()
+            proofs = key.proofs(n, "POST", url, bound)
+            now = time.time()
+            started = time.perf_counter()
+            for proof in proofs:
+                verifier.verify(proof, method="POST", url=url, now=now, token=bound, jkt=key.jkt)
+            return time.perf_counter() - started
+
+        async def dpop_verify_cold(n: int) -> float:
+            keys = [BenchKey() for _ in range(n)]
+            proofs = [k.proofs(1, "POST", url)[0] for k in keys]
+            verifier = ProofVerifier()
+            now = time.time()
+            started = time.perf_counter()
+            for proof in proofs:
+                verifier.verify(proof, method="POST", url=url, now=now)
+            return time.perf_counter() - started
+
         for name, timed in [
             ("request", request),
+            ("request_dpop", request_dpop),
+            ("dpop_verify", dpop_verify),
+            ("dpop_verify_cold", dpop_verify_cold),
             ("admit", admit),
             ("payload", payload),
             ("access_line", access_line),
         ]:
-            print(f"{name:12s} {await best_of(timed, count, rounds):8.2f} us")
+            print(f"{name:16s} {await best_of(timed, count, rounds):8.2f} us")
         await app.shutdown()
         await app.cleanup()
 

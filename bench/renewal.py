@@ -59,13 +59,18 @@ def requests(tokens: list[str]) -> list[Request]:
 
 def renewals(admin_port: int) -> dict[str, float]:
     """``gateway_token_renewals_total`` by outcome."""
+    return counter_by_label(admin_port, "gateway_token_renewals_total", "outcome")
+
+
+def counter_by_label(admin_port: int, name: str, label: str) -> dict[str, float]:
+    """The gateway's counter ``name``, by the value of its one ``label``."""
     with urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
     out: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("gateway_token_renewals_total{"):
-            outcome = line.split('outcome="', 1)[1].split('"', 1)[0]
-            out[outcome] = float(line.rsplit(" ", 1)[1])
+        if line.startswith(name + "{"):
+            value = line.split(f'{label}="', 1)[1].split('"', 1)[0]
+            out[value] = float(line.rsplit(" ", 1)[1])
     return out
 
 
@@ -99,8 +104,8 @@ def measure(
     counted = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     renewed, repeated = counted.pop("renewed", 0.0), counted.pop("repeated", 0.0)
     return RenewalRun(
-        bare=_median(bare_runs),
-        gateway=_median(gateway_runs),
+        bare=median_run(bare_runs),
+        gateway=median_run(gateway_runs),
         renewed=renewed,
         repeated=repeated,
         refusals={code: n for code, n in counted.items() if n},
@@ -108,7 +113,7 @@ def measure(
     )
 
 
-def _median(runs: list[LoadResult]) -> LoadResult:
+def median_run(runs: list[LoadResult]) -> LoadResult:
     failed = [r for r in runs if r.non_2xx or r.errors]
     if failed:
         return failed[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bench import overload, renewal
+from bench import overload, proof_mode, renewal
 from bench.load import LoadResult
 from bench.probes import ColdKeys, RedisCalls, TokenMemory, Ttfb
 
@@ -32,6 +32,7 @@ class Results:
     memory: TokenMemory | None = None
     overload: overload.Overload | None = None
     renewal: renewal.RenewalRun | None = None
+    proof: proof_mode.ProofRun | None = None
     skipped: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
 
@@ -121,6 +122,8 @@ def targets(results: Results) -> list[tuple[str, str, bool | None]]:
         )  # fmt: skip
     if results.renewal is not None:
         out += renewal.targets(results.renewal)
+    if results.proof is not None:
+        out += proof_mode.targets(results.proof)
     if results.overload is not None:
         out += overload.targets(results.overload)
     return out

@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import cluster_spread, overload, probes, renewal
+from bench import cluster_spread, overload, probes, proof_mode, renewal
 from bench.gateway_setup import RAISED_LIMIT, mint_tokens, raised_policies, shipped_policies
 from bench.load import LoadGenerator, LoadResult, Request
 from bench.machine import cpus, describe, ensure_tools
@@ -52,6 +52,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--ttfb-rounds", type=int, default=300)
     parser.add_argument("--cold-keys", type=int, default=8)
     parser.add_argument("--memory-tokens", type=int, default=5000)
+    parser.add_argument(
+        "--proof-requests",
+        type=int,
+        default=20000,
+        help="requests (each with a proof of its own) per run of the send_dpop scenario",
+    )
     parser.add_argument("--load", choices=("wrk", "python"), default="wrk")
     parser.add_argument("--upstream", choices=("nginx", "aiohttp"), default="nginx")
     parser.add_argument(
@@ -65,8 +71,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         "--only",
         nargs="*",
         default=None,
-        help="scenarios: send read token renewal overload; cluster-spread (alone: a Redis "
-        "Cluster of its own, python -m bench.cluster_spread)",
+        help="scenarios: send read token renewal send_dpop overload; cluster-spread (alone: a "
+        "Redis Cluster of its own, python -m bench.cluster_spread)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
@@ -102,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     results.elapsed_s = time.monotonic() - started
     date = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    titles = {s.name: s.title for s in SCENARIOS} | {renewal.NAME: renewal.TITLE}
+    titles = {s.name: s.title for s in SCENARIOS} | {
+        renewal.NAME: renewal.TITLE,
+        proof_mode.NAME: proof_mode.TITLE,
+    }
     text = markdown(results, titles, COMMAND, date)
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
@@ -228,20 +237,27 @@ def run(args: argparse.Namespace, work: Path, pins: Cpus) -> Results:
                 per_run=args.renewal_tokens,
             )  # fmt: skip
             results.renewal = renewed
-            for label, kind, result in (
-                ("bare aiohttp proxy", "bare", renewed.bare),
-                ("gateway, Redis", "gateway", renewed.gateway),
-            ):
-                results.rows.append(Row(renewal.NAME, label, kind, result))
-                say(
-                    f"  {renewal.NAME} {label:24s} {result.rps:9,.0f} req/s  "
-                    f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms"
-                )
+            _bare_and_gateway(results, renewal.NAME, renewed.bare, renewed.gateway)
+
+        if args.only is None or proof_mode.NAME in args.only:
+            say("send_dpop: POST with a key-bound token and a fresh DPoP proof ...")
+            bare = next(t for kind, _, t in targets if kind == "bare")
+            proved = proof_mode.measure(
+                generator, bare, redis_gw,
+                lambda jkt, n: [
+                    m.token for m in mint_tokens(stack.signing, hot.key_id, n, jkt=jkt)
+                ],
+                work, warmup=args.warmup, seconds=args.seconds, rounds=args.rounds,
+                per_run=args.proof_requests,
+            )  # fmt: skip
+            results.proof = proved
+            _bare_and_gateway(results, proof_mode.NAME, proved.bare, proved.gateway)
 
         wants_overload = args.only is None or overload.NAME in args.only
         wants_renewal = args.only is None or renewal.NAME in args.only
-        # the probes (not for the renewal or overload scenarios alone)
-        if wanted or not (wants_overload or wants_renewal):
+        wants_proof = args.only is None or proof_mode.NAME in args.only
+        # the probes (not for the renewal, proof or overload scenarios alone)
+        if wanted or not (wants_overload or wants_renewal or wants_proof):
             say("streamed answers: time to first byte ...")
             ttfb_targets = {label: (t.port, kind) for kind, label, t in targets}
             results.ttfb = probes.ttfb_probe(
@@ -271,6 +287,19 @@ def run(args: argparse.Namespace, work: Path, pins: Cpus) -> Results:
                 cpu=pins.load, say=say,
             )  # fmt: skip
     return results
+
+
+def _bare_and_gateway(results: Results, name: str, bare: LoadResult, gateway: LoadResult) -> None:
+    """A two-target scenario's rows (the bare proxy and the gateway on Redis), said."""
+    for label, kind, result in (
+        ("bare aiohttp proxy", "bare", bare),
+        ("gateway, Redis", "gateway", gateway),
+    ):
+        results.rows.append(Row(name, label, kind, result))
+        say(
+            f"  {name} {label:24s} {result.rps:9,.0f} req/s  "
+            f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms"
+        )
 
 
 def _profile(

@@ -20,6 +20,7 @@ from typing import NamedTuple, NoReturn
 
 import structlog
 
+from gateway.core.dpop import ProofKeyMismatch, ProofRejected, ProofVerifier
 from gateway.core.fingerprint import FingerprintCache
 from gateway.core.policy import PolicySet, RequestFacts, Selection, retry_after_seconds
 from gateway.core.renewal import (
@@ -50,6 +51,7 @@ from gateway.store.base import (
     AdmitRequest,
     FamilyCheck,
     PenaltyRule,
+    ProofUse,
     Renewed,
     StateStore,
     StoreUnavailable,
@@ -67,7 +69,13 @@ MAX_LOCAL_PENALTIES = 100_000
 IN_FLIGHT_RETRY_MS = 1000
 #: the problem codes of a refused client token (``gateway_token_uses_refused_total``)
 TOKEN_REFUSALS = frozenset(
-    {"token_expired", "token_invalid", "token_revoked", "token_reuse_suspected"}
+    {
+        "token_expired",
+        "token_invalid",
+        "token_revoked",
+        "token_reuse_suspected",
+        "invalid_dpop_proof",
+    }
 )
 #: token refusals that are security events (expired tokens are ordinary), by event name
 SUSPICIOUS_TOKEN_REFUSALS = {
@@ -76,8 +84,9 @@ SUSPICIOUS_TOKEN_REFUSALS = {
 }
 #: token refusals written to the security log
 LOGGED_TOKEN_REFUSALS = frozenset({"token_invalid", "token_revoked"})
-#: token refusals counted by the penalty box
-COUNTED_TOKEN_REFUSALS = frozenset({"token_invalid"})
+#: token refusals counted by the penalty box (as ``invalid_token``): a bad DPoP proof
+#: costs a signature check, so a client that keeps sending them sits out
+COUNTED_TOKEN_REFUSALS = frozenset({"token_invalid", "invalid_dpop_proof"})
 
 
 class Client(NamedTuple):
@@ -85,6 +94,27 @@ class Client(NamedTuple):
 
     ip: str
     user_agent: str
+
+
+class ProofRequest(NamedTuple):
+    """A request's DPoP proof (RFC 9449) and what it must name."""
+
+    #: the ``DPoP`` header (several joined by commas: malformed), None when absent
+    header: str | None
+    method: str
+    #: the URL the client called, as :func:`gateway.core.dpop.normalize_url` reads it
+    url: str
+
+
+#: the ``WWW-Authenticate`` challenge of a refused DPoP proof
+DPOP_CHALLENGE = 'DPoP error="invalid_dpop_proof", algs="ES256 EdDSA"'
+
+
+class ProofBinding(NamedTuple):
+    """A key-bound token's use: the request's proof and the token as presented (``ath``)."""
+
+    request: ProofRequest
+    token: str
 
 
 class PenaltyCache:
@@ -175,12 +205,15 @@ class Admissions:
         metrics: Metrics,
         renewal: RenewalRules | None = None,
         sharding: Sharding | None = None,
+        proofs: ProofVerifier | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.metrics = metrics
         #: the state layout: under ``store.sharding: key`` new conversations keep their
         #: state under their agent key's hash tag (their tokens say so, ``shd``)
         self.sharding = sharding or Sharding()
+        #: DPoP proofs' checks (:mod:`gateway.core.dpop`); the replay check is the store's
+        self.proofs = proofs or ProofVerifier()
         self._codec = codec
         #: the rules of token families (rotation overlap, lifetime): checked on every use
         self.renewal = renewal or RenewalRules(
@@ -435,8 +468,10 @@ class Admissions:
         *,
         key_id: str | None = None,
         model: str | None = None,
+        proof: ProofUse | None = None,
     ) -> dict[str, str]:
-        """Penalty box and the route's limits; the response's RateLimit headers."""
+        """Penalty box, the route's limits and a DPoP proof's replay check; the
+        response's RateLimit headers."""
         policies = self._policies.current
         selection = policies.select(route, method, model, key_id)
         facts = RequestFacts(route, method, client.ip, key_id=key_id, model=model)
@@ -445,8 +480,8 @@ class Admissions:
         shards = self.sharding.shards(key_id) if key_id is not None else 0
         if key_id is not None and shards:
             shard = self.sharding.shard(key_id, client.ip, shards)
-        request, local = self._request(selection, facts, subject, shard)
-        if not request.limits and subject is None:
+        request, local = self._request(selection, facts, subject, shard, proof=proof)
+        if not request.limits and subject is None and proof is None:
             if self.record_decisions:
                 self._record(facts, selection, None)
             return {}
@@ -454,7 +489,58 @@ class Admissions:
         if self.record_decisions:
             self._record(facts, selection, admission)
         self._refuse_penalized(admission, subject)
+        if admission.token is TokenVerdict.PROOF_REPLAYED:
+            raise self.proof_refused("replayed", "this DPoP proof was used before")
         return self._limits_outcome(admission, selection, key_id)
+
+    # -- proof of possession (RFC 9449) ------------------------------------------------
+    def proof_refused(self, reason: str, detail: str) -> ProblemError:
+        """401 ``invalid_dpop_proof`` (counted by ``reason``)."""
+        self.metrics.dpop_proof_refused(reason)
+        return ProblemError("invalid_dpop_proof", detail, {"WWW-Authenticate": DPOP_CHALLENGE})
+
+    def issue_proof(
+        self, request: ProofRequest | None, origins: tuple[str, ...]
+    ) -> tuple[ProofUse | None, str | None]:
+        """A token request's proof under the binding mode of its agent key (with these
+        ``origins``): what the store checks and the key the token is bound to, or (None,
+        None) for a token bound to the network. ``fingerprint`` ignores proofs; ``proof``
+        requires one (401 without); ``proof_or_fingerprint`` binds to the key when a
+        proof is sent."""
+        mode = self._policies.current.binding.mode_for(origins)
+        if mode == "fingerprint":
+            return None, None
+        if request is None or request.header is None:
+            if mode == "proof":
+                raise self.proof_refused(
+                    "missing", "tokens are bound to a key here: send a DPoP proof"
+                )
+            return None, None
+        use, jkt = self.proof_use(request)
+        return use, jkt
+
+    def proof_use(
+        self, request: ProofRequest, *, token: str | None = None, jkt: str | None = None
+    ) -> tuple[ProofUse, str]:
+        """Check ``request``'s proof (with the presented ``token`` bound to ``jkt``): what
+        the store checks and remembers of it, and its key's thumbprint; a valid proof by
+        another key than ``jkt`` is a :class:`ProofUse` with ``key_mismatch``. 401
+        ``invalid_dpop_proof`` when it is missing or bad."""
+        now = self._clock()
+        try:
+            proof = self.proofs.verify(
+                request.header,
+                method=request.method,
+                url=request.url,
+                now=now,
+                token=token,
+                jkt=jkt,
+            )
+        except ProofRejected as exc:
+            raise self.proof_refused(exc.reason, exc.detail) from None
+        except ProofKeyMismatch:
+            return ProofUse("", 0, key_mismatch=True), ""
+        return ProofUse(proof.replay_id(), self.proofs.replay_ttl_ms(proof, now)), proof.jkt
 
     @staticmethod
     def _request(
@@ -464,6 +550,8 @@ class Admissions:
         shard: Shard | None,
         token: TokenUse | None = None,
         family: FamilyCheck | None = None,
+        *,
+        proof: ProofUse | None = None,
     ) -> tuple[AdmitRequest, AdmitRequest | None]:
         """The store request, and what the local store is asked instead when the store
         fails open (None: the same). In a shard, the admission's keys carry its tag, a
@@ -472,7 +560,9 @@ class Admissions:
         by this replica's cache only (docs/policies.md, "Sharded mode"); the local store
         gets the limits as configured and the penalty box."""
         specs = selection.specs(facts)
-        plain = AdmitRequest(token=token, limits=specs, penalty_subject=subject, family=family)
+        plain = AdmitRequest(
+            token=token, limits=specs, penalty_subject=subject, family=family, proof=proof
+        )
         if shard is None:
             return plain, None
         if shard.buckets > 1:
@@ -530,15 +620,26 @@ class Admissions:
             await self.failed(client, "invalid_token")
 
     async def use_token(
-        self, claims: ClientToken, client: Client, route: str, method: str
+        self,
+        claims: ClientToken,
+        client: Client,
+        route: str,
+        method: str,
+        proof: ProofBinding | None = None,
     ) -> dict[str, str]:
         """Admit one use of a decoded token: the response's RateLimit headers, or the
-        matching 403/429/503 problem."""
-        headers, _ = await self._use_token(claims, client, route, method)
+        matching 401/403/429/503 problem. A token bound to a key (``cnf.jkt``) needs
+        ``proof``: the request's DPoP proof and the token as presented."""
+        headers, _ = await self._use_token(claims, client, route, method, proof=proof)
         return headers
 
     async def renew_token(
-        self, claims: ClientToken, client: Client, method: str, successor: str
+        self,
+        claims: ClientToken,
+        client: Client,
+        method: str,
+        successor: str,
+        proof: ProofBinding | None = None,
     ) -> tuple[dict[str, str], Renewed]:
         """Admit the renewal of a decoded token (route ``refresh``), in the same single
         store call as any use: the RateLimit headers and the successor's jti and issue
@@ -546,7 +647,7 @@ class Admissions:
         renewal made when it repeats that one within the overlap), or the matching
         403/429/503 problem. The conversation's lifetime is the caller's to check."""
         headers, renewed = await self._use_token(
-            claims, client, "refresh", method, successor=successor
+            claims, client, "refresh", method, successor=successor, proof=proof
         )
         if renewed is None:  # the store always names a successor for an admitted renewal
             raise RuntimeError("the store admitted a renewal without a successor")
@@ -560,6 +661,7 @@ class Admissions:
         method: str,
         *,
         successor: str = "",
+        proof: ProofBinding | None = None,
     ) -> tuple[dict[str, str], Renewed | None]:
         if not self._key_active(claims.key_id):
             raise ProblemError("token_revoked", "the agent key behind this token was revoked")
@@ -574,9 +676,16 @@ class Admissions:
         rules = self.renewal
         # a renewal accepts a token expired by up to the grace: its record lives as long
         grace = rules.grace_seconds if successor else 0
+        proof_use: ProofUse | None = None
+        fingerprint = self.fingerprint(client, policies)
+        if claims.jkt is not None:  # bound to a key, not to the network
+            if proof is None:
+                raise self.proof_refused("missing", "this request needs a DPoP proof")
+            proof_use, _ = self.proof_use(proof.request, token=proof.token, jkt=claims.jkt)
+            fingerprint = ""
         use = TokenUse(
             jti=claims.jti,
-            fingerprint=self.fingerprint(client, policies),
+            fingerprint=fingerprint,
             issued_fingerprint=claims.fingerprint or "",
             max_fingerprints=binding.max_fingerprints,
             on_reuse=binding.action,
@@ -601,7 +710,9 @@ class Admissions:
         shard = None
         if claims.shards:  # the conversation's layout, whatever the settings are now
             shard = self.sharding.shard(claims.key_id, claims.conversation_id, claims.shards)
-        request, local = self._request(selection, facts, subject, shard, use, family)
+        request, local = self._request(
+            selection, facts, subject, shard, use, family, proof=proof_use
+        )
         admission = await self._admit(request, policies, local)
         if self.record_decisions:
             self._record(facts, selection, admission)
@@ -610,6 +721,17 @@ class Admissions:
         if verdict is TokenVerdict.REVOKED:
             self.remember_revoked(claims.jti, claims.expires_at)
             raise ProblemError("token_revoked", "the token has been revoked")
+        if verdict is TokenVerdict.PROOF_REPLAYED:
+            raise self.proof_refused("replayed", "this DPoP proof was used before")
+        if verdict is TokenVerdict.REUSE and proof_use is not None and proof_use.key_mismatch:
+            self._family_revoked(claims, "proof")  # this token is one of the family
+            self.metrics.dpop_proof_refused("other_key")
+            await self.failed(client, "reuse")
+            raise ProblemError(
+                "token_reuse_suspected",
+                "the token was presented with a proof by another key: every token of the "
+                "conversation is revoked",
+            )
         if verdict is TokenVerdict.REUSE:
             if binding.action == "revoke":
                 self.remember_revoked(claims.jti, claims.expires_at)

@@ -22,7 +22,7 @@ from gateway.keystore.factory import open_keystore
 from gateway.policies.lint import lint, sharding_changes
 from gateway.policies.loader import load_policies
 from gateway.policies.protection import assess
-from gateway.policies.report import effective_table, explain_lines
+from gateway.policies.report import binding_text, effective_table, explain_lines
 from gateway.policies.schema import ROUTES
 from gateway.redis_connect import RedisUrlError, safe_url
 from gateway.store.base import AdmitRequest, StoreUnavailable
@@ -281,6 +281,7 @@ async def _explain(config: Config, args: argparse.Namespace) -> list[str]:
     applied = policies.applicable(facts)
     if config.store.type == "memory":
         lines = explain_lines(applied, None)
+        lines.append(binding_text(policies.binding))
         lines.append("(store: memory: the counters live inside the running gateway)")
         return lines
     store = open_store(config.store)
@@ -290,6 +291,7 @@ async def _explain(config: Config, args: argparse.Namespace) -> list[str]:
         shard = args.key_id if config.store.sharding == "key" and args.key_id else None
         states = await store.peek(tuple(a.spec for a in applied), shard)
         lines = explain_lines(applied, states)
+        lines.append(binding_text(policies.binding))
         subject = policies.penalty_subject(args.ip)
         if subject is not None:
             boxed = (await store.admit(AdmitRequest(penalty_subject=subject))).penalized_ms

@@ -22,6 +22,7 @@ KINDS: dict[str, ProblemKind] = {
     "invalid_request": ProblemKind(400, "Invalid request"),
     "missing_credentials": ProblemKind(401, "Missing credentials"),
     "invalid_token": ProblemKind(401, "Invalid access token"),
+    "invalid_dpop_proof": ProblemKind(401, "Invalid DPoP proof"),
     "token_invalid": ProblemKind(403, "Invalid token"),
     "token_expired": ProblemKind(403, "Expired token"),
     "token_revoked": ProblemKind(403, "Revoked token"),

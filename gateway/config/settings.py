@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -20,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.core.dpop import DEFAULT_WINDOW_SECONDS, normalize_url
 from gateway.core.identifiers import KEY_ID, MODEL_ID
 from gateway.core.renewal import (
     DEFAULT_GRACE_SECONDS,
@@ -66,8 +68,13 @@ class Section(BaseModel):
 class ServerSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    #: networks whose ``X-Forwarded-For`` and ``X-Request-Id`` are believed
+    #: networks whose ``X-Forwarded-For``, ``X-Forwarded-Proto``, ``X-Forwarded-Host`` and
+    #: ``X-Request-Id`` are believed
     trusted_proxies: list[IPvAnyNetwork] = Field(default_factory=list)
+    #: the public API's scheme, host and port as clients call it (``https://chat.example``):
+    #: what DPoP proofs' ``htu`` must name; unset, they come from the request (through
+    #: trusted proxies)
+    public_url: str | None = None
     max_body_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
     max_message_chars: int = Field(8000, ge=1, le=1_000_000)
     max_token_chars: int = Field(4096, ge=256, le=16384)
@@ -98,6 +105,17 @@ class ServerSettings(Section):
     workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = 1
     #: accept ``store: memory`` with several workers: each counts limits on its own
     allow_per_worker_limits: bool = False
+
+    @field_validator("public_url")
+    @classmethod
+    def _origin_only(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        normal = normalize_url(value)
+        bare = urlsplit(value)
+        if normal is None or bare.path not in ("", "/") or bare.query or bare.fragment:
+            raise ValueError("must be an http(s) URL with no path, query or fragment")
+        return normal.rstrip("/")
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -203,6 +221,9 @@ class TokenSettings(Section):
     rotation_overlap_seconds: int = Field(DEFAULT_OVERLAP_SECONDS, ge=0, le=120)
     #: a conversation's absolute lifetime across renewals, from its first token
     max_conversation_seconds: int = Field(DEFAULT_MAX_CONVERSATION_SECONDS, ge=60, le=2_592_000)
+    #: a DPoP proof's ``iat`` may be this far from the gateway's clock (either way); its
+    #: ``jti`` is remembered as long
+    proof_window_seconds: int = Field(DEFAULT_WINDOW_SECONDS, ge=5, le=600)
 
     @model_validator(mode="after")
     def _overlap_within_a_token(self) -> TokenSettings:

@@ -29,11 +29,15 @@ KEY_ID = rf"[0-9A-Za-z]{{{KEY_ID_LEN}}}"
 #: a client fingerprint (:mod:`gateway.core.fingerprint`): lowercase hex
 FINGERPRINT = rf"[0-9a-f]{{{FINGERPRINT_CHARS}}}"
 
+#: a key's RFC 7638 thumbprint (``cnf.jkt``): base64url SHA-256, unpadded
+KEY_THUMBPRINT = r"[A-Za-z0-9_-]{43}"
+
 MODEL_ID_SHAPE = re.compile(MODEL_ID)
 CONVERSATION_ID_SHAPE = re.compile(CONVERSATION_ID)
 TOKEN_ID_SHAPE = re.compile(TOKEN_ID)
 KEY_ID_SHAPE = re.compile(KEY_ID)
 FINGERPRINT_SHAPE = re.compile(FINGERPRINT)
+KEY_THUMBPRINT_SHAPE = re.compile(KEY_THUMBPRINT)
 
 
 def new_conversation_id() -> str:

@@ -89,12 +89,27 @@ class Policy:
         return self.limit, self.mode
 
 
+#: how tokens are bound (docs/policies.md, "Token reuse"): to the client's network
+#: fingerprint; to a key the client proves it holds (DPoP, RFC 9449), required; or to a
+#: key when the client sent a proof with its token request, else to the fingerprint
+BindingMode = Literal["fingerprint", "proof", "proof_or_fingerprint"]
+
+
 @dataclass(frozen=True, slots=True)
 class Binding:
+    mode: BindingMode = "proof_or_fingerprint"
+    #: the mode for agent keys that list origins (used by pages in browsers); None: ``mode``
+    browser_mode: BindingMode | None = None
     rule: FingerprintRule = field(default_factory=FingerprintRule)
     bind_at: Literal["first_use", "issue"] = "first_use"
     max_fingerprints: int = 1
     action: ReuseAction = "revoke"
+
+    def mode_for(self, origins: tuple[str, ...]) -> BindingMode:
+        """The binding mode of an agent key with these origins."""
+        if origins and self.browser_mode is not None:
+            return self.browser_mode
+        return self.mode
 
 
 @dataclass(frozen=True, slots=True)

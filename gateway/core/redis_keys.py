@@ -24,6 +24,7 @@ STATE_KEY_SHAPES = (
     ("{prefix}:pb:<subject>", "string"),
     ("{prefix}:pf:<subject>", "string"),
     ("{prefix}:pa:<subject>", "string"),
+    ("{prefix}:pj:<proof>", "string"),
 )
 KEY_STORE_KEY_SHAPES = (
     ("{prefix}:key:<key id>", "string"),
@@ -74,8 +75,9 @@ def limit_name(policy: str, partition: str) -> str:
 
 
 class StateKey(NamedTuple):
-    """A state key read back: its kind (``ts``, ``tf``, ``rl``, ``pb``, ``pf``, ``pa``, as in
-    :data:`STATE_KEY_SHAPES`) and what follows it (a jti, a limit name, a subject)."""
+    """A state key read back: its kind (``ts``, ``tf``, ``rl``, ``pb``, ``pf``, ``pa``,
+    ``pj``, as in :data:`STATE_KEY_SHAPES`) and what follows it (a jti, a limit name, a
+    subject, a proof)."""
 
     kind: str
     name: str
@@ -88,15 +90,17 @@ STATE_KINDS = frozenset(shape.split(":")[1] for shape, _ in STATE_KEY_SHAPES)
 class StateKeys:
     """The state store's keys under one prefix. The Lua scripts' ``KEYS`` orders are
     :meth:`failure_script` and :meth:`reserve_script`; admit.lua takes the penalty key,
-    the token key, the token family's key, then the limits' keys, each when present."""
+    the token key, the token family's key, a proof's key, then the limits' keys, each
+    when present."""
 
-    __slots__ = ("_pa", "_pb", "_pf", "_prefix", "_rl", "_shards", "_tf", "_ts", "tag")
+    __slots__ = ("_pa", "_pb", "_pf", "_pj", "_prefix", "_rl", "_shards", "_tf", "_ts", "tag")
 
     def __init__(self, prefix: str, shard: str | None = None) -> None:
         self._prefix = prefix
         self.tag = tag = hash_tag(prefix if shard is None else f"{prefix}:{shard}")
         self._ts, self._tf, self._rl = f"{tag}:ts:", f"{tag}:tf:", f"{tag}:rl:"
         self._pb, self._pf, self._pa = f"{tag}:pb:", f"{tag}:pf:", f"{tag}:pa:"
+        self._pj = f"{tag}:pj:"
         self._shards: dict[str, StateKeys] = {}
 
     def for_admission(self, shard: str | None) -> StateKeys:
@@ -123,6 +127,12 @@ class StateKeys:
         and whether the family is revoked (see admit.lua). Under the store's hash tag, in
         the slot of its tokens' keys."""
         return self._tf + conversation_id
+
+    def proof(self, replay_id: str) -> str:
+        """A DPoP proof seen (its key and ``jti``, hashed: ``Proof.replay_id``), kept
+        while the proof could still pass, so it cannot be replayed. In the slot of the
+        token's keys (admit.lua checks it in the same call)."""
+        return self._pj + replay_id
 
     def limit(self, name: str) -> str:
         """A limit of its own (not kept with a token): its next allowed time."""

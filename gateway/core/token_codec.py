@@ -2,7 +2,9 @@
 
 Claims: ``iss``, ``aud``, ``iat``, ``nbf``, ``exp``, ``jti`` (128 random bits), ``cid``
 (conversation id), ``mid`` (model id), ``akid`` (agent key id), when bound at issue ``fph``
-(the client fingerprint) and, in a renewed token, ``cst`` (when its conversation started:
+(the client fingerprint), when bound to a key ``cnf.jkt`` (RFC 9449: the thumbprint of
+the key whose proofs every use needs, :mod:`gateway.core.dpop`) and, in a renewed token,
+``cst`` (when its conversation started:
 the conversation's lifetime counts from there across renewals; a token without it started
 its conversation), and ``shd`` when its conversation's state is sharded by agent key
 (``store.sharding: key`` when the conversation started): 1, or a hot key's number of
@@ -47,6 +49,7 @@ from gateway.core.identifiers import (
     CONVERSATION_ID_SHAPE,
     FINGERPRINT_SHAPE,
     KEY_ID_SHAPE,
+    KEY_THUMBPRINT_SHAPE,
     MODEL_ID_SHAPE,
     TOKEN_ID_SHAPE,
     new_conversation_id,
@@ -91,6 +94,8 @@ class ClientToken(NamedTuple):
     #: ``shd``: 0 when the conversation's state is under the store's one hash tag, else
     #: under its agent key's, over this many sub-buckets (1 for all but hot keys)
     shards: int = 0
+    #: ``cnf.jkt``: the thumbprint of the key the token is bound to (proof of possession)
+    jkt: str | None = None
 
     def remaining(self, now: float) -> float:
         return self.expires_at - now
@@ -188,6 +193,7 @@ class TokenCodec:
         now: float,
         fingerprint: str | None = None,
         shards: int = 0,
+        jkt: str | None = None,
     ) -> IssuedToken:
         issued_at = int(now)
         claims = ClientToken(
@@ -199,6 +205,7 @@ class TokenCodec:
             expires_at=issued_at + self.ttl_seconds,
             fingerprint=fingerprint,
             shards=shards,
+            jkt=jkt,
         )
         return IssuedToken(token=self._sign(self._payload(claims)), claims=claims)
 
@@ -206,8 +213,8 @@ class TokenCodec:
         self, old: ClientToken, *, jti: str, issued_at: int, fingerprint: str | None
     ) -> IssuedToken:
         """The token that succeeds ``old`` in its conversation: same conversation, model
-        and key, the given ``jti`` and issue time, the conversation's start and state
-        layout (``shd``) carried over.
+        and key, the given ``jti`` and issue time, the conversation's start, its state
+        layout (``shd``) and the bound key (``cnf.jkt``) carried over.
         Deterministic: the same arguments under the same signing key give the same token
         (a renewal repeated within the rotation overlap gets the token the first got)."""
         claims = ClientToken(
@@ -222,6 +229,7 @@ class TokenCodec:
             # a replica ahead of the store must not make ``cst`` later than ``iat``
             conversation_started_at=min(old.started_at, issued_at),
             shards=old.shards,
+            jkt=old.jkt,
         )
         return IssuedToken(token=self._sign(self._payload(claims)), claims=claims)
 
@@ -244,6 +252,8 @@ class TokenCodec:
             payload["cst"] = claims.conversation_started_at
         if claims.shards:
             payload["shd"] = claims.shards
+        if claims.jkt is not None:
+            payload["cnf"] = {"jkt": claims.jkt}
         return payload
 
     def _sign(self, payload: dict[str, Any]) -> str:
@@ -378,6 +388,7 @@ class TokenCodec:
                 fingerprint=_shaped(claims["fph"], FINGERPRINT_SHAPE) if "fph" in claims else None,
                 conversation_started_at=_started(started, iat),
                 shards=_shards(claims.get("shd")),
+                jkt=_confirmation(claims.get("cnf")),
             )
         except (TypeError, ValueError, OverflowError):
             raise TokenRejected("token_invalid", "the token's claims are malformed") from None
@@ -400,6 +411,15 @@ def _shards(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SHARDS:
         raise ValueError("not a layout this gateway writes")
     return value
+
+
+def _confirmation(value: object) -> str | None:
+    """``cnf``: absent, or exactly ``{"jkt": <thumbprint>}`` (the only member written)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"jkt"}:
+        raise ValueError("not a confirmation this gateway writes")
+    return _shaped(value["jkt"], KEY_THUMBPRINT_SHAPE)
 
 
 def _shaped(value: object, shape: re.Pattern[str]) -> str:

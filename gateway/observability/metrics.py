@@ -106,12 +106,31 @@ RenewalOutcome = Literal[
     "model_not_found",
     "rate_limited",
     "store_unavailable",
+    "invalid_dpop_proof",
     "other",
 ]
 #: why a token family was revoked: ``replayed`` (a retired token used after the rotation
-#: overlap), ``binding`` (a token used from another client, reuse action ``revoke``)
-FamilyRevocation = Literal["replayed", "binding"]
+#: overlap), ``binding`` (a token used from another client, reuse action ``revoke``),
+#: ``proof`` (a key-bound token presented with a proof by another key)
+FamilyRevocation = Literal["replayed", "binding", "proof"]
+#: why a DPoP proof was refused (``ProofRejected.reason``), or ``other_key``: a
+#: valid proof by another key than the token's (403, the family revoked)
+ProofRefusal = Literal[
+    "missing",
+    "malformed",
+    "type",
+    "algorithm",
+    "key",
+    "signature",
+    "method",
+    "url",
+    "time",
+    "token_hash",
+    "replayed",
+    "other_key",
+]
 RENEWAL_OUTCOMES = frozenset(get_args(RenewalOutcome))
+PROOF_REFUSALS = frozenset(get_args(ProofRefusal))
 TokenRefusal = Literal[
     "missing_credentials",
     "malformed",
@@ -359,6 +378,13 @@ class Metrics:
             registry=registry,
         )
         _initialise(self.token_family_revocations, FamilyRevocation)
+        self.dpop_proofs_refused = Counter(
+            "gateway_dpop_proofs_refused",
+            "DPoP proofs refused, by reason (other_key: a valid proof by another key).",
+            ["reason"],
+            registry=registry,
+        )
+        _initialise(self.dpop_proofs_refused, ProofRefusal)
 
     def _define_rate_limits(self, registry: CollectorRegistry) -> None:
         """Rate limits and abuse defence."""
@@ -569,6 +595,11 @@ class Metrics:
 
     def token_family_revoked(self, reason: FamilyRevocation) -> None:
         self.token_family_revocations.labels(reason).inc()
+
+    def dpop_proof_refused(self, reason: str) -> None:
+        if reason not in PROOF_REFUSALS:  # a label from outside the list: never a new series
+            reason = "malformed"
+        self.dpop_proofs_refused.labels(reason).inc()
 
     def key_verification(self, result: str) -> None:
         self.key_verifications.labels(self._words(result)).inc()

@@ -32,6 +32,8 @@ Declared = tuple[Limit | None, Mode | None] | None
 
 #: reuse actions from the mildest to the strictest
 _ACTIONS = ("flag", "deny", "revoke")
+#: binding modes, loosest first: proofs ignored, proofs honoured, proofs required
+_BINDING_MODES = ("fingerprint", "proof_or_fingerprint", "proof")
 
 
 @dataclass(frozen=True, slots=True)
@@ -562,6 +564,16 @@ def _ms(value: int) -> str:
 
 def _binding(old: Binding, new: Binding) -> list[Change]:
     out: list[Change] = []
+    if old.mode != new.mode:
+        effect = _ordered(old.mode, new.mode, _BINDING_MODES, TIGHTENS)
+        words = f"binding mode {old.mode} -> {new.mode}"
+        out.append(Change("binding", None, "mode", old.mode, new.mode, effect, words))
+    browser_was, browser_now = old.mode_for(("o",)), new.mode_for(("o",))
+    if browser_was != browser_now and (browser_was, browser_now) != (old.mode, new.mode):
+        effect = _ordered(browser_was, browser_now, _BINDING_MODES, TIGHTENS)
+        words = f"binding mode of keys with origins {browser_was} -> {browser_now}"
+        change = Change("binding", None, "browser_mode", browser_was, browser_now, effect, words)
+        out.append(change)
     before, after = old.rule.components, new.rule.components
     if frozenset(before) != frozenset(after):
         if not after:

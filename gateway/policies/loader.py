@@ -116,6 +116,8 @@ def _compile(policies: list[Policy], sections: dict[str, object], files: list[Pa
                 ipv4_prefix=binding.ipv4_prefix,
                 ipv6_prefix=binding.ipv6_prefix,
             ),
+            mode=binding.mode,
+            browser_mode=binding.browser_mode,
             bind_at=binding.bind_at,
             max_fingerprints=binding.max_fingerprints,
             action=binding.action,

@@ -2,7 +2,8 @@
 for how long, on the logged clock.
 
 The logged refusals that the box counts are failures (a ``key_not_found`` is an
-``invalid_key``, a ``token_invalid`` an ``invalid_token``, a ``token_reuse_suspected`` a
+``invalid_key``, a ``token_invalid`` or ``invalid_dpop_proof`` an ``invalid_token``, a
+``token_reuse_suspected`` a
 ``reuse``: as :mod:`gateway.admission` counts them), counted with the gateway's own
 arithmetic (:func:`gateway.core.penalty_box.count_failure`) per subject: the client
 (the keyed hash of its address, an IPv6 client by its /64) or its logged prefix, as the
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 FAILURES = {
     "key_not_found": "invalid_key",
     "token_invalid": "invalid_token",
+    "invalid_dpop_proof": "invalid_token",
     "token_reuse_suspected": "reuse",
 }
 #: idle counts and ended boxes are dropped every so many requests

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.core.gcra import LimitState
-from gateway.core.policy import AppliedLimit, Limit, Penalty, Policy, PolicySet
+from gateway.core.policy import AppliedLimit, Binding, Limit, Penalty, Policy, PolicySet
 
 
 def _duration(seconds: float) -> str:
@@ -46,13 +46,8 @@ def effective_table(policies: PolicySet) -> list[str]:
             )
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
     lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(r)).rstrip() for r in rows]
-    b = policies.binding
-    components = "+".join(b.rule.components) or "off"
     lines.append("")
-    lines.append(
-        f"binding: {components} at {b.bind_at}, up to {b.max_fingerprints} fingerprint(s), "
-        f"then {b.action}"
-    )
+    lines.append(binding_text(policies.binding))
     lines.append(f"penalty box: {penalty_text(policies.penalty)}")
     lines.append(f"on store error: {policies.on_store_error}")
     return lines
@@ -66,6 +61,18 @@ def penalty_text(box: Penalty | None) -> str:
         f"{box.threshold} x ({', '.join(sorted(box.count))}) per "
         f"{_duration(box.window_ms / 1000)} by {box.subject} -> refused for "
         f"{_duration(box.cooldown_ms / 1000)}"
+    )
+
+
+def binding_text(b: Binding) -> str:
+    """The binding mode and the fingerprint rule, in one line."""
+    components = "+".join(b.rule.components) or "off"
+    modes = f"mode {b.mode}"
+    if b.browser_mode is not None and b.browser_mode != b.mode:
+        modes += f" ({b.browser_mode} for keys with origins)"
+    return (
+        f"binding: {modes}; fingerprint {components} at {b.bind_at}, up to "
+        f"{b.max_fingerprints} fingerprint(s), then {b.action}"
     )
 
 

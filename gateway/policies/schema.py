@@ -132,6 +132,11 @@ class PolicyModel(_Strict):
 
 
 class BindingModel(_Strict):
+    #: fingerprint, proof (DPoP required) or proof_or_fingerprint (DPoP when the client
+    #: sent a proof with its token request)
+    mode: Literal["fingerprint", "proof", "proof_or_fingerprint"] = "proof_or_fingerprint"
+    #: the mode for agent keys that list origins (pages in browsers); unset: ``mode``
+    browser_mode: Literal["fingerprint", "proof", "proof_or_fingerprint"] | None = None
     bind_at: Literal["first_use", "issue"] = "first_use"
     #: fingerprint parts; an empty list disables binding
     components: list[Literal["ip_prefix", "client_ip", "user_agent"]] = Field(

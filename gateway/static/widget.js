@@ -569,6 +569,102 @@
     return new ChatError(t("network"));
   }
 
+  /* ---- Proof of possession (RFC 9449): a key that never leaves this page ---- */
+
+  /* A P-256 key pair made with WebCrypto, its private half not extractable, kept in
+   * memory only (lost on reload, with the token). The token the gateway issues for a
+   * request with a proof is bound to this key: every use and renewal of it signs a fresh
+   * proof, so a token copied out of the page is useless without the key. Without
+   * WebCrypto the widget sends no proof and the token is bound to the network instead. */
+  function ProofKey() {
+    this.pair = null;
+    this.jwk = null;
+    this.making = null;
+    this.offset = 0; // the gateway's clock minus this one, ms (from its Date header)
+  }
+
+  function b64url(bytes) {
+    var text = "";
+    for (var i = 0; i < bytes.length; i++) text += String.fromCharCode(bytes[i]);
+    return btoa(text).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+
+  function b64json(value) {
+    return b64url(new TextEncoder().encode(JSON.stringify(value)));
+  }
+
+  /* True once the key pair exists; false when this browser cannot make one. */
+  ProofKey.prototype.ready = function () {
+    var self = this;
+    if (!this.making) {
+      this.making = (async function () {
+        var subtle = window.crypto && window.crypto.subtle;
+        if (!subtle || !window.isSecureContext) return false;
+        try {
+          var pair = await subtle.generateKey(
+            { name: "ECDSA", namedCurve: "P-256" }, false, ["sign"]
+          );
+          var full = await subtle.exportKey("jwk", pair.publicKey);
+          self.jwk = { crv: full.crv, kty: full.kty, x: full.x, y: full.y };
+          self.pair = pair;
+          return true;
+        } catch (err) {
+          return false;
+        }
+      })();
+    }
+    return this.making;
+  };
+
+  /* The DPoP header's value for `method url` (with `ath` when a token is presented),
+   * or null without a key. */
+  ProofKey.prototype.proof = async function (method, url, token) {
+    if (!(await this.ready())) return null;
+    var subtle = window.crypto.subtle;
+    var target = new URL(url, document.baseURI);
+    var claims = {
+      jti: b64url(window.crypto.getRandomValues(new Uint8Array(16))),
+      htm: method,
+      htu: target.origin + target.pathname,
+      iat: Math.floor((Date.now() + this.offset) / 1000),
+    };
+    if (token) {
+      var digest = await subtle.digest("SHA-256", new TextEncoder().encode(token));
+      claims.ath = b64url(new Uint8Array(digest));
+    }
+    var input = b64json({ typ: "dpop+jwt", alg: "ES256", jwk: this.jwk }) + "." + b64json(claims);
+    var signature = await subtle.sign(
+      { name: "ECDSA", hash: "SHA-256" }, this.pair.privateKey, new TextEncoder().encode(input)
+    );
+    return input + "." + b64url(new Uint8Array(signature));
+  };
+
+  /* The gateway's clock, from its answer's Date header: true when this page's clock
+   * turns out to be off by more than a few seconds from what was assumed. */
+  ProofKey.prototype.learn = function (resp) {
+    var date = Date.parse(resp.headers.get("Date") || "");
+    if (isNaN(date)) return false;
+    var offset = date - Date.now();
+    var moved = Math.abs(offset - this.offset) > 5000;
+    if (moved) this.offset = offset;
+    return moved;
+  };
+
+  /* fetch() with a proof for `url` (and `token`, when one is presented); once more when
+   * the gateway refused it and its clock says the visitor's is off (proofs carry the
+   * time they were made: a wrong clock makes them look stale or early). */
+  ProofKey.prototype.fetch = async function (url, init, token) {
+    var method = init.method || "GET";
+    for (var attempt = 0; ; attempt++) {
+      var headers = Object.assign({}, init.headers);
+      var proof = await this.proof(method, url, token);
+      if (proof) headers.DPoP = proof;
+      var resp = await fetch(url, Object.assign({}, init, { headers: headers }));
+      var skewed = this.learn(resp);
+      if (resp.status !== 401 || !proof || attempt || !skewed) return resp;
+    }
+  };
+
   /* ---- Client tokens: every token the widget holds is obtained here ---- */
 
   /* One request at a time, kept in memory only. A token is renewed for the same
@@ -587,6 +683,7 @@
     this.pending = null;
     this.timer = 0;
     this.stale = false;
+    this.key = new ProofKey();
   }
 
   /* A token valid for at least the renewal margin. */
@@ -620,9 +717,10 @@
   /* A token for a new conversation, from the public key. */
   Tokens.prototype.issue = async function () {
     var opts = this.options;
+    var url = opts.gateway + TOKEN_PATH + encodeURIComponent(opts.model);
     var resp;
     try {
-      resp = await fetch(opts.gateway + TOKEN_PATH + encodeURIComponent(opts.model), {
+      resp = await this.key.fetch(url, {
         headers: { Authorization: "Bearer " + opts.key },
         credentials: "omit",
         cache: "no-store",
@@ -640,16 +738,17 @@
    * past renewal (expired beyond the grace, or no longer readable) so a new conversation
    * must start; throws when the conversation ended or the gateway could not answer. */
   Tokens.prototype.refresh = async function () {
+    var url = this.options.gateway + REFRESH_PATH;
     var resp;
     for (var attempt = 0; !resp; attempt++) {
       try {
-        resp = await fetch(this.options.gateway + REFRESH_PATH, {
+        resp = await this.key.fetch(url, {
           method: "POST",
           headers: { "Content-Type": "application/json" },
           body: JSON.stringify({ client_token: this.token }),
           credentials: "omit",
           cache: "no-store",
-        });
+        }, this.token);
       } catch (err) {
         // The answer may be lost after the gateway rotated the token: asked again within
         // the rotation overlap (10 s by default) the same successor comes back, while
@@ -908,12 +1007,10 @@
   Chat.prototype.loadHistory = async function () {
     var edits = this.edits;
     var token = await this.tokens.get();
+    var url = this.options.gateway + MESSAGES_PATH + encodeURIComponent(token);
     var resp;
     try {
-      resp = await fetch(this.options.gateway + MESSAGES_PATH + encodeURIComponent(token), {
-        credentials: "omit",
-        cache: "no-store",
-      });
+      resp = await this.tokens.key.fetch(url, { credentials: "omit", cache: "no-store" }, token);
     } catch (err) {
       throw networkError();
     }
@@ -1028,14 +1125,15 @@
   };
 
   Chat.prototype.post = async function (token, text) {
+    var url = this.options.gateway + SEND_PATH;
     try {
-      return await fetch(this.options.gateway + SEND_PATH, {
+      return await this.tokens.key.fetch(url, {
         method: "POST",
         headers: { "Content-Type": "application/json", Accept: "text/event-stream" },
         body: JSON.stringify({ client_token: token, message: text, stream: true }),
         credentials: "omit",
         cache: "no-store",
-      });
+      }, token);
     } catch (err) {
       throw networkError();
     }

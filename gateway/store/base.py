@@ -2,10 +2,10 @@
 
 ``admit`` decides, in one step that either applies entirely or not at all: is the client
 in the penalty box, is the token revoked or used from a new fingerprint, is it a token
-its family retired (or is the family revoked), and does every rate limit that applies
-have room; for a renewal, it also rotates the family. A denied request consumes nothing.
-The memory store does this under the event loop (no awaits inside), the Redis store in
-one Lua script.
+its family retired (or is the family revoked), was its DPoP proof seen before, and does
+every rate limit that applies have room; for a renewal, it also rotates the family. A
+denied request consumes nothing. The memory store does this under the event loop (no
+awaits inside), the Redis store in one Lua script.
 """
 
 from __future__ import annotations
@@ -33,11 +33,19 @@ class TokenVerdict(StrEnum):
     REPLAYED = "replayed"
     #: a token of a family revoked before
     FAMILY_REVOKED = "family_revoked"
+    #: a DPoP proof (its key and jti) seen before within its window
+    PROOF_REPLAYED = "proof_replayed"
 
 
 #: verdicts that refuse the request
 REFUSING_VERDICTS = frozenset(
-    {TokenVerdict.REVOKED, TokenVerdict.REUSE, TokenVerdict.REPLAYED, TokenVerdict.FAMILY_REVOKED}
+    {
+        TokenVerdict.REVOKED,
+        TokenVerdict.REUSE,
+        TokenVerdict.REPLAYED,
+        TokenVerdict.FAMILY_REVOKED,
+        TokenVerdict.PROOF_REPLAYED,
+    }
 )
 
 
@@ -69,6 +77,19 @@ class FamilyCheck(NamedTuple):
     successor: str = ""
 
 
+class ProofUse(NamedTuple):
+    """A DPoP proof presented (:mod:`gateway.core.dpop`): refused when seen before, else
+    remembered once the request is admitted. With a token, ``key_mismatch`` says the proof
+    is valid but by another key than the token's: the token's family is revoked (the token
+    alone without a family; verdict ``reuse``) and nothing is remembered."""
+
+    #: the proof's key and jti, hashed (``Proof.replay_id``)
+    replay_id: str
+    #: how long to remember it (until it leaves the proof window)
+    ttl_ms: int
+    key_mismatch: bool = False
+
+
 class Renewed(NamedTuple):
     """The successor of a renewed token: its jti and its issue time (store clock, ms)."""
 
@@ -87,6 +108,8 @@ class AdmitRequest(NamedTuple):
     #: a hot key's sub-bucket: :func:`gateway.core.redis_keys.bucket_shard`); None: the
     #: store's one tag. Only the Redis store's key names depend on it
     shard: str | None = None
+    #: a DPoP proof, with or without a token (a key mismatch only with one)
+    proof: ProofUse | None = None
 
 
 class Admission(NamedTuple):

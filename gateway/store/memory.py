@@ -106,6 +106,8 @@ class MemoryStore:
         self.attempts: ExpiringMap[int] = ExpiringMap()
         self.penalties: ExpiringMap[bool] = ExpiringMap()
         self.families: ExpiringMap[_Family] = ExpiringMap()
+        #: DPoP proofs used (``ProofUse.replay_id``), while they could pass again
+        self.proofs: ExpiringMap[bool] = ExpiringMap()
 
     def _sweep(self, now: float) -> None:
         for table in (
@@ -115,6 +117,7 @@ class MemoryStore:
             self.attempts,
             self.penalties,
             self.families,
+            self.proofs,
         ):
             table.sweep(now)
 
@@ -227,6 +230,18 @@ class MemoryStore:
             refused, renewed, rotate = self._check_family(family, request.token.jti, now)
             if refused is not None:
                 return Admission(0, refused, ())
+        proof = request.proof
+        if proof is not None:  # proof of possession, as admit.lua's delimited block
+            if proof.key_mismatch and request.token is not None:
+                if family is not None:
+                    self._revoke_family(family, now)
+                else:
+                    record = self.tokens.get(request.token.jti, now)
+                    held = (record.fingerprints if record is not None else None) or []
+                    self._revoke(request.token.jti, held, now, request.token.ttl_ms)
+                return Admission(0, TokenVerdict.REUSE, ())
+            if not proof.key_mismatch and self.proofs.get(proof.replay_id, now):
+                return Admission(0, TokenVerdict.PROOF_REPLAYED, ())
         now_us = self._us(now)
         states: list[LimitState] = [
             evaluate(spec, self._tat(spec, now), now_us) for spec in request.limits
@@ -254,6 +269,8 @@ class MemoryStore:
             keep[use.jti] = token, max(ms, record_ttl_ms(use.ttl_ms))
         for jti, (token, ms) in keep.items():
             self._keep_for(jti, token, now, ms)
+        if proof is not None and not proof.key_mismatch:
+            self.proofs.set(proof.replay_id, True, now + record_ttl_ms(proof.ttl_ms))
         if rotate and family is not None and renewed is not None and request.token is not None:
             rotated = _Family(renewed.jti, request.token.jti, renewed.issued_at_ms)
             self._keep_family(family, rotated, now)

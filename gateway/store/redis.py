@@ -59,6 +59,8 @@ def _verdict(raw: Any) -> TokenVerdict | None:
 EPOCH_MS = EPOCH_US // 1000
 #: admit.lua's arguments for no family
 NO_FAMILY = (0, "", 0, 0, "")
+#: admit.lua's arguments for no DPoP proof
+NO_PROOF = (0, 0)
 
 
 def _renewed(jti: Any, issued_ms: Any) -> Renewed | None:
@@ -140,6 +142,14 @@ class RedisStore:
                 args += NO_FAMILY
         else:
             args = [1 if subject is not None else 0, 0, len(limits), "", "", 0, 0, 0, *NO_FAMILY]
+        proof = request.proof
+        if proof is None:
+            args += NO_PROOF
+        elif proof.key_mismatch:
+            args += (2, 0)
+        else:
+            keys.append(built.proof(proof.replay_id))
+            args += (1, record_ttl_ms(proof.ttl_ms))
         for spec in limits:
             key, field = self.limit_location(spec, built)
             keys.append(key)

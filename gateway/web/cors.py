@@ -48,9 +48,16 @@ from gateway.errors import ProblemError
 from gateway.keystore.base import KeyRecord, KeyStore
 
 #: response headers a page's script may read, beside the CORS-safelisted ones
-EXPOSED_HEADERS = ("Retry-After", "RateLimit", "RateLimit-Policy", "X-Request-Id")
+EXPOSED_HEADERS = (
+    "Retry-After",
+    "RateLimit",
+    "RateLimit-Policy",
+    "X-Request-Id",
+    "WWW-Authenticate",
+    "Date",
+)
 #: request headers a page may send, beside the CORS-safelisted ones
-ALLOWED_HEADERS = ("Authorization", "Content-Type")
+ALLOWED_HEADERS = ("Authorization", "Content-Type", "DPoP")
 #: how long a browser may cache a preflight answer (Chromium caps it at 2 hours)
 PREFLIGHT_MAX_AGE = 600
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,7 +10,8 @@ import orjson
 from aiohttp import web
 from aiohttp.http import HttpVersion11
 
-from gateway.admission import Client
+from gateway.admission import Client, ProofRequest
+from gateway.core.client_ip import Network, is_trusted_peer
 from gateway.errors import ProblemError
 from gateway.web.state import CLIENT_IP
 
@@ -22,6 +24,25 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 def client_of(request: web.Request) -> Client:
     """The requester: its address (through trusted proxies) and its User-Agent."""
     return Client(ip=request[CLIENT_IP], user_agent=request.headers.get("User-Agent", ""))
+
+
+def proof_of(
+    request: web.Request, public_url: str | None, trusted: Sequence[Network]
+) -> ProofRequest:
+    """The request's DPoP proof and the URL it must name: ``public_url`` and the path
+    when configured, else the scheme and host the client called (a trusted proxy's
+    ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` believed, the first of each)."""
+    proofs = request.headers.getall("DPoP", ())
+    header = ",".join(proofs) if proofs else None  # several: malformed, as RFC 9449 says
+    path = request.raw_path.partition("?")[0]
+    if public_url is not None:
+        return ProofRequest(header, request.method, public_url + path)
+    scheme, host = request.scheme, request.host
+    if is_trusted_peer(request.remote, trusted):
+        headers = request.headers
+        scheme = headers.get("X-Forwarded-Proto", scheme).split(",")[0].strip() or scheme
+        host = headers.get("X-Forwarded-Host", host).split(",")[0].strip() or host
+    return ProofRequest(header, request.method, f"{scheme}://{host}{path}")
 
 
 #: the ``WWW-Authenticate`` challenge of a request without a bearer credential

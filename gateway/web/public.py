@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from gateway.admission import ProofBinding, ProofRequest
 from gateway.core.token_codec import ClientToken, IssuedToken, log_hash
 from gateway.errors import ProblemError
 from gateway.upstream import ForwardContext
@@ -22,6 +23,7 @@ from gateway.web.payloads import (
     defer_continue,
     parse_refresh,
     parse_send_message,
+    proof_of,
     read_json_object,
 )
 from gateway.web.relay import EVENT_STREAM, relay, response_for
@@ -67,9 +69,15 @@ async def issue_token(request: web.Request) -> web.Response:
             credential=bearer(request),
             note_key=functools.partial(request.__setitem__, KEY_ID),
             admit_origins=functools.partial(admit_origin, request),
+            proof=_proof(request),
         )
     )
     return _token_answer(grant.issued, grant.expires_in, grant.headers)
+
+
+def _proof(request: web.Request) -> ProofRequest:
+    server = request.app[SERVICES].config.server
+    return proof_of(request, server.public_url, server.trusted_proxies)
 
 
 async def refresh_token(request: web.Request) -> web.Response:
@@ -88,6 +96,7 @@ async def refresh_token(request: web.Request) -> web.Response:
             note_token=functools.partial(request.__setitem__, TOKEN_HASH),
             note_key=functools.partial(request.__setitem__, KEY_ID),
             admit_origins=functools.partial(admit_origin, request),
+            proof=_proof(request),
         )
     )
     return _token_answer(grant.issued, grant.expires_in, grant.headers)
@@ -110,7 +119,8 @@ async def _admit_token(
         if record is None:  # issued by a replica that knows a key newer than this snapshot
             record = await services.keys.find_record(claims.key_id)
         admit_origin(request, record.origins if record is not None else ())
-        headers = await admissions.use_token(claims, client, route, request.method)
+        proof = ProofBinding(_proof(request), token) if claims.jkt is not None else None
+        headers = await admissions.use_token(claims, client, route, request.method, proof)
     except ProblemError as err:
         if TOKEN_HASH not in request:  # refused before or by the token's checks
             request[TOKEN_HASH] = log_hash(token)

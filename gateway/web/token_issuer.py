@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from gateway.admission import Admissions, Client
+from gateway.admission import Admissions, Client, ProofRequest
 from gateway.core.token_codec import IssuedToken, TokenCodec
 from gateway.errors import ProblemError
 from gateway.keystore.base import KeyRecord
@@ -37,6 +37,8 @@ class TokenRequest:
     note_key: Callable[[str], None]
     #: given the key's origins: refuses a browser origin the key does not list
     admit_origins: Callable[[tuple[str, ...]], None]
+    #: the request's DPoP proof, if any: the token is then bound to its key
+    proof: ProofRequest | None = None
 
     def __repr__(self) -> str:  # the agent key must not end up in a log by accident
         return f"TokenRequest(model_id={self.model_id!r}, client={self.client!r})"
@@ -80,6 +82,8 @@ class TokenIssuer(TokenService):
         except ProblemError as err:
             if err.code != "key_not_found":  # counted with its precise reason
                 self._metrics.token_refused(err.code)
+            if err.code == "invalid_dpop_proof":  # a signature check paid for: boxed
+                await self._admissions.failed(request.client, "invalid_token")
             raise
 
     async def _issue(self, request: TokenRequest) -> TokenGrant:
@@ -91,15 +95,24 @@ class TokenIssuer(TokenService):
         request.admit_origins(record.origins)
         if model_id not in record.models or model_id not in self._models:
             raise ProblemError("model_not_found", f"this key has no model {model_id!r}")
+        # checked once the key passed, under the binding mode of the key
+        proof, jkt = admissions.issue_proof(request.proof, record.origins)
         headers = await admissions.admit_request(
-            "token", request.client, request.method, key_id=record.key_id, model=model_id
+            "token",
+            request.client,
+            request.method,
+            key_id=record.key_id,
+            model=model_id,
+            proof=proof,
         )
         issued = self._codec.issue(
             key_id=record.key_id,
             model_id=model_id,
             now=admissions.now(),
-            fingerprint=admissions.issue_fingerprint(request.client),
+            # a token bound to a key is not bound to the network
+            fingerprint=None if jkt else admissions.issue_fingerprint(request.client),
             shards=admissions.shards(record.key_id),
+            jkt=jkt,
         )
         self._metrics.token_issued(model_id)
         return TokenGrant(issued, self._codec.ttl_seconds, headers)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.admission import Client
+from gateway.admission import Client, ProofBinding, ProofRequest
 from gateway.core.identifiers import new_token_id
 from gateway.core.token_codec import ClientToken, log_hash
 from gateway.errors import ProblemError
@@ -32,6 +32,8 @@ class RenewalRequest:
     note_key: Callable[[str], None]
     #: given the key's origins: refuses a browser origin the key does not list
     admit_origins: Callable[[tuple[str, ...]], None]
+    #: the request's DPoP proof: needed (by the same key) when the token is bound to one
+    proof: ProofRequest | None = None
 
     def __repr__(self) -> str:  # the token must not end up in a log by accident
         return f"RenewalRequest(client={self.client!r})"
@@ -56,8 +58,13 @@ class TokenRenewer(TokenService):
                     "this conversation has reached its maximum length: start a new one",
                 )
             successor = new_token_id()
+            proof = request.proof
             headers, renewed = await admissions.renew_token(
-                claims, request.client, request.method, successor
+                claims,
+                request.client,
+                request.method,
+                successor,
+                None if proof is None else ProofBinding(proof, request.token),
             )
         except ProblemError as err:
             if claims is None:  # refused before or by the token's checks: logged by hash
@@ -67,10 +74,13 @@ class TokenRenewer(TokenService):
                 err, request.client, claims.key_id if claims is not None else None
             )
             raise
-        # the successor keeps its predecessor's binding: under ``binding.action: flag`` a
-        # renewal from another client is flagged and admitted, and must not rebind the
+        # the successor keeps its predecessor's binding: a key-bound token its key
+        # (cnf.jkt) and no network fingerprint; otherwise, under ``binding.action: flag``
+        # a renewal from another client is flagged and admitted, and must not rebind the
         # conversation to that client (its later uses would pass unflagged)
-        fingerprint = claims.fingerprint or admissions.fingerprint(request.client)
+        fingerprint = None
+        if claims.jkt is None:
+            fingerprint = claims.fingerprint or admissions.fingerprint(request.client)
         issued = self._codec.renew(
             claims,
             jti=renewed.jti,

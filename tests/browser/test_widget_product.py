@@ -13,7 +13,8 @@ from playwright.async_api import Browser, BrowserContext, Page, Route, expect
 
 from gateway.web.widget import load_widget, versioned_path
 from tests.browser.pages import ROOT, Pages, page_html, say, shadow, widget_tag
-from tests.support.harness import Gateway
+from tests.support.dpop import ProofKey
+from tests.support.harness import MESSAGES_URL, Gateway
 from tests.support.processes import run_cli
 from tests.support.stack import write_config
 
@@ -151,8 +152,14 @@ async def test_a_token_used_elsewhere_first_says_so_and_a_new_conversation_recov
         response = await route.fetch()
         if not stolen:
             stolen.append((await response.json())["token"])
+            # the token is bound to the page's key: without it the token is refused, with a
+            # key of its own the thief is recognised, and the conversation revoked
+            url = gateway.url + MESSAGES_URL.format(token=stolen[0])
+            proof = ProofKey().proof("GET", url, token=stolen[0])
             async with gateway.messages(stolen[0], **{"User-Agent": "curl/8"}) as resp:
-                assert resp.status == 404  # no conversation yet, and the token is bound
+                assert resp.status == 401
+            async with gateway.messages(stolen[0], DPoP=proof) as resp:
+                assert resp.status == 403
         await route.fulfill(response=response)
 
     await page.route(gateway.url + "/v1/chat/conversation/public/message/token/*", use_it_first)

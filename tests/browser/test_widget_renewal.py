@@ -10,7 +10,8 @@ from aiohttp.test_utils import TestServer
 from playwright.async_api import BrowserContext, Page, Response, Route, expect
 
 from tests.browser.pages import Pages, page_html, say, widget_tag
-from tests.support.harness import Gateway
+from tests.support.dpop import ProofKey
+from tests.support.harness import MESSAGES_URL, Gateway
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]  # a Chromium process
 
@@ -107,7 +108,10 @@ async def test_a_copied_old_token_used_elsewhere_ends_the_conversation_and_the_w
     copied = tokens.issued[0]  # e.g. from a shared screenshot of the network panel
     await tokens.renewals(1, timeout=30)  # 6 s in: the widget renewed, the copy is retired
     await asyncio.sleep(1.5)  # past the rotation overlap, before the copy expires
-    async with gateway.messages(copied, **{"User-Agent": "curl/8"}) as resp:
+    # the page's tokens are bound to its key: the copier signs with a key of its own
+    url = gateway.url + MESSAGES_URL.format(token=copied)
+    proof = ProofKey().proof("GET", url, token=copied)
+    async with gateway.messages(copied, **{"User-Agent": "curl/8", "DPoP": proof}) as resp:
         assert resp.status == 403
         assert (await resp.json())["code"] == "token_reuse_suspected"
         assert "rue des Lilas" not in await resp.text()

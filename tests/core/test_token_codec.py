@@ -17,6 +17,7 @@ from gateway.core.signing_keys import (
 )
 from gateway.core.token_codec import TokenCodec, TokenRejected, VerifiedToken
 
+JKT = "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
 NOW = 1_800_000_000.0
 OLD = SigningKey("old", b"o" * 40)
 NEW = SigningKey("new", b"n" * 40)
@@ -64,6 +65,22 @@ def test_fingerprint_claim_when_bound_at_issue() -> None:
     c = codec()
     issued = c.issue(key_id="K" * 12, model_id="demo", now=NOW, fingerprint="f" * 16)
     assert c.decode(issued.token, NOW).fingerprint == "f" * 16
+
+
+def test_key_confirmation_when_bound_to_a_key_and_kept_by_renewal() -> None:
+    c = codec()
+    issued = c.issue(key_id="K" * 12, model_id="demo", now=NOW, jkt=JKT)
+    assert c.decode(issued.token, NOW).jkt == JKT
+    claims = jwt.decode(
+        issued.token, OLD.secret, algorithms=["HS256"], audience="public-agent-api",
+        options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
+    )  # fmt: skip
+    assert claims["cnf"] == {"jkt": JKT}
+    renewed = c.renew(issued.claims, jti="R" * 22, issued_at=int(NOW) + 1, fingerprint=None)
+    assert c.decode(renewed.token, NOW + 1).jkt == JKT
+    plain = c.issue(key_id="K" * 12, model_id="demo", now=NOW)
+    assert c.decode(plain.token, NOW).jkt is None
+    assert "cnf" not in jwt.decode(plain.token, options={"verify_signature": False})
 
 
 def test_expiry_uses_the_callers_clock_with_leeway() -> None:
@@ -212,6 +229,13 @@ FAST_PATH_CASES = {
         _payload(c), OLD.secret, headers={"kid": "old", "x": 1}
     ),
     "wrong key": lambda c: jwt.encode(_payload(c), b"w" * 40, headers={"kid": "old"}),
+    "issued with cnf.jkt": lambda c: (
+        c.issue(key_id="K" * 12, model_id="demo", now=NOW, jkt=JKT).token
+    ),
+    "cnf.jkt": lambda c: _with(c, cnf={"jkt": JKT}),
+    "cnf null": lambda c: _with(c, cnf=None),
+    "cnf with another member": lambda c: _with(c, cnf={"jkt": JKT, "x5t#S256": "a"}),
+    "cnf a string": lambda c: _with(c, cnf=JKT),
 }
 
 
@@ -299,6 +323,10 @@ FOREIGN_SHAPES = {
     "jti too short": {"jti": "short"},
     "fph with CR/LF": {"fph": "f" * 16 + "\n"},
     "fph not hex": {"fph": "z" * 16},
+    "cnf.jkt with CR/LF": {"cnf": {"jkt": JKT + "\r\n"}},
+    "cnf.jkt too short": {"cnf": {"jkt": JKT[:-1]}},
+    "cnf.jkt padded": {"cnf": {"jkt": JKT[:-1] + "="}},
+    "cnf.jkt a number": {"cnf": {"jkt": 7}},
 }
 
 

@@ -104,6 +104,7 @@ def test_explain_shows_live_state_from_redis(tmp_path: Path, redis_url: str) -> 
     assert "key=token-per-ip:127.0.0.1" in per_ip
     assert "remaining 6, would admit" in per_ip  # burst 10, 3 used, this one counted
     assert "penalty box (127.0.0.1): not boxed" in result.stdout
+    assert "binding: mode proof_or_fingerprint (proof for keys with origins);" in result.stdout
 
 
 @pytest.mark.parametrize("watch", [False])

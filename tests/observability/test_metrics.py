@@ -293,6 +293,7 @@ PRE_INITIALISED: dict[str, dict[str, Any]] = {
     "gateway_suspicious_events": {"reason": metrics_module.SuspiciousReason},
     "gateway_token_renewals": {"outcome": metrics_module.RenewalOutcome},
     "gateway_token_family_revocations": {"reason": metrics_module.FamilyRevocation},
+    "gateway_dpop_proofs_refused": {"reason": metrics_module.ProofRefusal},
     "gateway_penalty_box_events": {"event": metrics_module.PenaltyEvent},
     "gateway_store_errors": {
         "operation": metrics_module.WatchedStoreOperation,

@@ -107,6 +107,10 @@ def test_penalty_box_turned_on(tmp_path: Path) -> None:
         ("action: flag", "action: deny", "action", "tightens"),
         ("action: revoke", "action: deny", "action", "loosens"),
         ("bind_at: first_use", "bind_at: issue", "bind_at", "tightens"),
+        ("mode: proof_or_fingerprint", "mode: proof", "mode", "tightens"),
+        ("mode: proof_or_fingerprint", "mode: fingerprint", "mode", "loosens"),
+        ("browser_mode: proof", "browser_mode: proof_or_fingerprint", "browser_mode", "loosens"),
+        ("mode: fingerprint", "mode: fingerprint, browser_mode: proof", "browser_mode", "tightens"),
     ],
 )
 def test_binding_fields(tmp_path: Path, old: str, new: str, field: str, effect: str) -> None:

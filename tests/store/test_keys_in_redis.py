@@ -9,6 +9,7 @@ import redis.asyncio
 
 from gateway.core import agent_keys
 from gateway.core.redis_keys import KEY_STORE_KEY_SHAPES, STATE_KEY_SHAPES
+from tests.support.dpop import ProofKey
 from tests.support.harness import PROTECTED, TOKEN_URL
 
 OPERATIONS = Path(__file__).parents[2] / "docs" / "operations.md"
@@ -46,6 +47,8 @@ async def test_real_traffic_leaves_only_documented_keys(
         assert resp.status == 200
     async with gateway.refresh(token) as resp:  # the conversation's token family
         assert resp.status == 200, await resp.text()
+    proof = ProofKey().proof("GET", gateway.url + TOKEN_URL.format(model="demo"))
+    await gateway.get_token(key, DPoP=proof)  # a DPoP proof, remembered against replay
     wrong = agent_keys.generate().key  # well formed, unknown: a failure
     client = redis.asyncio.Redis.from_url(redis_url)
     found: dict[str, str] = {}

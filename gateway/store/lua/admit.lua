@@ -2,7 +2,7 @@
 -- rate limit, and a renewal's rotation. A denied request writes nothing (except the
 -- revocation of a token, or of its family, caught in reuse).
 --
--- KEYS: [penalty block key] [token state key] [family key] limit keys...
+-- KEYS: [penalty block key] [token state key] [family key] [proof key] limit keys...
 -- ARGV[1] has_penalty (0/1)   ARGV[2] has_token (0/1)   ARGV[3] number of limits
 -- token (when has_token): ARGV[4] fingerprint ('' = binding off), ARGV[5] fingerprint
 --   bound at issue ('' = bind at first use), ARGV[6] max fingerprints,
@@ -10,7 +10,10 @@
 -- family (when ARGV[9] is 1, only with a token): ARGV[10] the token's jti, ARGV[11]
 --   rotation overlap ms, ARGV[12] family record ttl ms, ARGV[13] a renewal's successor
 --   jti ('' when not renewing)
--- then per limit i (from ARGV[14]): interval us, burst, shadow (0/1), field
+-- proof (see the delimited block below): ARGV[14] '0' none, '1' a DPoP proof to check
+--   against replay (its key present), '2' a valid proof by another key than the
+--   token's (no key); ARGV[15] how long to remember the proof, ms
+-- then per limit i (from ARGV[16]): interval us, burst, shadow (0/1), field
 --
 -- The family record (a hash, kept from each write as long as a token issued then can pass): 'c' the newest token's
 -- jti, 'p' the jti it retired, 't' when (ms), 'x' present once the family is revoked. No
@@ -36,12 +39,12 @@
 --          allowed_1, remaining_1, reset_1, retry_1, ...}
 -- token_verdict: '' (no token), 'ok', 'bound', 'flagged', 'revoked', 'reuse',
 --   'replayed' (a retired token after the overlap: the family is revoked now),
---   'family_revoked'; the successor is '' and 0 unless a renewal was admitted.
+--   'family_revoked', 'proof_replayed' (a DPoP proof seen before); the successor is '' and 0 unless a renewal was admitted.
 
 local FP = 16
 local TAG = 4
 local EPOCH = 1700000000
-local LIMITS = 14
+local LIMITS = 16
 local has_penalty = ARGV[1] == '1'
 local has_token = ARGV[2] == '1'
 local has_family = has_token and ARGV[9] == '1'
@@ -149,6 +152,29 @@ if has_family then
   end
 end
 
+-- proof of possession (RFC 9449) -------------------------------------------------
+-- '2': the token was presented with a valid proof by another key: it was copied; its
+-- family (every token of the conversation, this one included) is revoked, or the token
+-- alone when it has none. '1': a proof (its key and jti) seen within its window is a
+-- replay; else it is remembered once the request is admitted.
+local proof_key = nil
+if ARGV[14] == '2' and has_token then
+  if has_family then
+    revoke_family(family_key)
+  else
+    redis.call('HSET', token_key, 'r', '!' .. (redis.call('HGET', token_key, 'r') or ''))
+    keep_for(token_key, tonumber(ARGV[8]))
+  end
+  return {0, 'reuse', '', 0}
+elseif ARGV[14] == '1' then
+  proof_key = KEYS[k]
+  k = k + 1
+  if redis.call('EXISTS', proof_key) == 1 then
+    return {0, 'proof_replayed', '', 0}
+  end
+end
+-- end of proof of possession -----------------------------------------------------
+
 local out = {0, verdict, successor, successor_at}
 local tats = {}
 local denied = false
@@ -214,6 +240,9 @@ if bind then
 end
 for key, ttl in pairs(hash_ttl) do
   keep_for(key, ttl)
+end
+if proof_key then  -- proof of possession: the proof is used
+  redis.call('SET', proof_key, '1', 'PX', tonumber(ARGV[15]))
 end
 if rotate then
   redis.call('HSET', family_key, 'c', successor, 'p', ARGV[10], 't', now_ms)

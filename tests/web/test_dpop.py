@@ -1,0 +1,236 @@
+"""Proof of possession (RFC 9449) on a real gateway (memory store and Redis) in front of
+the reference backend: a token asked for with a proof is bound to its key; each use and
+renewal needs a fresh proof by it; a missing, bad or replayed proof is 401
+``invalid_dpop_proof``; a proof by another key is 403 and revokes the conversation; a
+key-bound token survives a change of network."""
+
+import time
+from typing import Any
+
+from gateway.core.token_codec import ClientToken
+from tests.support.dpop import ProofKey
+from tests.support.harness import MESSAGES_URL, REFRESH_URL, SEND_URL, TOKEN_URL, Gateway
+
+CHALLENGE = 'DPoP error="invalid_dpop_proof"'
+
+
+def claims(gateway: Gateway, token: str) -> ClientToken:
+    return gateway.services.codec.decode(token, time.time())
+
+
+async def bound_token(gateway: Gateway, key: ProofKey, **headers: str) -> str:
+    agent_key = await gateway.create_key()
+    url = gateway.url + TOKEN_URL.format(model="demo")
+    return await gateway.get_token(agent_key, DPoP=key.proof("GET", url), **headers)
+
+
+async def send(gateway: Gateway, token: str, proof: str | None, **headers: str) -> tuple[int, Any]:
+    extra = {"DPoP": proof} if proof is not None else {}
+    async with gateway.send(token, **extra, **headers) as resp:
+        return resp.status, (await resp.json(content_type=None)), resp.headers
+
+
+async def test_a_token_asked_for_with_a_proof_is_bound_and_used_with_proofs(
+    gateway: Gateway,
+) -> None:
+    key = ProofKey()
+    token = await bound_token(gateway, key)
+    assert claims(gateway, token).jkt == key.jkt
+    assert claims(gateway, token).fingerprint is None
+    status, body, _ = await send(
+        gateway, token, key.proof("POST", gateway.url + SEND_URL, token=token)
+    )
+    assert status == 200, body
+    url = gateway.url + MESSAGES_URL.format(token=token)
+    async with gateway.messages(token, DPoP=key.proof("GET", url, token=token)) as resp:
+        assert resp.status == 200, await resp.text()
+    proof = key.proof("POST", gateway.url + REFRESH_URL, token=token)
+    async with gateway.refresh(token, DPoP=proof) as resp:
+        body = await resp.json()
+        assert resp.status == 200, body
+    successor = body["token"]
+    assert claims(gateway, successor).jkt == key.jkt
+    status, body, _ = await send(
+        gateway, successor, key.proof("POST", gateway.url + SEND_URL, token=successor)
+    )
+    assert status == 200, body
+
+
+async def test_a_bound_token_without_a_proof_or_with_a_bad_one_is_401(gateway: Gateway) -> None:
+    key = ProofKey()
+    token = await bound_token(gateway, key)
+    before = gateway.sample("gateway_dpop_proofs_refused_total", reason="missing")
+    url = gateway.url + SEND_URL
+    cases = {
+        "missing": None,
+        "token_hash": key.proof("POST", url),
+        "url": key.proof(
+            "POST", "https://elsewhere.example/v1/chat/conversation/public/message", token=token
+        ),
+        "method": key.proof("GET", url, token=token),
+        "time": key.proof("POST", url, token=token, iat=time.time() - 120),
+        "type": key.proof("POST", url, token=token, header={"typ": "JWT"}),
+    }
+    for reason, proof in cases.items():
+        status, body, headers = await send(gateway, token, proof)
+        assert (status, body["code"]) == (401, "invalid_dpop_proof"), reason
+        assert headers["WWW-Authenticate"].startswith(CHALLENGE)
+    assert gateway.sample("gateway_dpop_proofs_refused_total", reason="missing") == before + 1
+    # none of these harmed the token: its owner goes on
+    status, body, _ = await send(gateway, token, key.proof("POST", url, token=token))
+    assert status == 200, body
+
+
+async def test_a_replayed_proof_is_refused(gateway: Gateway) -> None:
+    key = ProofKey()
+    token = await bound_token(gateway, key)
+    proof = key.proof("POST", gateway.url + SEND_URL, token=token)
+    assert (await send(gateway, token, proof))[0] == 200
+    status, body, _ = await send(gateway, token, proof)
+    assert (status, body["code"]) == (401, "invalid_dpop_proof")
+    assert gateway.sample("gateway_dpop_proofs_refused_total", reason="replayed") >= 1
+
+
+async def test_a_token_request_proof_cannot_be_replayed(gateway: Gateway) -> None:
+    key, agent_key = ProofKey(), await gateway.create_key()
+    url = gateway.url + TOKEN_URL.format(model="demo")
+    proof = key.proof("GET", url)
+    headers = gateway.headers({"Authorization": f"Bearer {agent_key}", "DPoP": proof})
+    async with gateway.http.get(url, headers=headers) as resp:
+        assert resp.status == 200
+    async with gateway.http.get(url, headers=headers) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["code"] == "invalid_dpop_proof"
+
+
+async def test_a_proof_by_another_key_revokes_the_conversation(gateway: Gateway) -> None:
+    owner, thief = ProofKey(), ProofKey()
+    token = await bound_token(gateway, owner)
+    url = gateway.url + SEND_URL
+    refresh = owner.proof("POST", gateway.url + REFRESH_URL, token=token)
+    async with gateway.refresh(token, DPoP=refresh) as resp:
+        successor = (await resp.json())["token"]
+    status, body, _ = await send(gateway, successor, thief.proof("POST", url, token=successor))
+    assert (status, body["code"]) == (403, "token_reuse_suspected")
+    # the owner's own key no longer helps: the token and its whole family are revoked
+    status, body, _ = await send(gateway, successor, owner.proof("POST", url, token=successor))
+    assert status == 403, body
+    assert gateway.sample("gateway_token_family_revocations_total", reason="proof") == 1
+    assert gateway.sample("gateway_dpop_proofs_refused_total", reason="other_key") == 1
+
+
+async def test_a_bound_token_survives_a_change_of_network(
+    gateway_factory: Any, store_kind: str
+) -> None:
+    gateway = await gateway_factory(store=store_kind, server={"trusted_proxies": ["127.0.0.0/8"]})
+    key = ProofKey()
+    token = await bound_token(gateway, key, **{"X-Forwarded-For": "198.51.100.7"})
+    url = gateway.url + SEND_URL
+    for address, agent in [("198.51.100.7", "A"), ("203.0.113.9", "A"), ("2001:db8::1", "B")]:
+        headers = {"X-Forwarded-For": address, "User-Agent": agent}
+        status, body, _ = await send(gateway, token, key.proof("POST", url, token=token), **headers)
+        assert status == 200, (address, body)
+    # a token without a key is still bound to the network (fingerprint binding)
+    plain = await gateway.get_token(
+        await gateway.create_key(), **{"X-Forwarded-For": "198.51.100.7"}
+    )
+    status, _, _ = await send(gateway, plain, None, **{"X-Forwarded-For": "198.51.100.7"})
+    assert status == 200
+    status, body, _ = await send(gateway, plain, None, **{"X-Forwarded-For": "203.0.113.9"})
+    assert (status, body["code"]) == (403, "token_reuse_suspected")
+
+
+async def test_htu_through_a_trusted_proxy_and_with_a_public_url(gateway_factory: Any) -> None:
+    proxied = await gateway_factory(server={"trusted_proxies": ["127.0.0.0/8"]})
+    key = ProofKey()
+    token = await bound_token(proxied, key)
+    public = "https://chat.example" + SEND_URL
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "chat.example"}
+    status, body, _ = await send(
+        proxied, token, key.proof("POST", public + "?x=1", token=token), **forwarded
+    )
+    assert status == 200, body
+    direct = await gateway_factory()  # the same headers from an untrusted peer are ignored
+    token = await bound_token(direct, key)
+    status, body, _ = await send(direct, token, key.proof("POST", public, token=token), **forwarded)
+    assert (status, body["code"]) == (401, "invalid_dpop_proof")
+    configured = await gateway_factory(server={"public_url": "https://chat.example/"})
+    agent_key = await configured.create_key()
+    proof = key.proof("GET", "https://chat.example" + TOKEN_URL.format(model="demo"))
+    token = await configured.get_token(agent_key, DPoP=proof)
+    status, body, _ = await send(configured, token, key.proof("POST", public, token=token))
+    assert status == 200, body
+    status, body, _ = await send(
+        configured, token, key.proof("POST", configured.url + SEND_URL, token=token)
+    )
+    assert status == 401
+
+
+async def test_a_token_without_a_key_needs_no_proof(gateway: Gateway) -> None:
+    token = await gateway.new_token()
+    assert claims(gateway, token).jkt is None
+    status, body, _ = await send(gateway, token, None)
+    assert status == 200, body
+
+
+async def test_a_bad_proof_at_token_request_is_refused(gateway: Gateway) -> None:
+    key, agent_key = ProofKey(), await gateway.create_key()
+    url = gateway.url + TOKEN_URL.format(model="demo")
+    for proof in (
+        key.proof("POST", url),
+        key.proof("GET", url, header={"jwk": dict(key.jwk, d="AA")}),
+        "x.y.z",
+    ):
+        headers = gateway.headers({"Authorization": f"Bearer {agent_key}", "DPoP": proof})
+        async with gateway.http.get(url, headers=headers) as resp:
+            assert resp.status == 401
+            assert resp.headers["WWW-Authenticate"].startswith(CHALLENGE)
+
+
+async def test_binding_mode_fingerprint_ignores_proofs(gateway_factory: Any) -> None:
+    gateway = await gateway_factory(policies="binding: {mode: fingerprint}\n")
+    token = await bound_token(gateway, ProofKey())
+    assert claims(gateway, token).jkt is None
+    status, body, _ = await send(gateway, token, None)
+    assert status == 200, body
+
+
+async def test_binding_mode_proof_requires_a_proof_for_a_token(gateway_factory: Any) -> None:
+    gateway = await gateway_factory(policies="binding: {mode: proof}\n")
+    url = gateway.url + TOKEN_URL.format(model="demo")
+    headers = gateway.headers({"Authorization": f"Bearer {await gateway.create_key()}"})
+    async with gateway.http.get(url, headers=headers) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["code"] == "invalid_dpop_proof"
+        assert resp.headers["WWW-Authenticate"].startswith(CHALLENGE)
+    key = ProofKey()
+    token = await bound_token(gateway, key)
+    assert claims(gateway, token).jkt == key.jkt
+
+
+async def test_browser_mode_applies_to_keys_with_origins(gateway_factory: Any) -> None:
+    gateway = await gateway_factory(policies="binding: {browser_mode: proof}\n")
+    url = gateway.url + TOKEN_URL.format(model="demo")
+    page_key = await gateway.create_key(origins=("https://shop.example",))
+    headers = {"Authorization": f"Bearer {page_key}", "Origin": "https://shop.example"}
+    async with gateway.http.get(url, headers=gateway.headers(headers)) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["code"] == "invalid_dpop_proof"
+    server_key = await gateway.create_key()  # no origins: a server, proofs optional
+    token = await gateway.get_token(server_key)
+    assert claims(gateway, token).jkt is None
+
+
+async def test_a_client_that_keeps_sending_bad_proofs_sits_out(gateway_factory: Any) -> None:
+    policies = "penalty_box: {threshold: 3, window: 1m, cooldown: 1m}\n"
+    gateway = await gateway_factory(policies=policies)
+    key = ProofKey()
+    token = await bound_token(gateway, key)
+    stale = key.proof("POST", gateway.url + SEND_URL, token=token, iat=time.time() - 600)
+    agent_key = await gateway.create_key()
+    url = gateway.url + TOKEN_URL.format(model="demo")
+    headers = gateway.headers({"Authorization": f"Bearer {agent_key}", "DPoP": "x.y.z"})
+    async with gateway.http.get(url, headers=headers) as resp:  # one at the token route
+        assert resp.status == 401
+    codes = [(await send(gateway, token, stale))[1]["code"] for _ in range(3)]
+    assert codes == ["invalid_dpop_proof", "invalid_dpop_proof", "rate_limited"]
