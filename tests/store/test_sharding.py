@@ -24,7 +24,14 @@ from gateway.core.sharding import Sharding
 from gateway.errors import ProblemError
 from gateway.observability.metrics import Metrics
 from gateway.redis_connect import connect
-from gateway.store.base import AdmitRequest, FamilyCheck, StateStore, TokenUse, TokenVerdict
+from gateway.store.base import (
+    AdmitRequest,
+    FamilyCheck,
+    ProofUse,
+    StateStore,
+    TokenUse,
+    TokenVerdict,
+)
 from gateway.store.guarded import GuardedStore
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
@@ -275,3 +282,22 @@ async def test_a_hot_key_failing_open_gets_its_limit_as_configured_locally(
             statuses.append(429 if err.code == "rate_limited" else 0)
     assert statuses == [200] * 8 + [429] * 12
     assert admissions.failing_open
+
+
+async def test_a_proof_s_replay_record_lives_in_its_admission_s_shard(
+    cluster_store: RedisStore,
+) -> None:
+    """A DPoP proof's replay key carries the shard's tag like the token's and family's
+    keys: one script on one node (a key under the store's one tag was a cross-slot call),
+    and a replay inside the shard is caught."""
+    proof = ProofUse(secrets.token_hex(16), 60_000)
+    request = AdmitRequest(
+        token=TokenUse("J" * 22, "", "", 1, "revoke", 60_000),
+        family=FamilyCheck(str(uuid.uuid4()), 10_000, FAMILY_TTL_MS),
+        proof=proof,
+        shard="Key000000001",
+    )
+    assert (await cluster_store.admit(request)).token is TokenVerdict.OK
+    assert (await cluster_store.admit(request)).token is TokenVerdict.PROOF_REPLAYED
+    built = cluster_store.keys.for_admission("Key000000001")
+    assert await cluster_of(cluster_store).exists(built.proof(proof.replay_id)) == 1
