@@ -28,9 +28,10 @@ $(NPM_STAMP): package.json package-lock.json
 run: $(STAMP)
 	$(BIN)/python scripts/run_local.py
 
-# lint and types first (seconds), then the whole suite
+# lint and types first (seconds), then the whole suite, as two pytest processes side by
+# side (scripts/test_shards.py: the tests mostly wait on sockets and processes)
 test: lint typecheck $(NPM_STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python scripts/test_shards.py
 
 # the suite without the multi-process and fault-injection tests (marked slow), for the
 # edit-test loop: see the README's Layout section for what each runs and how long
