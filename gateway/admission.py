@@ -500,14 +500,14 @@ class Admissions:
         return ProblemError("invalid_dpop_proof", detail, {"WWW-Authenticate": DPOP_CHALLENGE})
 
     def issue_proof(
-        self, request: ProofRequest | None, origins: tuple[str, ...]
+        self, request: ProofRequest | None, origins: tuple[str, ...], require_proof: bool = False
     ) -> tuple[ProofUse | None, str | None]:
         """A token request's proof under the binding mode of its agent key (with these
-        ``origins``): what the store checks and the key the token is bound to, or (None,
-        None) for a token bound to the network. ``fingerprint`` ignores proofs; ``proof``
-        requires one (401 without); ``proof_or_fingerprint`` binds to the key when a
-        proof is sent."""
-        mode = self._policies.current.binding.mode_for(origins)
+        ``origins``, and ``require_proof``): what the store checks and the key the token
+        is bound to, or (None, None) for a token bound to the network. ``fingerprint``
+        ignores proofs; ``proof`` requires one (401 without); ``proof_or_fingerprint``
+        binds to the key when a proof is sent."""
+        mode = self._policies.current.binding.mode_for(origins, require_proof)
         if mode == "fingerprint":
             return None, None
         if request is None or request.header is None:

@@ -110,7 +110,13 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 async def _create_key(config: Config, args: argparse.Namespace) -> tuple[str, KeyRecord]:
     try:
-        return await create_key(config, args.model, args.origin or (), args.label or "")
+        return await create_key(
+            config,
+            args.model,
+            args.origin or (),
+            args.label or "",
+            require_proof=args.require_proof,
+        )
     except KeySpecError as exc:
         raise CommandError(str(exc)) from None
 
@@ -129,6 +135,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         )
     if record.origins:  # as browsers send them (punycode hosts, no default port)
         print(f"allowed origins: {' '.join(record.origins)}", file=sys.stderr)
+    if record.require_proof:
+        print("its tokens need a DPoP proof (bound to the client's key)", file=sys.stderr)
     return 0
 
 
@@ -407,6 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--model", action="append", required=True, help="model id (repeatable)")
     create.add_argument("--origin", action="append", help="allowed browser origin (repeatable)")
     create.add_argument("--label", help="a note for operators")
+    create.add_argument(
+        "--require-proof",
+        action="store_true",
+        help="its tokens are always bound to a key the client holds (DPoP), whatever the "
+        "policies' binding mode",
+    )
     create.add_argument("--json", action="store_true", help='print {"key": ..., "key_id": ...}')
     create.set_defaults(func=cmd_keys_create)
     listing = key_commands.add_parser("list", parents=[common], help="list keys (no secrets)")

@@ -105,8 +105,11 @@ class Binding:
     max_fingerprints: int = 1
     action: ReuseAction = "revoke"
 
-    def mode_for(self, origins: tuple[str, ...]) -> BindingMode:
-        """The binding mode of an agent key with these origins."""
+    def mode_for(self, origins: tuple[str, ...], require_proof: bool = False) -> BindingMode:
+        """The binding mode of an agent key with these origins (``proof`` for a key that
+        requires proof, whatever the policies say)."""
+        if require_proof:
+            return "proof"
         if origins and self.browser_mode is not None:
             return self.browser_mode
         return self.mode

@@ -30,7 +30,12 @@ def normalise_origins(origins: Iterable[str]) -> tuple[str, ...]:
 
 
 async def create_key(
-    config: Config, models: Iterable[str], origins: Iterable[str] = (), label: str = ""
+    config: Config,
+    models: Iterable[str],
+    origins: Iterable[str] = (),
+    label: str = "",
+    *,
+    require_proof: bool = False,
 ) -> tuple[str, KeyRecord]:
     """Generate a key, store its argon2id hash, return the key (shown once) and record."""
     wanted = tuple(dict.fromkeys(models))
@@ -49,6 +54,7 @@ async def create_key(
         models=wanted,
         origins=normalise_origins(origins),
         label=label,
+        require_proof=require_proof,
         created_at=utcnow(),
     )
     store = open_keystore(config)

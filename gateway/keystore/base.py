@@ -35,6 +35,9 @@ class KeyRecord(BaseModel):
     models: tuple[str, ...] = Field(min_length=1)
     origins: tuple[str, ...] = ()
     label: str = Field("", max_length=200)
+    #: its tokens are always bound to a key the client holds (a DPoP proof at the token
+    #: request), whatever the policies' binding mode
+    require_proof: bool = False
     created_at: datetime
     revoked_at: datetime | None = None
 
@@ -49,6 +52,7 @@ class KeyRecord(BaseModel):
             "models": list(self.models),
             "origins": list(self.origins),
             "label": self.label,
+            "require_proof": self.require_proof,
             "created_at": self.created_at.isoformat(),
             "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
             "active": self.active,

@@ -96,7 +96,7 @@ class TokenIssuer(TokenService):
         if model_id not in record.models or model_id not in self._models:
             raise ProblemError("model_not_found", f"this key has no model {model_id!r}")
         # checked once the key passed, under the binding mode of the key
-        proof, jkt = admissions.issue_proof(request.proof, record.origins)
+        proof, jkt = admissions.issue_proof(request.proof, record.origins, record.require_proof)
         headers = await admissions.admit_request(
             "token",
             request.client,

@@ -63,6 +63,16 @@ def test_plain_create_prints_only_the_key_on_stdout(tmp_path: Path) -> None:
     assert "not shown again" in result.stderr
 
 
+def test_a_key_can_require_proof_of_possession(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    args = ("keys", "create", "--model", "demo", "--require-proof", "--config", str(config))
+    created = run_cli(*args)
+    assert created.returncode == 0, created.stderr
+    assert "DPoP proof" in created.stderr
+    rows = json.loads(run_cli("keys", "list", "--json", "--config", str(config)).stdout)
+    assert [r["require_proof"] for r in rows] == [True]
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

@@ -157,9 +157,13 @@ class Gateway:
         return self.metrics.registry.get_sample_value(name, labels) or 0.0
 
     async def create_key(
-        self, models: tuple[str, ...] = ("demo",), origins: tuple[str, ...] = ()
+        self,
+        models: tuple[str, ...] = ("demo",),
+        origins: tuple[str, ...] = (),
+        *,
+        require_proof: bool = False,
     ) -> str:
-        key, record = await create_key(self.config, models, origins)
+        key, record = await create_key(self.config, models, origins, require_proof=require_proof)
         await self.services.keys.store.refresh()
         self.keys[record.key_id] = key
         return key

@@ -234,3 +234,26 @@ async def test_a_client_that_keeps_sending_bad_proofs_sits_out(gateway_factory: 
         assert resp.status == 401
     codes = [(await send(gateway, token, stale))[1]["code"] for _ in range(3)]
     assert codes == ["invalid_dpop_proof", "invalid_dpop_proof", "rate_limited"]
+
+
+async def test_a_key_that_requires_proof_gets_bound_tokens_whatever_the_mode(
+    gateway_factory: Any,
+) -> None:
+    """``gateway keys create --require-proof``: that key's tokens need a proof even where
+    the policies bind to the network; the policies' other keys are unchanged."""
+    gateway = await gateway_factory(policies="binding: {mode: fingerprint}\n")
+    url = gateway.url + TOKEN_URL.format(model="demo")
+    strict = await gateway.create_key(require_proof=True)
+    async with gateway.http.get(
+        url, headers=gateway.headers({"Authorization": f"Bearer {strict}"})
+    ) as resp:
+        assert resp.status == 401
+        assert (await resp.json())["code"] == "invalid_dpop_proof"
+        assert resp.headers["WWW-Authenticate"].startswith(CHALLENGE)
+    key = ProofKey()
+    token = await gateway.get_token(strict, DPoP=key.proof("GET", url))
+    assert claims(gateway, token).jkt == key.jkt
+    status, body, _ = await send(gateway, token, None)  # a copy without the key
+    assert status == 401, body
+    plain = await gateway.get_token(await gateway.create_key())
+    assert claims(gateway, plain).jkt is None
