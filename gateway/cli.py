@@ -14,7 +14,7 @@ from gateway.config import Config, default_config_path, load_config
 from gateway.config.yaml_source import SourceError
 from gateway.core import agent_keys
 from gateway.core.origins import invalid_origins
-from gateway.core.policy import RequestFacts
+from gateway.core.policy import PolicySet, RequestFacts
 from gateway.core.signing_keys import SigningKeyError
 from gateway.keystore.admin import KeySpecError, create_key
 from gateway.keystore.base import KeyRecord, KeyStoreError, utcnow
@@ -275,7 +275,33 @@ def cmd_policies_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _key_binding(config: Config, policies: PolicySet, key_id: str) -> str | None:
+    """The binding mode of the key ``key_id`` (its origins, ``--require-proof``)."""
+    record = {r.key_id: r for r in await _list_keys(config)}.get(key_id)
+    if record is None:
+        return None
+    mode = policies.binding.mode_for(record.origins, record.require_proof)
+    why = (
+        "the key requires proof"
+        if record.require_proof
+        else "a key with origins"
+        if record.origins
+        else "a key without origins"
+    )
+    return f"binding of key {key_id}: mode {mode} ({why})"
+
+
 async def _explain(config: Config, args: argparse.Namespace) -> list[str]:
+    lines = await _explain_limits(config, args)
+    if args.key_id:
+        policies = load_policies(config.policies.path).policies
+        key_line = await _key_binding(config, policies, args.key_id)
+        if key_line is not None:
+            lines.append(key_line)
+    return lines
+
+
+async def _explain_limits(config: Config, args: argparse.Namespace) -> list[str]:
     policies = load_policies(config.policies.path).policies
     facts = RequestFacts(
         route=args.route,

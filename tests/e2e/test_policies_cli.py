@@ -165,3 +165,35 @@ def test_check_warns_what_sharding_changes(tmp_path: Path) -> None:
     assert sharded.returncode == 0, sharded.stderr
     assert "is counted per agent key on routes" in sharded.stderr
     assert "penalty_box under store.sharding: key" in sharded.stderr
+
+
+def test_explain_names_a_key_s_binding_mode(tmp_path: Path) -> None:
+    import json
+
+    config = write_config(tmp_path)
+    modes = {}
+    for extra in ((), ("--origin", "https://shop.example"), ("--require-proof",)):
+        created = run_cli(
+            "keys", "create", "--model", "demo", *extra, "--json", "--config", str(config)
+        )
+        key_id = json.loads(created.stdout)["key_id"]
+        shown = run_cli(
+            "policies",
+            "explain",
+            "--route",
+            "send",
+            "--ip",
+            "203.0.113.9",
+            "--key-id",
+            key_id,
+            "--config",
+            str(config),
+        )
+        assert shown.returncode == 0, shown.stderr
+        (line,) = [x for x in shown.stdout.splitlines() if x.startswith(f"binding of key {key_id}")]
+        modes[extra[:1]] = line.split(": ", 1)[1]
+    assert modes == {
+        (): "mode proof_or_fingerprint (a key without origins)",
+        ("--origin",): "mode proof (a key with origins)",  # the shipped browser_mode
+        ("--require-proof",): "mode proof (the key requires proof)",
+    }
