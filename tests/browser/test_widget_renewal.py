@@ -64,6 +64,17 @@ async def chat_page(
     return page, tokens
 
 
+async def page_key(
+    gateway_factory: Any, pages: Pages, *, ttl: int, overlap: int
+) -> tuple[Gateway, str]:
+    """A gateway whose tokens live ``ttl`` s (retired ones pass ``overlap`` s more), and an
+    agent key for the test pages' origin."""
+    gateway: Gateway = await gateway_factory(
+        tokens={"ttl_seconds": ttl, "rotation_overlap_seconds": overlap}
+    )
+    return gateway, await gateway.create_key(origins=(pages.origin,))
+
+
 async def answered(page: Page, message: str, count: int) -> None:
     await say(page, message)
     await expect(page.locator(".assistant")).to_have_count(count)
@@ -73,10 +84,7 @@ async def answered(page: Page, message: str, count: int) -> None:
 async def test_a_conversation_survives_four_renewals_of_a_three_second_token(
     browser: BrowserContext, gateway_factory: Any, backend: TestServer, pages: Pages
 ) -> None:
-    gateway: Gateway = await gateway_factory(
-        tokens={"ttl_seconds": 3, "rotation_overlap_seconds": 1}
-    )
-    key = await gateway.create_key(origins=(pages.origin,))
+    gateway, key = await page_key(gateway_factory, pages, ttl=3, overlap=1)
     page, tokens = await chat_page(browser, pages, gateway, key)
     await answered(page, "first words", 1)
     await tokens.renewals(2, timeout=30)
@@ -99,10 +107,7 @@ async def test_a_conversation_survives_four_renewals_of_a_three_second_token(
 async def test_a_copied_old_token_used_elsewhere_ends_the_conversation_and_the_widget_says_so(
     browser: BrowserContext, gateway_factory: Any, backend: TestServer, pages: Pages
 ) -> None:
-    gateway: Gateway = await gateway_factory(
-        tokens={"ttl_seconds": 9, "rotation_overlap_seconds": 1}
-    )
-    key = await gateway.create_key(origins=(pages.origin,))
+    gateway, key = await page_key(gateway_factory, pages, ttl=9, overlap=1)
     page, tokens = await chat_page(browser, pages, gateway, key)
     await answered(page, "my address is 12 rue des Lilas", 1)
     copied = tokens.issued[0]  # e.g. from a shared screenshot of the network panel
@@ -138,10 +143,7 @@ async def test_a_renewal_whose_answer_is_lost_is_asked_again_within_the_overlap(
     handoff): the widget asks again within the rotation overlap and gets the same
     successor, instead of presenting the retired token later and being taken for a
     thief."""
-    gateway: Gateway = await gateway_factory(
-        tokens={"ttl_seconds": 3, "rotation_overlap_seconds": 2}
-    )
-    key = await gateway.create_key(origins=(pages.origin,))
+    gateway, key = await page_key(gateway_factory, pages, ttl=3, overlap=2)
     lost: list[str] = []
 
     async def lose_the_first_answer(route: Route) -> None:
