@@ -15,7 +15,9 @@ check (admit.lua), in the same call as the rest of admission. A proof that fails
 another key than the token's is :class:`ProofKeyMismatch` (the token was copied).
 
 Parsing a JWK into a key object costs more than the signature check itself: the keys of
-the last :data:`KEY_CACHE` thumbprints are kept (a client proves with one key many times).
+the last :data:`KEY_CACHE` thumbprints are kept (a client proves with one key many times),
+and so are the header segments they came in, exactly as sent (a client's proofs share
+one): the next proof with that header goes straight to its signature.
 """
 
 from __future__ import annotations
@@ -151,6 +153,8 @@ class ProofVerifier:
         self._algorithms = frozenset(algorithms)
         self._key_cache = key_cache
         self._keys: OrderedDict[str, Any] = OrderedDict()
+        #: header segments checked, as sent -> (alg, thumbprint, key)
+        self._heads: OrderedDict[str, tuple[str, str, Any]] = OrderedDict()
 
     def replay_ttl_ms(self, proof: Proof, now: float) -> int:
         """How long the store must remember ``proof``: until it leaves the window."""
@@ -175,16 +179,13 @@ class ProofVerifier:
         if len(proof) > MAX_PROOF_CHARS or proof.count(".") != 2:
             raise ProofRejected("malformed", "the DPoP proof is not a JWT")
         head, body, signature = proof.split(".")
-        header = _segment_json(head)
-        if header.get("typ") != PROOF_TYPE:
-            raise ProofRejected("type", "the DPoP proof's typ must be dpop+jwt")
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in self._algorithms:
-            raise ProofRejected("algorithm", "the DPoP proof's alg is not accepted")
-        jwk = header.get("jwk")
-        if not isinstance(jwk, dict):
-            raise ProofRejected("key", "the DPoP proof has no public key")
-        key_thumbprint, key = self._public_key(alg, jwk)
+        heads = self._heads
+        known = heads.get(head)
+        if known is None:
+            known = self._header(head)
+        else:
+            heads.move_to_end(head)
+        alg, key_thumbprint, key = known
         try:
             raw_signature = base64url_decode(signature)
         except (ValueError, binascii.Error):
@@ -212,6 +213,28 @@ class ProofVerifier:
         if jkt is not None and key_thumbprint != jkt:
             raise ProofKeyMismatch()
         return Proof(key_thumbprint, jti, iat)
+
+    def _header(self, head: str) -> tuple[str, str, Any]:
+        """A header segment checked (its type, algorithm and public key): the algorithm,
+        the key's thumbprint and key object. A client's proofs share one header (the same
+        key, the same algorithm): the segment is remembered as it is, byte for byte, so the
+        next proof by that key skips decoding, validating and hashing it again."""
+        header = _segment_json(head)
+        if header.get("typ") != PROOF_TYPE:
+            raise ProofRejected("type", "the DPoP proof's typ must be dpop+jwt")
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self._algorithms:
+            raise ProofRejected("algorithm", "the DPoP proof's alg is not accepted")
+        jwk = header.get("jwk")
+        if not isinstance(jwk, dict):
+            raise ProofRejected("key", "the DPoP proof has no public key")
+        key_thumbprint, key = self._public_key(alg, jwk)
+        known = (alg, key_thumbprint, key)
+        heads = self._heads
+        heads[head] = known
+        if len(heads) > self._key_cache:
+            heads.popitem(last=False)
+        return known
 
     def _public_key(self, alg: str, jwk: dict[str, Any]) -> tuple[str, Any]:
         """The key's thumbprint and key object (cached by thumbprint)."""

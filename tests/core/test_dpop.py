@@ -27,13 +27,32 @@ NOW = 1_800_000_000
 TOKEN = "header.payload.signature"
 
 
+#: a verifier that has seen the module key's header: every check below runs through a
+#: fresh verifier and through this one, and both must decide alike (the header cache
+#: skips nothing that decides)
+WARM = ProofVerifier()
+
+
 @pytest.fixture(scope="module")
 def key() -> ProofKey:
-    return ProofKey()
+    key = ProofKey()
+    WARM.verify(key.proof("POST", URL, iat=NOW), method="POST", url=URL, now=NOW)
+    return key
+
+
+def _outcome(verifier: ProofVerifier, proof: str | None, args: dict[str, object]) -> object:
+    try:
+        return verifier.verify(proof, **args)  # type: ignore[arg-type]
+    except ProofRejected as exc:
+        return ("rejected", exc.reason)
+    except ProofKeyMismatch:
+        return ("mismatch",)
 
 
 def check(proof: str | None, **kwargs: object) -> object:
     args: dict[str, object] = {"method": "POST", "url": URL, "now": NOW, **kwargs}
+    cold, warm = _outcome(ProofVerifier(), proof, args), _outcome(WARM, proof, args)
+    assert cold == warm
     return ProofVerifier().verify(proof, **args)  # type: ignore[arg-type]
 
 
@@ -242,7 +261,8 @@ def test_parsed_keys_are_cached_and_bounded() -> None:
     assert list(verifier._keys) == [keys[1].jkt, keys[2].jkt]
     again = keys[1].proof("POST", URL, iat=NOW)
     assert verifier.verify(again, method="POST", url=URL, now=NOW).jkt == keys[1].jkt
-    assert list(verifier._keys) == [keys[2].jkt, keys[1].jkt]
+    # served by its header, remembered as sent: now the most recently used
+    assert [jkt for _, jkt, _ in verifier._heads.values()] == [keys[2].jkt, keys[1].jkt]
 
 
 def test_replay_ttl_covers_the_rest_of_the_window(key: ProofKey) -> None:
@@ -254,3 +274,32 @@ def test_replay_ttl_covers_the_rest_of_the_window(key: ProofKey) -> None:
 
 def test_a_real_clock_proof_passes(key: ProofKey) -> None:
     ProofVerifier().verify(key.proof("POST", URL), method="POST", url=URL, now=time.time())
+
+
+def test_a_remembered_header_still_needs_its_signature(key: ProofKey) -> None:
+    """The header cache keeps a checked header (type, alg, key): a proof with that header
+    is still refused when its signature is not the header key's over this very body."""
+    verifier = ProofVerifier()
+    good = key.proof("POST", URL, iat=NOW)
+    verifier.verify(good, method="POST", url=URL, now=NOW)
+    head, _, signature = good.split(".")
+    assert head in verifier._heads
+    other = ProofKey()
+    _, body, forged = other.proof("POST", URL, iat=NOW, header={"jwk": key.jwk}).split(".")
+    for proof in (f"{head}.{body}.{forged}", f"{head}.{body}.{signature}", f"{head}.{body}."):
+        with pytest.raises(ProofRejected) as caught:
+            verifier.verify(proof, method="POST", url=URL, now=NOW)
+        assert caught.value.reason in {"signature", "malformed"}
+
+
+def test_a_refused_header_is_not_remembered_and_the_cache_is_bounded(key: ProofKey) -> None:
+    verifier = ProofVerifier(key_cache=2)
+    with pytest.raises(ProofRejected):
+        verifier.verify(
+            key.proof("POST", URL, iat=NOW, header={"typ": "JWT"}), method="POST", url=URL, now=NOW
+        )
+    assert not verifier._heads
+    keys = [ProofKey() for _ in range(3)]
+    for k in keys:
+        verifier.verify(k.proof("POST", URL, iat=NOW), method="POST", url=URL, now=NOW)
+    assert [jkt for _, jkt, _ in verifier._heads.values()] == [keys[1].jkt, keys[2].jkt]
