@@ -677,18 +677,19 @@ class Admissions:
         # a renewal accepts a token expired by up to the grace: its record lives as long
         grace = rules.grace_seconds if successor else 0
         proof_use: ProofUse | None = None
-        fingerprint = self.fingerprint(client, policies)
+        on_reuse = binding.action
         if claims.jkt is not None:  # bound to a key, not to the network
             if proof is None:
                 raise self.proof_refused("missing", "this request needs a DPoP proof")
             proof_use, _ = self.proof_use(proof.request, token=proof.token, jkt=claims.jkt)
-            fingerprint = ""
+            # the network fingerprint is only recorded: a new one is flagged, never refused
+            on_reuse = "flag"
         use = TokenUse(
             jti=claims.jti,
-            fingerprint=fingerprint,
+            fingerprint=self.fingerprint(client, policies),
             issued_fingerprint=claims.fingerprint or "",
             max_fingerprints=binding.max_fingerprints,
-            on_reuse=binding.action,
+            on_reuse=on_reuse,
             # the record (revocation, binding) must outlive every moment the codec still
             # accepts the token, expiry leeway included
             ttl_ms=int((claims.remaining(now) + self._codec.leeway_seconds + grace + 1) * 1000),
@@ -752,9 +753,24 @@ class Admissions:
             self.remember_family_revoked(claims)
             raise _family_revoked()
         if verdict is TokenVerdict.FLAGGED:
-            log.warning("token_reuse_flagged", key_id=claims.key_id)
+            self._flagged(claims)
         headers = self._limits_outcome(admission, selection, claims.key_id)
         return headers, admission.renewed
+
+    def _flagged(self, claims: ClientToken) -> None:
+        """A token was admitted from a network fingerprint it had not been seen from:
+        under ``binding.action: flag`` a possible theft; for a token bound to a key (whose
+        proof passed) the visitor's network changed, which proof of possession allows."""
+        if claims.jkt is None:
+            self.metrics.token_flagged("fingerprint")
+            log.warning("token_reuse_flagged", key_id=claims.key_id)
+            return
+        self.metrics.token_flagged("proof")
+        log.info(
+            "token_network_changed",
+            key_id=claims.key_id,
+            conversation_hash=log_hash(claims.conversation_id),
+        )
 
     def _family_revoked(self, claims: ClientToken, reason: FamilyRevocation) -> None:
         """The store revoked ``claims``' family just now, for ``reason``."""

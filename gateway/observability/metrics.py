@@ -113,6 +113,10 @@ RenewalOutcome = Literal[
 #: overlap), ``binding`` (a token used from another client, reuse action ``revoke``),
 #: ``proof`` (a key-bound token presented with a proof by another key)
 FamilyRevocation = Literal["replayed", "binding", "proof"]
+#: what a token was bound to when it was admitted from a network fingerprint new to it:
+#: ``fingerprint`` (``binding.action: flag``: a possible theft let through) or ``proof``
+#: (its key's proof passed: the visitor's network changed)
+FlaggedBinding = Literal["fingerprint", "proof"]
 #: why a DPoP proof was refused (``ProofRejected.reason``), or ``other_key``: a
 #: valid proof by another key than the token's (403, the family revoked)
 ProofRefusal = Literal[
@@ -385,6 +389,15 @@ class Metrics:
             registry=registry,
         )
         _initialise(self.dpop_proofs_refused, ProofRefusal)
+        self.tokens_flagged = Counter(
+            "gateway_tokens_flagged",
+            "Token uses admitted from a network fingerprint new to the token, by what the "
+            "token is bound to (fingerprint: binding.action flag; proof: the key's proof "
+            "passed, the network changed).",
+            ["binding"],
+            registry=registry,
+        )
+        _initialise(self.tokens_flagged, FlaggedBinding)
 
     def _define_rate_limits(self, registry: CollectorRegistry) -> None:
         """Rate limits and abuse defence."""
@@ -595,6 +608,9 @@ class Metrics:
 
     def token_family_revoked(self, reason: FamilyRevocation) -> None:
         self.token_family_revocations.labels(reason).inc()
+
+    def token_flagged(self, binding: FlaggedBinding) -> None:
+        self.tokens_flagged.labels(binding).inc()
 
     def dpop_proof_refused(self, reason: str) -> None:
         if reason not in PROOF_REFUSALS:  # a label from outside the list: never a new series

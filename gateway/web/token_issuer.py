@@ -109,8 +109,8 @@ class TokenIssuer(TokenService):
             key_id=record.key_id,
             model_id=model_id,
             now=admissions.now(),
-            # a token bound to a key is not bound to the network
-            fingerprint=None if jkt else admissions.issue_fingerprint(request.client),
+            # bound at issue; a token bound to a key records it only (a change is flagged)
+            fingerprint=admissions.issue_fingerprint(request.client),
             shards=admissions.shards(record.key_id),
             jkt=jkt,
         )

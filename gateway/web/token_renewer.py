@@ -74,13 +74,11 @@ class TokenRenewer(TokenService):
                 err, request.client, claims.key_id if claims is not None else None
             )
             raise
-        # the successor keeps its predecessor's binding: a key-bound token its key
-        # (cnf.jkt) and no network fingerprint; otherwise, under ``binding.action: flag``
-        # a renewal from another client is flagged and admitted, and must not rebind the
+        # the successor keeps its predecessor's binding (a key-bound token its key,
+        # cnf.jkt, and the fingerprint it records): under ``binding.action: flag`` a
+        # renewal from another client is flagged and admitted, and must not rebind the
         # conversation to that client (its later uses would pass unflagged)
-        fingerprint = None
-        if claims.jkt is None:
-            fingerprint = claims.fingerprint or admissions.fingerprint(request.client)
+        fingerprint = claims.fingerprint or admissions.fingerprint(request.client)
         issued = self._codec.renew(
             claims,
             jti=renewed.jti,

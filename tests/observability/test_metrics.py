@@ -305,6 +305,7 @@ PRE_INITIALISED: dict[str, dict[str, Any]] = {
         "result": metrics_module.ReloadResult,
     },
     "gateway_requests_shed": {"reason": metrics_module.ShedReason},
+    "gateway_tokens_flagged": {"binding": metrics_module.FlaggedBinding},
 }
 #: labelled metrics whose series appear with use: routes, models, policies, codes...
 CREATED_BY_USE = {

@@ -118,6 +118,8 @@ async def test_flag_action_admits_and_keeps_the_token(gateway_factory: Any) -> N
         assert resp.status == 200
     async with gw.send(token) as resp:
         assert resp.status == 200
+    assert gw.sample("gateway_tokens_flagged_total", binding="fingerprint") == 1
+    assert gw.sample("gateway_tokens_flagged_total", binding="proof") == 0
 
 
 async def test_several_fingerprints_per_token(gateway_factory: Any) -> None:

@@ -7,6 +7,8 @@ key-bound token survives a change of network."""
 import time
 from typing import Any
 
+from structlog.testing import capture_logs
+
 from gateway.core.token_codec import ClientToken
 from tests.support.dpop import ProofKey
 from tests.support.harness import MESSAGES_URL, REFRESH_URL, SEND_URL, TOKEN_URL, Gateway
@@ -126,10 +128,26 @@ async def test_a_bound_token_survives_a_change_of_network(
     key = ProofKey()
     token = await bound_token(gateway, key, **{"X-Forwarded-For": "198.51.100.7"})
     url = gateway.url + SEND_URL
-    for address, agent in [("198.51.100.7", "A"), ("203.0.113.9", "A"), ("2001:db8::1", "B")]:
+    changes = []
+    for address, agent in [
+        ("198.51.100.7", "A"),
+        ("203.0.113.9", "A"),
+        ("2001:db8::1", "B"),
+        ("198.51.100.8", "A"),  # back on the first network (its /24)
+    ]:
         headers = {"X-Forwarded-For": address, "User-Agent": agent}
-        status, body, _ = await send(gateway, token, key.proof("POST", url, token=token), **headers)
+        with capture_logs() as events:
+            status, body, _ = await send(
+                gateway, token, key.proof("POST", url, token=token), **headers
+            )
         assert status == 200, (address, body)
+        changes += [e for e in events if e["event"] == "token_network_changed"]
+    # the network is recorded (its first fingerprint), never checked: the two uses from
+    # elsewhere are flagged, at info, with the conversation's hash and not its id
+    assert len(changes) == 2
+    conversation = claims(gateway, token).conversation_id
+    assert all(e["log_level"] == "info" and conversation not in str(e) for e in changes)
+    assert gateway.sample("gateway_tokens_flagged_total", binding="proof") == 2
     # a token without a key is still bound to the network (fingerprint binding)
     plain = await gateway.get_token(
         await gateway.create_key(), **{"X-Forwarded-For": "198.51.100.7"}
@@ -138,6 +156,37 @@ async def test_a_bound_token_survives_a_change_of_network(
     assert status == 200
     status, body, _ = await send(gateway, plain, None, **{"X-Forwarded-For": "203.0.113.9"})
     assert (status, body["code"]) == (403, "token_reuse_suspected")
+    assert gateway.sample("gateway_tokens_flagged_total", binding="fingerprint") == 0
+
+
+async def test_bound_at_issue_a_key_bound_token_records_its_network_through_renewals(
+    gateway_factory: Any,
+) -> None:
+    """Under ``bind_at: issue`` a key-bound token carries the fingerprint of the client
+    that asked for it, and its successors keep it: a use or a renewal from another network
+    is flagged, never refused, and does not move the record to that network."""
+    gateway = await gateway_factory(
+        server={"trusted_proxies": ["127.0.0.0/8"]},
+        policies="binding: {bind_at: issue, action: revoke}\n",
+    )
+    key = ProofKey()
+    home, away = {"X-Forwarded-For": "198.51.100.7"}, {"X-Forwarded-For": "203.0.113.9"}
+    token = await bound_token(gateway, key, **home)
+    issued = claims(gateway, token).fingerprint
+    assert issued and claims(gateway, token).jkt == key.jkt
+    proof = key.proof("POST", gateway.url + REFRESH_URL, token=token)
+    async with gateway.refresh(token, DPoP=proof, **away) as resp:
+        body = await resp.json()
+        assert resp.status == 200, body
+    successor = body["token"]
+    assert claims(gateway, successor).fingerprint == issued
+    url = gateway.url + SEND_URL
+    for headers in (away, home, away):
+        status, body, _ = await send(
+            gateway, successor, key.proof("POST", url, token=successor), **headers
+        )
+        assert status == 200, body
+    assert gateway.sample("gateway_tokens_flagged_total", binding="proof") == 3
 
 
 async def test_htu_through_a_trusted_proxy_and_with_a_public_url(gateway_factory: Any) -> None:
