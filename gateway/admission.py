@@ -108,6 +108,10 @@ class ProofRequest(NamedTuple):
 
 #: the ``WWW-Authenticate`` challenge of a refused DPoP proof
 DPOP_CHALLENGE = 'DPoP error="invalid_dpop_proof", algs="ES256 EdDSA"'
+#: a proof refused for its time (or a stale nonce): RFC 9449 section 9's answer, with a
+#: ``DPoP-Nonce`` the client puts in its next proof (then its own clock does not matter)
+NONCE_CHALLENGE = 'DPoP error="use_dpop_nonce", algs="ES256 EdDSA"'
+NONCE_REASONS = frozenset({"time", "nonce"})
 
 
 class ProofBinding(NamedTuple):
@@ -497,6 +501,13 @@ class Admissions:
     def proof_refused(self, reason: str, detail: str) -> ProblemError:
         """401 ``invalid_dpop_proof`` (counted by ``reason``)."""
         self.metrics.dpop_proof_refused(reason)
+        nonces = self.proofs.nonces
+        if reason in NONCE_REASONS and nonces is not None:  # the client's clock: ours
+            headers = {
+                "WWW-Authenticate": NONCE_CHALLENGE,
+                "DPoP-Nonce": nonces.issue(self._clock()),
+            }
+            return ProblemError("invalid_dpop_proof", detail, headers)
         return ProblemError("invalid_dpop_proof", detail, {"WWW-Authenticate": DPOP_CHALLENGE})
 
     def issue_proof(

@@ -52,15 +52,21 @@ class DPoPKey:
         canonical = json.dumps(self.jwk, sort_keys=True, separators=(",", ":")).encode()
         #: the RFC 7638 thumbprint: what the gateway writes into the token as cnf.jkt
         self.thumbprint = b64url(hashlib.sha256(canonical).digest())
+        #: seconds this machine's clock is off (to try the gateway's DPoP-Nonce)
+        self.clock_offset = 0.0
 
-    def proof(self, method: str, url: str, token: str | None = None) -> str:
+    def proof(
+        self, method: str, url: str, token: str | None = None, nonce: str | None = None
+    ) -> str:
         header = {"typ": "dpop+jwt", "alg": "ES256", "jwk": self.jwk}
         claims: dict[str, Any] = {
             "jti": secrets.token_urlsafe(16),
             "htm": method,
             "htu": url.split("?", 1)[0].split("#", 1)[0],
-            "iat": int(time.time()),
+            "iat": int(time.time() + self.clock_offset),
         }
+        if nonce is not None:  # the gateway's DPoP-Nonce: it vouches for the time
+            claims["nonce"] = nonce
         if token is not None:
             claims["ath"] = b64url(hashlib.sha256(token.encode()).digest())
         signing_input = ".".join(
@@ -85,19 +91,27 @@ class Client:
         self, method: str, path: str, body: dict[str, Any] | None = None, **headers: str
     ) -> dict[str, Any]:
         url = self.gateway + path
-        headers["DPoP"] = self.key.proof(method, url, self.token or None)
         data = None
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        request = urllib.request.Request(url, data, headers, method=method)  # noqa: S310 (http(s), checked)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310
-                answer: dict[str, Any] = json.loads(resp.read())
-        except urllib.error.HTTPError as err:
-            problem = json.loads(err.read() or b"{}")
-            raise SystemExit(f"{method} {path}: {err.code} {problem.get('code')}") from None
-        return answer
+        nonce = None
+        for attempt in range(2):
+            headers["DPoP"] = self.key.proof(method, url, self.token or None, nonce)
+            request = urllib.request.Request(url, data, headers, method=method)  # noqa: S310 (http(s), checked)
+            try:
+                with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310
+                    answer: dict[str, Any] = json.loads(resp.read())
+                    return answer
+            except urllib.error.HTTPError as err:
+                problem = json.loads(err.read() or b"{}")
+                # RFC 9449 section 9: the gateway wants its nonce in the proof (this
+                # machine's clock is off): once more with it
+                challenge = err.headers.get("WWW-Authenticate", "")
+                nonce = err.headers.get("DPoP-Nonce")
+                if attempt or err.code != 401 or "use_dpop_nonce" not in challenge or not nonce:
+                    raise SystemExit(f"{method} {path}: {err.code} {problem.get('code')}") from None
+        raise AssertionError("unreachable")
 
     def start(self) -> None:
         path = TOKEN_PATH.format(model=self.model)
@@ -118,9 +132,17 @@ def main() -> None:
     parser.add_argument("--gateway", default="http://127.0.0.1:8080")
     parser.add_argument("--key", required=True, help="a public agent key")
     parser.add_argument("--model", default="demo")
+    parser.add_argument(
+        "--clock-offset",
+        type=float,
+        default=0.0,
+        help="sign as if this machine's clock were off by this many seconds (the "
+        "gateway's DPoP-Nonce then vouches for the time)",
+    )
     parser.add_argument("messages", nargs="+")
     args = parser.parse_args()
     client = Client(args.gateway, args.key, args.model)
+    client.key.clock_offset = args.clock_offset
     client.start()
     for index, message in enumerate(args.messages):
         if index:

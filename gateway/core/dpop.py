@@ -14,6 +14,10 @@ check (admit.lua), in the same call as the rest of admission. A proof that fails
 :class:`ProofRejected` with a short ``reason`` (a metrics label); a valid proof by
 another key than the token's is :class:`ProofKeyMismatch` (the token was copied).
 
+A client whose clock is wrong sends proofs the window refuses: the refusal carries a
+``DPoP-Nonce`` (:class:`ProofNonces`), and a proof with that ``nonce`` passes whatever
+its ``iat`` says, as long as the nonce is valid (one to two windows).
+
 Parsing a JWK into a key object costs more than the signature check itself: the keys of
 the last :data:`KEY_CACHE` thumbprints are kept (a client proves with one key many times),
 and so are the header segments they came in, exactly as sent (a client's proofs share
@@ -25,6 +29,7 @@ from __future__ import annotations
 import binascii
 import functools
 import hashlib
+import hmac
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -79,6 +84,9 @@ class Proof:
     jkt: str
     jti: str
     iat: int
+    #: with a gateway nonce (``nonce``): the end of that nonce's validity (epoch
+    #: seconds), which then bounds the proof's freshness instead of ``iat``; else 0
+    nonce_until: float = 0.0
 
     def replay_id(self) -> str:
         """What the store remembers of this proof: its key and ``jti``, hashed (the key's
@@ -136,6 +144,53 @@ def _segment_json(segment: str) -> dict[str, Any]:
     return value
 
 
+class ProofNonces:
+    """``DPoP-Nonce`` values (RFC 9449 section 9), stateless and shared by every replica:
+    the current period's number (``window_seconds`` long) and an HMAC of it under a
+    secret every replica holds (derived from the token signing keys: any of them, so a
+    key rotation keeps nonces valid). A nonce is valid in its period and the next one,
+    so for one to two windows; it proves the gateway's time, which is what a client
+    whose clock is wrong lacks."""
+
+    LABEL = b"agent-gateway dpop-nonce v1"
+    #: period digits and MAC bytes of a nonce: ``<period>.<mac>`` is about 36 characters
+    MAC_BYTES = 16
+
+    def __init__(self, secrets: tuple[bytes, ...], window_seconds: int) -> None:
+        if not secrets:
+            raise ValueError("nonces need at least one secret")
+        self.window_seconds = window_seconds
+        self._keys = tuple(
+            hmac.new(secret, self.LABEL, hashlib.sha256).digest() for secret in secrets
+        )
+
+    def _mac(self, key: bytes, period: int) -> str:
+        digest = hmac.new(key, str(period).encode(), hashlib.sha256).digest()
+        return base64url_encode(digest[: self.MAC_BYTES]).decode()
+
+    def issue(self, now: float) -> str:
+        """The nonce of ``now``'s period (signed with the first secret)."""
+        period = int(now // self.window_seconds)
+        return f"{period}.{self._mac(self._keys[0], period)}"
+
+    def valid_until(self, nonce: object, now: float) -> float | None:
+        """When ``nonce`` stops being valid (epoch seconds), or None when it is not a
+        nonce of this gateway's, or no longer valid at ``now``."""
+        if not isinstance(nonce, str) or len(nonce) > 64:
+            return None
+        number, dot, mac = nonce.partition(".")
+        if not dot or not number.isdigit() or len(number) > 12:
+            return None
+        period = int(number)
+        current = int(now // self.window_seconds)
+        if period not in (current, current - 1):
+            return None
+        for key in self._keys:
+            if hmac.compare_digest(self._mac(key, period), mac):
+                return (period + 2) * self.window_seconds
+        return None
+
+
 class ProofVerifier:
     """Checks proofs for one gateway (its window); keeps the keys it parsed."""
 
@@ -145,11 +200,14 @@ class ProofVerifier:
         window_seconds: int = DEFAULT_WINDOW_SECONDS,
         algorithms: tuple[str, ...] = ("ES256", "EdDSA"),
         key_cache: int = KEY_CACHE,
+        nonces: ProofNonces | None = None,
     ) -> None:
         for name in algorithms:
             if name not in ALGORITHMS:
                 raise ValueError(f"unsupported DPoP algorithm {name!r}")
         self.window_seconds = window_seconds
+        #: the gateway's nonces (``DPoP-Nonce``); None: a proof with a nonce is refused
+        self.nonces = nonces
         self._algorithms = frozenset(algorithms)
         self._key_cache = key_cache
         self._keys: OrderedDict[str, Any] = OrderedDict()
@@ -157,8 +215,11 @@ class ProofVerifier:
         self._heads: OrderedDict[str, tuple[str, str, Any]] = OrderedDict()
 
     def replay_ttl_ms(self, proof: Proof, now: float) -> int:
-        """How long the store must remember ``proof``: until it leaves the window."""
-        return max(int((proof.iat + self.window_seconds - now) * 1000) + 1000, 1000)
+        """How long the store must remember ``proof``: until it leaves the window, or
+        its nonce expires."""
+        # with a nonce, ``iat`` is the client's (any integer): never a duration
+        until = proof.nonce_until or proof.iat + self.window_seconds
+        return max(int((until - now) * 1000) + 1000, 1000)
 
     def verify(
         self,
@@ -206,13 +267,19 @@ class ProofVerifier:
         iat = claims.get("iat")
         if isinstance(iat, bool) or not isinstance(iat, int):
             raise ProofRejected("time", "the DPoP proof needs an integer iat")
-        if abs(now - iat) > self.window_seconds:
+        nonce_until = 0.0
+        if "nonce" in claims:  # the gateway's own time vouches for the proof's freshness
+            until = None if self.nonces is None else self.nonces.valid_until(claims["nonce"], now)
+            if until is None:
+                raise ProofRejected("nonce", "the DPoP proof's nonce is not valid: use DPoP-Nonce")
+            nonce_until = until
+        elif abs(now - iat) > self.window_seconds:
             raise ProofRejected("time", "the DPoP proof's iat is outside the accepted window")
         if token is not None and claims.get("ath") != token_hash(token):
             raise ProofRejected("token_hash", "the DPoP proof is for another token")
         if jkt is not None and key_thumbprint != jkt:
             raise ProofKeyMismatch()
-        return Proof(key_thumbprint, jti, iat)
+        return Proof(key_thumbprint, jti, iat, nonce_until)
 
     def _header(self, head: str) -> tuple[str, str, Any]:
         """A header segment checked (its type, algorithm and public key): the algorithm,

@@ -185,6 +185,12 @@ class TokenCodec:
     def leeway_seconds(self) -> int:
         return self._leeway
 
+    @property
+    def secrets(self) -> tuple[bytes, ...]:
+        """The signing key set's secrets, the signing one first (other keys derive theirs
+        from them: every replica holds the same)."""
+        return tuple(key.secret for key in self._keyset.keys)
+
     def issue(
         self,
         *,

@@ -129,6 +129,7 @@ ProofRefusal = Literal[
     "method",
     "url",
     "time",
+    "nonce",
     "token_hash",
     "replayed",
     "other_key",

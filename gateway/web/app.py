@@ -17,7 +17,7 @@ from gateway.admission import Admissions
 from gateway.config import Config
 from gateway.config.settings import TokenSettings
 from gateway.config.signing_keys import load_keyset
-from gateway.core.dpop import ProofVerifier
+from gateway.core.dpop import ProofNonces, ProofVerifier
 from gateway.core.key_hash import VerifiedKeyCache
 from gateway.core.renewal import RenewalRules
 from gateway.core.token_codec import TokenCodec
@@ -185,7 +185,10 @@ async def start_services(parts: Parts, stack: contextlib.AsyncExitStack) -> Serv
         metrics=metrics,
         renewal=renewal_rules(config.tokens),
         sharding=sharding_of(config.store),
-        proofs=ProofVerifier(window_seconds=config.tokens.proof_window_seconds),
+        proofs=ProofVerifier(
+            window_seconds=config.tokens.proof_window_seconds,
+            nonces=ProofNonces(parts.codec.secrets, config.tokens.proof_window_seconds),
+        ),
     )
     stop = asyncio.Event()
     tasks = [asyncio.create_task(key_store.run(stop), name="keystore-sync")]

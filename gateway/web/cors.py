@@ -55,6 +55,7 @@ EXPOSED_HEADERS = (
     "X-Request-Id",
     "WWW-Authenticate",
     "Date",
+    "DPoP-Nonce",
 )
 #: request headers a page may send, beside the CORS-safelisted ones
 ALLOWED_HEADERS = ("Authorization", "Content-Type", "DPoP")

@@ -108,3 +108,28 @@ async def test_a_visitor_with_a_wrong_clock_still_chats(
     # the first proof was refused as too old; the gateway's Date header set the widget right
     assert tokens.refused == [401] and len(tokens.issued) == 1
     assert gateway.sample("gateway_dpop_proofs_refused_total", reason="time") == 1
+
+
+async def test_a_wrong_clock_without_the_date_header_chats_through_the_nonce(
+    browser: BrowserContext, gateway_factory: Any, backend: TestServer, pages: Pages
+) -> None:
+    """Where the gateway's ``Date`` does not reach the page (a proxy in between drops it),
+    the widget cannot correct its clock: each proof refused for its time comes back with
+    a ``DPoP-Nonce``, and the retry's proof carries it."""
+    gateway: Gateway = await gateway_factory(policies=PROOF_POLICIES)
+    key = await gateway.create_key(origins=(pages.origin,))
+
+    async def without_date(route: Route) -> None:
+        response = await route.fetch()
+        headers = {k: v for k, v in response.headers.items() if k.lower() != "date"}
+        await route.fulfill(response=response, headers=headers)
+
+    await browser.route(gateway.url + "/v1/**", without_date)
+    await browser.clock.install(time=time.time() - 600)  # ten minutes slow
+    page, tokens = await chat_page(browser, pages, gateway, key)
+    await answered(page, "my clock is wrong", 1)
+    await answered(page, "still wrong", 2)
+    assert len(tokens.issued) == 1
+    assert gateway.sample("gateway_dpop_proofs_refused_total", reason="time") >= 2
+    assert gateway.sample("gateway_dpop_proofs_refused_total", reason="nonce") == 0
+    await expect(page.locator(".status")).to_be_hidden()

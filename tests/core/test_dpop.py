@@ -14,6 +14,7 @@ from jwt.utils import base64url_encode
 from gateway.core.dpop import (
     MAX_PROOF_CHARS,
     ProofKeyMismatch,
+    ProofNonces,
     ProofRejected,
     ProofVerifier,
     normalize_url,
@@ -303,3 +304,58 @@ def test_a_refused_header_is_not_remembered_and_the_cache_is_bounded(key: ProofK
     for k in keys:
         verifier.verify(k.proof("POST", URL, iat=NOW), method="POST", url=URL, now=NOW)
     assert [jkt for _, jkt, _ in verifier._heads.values()] == [keys[1].jkt, keys[2].jkt]
+
+
+NONCES = ProofNonces((b"s" * 32, b"t" * 32), 60)
+
+
+def test_a_gateway_nonce_vouches_for_a_proof_whatever_its_iat(key: ProofKey) -> None:
+    """RFC 9449 section 9: a client whose clock is wrong puts the gateway's ``DPoP-Nonce``
+    in its proof; a valid nonce (its period or the next) stands for the time."""
+    verifier = ProofVerifier(nonces=NONCES)
+    nonce = NONCES.issue(NOW)
+    for iat in (NOW - 600, NOW + 3600, 0):
+        proof = verifier.verify(
+            key.proof("POST", URL, iat=iat, claims={"nonce": nonce}),
+            method="POST",
+            url=URL,
+            now=NOW + 59,
+        )
+        # remembered until the nonce expires (not from the client's iat)
+        assert verifier.replay_ttl_ms(proof, NOW + 59) <= (120 + 1) * 1000
+    later = NONCES.issue(NOW + 60)
+    assert NONCES.valid_until(later, NOW + 60) == (NOW // 60 + 3) * 60
+
+
+@pytest.mark.parametrize(
+    "nonce",
+    [
+        "x",
+        "",
+        5,
+        None,
+        "12.AAAA",
+        NONCES.issue(NOW - 130),  # two periods ago: expired
+        NONCES.issue(NOW + 120),  # a future period
+        ProofNonces((b"u" * 32,), 60).issue(NOW),  # another gateway's
+        NONCES.issue(NOW) + "A",
+        "-1." + NONCES.issue(NOW).split(".")[1],
+    ],
+)
+def test_a_bad_or_stale_nonce_is_refused_whatever_the_iat(key: ProofKey, nonce: object) -> None:
+    verifier = ProofVerifier(nonces=NONCES)
+    with pytest.raises(ProofRejected) as caught:
+        verifier.verify(
+            key.proof("POST", URL, iat=NOW, claims={"nonce": nonce}),
+            method="POST",
+            url=URL,
+            now=NOW,
+        )
+    assert caught.value.reason == "nonce"
+
+
+def test_a_nonce_is_refused_where_none_are_given_and_survives_key_rotation(key: ProofKey) -> None:
+    refused("nonce", key.proof("POST", URL, iat=NOW, claims={"nonce": NONCES.issue(NOW)}))
+    rotated = ProofNonces((b"t" * 32,), 60)  # the old signing key still in the set
+    assert rotated.valid_until(ProofNonces((b"t" * 32, b"s" * 32), 60).issue(NOW), NOW)
+    assert NONCES.valid_until(rotated.issue(NOW), NOW)  # signed by a verifying key

@@ -30,3 +30,23 @@ async def test_the_python_dpop_client_example_talks_and_renews(gateway_factory: 
         (refused("gateway_dpop_proofs_refused_total", {"reason": r}) or 0) == 0
         for r in ("missing", "signature", "url", "time", "token_hash", "replayed")
     )
+
+
+async def test_the_example_with_a_wrong_clock_retries_with_the_gateway_s_nonce(
+    gateway_factory: Any,
+) -> None:
+    gateway: Gateway = await gateway_factory(policies="binding: {mode: proof}\n")
+    key = await gateway.create_key()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, str(EXAMPLE), "--gateway", gateway.url, "--key", key,
+        "--clock-offset", "-900", "first words", "second words",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    assert len(out.decode().splitlines()) == 2
+    # each of its four calls (token, send, renewal, send) was refused once for its time,
+    # then passed with the nonce
+    assert gateway.sample("gateway_dpop_proofs_refused_total", reason="time") == 4
+    assert gateway.sample("gateway_dpop_proofs_refused_total", reason="nonce") == 0
+    assert gateway.sample("gateway_token_renewals_total", outcome="renewed") == 1

@@ -76,7 +76,12 @@ async def test_a_bound_token_without_a_proof_or_with_a_bad_one_is_401(gateway: G
     for reason, proof in cases.items():
         status, body, headers = await send(gateway, token, proof)
         assert (status, body["code"]) == (401, "invalid_dpop_proof"), reason
-        assert headers["WWW-Authenticate"].startswith(CHALLENGE)
+        if reason == "time":  # the gateway's time, for the client's next proof
+            assert headers["WWW-Authenticate"].startswith('DPoP error="use_dpop_nonce"')
+            assert "DPoP-Nonce" in headers
+        else:
+            assert headers["WWW-Authenticate"].startswith(CHALLENGE)
+            assert "DPoP-Nonce" not in headers
     assert gateway.sample("gateway_dpop_proofs_refused_total", reason="missing") == before + 1
     # none of these harmed the token: its owner goes on
     status, body, _ = await send(gateway, token, key.proof("POST", url, token=token))
@@ -306,3 +311,38 @@ async def test_a_key_that_requires_proof_gets_bound_tokens_whatever_the_mode(
     assert status == 401, body
     plain = await gateway.get_token(await gateway.create_key())
     assert claims(gateway, plain).jkt is None
+
+
+async def test_a_client_with_a_wrong_clock_gets_a_nonce_that_works_on_every_replica(
+    gateway_factory: Any,
+) -> None:
+    """A proof whose ``iat`` is out of the window is refused with RFC 9449's
+    ``use_dpop_nonce`` and a ``DPoP-Nonce``; the client's next proof carries it and passes
+    whatever its clock says, on another replica too (nonces are derived from the shared
+    signing keys); the proof is still single-use, and a made-up nonce is refused."""
+    first = await gateway_factory(store="redis")
+    second = await gateway_factory(store="redis")  # the same Redis
+    key = ProofKey()
+    token = await bound_token(first, key)
+    slow = time.time() - 600  # ten minutes slow
+    url = first.url + SEND_URL
+    status, body, headers = await send(first, token, key.proof("POST", url, token=token, iat=slow))
+    assert (status, body["code"]) == (401, "invalid_dpop_proof")
+    assert headers["WWW-Authenticate"].startswith('DPoP error="use_dpop_nonce"')
+    nonce = headers["DPoP-Nonce"]
+    proof = key.proof("POST", url, token=token, iat=slow, claims={"nonce": nonce})
+    status, body, _ = await send(first, token, proof)
+    assert status == 200, body
+    status, body, _ = await send(first, token, proof)  # replayed: refused
+    assert (status, body["code"]) == (401, "invalid_dpop_proof")
+    other = second.url + SEND_URL
+    proof = key.proof("POST", other, token=token, iat=slow, claims={"nonce": nonce})
+    status, body, _ = await send(second, token, proof)
+    assert status == 200, body
+    forged = nonce.split(".")[0] + ".AAAAAAAAAAAAAAAAAAAAAA"
+    proof = key.proof("POST", url, token=token, iat=slow, claims={"nonce": forged})
+    status, body, headers = await send(first, token, proof)
+    assert (status, body["code"]) == (401, "invalid_dpop_proof")
+    assert headers["DPoP-Nonce"] != forged
+    assert first.sample("gateway_dpop_proofs_refused_total", reason="nonce") == 1
+    assert first.sample("gateway_dpop_proofs_refused_total", reason="time") == 1
