@@ -179,7 +179,8 @@ class ProofNonces:
         if not isinstance(nonce, str) or len(nonce) > 64:
             return None
         number, dot, mac = nonce.partition(".")
-        if not dot or not number.isdigit() or len(number) > 12:
+        # ASCII digits only: str.isdigit() admits '²', which int() refuses
+        if not dot or not (number.isascii() and number.isdigit()) or len(number) > 12:
             return None
         period = int(number)
         current = int(now // self.window_seconds)

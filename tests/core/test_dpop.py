@@ -340,6 +340,8 @@ def test_a_gateway_nonce_vouches_for_a_proof_whatever_its_iat(key: ProofKey) -> 
         ProofNonces((b"u" * 32,), 60).issue(NOW),  # another gateway's
         NONCES.issue(NOW) + "A",
         "-1." + NONCES.issue(NOW).split(".")[1],
+        "².AAAA",  # a digit to str.isdigit(), not to int()
+        "١٢." + NONCES.issue(NOW).split(".")[1],  # Arabic-Indic digits: int() reads them
     ],
 )
 def test_a_bad_or_stale_nonce_is_refused_whatever_the_iat(key: ProofKey, nonce: object) -> None:
