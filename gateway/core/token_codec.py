@@ -252,7 +252,7 @@ class TokenCodec:
             "mid": claims.model_id,
             "akid": claims.key_id,
         }
-        if claims.fingerprint is not None:
+        if claims.fingerprint:  # none, or the empty one of a rule without components
             payload["fph"] = claims.fingerprint
         if claims.conversation_started_at is not None:
             payload["cst"] = claims.conversation_started_at

@@ -78,7 +78,8 @@ class TokenRenewer(TokenService):
         # cnf.jkt, and the fingerprint it records): under ``binding.action: flag`` a
         # renewal from another client is flagged and admitted, and must not rebind the
         # conversation to that client (its later uses would pass unflagged)
-        fingerprint = claims.fingerprint or admissions.fingerprint(request.client)
+        # (none at all when the binding rule has no components)
+        fingerprint = claims.fingerprint or admissions.fingerprint(request.client) or None
         issued = self._codec.renew(
             claims,
             jti=renewed.jti,

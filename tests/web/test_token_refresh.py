@@ -14,7 +14,16 @@ from structlog.testing import capture_logs
 from gateway.core import agent_keys
 from gateway.core.token_codec import ClientToken, TokenCodec, log_hash
 from gateway.keystore.base import utcnow
-from tests.support.harness import REFRESH_URL, Gateway, make_config, start_gateway, stop_gateway
+from tests.support.dpop import ProofKey
+from tests.support.harness import (
+    REFRESH_URL,
+    SEND_URL,
+    TOKEN_URL,
+    Gateway,
+    make_config,
+    start_gateway,
+    stop_gateway,
+)
 from tests.support.redis_servers import running_redis
 
 #: tokens.rotation_overlap_seconds 0: a retired token is reuse as soon as the clock moves
@@ -375,3 +384,20 @@ async def test_a_family_record_lives_as_long_as_its_tokens_not_the_conversations
     with redis.Redis.from_url(redis_url) as client:
         assert client.hget(family, "x") == b"1"
         assert span_ms - 60_000 < client.pttl(family) <= span_ms
+
+
+async def test_without_a_fingerprint_rule_a_renewed_token_works(gateway_factory: Any) -> None:
+    """``binding: {components: []}`` (no fingerprint): the successor carries no ``fph``
+    at all; an empty one made it malformed, refused (403 ``token_invalid``, counted as a
+    bad token) on its first use, for tokens with and without a key."""
+    gw: Gateway = await gateway_factory(policies="binding: {components: []}\n")
+    key, agent = ProofKey(), await gw.create_key()
+    for bound in (False, True):
+        proof = {"DPoP": key.proof("GET", gw.url + TOKEN_URL.format(model="demo"))}
+        token = await gw.get_token(agent, **(proof if bound else {}))
+        proof = {"DPoP": key.proof("POST", gw.url + REFRESH_URL, token=token)}
+        successor = await renewed(gw, token, **(proof if bound else {}))
+        assert claims(gw, successor).fingerprint is None
+        proof = {"DPoP": key.proof("POST", gw.url + SEND_URL, token=successor)}
+        async with gw.send(successor, **(proof if bound else {})) as resp:
+            assert resp.status == 200, (bound, await resp.text())
