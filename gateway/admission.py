@@ -473,9 +473,10 @@ class Admissions:
         key_id: str | None = None,
         model: str | None = None,
         proof: ProofUse | None = None,
+        proof_jkt: str | None = None,
     ) -> dict[str, str]:
-        """Penalty box, the route's limits and a DPoP proof's replay check; the
-        response's RateLimit headers."""
+        """Penalty box, the route's limits and a DPoP proof's replay check (``proof``, by
+        the key ``proof_jkt``); the response's RateLimit headers."""
         policies = self._policies.current
         selection = policies.select(route, method, model, key_id)
         facts = RequestFacts(route, method, client.ip, key_id=key_id, model=model)
@@ -483,7 +484,9 @@ class Admissions:
         shard = None
         shards = self.sharding.shards(key_id) if key_id is not None else 0
         if key_id is not None and shards:
-            shard = self.sharding.shard(key_id, client.ip, shards)
+            # a hot key's sub-bucket: by the proof's key when there is one, so that a
+            # proof replayed from other addresses meets its replay record
+            shard = self.sharding.shard(key_id, proof_jkt or client.ip, shards)
         request, local = self._request(selection, facts, subject, shard, proof=proof)
         if not request.limits and subject is None and proof is None:
             if self.record_decisions:
@@ -693,6 +696,8 @@ class Admissions:
             if proof is None:
                 raise self.proof_refused("missing", "this request needs a DPoP proof")
             proof_use, _ = self.proof_use(proof.request, token=proof.token, jkt=claims.jkt)
+            if proof_use.key_mismatch and binding.other_key == "refuse":
+                await self._other_key_refused(claims, client)  # the store is not asked
             # the network fingerprint is only recorded: a new one is flagged, never refused
             on_reuse = "flag"
         use = TokenUse(
@@ -767,6 +772,17 @@ class Admissions:
             self._flagged(claims)
         headers = self._limits_outcome(admission, selection, claims.key_id)
         return headers, admission.renewed
+
+    async def _other_key_refused(self, claims: ClientToken, client: Client) -> NoReturn:
+        """``binding.other_key: refuse``: a key-bound token with a valid proof by another
+        key is a copy, useless without its key; refused (403, counted as reuse by the
+        penalty box) without revoking anything, so a copy cannot end the visitor's chat."""
+        self.metrics.dpop_proof_refused("other_key")
+        log.warning("token_reuse_suspected", key_id=claims.key_id, action="refuse")
+        await self.failed(client, "reuse")
+        raise ProblemError(
+            "token_reuse_suspected", "the token was presented with a proof by another key"
+        )
 
     def _flagged(self, claims: ClientToken) -> None:
         """A token was admitted from a network fingerprint it had not been seen from:

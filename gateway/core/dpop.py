@@ -202,6 +202,7 @@ class ProofVerifier:
         algorithms: tuple[str, ...] = ("ES256", "EdDSA"),
         key_cache: int = KEY_CACHE,
         nonces: ProofNonces | None = None,
+        replay_margin_seconds: float = 1.0,
     ) -> None:
         for name in algorithms:
             if name not in ALGORITHMS:
@@ -209,6 +210,9 @@ class ProofVerifier:
         self.window_seconds = window_seconds
         #: the gateway's nonces (``DPoP-Nonce``); None: a proof with a nonce is refused
         self.nonces = nonces
+        #: a proof is remembered this much longer than it passes here: another replica's
+        #: clock may be behind this one's (by as much as tokens tolerate, their leeway)
+        self.replay_margin_seconds = replay_margin_seconds
         self._algorithms = frozenset(algorithms)
         self._key_cache = key_cache
         self._keys: OrderedDict[str, Any] = OrderedDict()
@@ -220,7 +224,7 @@ class ProofVerifier:
         its nonce expires."""
         # with a nonce, ``iat`` is the client's (any integer): never a duration
         until = proof.nonce_until or proof.iat + self.window_seconds
-        return max(int((until - now) * 1000) + 1000, 1000)
+        return max(int((until - now + self.replay_margin_seconds) * 1000), 1000)
 
     def verify(
         self,
@@ -288,6 +292,8 @@ class ProofVerifier:
         key, the same algorithm): the segment is remembered as it is, byte for byte, so the
         next proof by that key skips decoding, validating and hashing it again."""
         header = _segment_json(head)
+        if "crit" in header:  # RFC 7515 4.1.11: no extension is understood here
+            raise ProofRejected("malformed", "the DPoP proof names critical extensions")
         if header.get("typ") != PROOF_TYPE:
             raise ProofRejected("type", "the DPoP proof's typ must be dpop+jwt")
         alg = header.get("alg")

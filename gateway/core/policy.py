@@ -104,6 +104,9 @@ class Binding:
     bind_at: Literal["first_use", "issue"] = "first_use"
     max_fingerprints: int = 1
     action: ReuseAction = "revoke"
+    #: a key-bound token with a proof by another key: its conversation revoked, or only
+    #: the request refused
+    other_key: Literal["revoke", "refuse"] = "revoke"
 
     def mode_for(self, origins: tuple[str, ...], require_proof: bool = False) -> BindingMode:
         """The binding mode of an agent key with these origins (``proof`` for a key that

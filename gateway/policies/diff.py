@@ -574,6 +574,12 @@ def _binding(old: Binding, new: Binding) -> list[Change]:
         words = f"binding mode of keys with origins {browser_was} -> {browser_now}"
         change = Change("binding", None, "browser_mode", browser_was, browser_now, effect, words)
         out.append(change)
+    if old.other_key != new.other_key:  # refusing only leaves a copied token's chat open
+        effect = LOOSENS if new.other_key == "refuse" else TIGHTENS
+        words = f"binding other_key {old.other_key} -> {new.other_key}"
+        out.append(
+            Change("binding", None, "other_key", old.other_key, new.other_key, effect, words)
+        )
     before, after = old.rule.components, new.rule.components
     if frozenset(before) != frozenset(after):
         if not after:

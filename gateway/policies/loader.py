@@ -121,6 +121,7 @@ def _compile(policies: list[Policy], sections: dict[str, object], files: list[Pa
             bind_at=binding.bind_at,
             max_fingerprints=binding.max_fingerprints,
             action=binding.action,
+            other_key=binding.other_key,
         )
     penalty = None
     box = parsed.penalty_box

@@ -70,9 +70,10 @@ def binding_text(b: Binding) -> str:
     modes = f"mode {b.mode}"
     if b.browser_mode is not None and b.browser_mode != b.mode:
         modes += f" ({b.browser_mode} for keys with origins)"
+    other = "; another key's proof: refused only" if b.other_key == "refuse" else ""
     return (
         f"binding: {modes}; fingerprint {components} at {b.bind_at}, up to "
-        f"{b.max_fingerprints} fingerprint(s), then {b.action}"
+        f"{b.max_fingerprints} fingerprint(s), then {b.action}{other}"
     )
 
 

@@ -148,6 +148,10 @@ class BindingModel(_Strict):
     max_fingerprints: int = Field(1, ge=1, le=16)
     #: deny: refuse the request; revoke: refuse and revoke the token; flag: log and admit
     action: Literal["deny", "revoke", "flag"] = "revoke"
+    #: a key-bound token presented with a valid proof by another key (a copy): revoke
+    #: every token of its conversation, or refuse the request only (a copy is useless
+    #: without the key; revoking lets whoever holds a copy end the visitor's chat)
+    other_key: Literal["revoke", "refuse"] = "revoke"
 
     @field_validator("components")
     @classmethod

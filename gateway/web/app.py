@@ -188,6 +188,8 @@ async def start_services(parts: Parts, stack: contextlib.AsyncExitStack) -> Serv
         proofs=ProofVerifier(
             window_seconds=config.tokens.proof_window_seconds,
             nonces=ProofNonces(parts.codec.secrets, config.tokens.proof_window_seconds),
+            # replicas' clocks may differ by as much as tokens tolerate
+            replay_margin_seconds=max(config.tokens.leeway_seconds, 1),
         ),
     )
     stop = asyncio.Event()

@@ -104,6 +104,7 @@ class TokenIssuer(TokenService):
             key_id=record.key_id,
             model=model_id,
             proof=proof,
+            proof_jkt=jkt,
         )
         issued = self._codec.issue(
             key_id=record.key_id,

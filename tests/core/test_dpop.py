@@ -115,6 +115,13 @@ def test_typ_must_be_dpop_jwt(key: ProofKey) -> None:
     refused("type", key.proof("POST", URL, iat=NOW, header={"typ": None}))
 
 
+def test_a_critical_extension_is_refused(key: ProofKey) -> None:
+    """RFC 7515 section 4.1.11: a header naming extensions the recipient must understand
+    is refused when it does not (none are, here)."""
+    refused("malformed", key.proof("POST", URL, iat=NOW, header={"crit": ["exp"], "exp": 1}))
+    refused("malformed", key.proof("POST", URL, iat=NOW, header={"crit": []}))
+
+
 def test_alg_none_is_refused(key: ProofKey) -> None:
     header = {"typ": "dpop+jwt", "alg": "none", "jwk": key.jwk}
     claims = {"jti": "n", "htm": "POST", "htu": URL, "iat": NOW}
@@ -270,6 +277,9 @@ def test_replay_ttl_covers_the_rest_of_the_window(key: ProofKey) -> None:
     verifier = ProofVerifier(window_seconds=60)
     proof = verifier.verify(key.proof("POST", URL, iat=NOW + 30), method="POST", url=URL, now=NOW)
     assert verifier.replay_ttl_ms(proof, NOW) == 91_000
+    # a replica whose clock is behind by up to the tokens' leeway still finds it
+    behind = ProofVerifier(window_seconds=60, replay_margin_seconds=5)
+    assert behind.replay_ttl_ms(proof, NOW) == 95_000
     assert len(proof.replay_id()) == 32
 
 

@@ -291,7 +291,7 @@ def test_set_wide_sections(tmp_path: Path) -> None:
     new = (
         BASE.replace("threshold: 20", "threshold: 10")
         .replace("cooldown: 5m", "cooldown: 1m")
-        .replace("action: revoke", "action: flag")
+        .replace("action: revoke", "action: flag\n  other_key: refuse")
         .replace("on_store_error: fail_closed", "on_store_error: fail_open")
         .replace("ipv4: 24", "ipv4: 16")
     )
@@ -300,11 +300,12 @@ def test_set_wide_sections(tmp_path: Path) -> None:
     assert lines(result) == [
         "penalty box threshold 20 -> 10  [tightens]",
         "penalty box cooldown 5m -> 1m  [loosens]",
+        "binding other_key revoke -> refuse  [loosens]",
         "binding action revoke -> flag  [loosens]",
         "ip_prefix ipv4 /24 -> /16 (nothing is counted by it)",
         "on_store_error fail_closed -> fail_open: local per-replica limits while the store "
         "cannot answer  [loosens]",
-        "5 change(s), 1 tightening",
+        "6 change(s), 1 tightening",
     ]
     off = diff(tmp_path / "off", BASE.replace("penalty_box:\n", "penalty_box:\n  enabled: false\n"))
     assert off.returncode == 0

@@ -4,6 +4,7 @@ renewal needs a fresh proof by it; a missing, bad or replayed proof is 401
 ``invalid_dpop_proof``; a proof by another key is 403 and revokes the conversation; a
 key-bound token survives a change of network."""
 
+import asyncio
 import time
 from typing import Any
 
@@ -346,3 +347,56 @@ async def test_a_client_with_a_wrong_clock_gets_a_nonce_that_works_on_every_repl
     assert headers["DPoP-Nonce"] != forged
     assert first.sample("gateway_dpop_proofs_refused_total", reason="nonce") == 1
     assert first.sample("gateway_dpop_proofs_refused_total", reason="time") == 1
+
+
+async def test_other_key_refuse_turns_away_a_copy_without_ending_the_visitor_s_chat(
+    gateway_factory: Any, store_kind: str
+) -> None:
+    """``binding.other_key: refuse``: a copy of a key-bound token (the current one, or a
+    retired one after the rotation overlap) presented with a proof by another key is
+    refused, 403, and nothing is revoked: whoever read a token out of a log cannot end
+    the conversation with it; the owner's key goes on."""
+    gateway = await gateway_factory(
+        store=store_kind,
+        policies="binding: {other_key: refuse}\n",
+        tokens={"rotation_overlap_seconds": 1, "ttl_seconds": 30},
+    )
+    owner, thief = ProofKey(), ProofKey()
+    retired = await bound_token(gateway, owner)
+    proof = owner.proof("POST", gateway.url + REFRESH_URL, token=retired)
+    async with gateway.refresh(retired, DPoP=proof) as resp:
+        current = (await resp.json())["token"]
+    await asyncio.sleep(1.2)  # past the overlap: the first token is retired for good
+    url = gateway.url + SEND_URL
+    for copy in (current, retired):
+        status, body, _ = await send(gateway, copy, thief.proof("POST", url, token=copy))
+        assert (status, body["code"]) == (403, "token_reuse_suspected")
+    status, body, _ = await send(gateway, current, owner.proof("POST", url, token=current))
+    assert status == 200, body
+    assert gateway.sample("gateway_token_family_revocations_total", reason="proof") == 0
+    assert gateway.sample("gateway_token_family_revocations_total", reason="replayed") == 0
+    assert gateway.sample("gateway_dpop_proofs_refused_total", reason="other_key") == 2
+
+
+async def test_a_proof_is_remembered_for_a_replica_whose_clock_is_behind(
+    gateway_factory: Any,
+) -> None:
+    """Two replicas of one public URL on one Redis, the second's clock 5 s behind (the
+    tokens' leeway): a proof used on the first is remembered long enough that the second,
+    which still finds its ``iat`` in the window, refuses it as replayed (it was remembered
+    for 1 s past the first's window, and the second took the replay)."""
+    public = "https://chat.example"
+    settings = {"tokens": {"proof_window_seconds": 5}, "server": {"public_url": public}}
+    first = await gateway_factory(store="redis", **settings)
+    second = await gateway_factory(store="redis", **settings)
+    second.services.admissions._clock = lambda: time.time() - 5  # behind by the leeway
+    key, agent = ProofKey(), await first.create_key()
+    token = await first.get_token(
+        agent, DPoP=key.proof("GET", public + TOKEN_URL.format(model="demo"))
+    )
+    proof = key.proof("POST", public + SEND_URL, token=token, iat=time.time() - 3)
+    assert (await send(first, token, proof))[0] == 200
+    await asyncio.sleep(3.5)  # past the first replica's window and its old 1 s margin
+    status, body, _ = await send(second, token, proof)
+    assert (status, body["code"]) == (401, "invalid_dpop_proof")
+    assert second.sample("gateway_dpop_proofs_refused_total", reason="replayed") == 1
