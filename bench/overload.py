@@ -86,6 +86,8 @@ class Overload:
     #: the machine's 1-minute load average before and after the levels (others' work
     #: shows there)
     load_average: tuple[float, float] = (0.0, 0.0)
+    #: the gateway's store, in words
+    store: str = "Redis"
 
     def at(self, multiple: float) -> Level | None:
         return next((lv for lv in self.levels if lv.multiple == multiple), None)
@@ -132,6 +134,7 @@ def measure(
     seconds: int,
     cpu: int | None,
     say: object = print,
+    store: str = "Redis",
 ) -> Overload:
     assert gateway.admin_port is not None
     assert gateway.proc is not None
@@ -140,7 +143,7 @@ def measure(
     closed = generator.run(gateway.port, requests, seconds, work)
     if closed.non_2xx or closed.errors:
         raise RuntimeError(f"the capacity run failed: {closed}")
-    result = Overload(closed.rps, closed.p99_ms)
+    result = Overload(closed.rps, closed.p99_ms, store=store)
     load_before = os.getloadavg()[0]
     say(  # type: ignore[operator]
         f"  overload: capacity {closed.rps:,.0f} req/s (closed loop, {generator.kind}, "
@@ -251,8 +254,8 @@ def notes(run: Overload) -> list[str]:
         f"measured just before (p99 {run.capacity_p99_ms:.2f} ms); each level offers a "
         "multiple of it",
         f"each level: {SETTLE_S:g} s to settle (not counted), then {LEVEL_S:g} s whose "
-        "requests are counted, however late their answers; POSTs on Redis (the send "
-        "scenario's requests), overload section at its shipped defaults",
+        f"requests are counted, however late their answers; POSTs on {run.store} (the "
+        "send scenario's requests), overload section at its shipped defaults",
         "open loop (bench/openload.py, Python on uvloop, on the load CPU): each request is "
         f"sent when due on one of {PREWARM:,} keep-alive connections opened beforehand (a "
         f"new one when all are busy, at most {MAX_CONNECTIONS:,}; past that it waits "

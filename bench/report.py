@@ -179,7 +179,8 @@ def markdown(results: Results, titles: dict[str, str], command: str, date: str) 
             f"take {m.token_bytes_per_token:.0f} bytes by MEMORY USAGE. Keys: {layout}."
         )
     if results.overload is not None:
-        lines += ["", "## Overload: offered 0.5x to 4x the capacity (gateway, Redis)", ""]
+        where = results.overload.store
+        lines += ["", f"## Overload: offered 0.5x to 4x the capacity (gateway, {where})", ""]
         lines += overload.table(results.overload)
         lines += [""] + [f"- {note}" for note in overload.notes(results.overload)]
     lines += ["", "## Targets", "", "| target | measured | holds |", "|---|---|---|"]

@@ -66,6 +66,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default="builtin",
         help="the gateways' HTTP client to the upstream (upstream.client)",
     )
+    parser.add_argument(
+        "--overload-store",
+        choices=("redis", "cluster"),
+        default="redis",
+        help="the overload scenario's store: a Redis of its own, or a 3-primary Redis "
+        "Cluster of its own (its processes share the CPUs with the load)",
+    )
     parser.add_argument("--no-install", action="store_true", help="never apt-get install")
     parser.add_argument(
         "--only",
@@ -277,14 +284,22 @@ def run(args: argparse.Namespace, work: Path, pins: Cpus) -> Results:
             assert send is not None
             # its own gateway and Redis, as behind a balancer: the load generator is a
             # trusted proxy, so its thousands of connections are not capped per client
+            own_port: int | None = None
+            own_url: str | None = None
+            label = "Redis"
+            if args.overload_store == "cluster":
+                ports = stack.start_cluster(3)
+                own_url = "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
+                label = "Redis Cluster, 3 primaries"
+            else:
+                own_port = stack.start_redis("redis-overload")
             overloaded = stack.start_gateway(
                 "gateway-overload", upstream.url, keys_path, policies,
-                redis_port=stack.start_redis("redis-overload"),
-                trusted_proxies=["127.0.0.1/32"],
+                redis_port=own_port, redis_url=own_url, trusted_proxies=["127.0.0.1/32"],
             )  # fmt: skip
             results.overload = overload.measure(
                 generator, overloaded, send, work, warmup=args.warmup, seconds=args.seconds,
-                cpu=pins.load, say=say,
+                cpu=pins.load, say=say, store=label,
             )  # fmt: skip
     return results
 
