@@ -20,7 +20,7 @@ from typing import NamedTuple, NoReturn
 
 import structlog
 
-from gateway.core.dpop import ProofKeyMismatch, ProofRejected, ProofVerifier
+from gateway.core.dpop import Proof, ProofKeyMismatch, ProofRejected, ProofVerifier
 from gateway.core.fingerprint import FingerprintCache
 from gateway.core.policy import PolicySet, RequestFacts, Selection, retry_after_seconds
 from gateway.core.renewal import (
@@ -473,10 +473,9 @@ class Admissions:
         key_id: str | None = None,
         model: str | None = None,
         proof: ProofUse | None = None,
-        proof_jkt: str | None = None,
     ) -> dict[str, str]:
-        """Penalty box, the route's limits and a DPoP proof's replay check (``proof``, by
-        the key ``proof_jkt``); the response's RateLimit headers."""
+        """Penalty box, the route's limits and a DPoP proof's replay check; the
+        response's RateLimit headers."""
         policies = self._policies.current
         selection = policies.select(route, method, model, key_id)
         facts = RequestFacts(route, method, client.ip, key_id=key_id, model=model)
@@ -484,9 +483,7 @@ class Admissions:
         shard = None
         shards = self.sharding.shards(key_id) if key_id is not None else 0
         if key_id is not None and shards:
-            # a hot key's sub-bucket: by the proof's key when there is one, so that a
-            # proof replayed from other addresses meets its replay record
-            shard = self.sharding.shard(key_id, proof_jkt or client.ip, shards)
+            shard = self.sharding.shard(key_id, client.ip, shards)
         request, local = self._request(selection, facts, subject, shard, proof=proof)
         if not request.limits and subject is None and proof is None:
             if self.record_decisions:
@@ -515,10 +512,10 @@ class Admissions:
 
     def issue_proof(
         self, request: ProofRequest | None, origins: tuple[str, ...], require_proof: bool = False
-    ) -> tuple[ProofUse | None, str | None]:
+    ) -> tuple[ProofUse | None, Proof | None]:
         """A token request's proof under the binding mode of its agent key (with these
-        ``origins``, and ``require_proof``): what the store checks and the key the token
-        is bound to, or (None, None) for a token bound to the network. ``fingerprint``
+        ``origins``, and ``require_proof``): what the store checks and the proof (its key
+        the token is bound to), or (None, None) for a token bound to the network. ``fingerprint``
         ignores proofs; ``proof`` requires one (401 without); ``proof_or_fingerprint``
         binds to the key when a proof is sent."""
         mode = self._policies.current.binding.mode_for(origins, require_proof)
@@ -530,15 +527,14 @@ class Admissions:
                     "missing", "tokens are bound to a key here: send a DPoP proof"
                 )
             return None, None
-        use, jkt = self.proof_use(request)
-        return use, jkt
+        return self.proof_use(request)
 
     def proof_use(
         self, request: ProofRequest, *, token: str | None = None, jkt: str | None = None
-    ) -> tuple[ProofUse, str]:
+    ) -> tuple[ProofUse, Proof | None]:
         """Check ``request``'s proof (with the presented ``token`` bound to ``jkt``): what
-        the store checks and remembers of it, and its key's thumbprint; a valid proof by
-        another key than ``jkt`` is a :class:`ProofUse` with ``key_mismatch``. 401
+        the store checks and remembers of it, and the proof; a valid proof by another key
+        than ``jkt`` is a :class:`ProofUse` with ``key_mismatch`` (and no proof). 401
         ``invalid_dpop_proof`` when it is missing or bad."""
         now = self._clock()
         try:
@@ -553,8 +549,17 @@ class Admissions:
         except ProofRejected as exc:
             raise self.proof_refused(exc.reason, exc.detail) from None
         except ProofKeyMismatch:
-            return ProofUse("", 0, key_mismatch=True), ""
-        return ProofUse(proof.replay_id(), self.proofs.replay_ttl_ms(proof, now)), proof.jkt
+            return ProofUse("", 0, key_mismatch=True), None
+        return ProofUse(proof.replay_id(), self.proofs.replay_ttl_ms(proof, now)), proof
+
+    def nonce_headers(self, proof: Proof | None) -> dict[str, str]:
+        """A fresh ``DPoP-Nonce`` for the answer to a proof that carried one (RFC 9449
+        section 8.2): a client that needs nonces (its clock is wrong) always holds a valid
+        one, instead of being refused once per nonce."""
+        nonces = self.proofs.nonces
+        if proof is None or not proof.nonce_until or nonces is None:
+            return {}
+        return {"DPoP-Nonce": nonces.issue(self._clock())}
 
     @staticmethod
     def _request(
@@ -691,11 +696,12 @@ class Admissions:
         # a renewal accepts a token expired by up to the grace: its record lives as long
         grace = rules.grace_seconds if successor else 0
         proof_use: ProofUse | None = None
+        checked: Proof | None = None
         on_reuse = binding.action
         if claims.jkt is not None:  # bound to a key, not to the network
             if proof is None:
                 raise self.proof_refused("missing", "this request needs a DPoP proof")
-            proof_use, _ = self.proof_use(proof.request, token=proof.token, jkt=claims.jkt)
+            proof_use, checked = self.proof_use(proof.request, token=proof.token, jkt=claims.jkt)
             if proof_use.key_mismatch and binding.other_key == "refuse":
                 await self._other_key_refused(claims, client)  # the store is not asked
             # the network fingerprint is only recorded: a new one is flagged, never refused
@@ -771,6 +777,8 @@ class Admissions:
         if verdict is TokenVerdict.FLAGGED:
             self._flagged(claims)
         headers = self._limits_outcome(admission, selection, claims.key_id)
+        if checked is not None and checked.nonce_until:
+            headers = {**headers, **self.nonce_headers(checked)}
         return headers, admission.renewed
 
     async def _other_key_refused(self, claims: ClientToken, client: Client) -> NoReturn:

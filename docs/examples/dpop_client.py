@@ -86,6 +86,8 @@ class Client:
         self.model = model
         self.key = DPoPKey()
         self.token = ""
+        #: the gateway's latest DPoP-Nonce, once it asked for one (RFC 9449 section 9)
+        self.nonce: str | None = None
 
     def _call(
         self, method: str, path: str, body: dict[str, Any] | None = None, **headers: str
@@ -95,13 +97,14 @@ class Client:
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
-        nonce = None
         for attempt in range(2):
-            headers["DPoP"] = self.key.proof(method, url, self.token or None, nonce)
+            headers["DPoP"] = self.key.proof(method, url, self.token or None, self.nonce)
             request = urllib.request.Request(url, data, headers, method=method)  # noqa: S310 (http(s), checked)
             try:
                 with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310
                     answer: dict[str, Any] = json.loads(resp.read())
+                    # a fresh nonce comes with each answer to a proof that carried one
+                    self.nonce = resp.headers.get("DPoP-Nonce") or self.nonce
                     return answer
             except urllib.error.HTTPError as err:
                 problem = json.loads(err.read() or b"{}")
@@ -111,6 +114,7 @@ class Client:
                 nonce = err.headers.get("DPoP-Nonce")
                 if attempt or err.code != 401 or "use_dpop_nonce" not in challenge or not nonce:
                     raise SystemExit(f"{method} {path}: {err.code} {problem.get('code')}") from None
+                self.nonce = nonce
         raise AssertionError("unreachable")
 
     def start(self) -> None:

@@ -153,13 +153,20 @@ class ProofNonces:
     whose clock is wrong lacks."""
 
     LABEL = b"agent-gateway dpop-nonce v1"
-    #: period digits and MAC bytes of a nonce: ``<period>.<mac>`` is about 36 characters
+    #: MAC bytes of a nonce, and their base64url length: ``<period>.<mac>`` is about 33
+    #: characters
     MAC_BYTES = 16
+    MAC_CHARS = 22
 
-    def __init__(self, secrets: tuple[bytes, ...], window_seconds: int) -> None:
+    def __init__(
+        self, secrets: tuple[bytes, ...], window_seconds: int, margin_seconds: float = 0.0
+    ) -> None:
         if not secrets:
             raise ValueError("nonces need at least one secret")
         self.window_seconds = window_seconds
+        #: how far another replica's clock may be ahead: its next period's nonces pass
+        #: that long before this clock reaches the period
+        self.margin_seconds = margin_seconds
         self._keys = tuple(
             hmac.new(secret, self.LABEL, hashlib.sha256).digest() for secret in secrets
         )
@@ -179,16 +186,22 @@ class ProofNonces:
         if not isinstance(nonce, str) or len(nonce) > 64:
             return None
         number, dot, mac = nonce.partition(".")
-        # ASCII digits only: str.isdigit() admits '²', which int() refuses
+        # ASCII only: str.isdigit() admits '²', which int() refuses, and compare_digest
+        # refuses to compare non-ASCII strings
         if not dot or not (number.isascii() and number.isdigit()) or len(number) > 12:
             return None
+        if len(mac) != self.MAC_CHARS or not mac.isascii():
+            return None
         period = int(number)
-        current = int(now // self.window_seconds)
-        if period not in (current, current - 1):
+        window = self.window_seconds
+        current = int(now // window)
+        # the next period too, from a replica whose clock is ahead by up to the margin
+        early = period == current + 1 and period * window - now <= self.margin_seconds
+        if period not in (current, current - 1) and not early:
             return None
         for key in self._keys:
             if hmac.compare_digest(self._mac(key, period), mac):
-                return (period + 2) * self.window_seconds
+                return (period + 2) * window
         return None
 
 

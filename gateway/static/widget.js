@@ -581,6 +581,7 @@
     this.jwk = null;
     this.making = null;
     this.offset = 0; // the gateway's clock minus this one, ms (from its Date header)
+    this.nonce = null; // the gateway's latest DPoP-Nonce, once it handed one out
   }
 
   function b64url(bytes) {
@@ -618,7 +619,7 @@
 
   /* The DPoP header's value for `method url` (with `ath` when a token is presented),
    * or null without a key. */
-  ProofKey.prototype.proof = async function (method, url, token, nonce) {
+  ProofKey.prototype.proof = async function (method, url, token) {
     if (!(await this.ready())) return null;
     var subtle = window.crypto.subtle;
     var target = new URL(url, document.baseURI);
@@ -628,7 +629,7 @@
       htu: target.origin + target.pathname,
       iat: Math.floor((Date.now() + this.offset) / 1000),
     };
-    if (nonce) claims.nonce = nonce;
+    if (this.nonce) claims.nonce = this.nonce;
     if (token) {
       var digest = await subtle.digest("SHA-256", new TextEncoder().encode(token));
       claims.ath = b64url(new Uint8Array(digest));
@@ -654,18 +655,18 @@
   /* fetch() with a proof for `url` (and `token`, when one is presented); once more when
    * the gateway refused it and its clock says the visitor's is off (proofs carry the
    * time they were made: a wrong clock makes them look stale or early), or it handed
-   * out a DPoP-Nonce (its own time, which the retry's proof carries). */
+   * out a DPoP-Nonce (its own time: every later proof carries the latest one). */
   ProofKey.prototype.fetch = async function (url, init, token) {
     var method = init.method || "GET";
-    var nonce = null;
     for (var attempt = 0; ; attempt++) {
       var headers = Object.assign({}, init.headers);
-      var proof = await this.proof(method, url, token, nonce);
+      var proof = await this.proof(method, url, token);
       if (proof) headers.DPoP = proof;
       var resp = await fetch(url, Object.assign({}, init, { headers: headers }));
       var skewed = this.learn(resp);
-      nonce = resp.status === 401 ? resp.headers.get("DPoP-Nonce") : null;
-      if (resp.status !== 401 || !proof || attempt || !(skewed || nonce)) return resp;
+      var given = resp.headers.get("DPoP-Nonce");
+      if (given) this.nonce = given;
+      if (resp.status !== 401 || !proof || attempt || !(skewed || given)) return resp;
     }
   };
 

@@ -187,8 +187,12 @@ async def start_services(parts: Parts, stack: contextlib.AsyncExitStack) -> Serv
         sharding=sharding_of(config.store),
         proofs=ProofVerifier(
             window_seconds=config.tokens.proof_window_seconds,
-            nonces=ProofNonces(parts.codec.secrets, config.tokens.proof_window_seconds),
             # replicas' clocks may differ by as much as tokens tolerate
+            nonces=ProofNonces(
+                parts.codec.secrets,
+                config.tokens.proof_window_seconds,
+                margin_seconds=config.tokens.leeway_seconds,
+            ),
             replay_margin_seconds=max(config.tokens.leeway_seconds, 1),
         ),
     )

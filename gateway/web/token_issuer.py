@@ -96,7 +96,8 @@ class TokenIssuer(TokenService):
         if model_id not in record.models or model_id not in self._models:
             raise ProblemError("model_not_found", f"this key has no model {model_id!r}")
         # checked once the key passed, under the binding mode of the key
-        proof, jkt = admissions.issue_proof(request.proof, record.origins, record.require_proof)
+        proof, checked = admissions.issue_proof(request.proof, record.origins, record.require_proof)
+        jkt = checked.jkt if checked is not None else None
         headers = await admissions.admit_request(
             "token",
             request.client,
@@ -104,7 +105,6 @@ class TokenIssuer(TokenService):
             key_id=record.key_id,
             model=model_id,
             proof=proof,
-            proof_jkt=jkt,
         )
         issued = self._codec.issue(
             key_id=record.key_id,
@@ -116,6 +116,7 @@ class TokenIssuer(TokenService):
             jkt=jkt,
         )
         self._metrics.token_issued(model_id)
+        headers = {**headers, **admissions.nonce_headers(checked)}
         return TokenGrant(issued, self._codec.ttl_seconds, headers)
 
     async def _verified_record(self, request: TokenRequest, credential: str) -> KeyRecord:

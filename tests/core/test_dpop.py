@@ -351,6 +351,8 @@ def test_a_gateway_nonce_vouches_for_a_proof_whatever_its_iat(key: ProofKey) -> 
         NONCES.issue(NOW) + "A",
         "-1." + NONCES.issue(NOW).split(".")[1],
         "².AAAA",  # a digit to str.isdigit(), not to int()
+        f"{NOW // 60}." + "é" * 22,  # compare_digest refuses non-ASCII strings
+        f"{NOW // 60}." + NONCES.issue(NOW).split(".")[1] + "==",
         "١٢." + NONCES.issue(NOW).split(".")[1],  # Arabic-Indic digits: int() reads them
     ],
 )
@@ -371,3 +373,14 @@ def test_a_nonce_is_refused_where_none_are_given_and_survives_key_rotation(key: 
     rotated = ProofNonces((b"t" * 32,), 60)  # the old signing key still in the set
     assert rotated.valid_until(ProofNonces((b"t" * 32, b"s" * 32), 60).issue(NOW), NOW)
     assert NONCES.valid_until(rotated.issue(NOW), NOW)  # signed by a verifying key
+
+
+def test_a_nonce_from_a_replica_ahead_passes_within_the_margin(key: ProofKey) -> None:
+    """A replica whose clock is ahead (by up to the tokens' leeway) hands out the next
+    period's nonce a little early: the others take it, not earlier than that."""
+    behind = ProofNonces((b"s" * 32,), 60, margin_seconds=5)
+    start = (NOW // 60 + 1) * 60  # the next period's first second
+    ahead = behind.issue(start)
+    assert behind.valid_until(ahead, start - 5) == start + 120
+    assert behind.valid_until(ahead, start - 6) is None
+    assert ProofNonces((b"s" * 32,), 60).valid_until(ahead, start - 1) is None

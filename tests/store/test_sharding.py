@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster
 
-from gateway.admission import Admissions, Client
+from gateway.admission import Admissions
 from gateway.core.breaker import CircuitBreaker
 from gateway.core.gcra import LimitSpec
 from gateway.core.redis_keys import StateKeys
@@ -301,25 +301,3 @@ async def test_a_proof_s_replay_record_lives_in_its_admission_s_shard(
     assert (await cluster_store.admit(request)).token is TokenVerdict.PROOF_REPLAYED
     built = cluster_store.keys.for_admission("Key000000001")
     assert await cluster_of(cluster_store).exists(built.proof(proof.replay_id)) == 1
-
-
-async def test_a_hot_key_s_token_proof_replayed_from_other_addresses_is_caught(
-    cluster_store: RedisStore, tmp_path: Path
-) -> None:
-    """A hot key's token requests spread over its sub-buckets; one with a DPoP proof
-    goes to the sub-bucket of the proof's key, so the proof replayed from other addresses
-    meets its replay record (by address, six replays minted six tokens)."""
-    clock = FixedClock()
-    hot = Sharding(cluster_store.keys.tag[1:-1], {KEY: 4}, enabled=True)
-    admissions = admissions_on(cluster_store, tmp_path, clock, hot)
-    proof, jkt = ProofUse(secrets.token_hex(16), 60_000), "k" * 43
-    await admissions.admit_request("token", VISITOR, "GET", key_id=KEY, proof=proof, proof_jkt=jkt)
-    replays = 0
-    for n in range(8):
-        client = Client(f"198.51.100.{n + 20}", "other/2.0")
-        with pytest.raises(ProblemError) as refused:
-            await admissions.admit_request(
-                "token", client, "GET", key_id=KEY, proof=proof, proof_jkt=jkt
-            )
-        replays += refused.value.code == "invalid_dpop_proof"
-    assert replays == 8

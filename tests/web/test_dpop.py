@@ -332,8 +332,9 @@ async def test_a_client_with_a_wrong_clock_gets_a_nonce_that_works_on_every_repl
     assert headers["WWW-Authenticate"].startswith('DPoP error="use_dpop_nonce"')
     nonce = headers["DPoP-Nonce"]
     proof = key.proof("POST", url, token=token, iat=slow, claims={"nonce": nonce})
-    status, body, _ = await send(first, token, proof)
+    status, body, headers = await send(first, token, proof)
     assert status == 200, body
+    assert headers["DPoP-Nonce"].split(".")[0] == nonce.split(".")[0]  # a fresh one
     status, body, _ = await send(first, token, proof)  # replayed: refused
     assert (status, body["code"]) == (401, "invalid_dpop_proof")
     other = second.url + SEND_URL
