@@ -9,11 +9,14 @@ request takes a place under the
 bounded queue (``overload.queue_size``, and no longer than the limit: the places free up
 about once per latency of an admitted request, so the wait stays about one such latency)
 for at most ``overload.max_wait_ms``; with the queue full, or the wait over, it is answered
-``503 overloaded`` with ``Retry-After`` at once. While no place is free and the queue is
-full (:meth:`Shedder.saturated`), the listener answers that 503 itself, from the parsed
-request head, before aiohttp builds a request (:mod:`gateway.web.connection`): refusing
-then costs a fraction of what the application's answer would. The place is given back
-when the handler returns, with the request's latency (the limit's only input).
+``503 overloaded`` with ``Retry-After`` at once.
+While no place is free and the queue is full (:meth:`Shedder.saturated`), the listener
+answers that 503 itself, from the parsed request head, before aiohttp builds a request
+(:mod:`gateway.web.connection`): refusing then costs a fraction of what the application's
+answer would. The place is given back when the handler returns, with the request's
+latency; the limit's other input is the event loop's lag, how late a timer set every
+``LAG_INTERVAL`` runs (``overload.loop_lag_target_ms``: a loop running late runs too much
+at once, whatever the latency says).
 
 A streamed answer holds its place for as long as the stream is open, which says nothing
 about the replica's load: :func:`enter_stream` (called by the send handler before its
@@ -45,6 +48,10 @@ from gateway.observability.metrics import Metrics, ShedReason
 #: the shedding of the application (for :func:`enter_stream`)
 SHEDDER: web.AppKey[Shedder] = web.AppKey("overload_shedder")
 
+#: how often the event loop's lag is sampled (seconds): a timer this often, each telling
+#: how late it ran
+LAG_INTERVAL = 0.005
+
 _DETAILS: dict[ShedReason, str] = {
     "queue_full": "the gateway is at capacity; retry shortly",
     "queue_timeout": "the gateway is at capacity; retry shortly",
@@ -63,7 +70,10 @@ class Shedder:
             now=time.perf_counter(),
             window_seconds=settings.window_seconds,
             tolerance=settings.tolerance,
+            lag_target=settings.loop_lag_target_ms / 1000,
         )
+        self._lag_timer: asyncio.TimerHandle | None = None
+        self._lag_due = 0.0
         #: take a free place at once (every request below the limit): the limit's own
         #: method, without a call of ours around it
         self.try_enter: Callable[[], bool] = self.limiter.try_acquire
@@ -79,6 +89,23 @@ class Shedder:
         self._metrics = metrics
         self._retry_after = {"Retry-After": str(settings.retry_after_seconds)}
         metrics.watch_overload(self)
+
+    def start(self) -> None:
+        """Sample the event loop's lag on the running loop, when the limit uses it."""
+        if self.limiter.lag_target and self._lag_timer is None:
+            self._lag_due = time.perf_counter() + LAG_INTERVAL
+            self._lag_timer = asyncio.get_running_loop().call_later(LAG_INTERVAL, self._lag_tick)
+
+    def stop(self) -> None:
+        if self._lag_timer is not None:
+            self._lag_timer.cancel()
+            self._lag_timer = None
+
+    def _lag_tick(self) -> None:
+        now = time.perf_counter()
+        self.limiter.observe_lag(max(0.0, now - self._lag_due))
+        self._lag_due = now + LAG_INTERVAL
+        self._lag_timer = asyncio.get_running_loop().call_later(LAG_INTERVAL, self._lag_tick)
 
     # -- figures read by the metrics
     @property

@@ -14,7 +14,7 @@ import aiohttp
 from structlog.testing import capture_logs
 
 from gateway.web.overload import SHEDDER, Shedder
-from tests.support.harness import SEND_URL, TOKEN_URL, Gateway, start_admin
+from tests.support.harness import SEND_URL, TOKEN_URL, Gateway, start_admin, stop_gateway
 from tests.support.raw_http import Connection, request
 from tests.support.upstreams import Script
 
@@ -288,6 +288,7 @@ async def test_the_limit_falls_when_the_latency_rises_under_load(
     ceiling (40); when they get ten times slower it falls (toward the floor, 4)."""
     script, url = scripted
     settings = overload(queue_size=200) | {"min_limit": 4, "max_limit": 40}
+    settings["loop_lag_target_ms"] = 0  # the latency alone (the loop is shared with clients)
     gw = await gateway_factory(upstream={"url": url}, overload=settings | {"window_seconds": 0.05})
     tokens = [await gw.new_token() for _ in range(4)]
     script.headers_delay = 0.02
@@ -307,6 +308,45 @@ async def test_the_limit_falls_when_the_latency_rises_under_load(
         stop.set()
         await asyncio.wait_for(asyncio.gather(*clients), 15)
     assert (shedder_of(gw).in_flight, shedder_of(gw).waiting) == (0, 0)
+
+
+async def test_the_limit_falls_when_the_event_loop_runs_late(
+    gateway_factory: GatewayFactory, scripted: tuple[Script, str]
+) -> None:
+    """Busy clients, answers as quick as ever (a tolerance the latency never reaches),
+    and work on the gateway's event loop that makes each turn 20 ms long: the limit
+    falls from its ceiling (40) to its floor (4); the sampling stops with the gateway."""
+    script, url = scripted
+    settings = overload(queue_size=200) | {"min_limit": 4, "max_limit": 40, "tolerance": 10.0}
+    gw = await gateway_factory(
+        upstream={"url": url},
+        overload=settings | {"window_seconds": 0.05, "loop_lag_target_ms": 2},
+    )
+    tokens = [await gw.new_token() for _ in range(4)]
+    script.headers_delay = 0.02
+    stop = asyncio.Event()
+
+    async def client(token: str) -> None:
+        while not stop.is_set():
+            await timed_send(gw, token)
+
+    async def hog() -> None:
+        while not stop.is_set():
+            time.sleep(0.02)  # noqa: ASYNC251 - the point: a turn of the loop taking 20 ms
+            await asyncio.sleep(0)
+
+    shedder = shedder_of(gw)
+    assert shedder.limit == 40
+    clients = [asyncio.create_task(client(tokens[i % 4])) for i in range(40)]
+    hogging = asyncio.create_task(hog())
+    try:
+        await until(lambda: gw.sample("gateway_overload_limit") == 4, timeout=15)
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(hogging, *clients), 15)
+    assert (shedder.in_flight, shedder.waiting) == (0, 0)
+    await stop_gateway(gw)  # again at teardown: closing twice is harmless
+    assert shedder._lag_timer is None
 
 
 async def test_while_saturated_the_listener_answers_from_the_request_head(
