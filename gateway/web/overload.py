@@ -9,7 +9,8 @@ request takes a place under the
 bounded queue (``overload.queue_size``, and no longer than the limit: the places free up
 about once per latency of an admitted request, so the wait stays about one such latency)
 for at most ``overload.max_wait_ms``; with the queue full, or the wait over, it is answered
-``503 overloaded`` with ``Retry-After`` at once.
+``503 overloaded`` with ``Retry-After`` at once. A queue that never empties is closed for
+a while (:meth:`Shedder.queue_bound`): at capacity, waiting adds latency, not throughput.
 While no place is free and the queue is full (:meth:`Shedder.saturated`), the listener
 answers that 503 itself, from the parsed request head, before aiohttp builds a request
 (:mod:`gateway.web.connection`): refusing then costs a fraction of what the application's
@@ -52,6 +53,11 @@ SHEDDER: web.AppKey[Shedder] = web.AppKey("overload_shedder")
 #: how late it ran
 LAG_INTERVAL = 0.005
 
+#: a queue that has not been empty for this long is standing (seconds) ...
+STANDING_SECONDS = 0.025
+#: ... and takes no one for this long (seconds)
+CLOSED_SECONDS = 1.0
+
 _DETAILS: dict[ShedReason, str] = {
     "queue_full": "the gateway is at capacity; retry shortly",
     "queue_timeout": "the gateway is at capacity; retry shortly",
@@ -84,6 +90,10 @@ class Shedder:
         self.queue: collections.deque[asyncio.Future[None]] = collections.deque()
         self.max_wait = settings.max_wait_ms / 1000
         self.queue_size = settings.queue_size
+        #: when the queue was last empty, and until when no request may wait (see
+        #: :meth:`queue_bound`)
+        self._empty_at = 0.0
+        self._closed_until = 0.0
         #: requests handed to the application by the listener, not yet here
         self.pending = 0
         self._metrics = metrics
@@ -136,7 +146,26 @@ class Shedder:
     def queue_bound(self) -> int:
         """How many may wait: ``queue_size``, never more than the limit (one place each
         as the requests in flight leave: a longer queue only adds its wait to the
-        latency of what is admitted)."""
+        latency of what is admitted), and none while the queue is closed.
+
+        A queue that has not been empty for ``STANDING_SECONDS`` is standing (CoDel's
+        word): requests arrive faster than places free up, so the replica is at
+        capacity and a wait adds latency without adding throughput (there is always
+        someone to take a place that frees up). It then takes no one for
+        ``CLOSED_SECONDS``: what finds no place is shed at once, and the requests
+        already waiting are served. A burst that the queue absorbs and that drains
+        within ``STANDING_SECONDS`` changes nothing."""
+        closed = self._closed_until
+        if self.queue:
+            now = time.perf_counter()
+            if now - self._empty_at > STANDING_SECONDS:
+                self._closed_until = closed = now + CLOSED_SECONDS
+            if now < closed:
+                return 0
+        elif closed:
+            if time.perf_counter() < closed:
+                return 0
+            self._closed_until = 0.0
         return min(self.queue_size, self.limiter.limit)
 
     def saturated(self) -> bool:
@@ -155,6 +184,8 @@ class Shedder:
         if len(queue) >= self.queue_bound():
             raise self.shed("queue_full")
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not queue:
+            self._empty_at = time.perf_counter()
         queue.append(waiter)
         try:
             async with asyncio.timeout(self.max_wait):
@@ -174,6 +205,8 @@ class Shedder:
     def _forget(self, waiter: asyncio.Future[None]) -> None:
         with contextlib.suppress(ValueError):
             self.queue.remove(waiter)
+        if not self.queue:
+            self._empty_at = time.perf_counter()
 
     def released(self) -> None:
         """Hand the places now free to the requests waiting longest."""
@@ -183,6 +216,8 @@ class Shedder:
             if not waiter.done():
                 limiter.add_in_flight()
                 waiter.set_result(None)
+        if not queue:
+            self._empty_at = time.perf_counter()
 
     def give_back(self) -> None:
         """A place given back without a latency."""

@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 from structlog.testing import capture_logs
 
-from gateway.web.overload import SHEDDER, Shedder
+from gateway.web.overload import CLOSED_SECONDS, SHEDDER, STANDING_SECONDS, Shedder
 from tests.support.harness import SEND_URL, TOKEN_URL, Gateway, start_admin, stop_gateway
 from tests.support.raw_http import Connection, request
 from tests.support.upstreams import Script
@@ -221,6 +221,37 @@ async def test_shedding_can_be_turned_off(
     assert SHEDDER not in gw.app
     token = await gw.new_token()
     assert (await timed_send(gw, token))[0] == 200
+
+
+async def test_a_queue_that_does_not_empty_takes_no_one_for_a_while(
+    gateway_factory: GatewayFactory, scripted: tuple[Script, str]
+) -> None:
+    """Every place taken and a request waiting for longer than a standing queue is let
+    last: the replica is at capacity, and waiting would only add to the latency of what
+    it admits. A request now is shed at once although the queue has room, until the
+    queue has emptied and the closing time is over; then requests wait again."""
+    script, url = scripted
+    gw = await gateway_factory(upstream={"url": url}, overload=overload(limit=2, queue_size=5))
+    tokens = [await gw.new_token() for _ in range(4)]
+    script.headers_delay = UPSTREAM_DELAY
+    shedder = shedder_of(gw)
+    busy = [asyncio.create_task(timed_send(gw, token)) for token in tokens[:2]]
+    await until(lambda: shedder.in_flight == 2)
+    waiting = asyncio.create_task(timed_send(gw, tokens[2]))
+    await until(lambda: shedder.waiting == 1)
+    await asyncio.sleep(STANDING_SECONDS * 4)
+    status, seconds, (body, _) = await timed_send(gw, tokens[3])
+    assert status == 503 and body["code"] == "overloaded"
+    assert seconds < UPSTREAM_DELAY / 2
+    assert gw.sample("gateway_requests_shed_total", reason="queue_full") == 1
+    results = await asyncio.wait_for(asyncio.gather(*busy, waiting), 20)
+    assert [r[0] for r in results] == [200, 200, 200]  # the one waiting was served
+    await asyncio.sleep(CLOSED_SECONDS)
+    script.headers_delay = UPSTREAM_DELAY / 3
+    again = [asyncio.create_task(timed_send(gw, token)) for token in tokens[:3]]
+    await until(lambda: shedder.waiting == 1)  # open again: the third waits
+    assert [r[0] for r in await asyncio.wait_for(asyncio.gather(*again), 20)] == [200] * 3
+    assert (shedder.in_flight, shedder.waiting) == (0, 0)
 
 
 async def test_a_client_gone_while_waiting_leaves_no_place_taken(
