@@ -63,6 +63,18 @@ async def timed_send(gw: Gateway, token: str, *, stream: bool = False) -> tuple[
         return resp.status, time.monotonic() - started, None
 
 
+def busy_clients(
+    gw: Gateway, tokens: list[str], stop: asyncio.Event, count: int = 40
+) -> list[asyncio.Task[None]]:
+    """``count`` clients, each sending again as soon as answered, until ``stop`` is set."""
+
+    async def client(token: str) -> None:
+        while not stop.is_set():
+            await timed_send(gw, token)
+
+    return [asyncio.create_task(client(tokens[i % len(tokens)])) for i in range(count)]
+
+
 def count_store_calls(gw: Gateway) -> list[int]:
     """Count the state store's admissions (the store work of every send)."""
     calls = [0]
@@ -324,12 +336,7 @@ async def test_the_limit_falls_when_the_latency_rises_under_load(
     tokens = [await gw.new_token() for _ in range(4)]
     script.headers_delay = 0.02
     stop = asyncio.Event()
-
-    async def client(token: str) -> None:
-        while not stop.is_set():
-            await timed_send(gw, token)
-
-    clients = [asyncio.create_task(client(tokens[i % 4])) for i in range(40)]
+    clients = busy_clients(gw, tokens, stop)
     try:
         await asyncio.sleep(1.5)
         assert gw.sample("gateway_overload_limit") >= 30  # jitter on a busy machine aside
@@ -357,10 +364,6 @@ async def test_the_limit_falls_when_the_event_loop_runs_late(
     script.headers_delay = 0.02
     stop = asyncio.Event()
 
-    async def client(token: str) -> None:
-        while not stop.is_set():
-            await timed_send(gw, token)
-
     async def hog() -> None:
         while not stop.is_set():
             time.sleep(0.02)  # noqa: ASYNC251 - the point: a turn of the loop taking 20 ms
@@ -368,7 +371,7 @@ async def test_the_limit_falls_when_the_event_loop_runs_late(
 
     shedder = shedder_of(gw)
     assert shedder.limit == 40
-    clients = [asyncio.create_task(client(tokens[i % 4])) for i in range(40)]
+    clients = busy_clients(gw, tokens, stop)
     hogging = asyncio.create_task(hog())
     try:
         await until(lambda: gw.sample("gateway_overload_limit") == 4, timeout=15)
