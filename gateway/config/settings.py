@@ -325,6 +325,8 @@ class OverloadSettings(Section):
     window_seconds: float = Field(0.1, gt=0, le=60)
     #: latency above this multiple of the long-term average shrinks the limit
     tolerance: float = Field(1.5, ge=1.0, le=10.0)
+    #: the event loop's mean lag past which the limit shrinks (0: not watched)
+    loop_lag_target_ms: float = Field(2.0, ge=0, le=1000)
 
     @model_validator(mode="after")
     def _floor_below_ceiling(self) -> OverloadSettings:

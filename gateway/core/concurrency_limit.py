@@ -10,6 +10,16 @@ always within ``[min_limit, max_limit]``. A window in which fewer than half the 
 requests were in flight changes nothing (the replica was not the bottleneck: its latency
 says nothing about the limit).
 
+The event loop's lag is the second input (``lag_target``, 0: not used): the caller reports
+how late a periodic timer ran (:meth:`GradientLimit.observe_lag`). A window whose mean lag
+is past the target shrinks the limit at once, whatever the latency: to the number that was
+in flight at most in the window (not from a ceiling far above it) times ``target / lag``,
+never by more than half, never below the floor. One event loop runs every admitted
+request, a step each per turn: more at once makes every turn longer, and a late turn
+delays everything, the refusals included (they wait for the turn to end). Latency alone
+would see it late: its long average learns from overloaded windows too, and it cannot
+tell a slow upstream (no work for the loop) from a loop with too much to do.
+
 Per request this costs an integer comparison and increment to enter and, to leave, a
 decrement, two additions and one comparison with the window's end; the gradient is
 computed once per window. The caller passes the time (seconds, any monotonic origin), so
@@ -26,6 +36,8 @@ class GradientLimit:
     """The limit and the count of requests in flight under it."""
 
     __slots__ = (
+        "_lag_count",
+        "_lag_sum",
         "_long",
         "_long_samples",
         "_max_seen",
@@ -34,6 +46,7 @@ class GradientLimit:
         "_window_end",
         "estimate",
         "in_flight",
+        "lag_target",
         "limit",
         "long_window",
         "max_limit",
@@ -56,6 +69,7 @@ class GradientLimit:
         tolerance: float = 1.5,
         smoothing: float = 0.2,
         long_window: int = 600,
+        lag_target: float = 0.0,
     ) -> None:
         if not 1 <= min_limit <= max_limit:
             raise ValueError("need 1 <= min_limit <= max_limit")
@@ -71,6 +85,10 @@ class GradientLimit:
         self.tolerance = tolerance
         self.smoothing = smoothing
         self.long_window = long_window
+        #: the event loop's lag (seconds) past which the limit shrinks; 0: not watched
+        self.lag_target = lag_target
+        self._lag_sum = 0.0
+        self._lag_count = 0
         self._window_end = now + window_seconds
         self._rtt_sum = 0.0
         self._rtt_count = 0
@@ -106,6 +124,11 @@ class GradientLimit:
         cancelled while it waited)."""
         self.in_flight -= 1
 
+    def observe_lag(self, lag: float) -> None:
+        """The event loop ran a periodic timer ``lag`` seconds late."""
+        self._lag_sum += lag
+        self._lag_count += 1
+
     @property
     def long_rtt(self) -> float:
         """The long-term average latency (0 before the first window)."""
@@ -120,9 +143,12 @@ class GradientLimit:
         self._rtt_sum = 0.0
         self._rtt_count = 0
         self._max_seen = self.in_flight
-        self._update(short, busiest)
+        lag = self._lag_sum / self._lag_count if self._lag_count else 0.0
+        self._lag_sum = 0.0
+        self._lag_count = 0
+        self._update(short, busiest, lag)
 
-    def _update(self, short: float, busiest: int) -> None:
+    def _update(self, short: float, busiest: int, lag: float = 0.0) -> None:
         if short <= 0:
             return
         # the long average: a plain mean while warming up, then exponential
@@ -135,6 +161,15 @@ class GradientLimit:
         long = self._long
         if long / short > 2.0:  # latency fell for good: let the long average follow
             self._long = long = long * 0.95
+        if self.lag_target and lag > self.lag_target:
+            # the loop is late: each turn runs more work than it should. Shrink from
+            # what was in flight (a limit far above it would take many windows to come
+            # down), at once and by the ratio, at most by half
+            base = min(self.estimate, float(max(busiest, 1)))
+            estimate = base * max(0.5, self.lag_target / lag)
+            self.estimate = min(max(estimate, float(self.min_limit)), float(self.max_limit))
+            self.limit = int(self.estimate)
+            return
         if busiest < self.estimate / 2:
             return  # not the bottleneck in this window
         gradient = max(0.5, min(1.0, self.tolerance * long / short))

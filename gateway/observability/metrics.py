@@ -529,7 +529,7 @@ class Metrics:
         series[0].inc()
         series[1].observe(seconds)
         if code:
-            self.http_problems.labels(route, self._words(code)).inc()
+            self.child(self.http_problems, route, self._words(code)).inc()
 
     # -- overload ---------------------------------------------------------------------------
     def watch_overload(self, figures: OverloadFigures) -> None:
@@ -540,7 +540,7 @@ class Metrics:
         self.overload_waiting.set_function(lambda: figures.waiting)
 
     def request_shed(self, reason: ShedReason) -> None:
-        self.requests_shed.labels(reason).inc()
+        self.child(self.requests_shed, reason).inc()
 
     # -- public listener: connections ------------------------------------------------------
     def watch_connections(self, counts: OpenConnections) -> None:

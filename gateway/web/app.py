@@ -327,6 +327,9 @@ def create_app(
                 stack.callback(decisions.stop)
                 services.admissions.record_decisions = True
             app[SERVICES] = services
+            if shedder is not None:
+                shedder.start()
+                stack.callback(shedder.stop)
             # readiness for the admin listener: first checks now, then the heartbeat
             checks = dependency_checks(services)
             await health.refresh(checks)

@@ -9,11 +9,15 @@ request takes a place under the
 bounded queue (``overload.queue_size``, and no longer than the limit: the places free up
 about once per latency of an admitted request, so the wait stays about one such latency)
 for at most ``overload.max_wait_ms``; with the queue full, or the wait over, it is answered
-``503 overloaded`` with ``Retry-After`` at once. While no place is free and the queue is
-full (:meth:`Shedder.saturated`), the listener answers that 503 itself, from the parsed
-request head, before aiohttp builds a request (:mod:`gateway.web.connection`): refusing
-then costs a fraction of what the application's answer would. The place is given back
-when the handler returns, with the request's latency (the limit's only input).
+``503 overloaded`` with ``Retry-After`` at once. A queue that never empties is closed for
+a while (:meth:`Shedder.queue_bound`): at capacity, waiting adds latency, not throughput.
+While no place is free and the queue is full (:meth:`Shedder.saturated`), the listener
+answers that 503 itself, from the parsed request head, before aiohttp builds a request
+(:mod:`gateway.web.connection`): refusing then costs a fraction of what the application's
+answer would. The place is given back when the handler returns, with the request's
+latency; the limit's other input is the event loop's lag, how late a timer set every
+``LAG_INTERVAL`` runs (``overload.loop_lag_target_ms``: a loop running late runs too much
+at once, whatever the latency says).
 
 A streamed answer holds its place for as long as the stream is open, which says nothing
 about the replica's load: :func:`enter_stream` (called by the send handler before its
@@ -45,6 +49,15 @@ from gateway.observability.metrics import Metrics, ShedReason
 #: the shedding of the application (for :func:`enter_stream`)
 SHEDDER: web.AppKey[Shedder] = web.AppKey("overload_shedder")
 
+#: how often the event loop's lag is sampled (seconds): a timer this often, each telling
+#: how late it ran
+LAG_INTERVAL = 0.005
+
+#: a queue that has not been empty for this long is standing (seconds) ...
+STANDING_SECONDS = 0.025
+#: ... and takes no one for this long (seconds)
+CLOSED_SECONDS = 1.0
+
 _DETAILS: dict[ShedReason, str] = {
     "queue_full": "the gateway is at capacity; retry shortly",
     "queue_timeout": "the gateway is at capacity; retry shortly",
@@ -63,7 +76,10 @@ class Shedder:
             now=time.perf_counter(),
             window_seconds=settings.window_seconds,
             tolerance=settings.tolerance,
+            lag_target=settings.loop_lag_target_ms / 1000,
         )
+        self._lag_timer: asyncio.TimerHandle | None = None
+        self._lag_due = 0.0
         #: take a free place at once (every request below the limit): the limit's own
         #: method, without a call of ours around it
         self.try_enter: Callable[[], bool] = self.limiter.try_acquire
@@ -74,11 +90,32 @@ class Shedder:
         self.queue: collections.deque[asyncio.Future[None]] = collections.deque()
         self.max_wait = settings.max_wait_ms / 1000
         self.queue_size = settings.queue_size
+        #: when the queue was last empty, and until when no request may wait (see
+        #: :meth:`queue_bound`)
+        self._empty_at = 0.0
+        self._closed_until = 0.0
         #: requests handed to the application by the listener, not yet here
         self.pending = 0
         self._metrics = metrics
         self._retry_after = {"Retry-After": str(settings.retry_after_seconds)}
         metrics.watch_overload(self)
+
+    def start(self) -> None:
+        """Sample the event loop's lag on the running loop, when the limit uses it."""
+        if self.limiter.lag_target and self._lag_timer is None:
+            self._lag_due = time.perf_counter() + LAG_INTERVAL
+            self._lag_timer = asyncio.get_running_loop().call_later(LAG_INTERVAL, self._lag_tick)
+
+    def stop(self) -> None:
+        if self._lag_timer is not None:
+            self._lag_timer.cancel()
+            self._lag_timer = None
+
+    def _lag_tick(self) -> None:
+        now = time.perf_counter()
+        self.limiter.observe_lag(max(0.0, now - self._lag_due))
+        self._lag_due = now + LAG_INTERVAL
+        self._lag_timer = asyncio.get_running_loop().call_later(LAG_INTERVAL, self._lag_tick)
 
     # -- figures read by the metrics
     @property
@@ -109,7 +146,26 @@ class Shedder:
     def queue_bound(self) -> int:
         """How many may wait: ``queue_size``, never more than the limit (one place each
         as the requests in flight leave: a longer queue only adds its wait to the
-        latency of what is admitted)."""
+        latency of what is admitted), and none while the queue is closed.
+
+        A queue that has not been empty for ``STANDING_SECONDS`` is standing (CoDel's
+        word): requests arrive faster than places free up, so the replica is at
+        capacity and a wait adds latency without adding throughput (there is always
+        someone to take a place that frees up). It then takes no one for
+        ``CLOSED_SECONDS``: what finds no place is shed at once, and the requests
+        already waiting are served. A burst that the queue absorbs and that drains
+        within ``STANDING_SECONDS`` changes nothing."""
+        closed = self._closed_until
+        if self.queue:
+            now = time.perf_counter()
+            if now - self._empty_at > STANDING_SECONDS:
+                self._closed_until = closed = now + CLOSED_SECONDS
+            if now < closed:
+                return 0
+        elif closed:
+            if time.perf_counter() < closed:
+                return 0
+            self._closed_until = 0.0
         return min(self.queue_size, self.limiter.limit)
 
     def saturated(self) -> bool:
@@ -128,6 +184,8 @@ class Shedder:
         if len(queue) >= self.queue_bound():
             raise self.shed("queue_full")
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not queue:
+            self._empty_at = time.perf_counter()
         queue.append(waiter)
         try:
             async with asyncio.timeout(self.max_wait):
@@ -147,6 +205,8 @@ class Shedder:
     def _forget(self, waiter: asyncio.Future[None]) -> None:
         with contextlib.suppress(ValueError):
             self.queue.remove(waiter)
+        if not self.queue:
+            self._empty_at = time.perf_counter()
 
     def released(self) -> None:
         """Hand the places now free to the requests waiting longest."""
@@ -156,6 +216,8 @@ class Shedder:
             if not waiter.done():
                 limiter.add_in_flight()
                 waiter.set_result(None)
+        if not queue:
+            self._empty_at = time.perf_counter()
 
     def give_back(self) -> None:
         """A place given back without a latency."""

@@ -115,3 +115,54 @@ def test_stream_slots() -> None:
     assert not slots.try_take()
     slots.give_back()
     assert slots.try_take()
+
+
+def lagging_window(limit: GradientLimit, start: float, in_flight: int, lag: float) -> float:
+    """One window with ``in_flight`` requests taking 10 ms each (the usual latency, so
+    the latency alone changes nothing) while the loop ran its timers ``lag`` late."""
+    while limit.in_flight < in_flight and limit.try_acquire():
+        pass
+    for _ in range(20):
+        limit.observe_lag(lag)
+    now = start
+    for i in range(10):
+        now = start + WINDOW * (i + 1) / 10
+        limit.release(0.010, now)
+        limit.try_acquire()  # the next request takes the place
+    return now
+
+
+def test_a_lagging_loop_shrinks_the_limit_from_what_was_in_flight_at_once() -> None:
+    """1000 places, 200 in flight, the loop twice as late as the target: one window
+    brings the limit to half of the 200 (not 0.9 of 1000, as the latency alone would)."""
+    limit = GradientLimit(10, 1000, now=0.0, window_seconds=WINDOW, lag_target=0.002)
+    now = lagging_window(limit, 0.0, 200, lag=0.0005)
+    assert limit.limit == 1000  # on time: not busy enough to judge, unchanged
+    lagging_window(limit, now, 200, lag=0.004)
+    assert limit.limit == 100
+
+
+def test_the_lag_shrinks_by_its_ratio_at_most_by_half_and_never_below_the_floor() -> None:
+    limit = GradientLimit(40, 1000, now=0.0, window_seconds=WINDOW, lag_target=0.002)
+    now = lagging_window(limit, 0.0, 100, lag=0.0025)
+    assert limit.estimate == pytest.approx(80)  # 100 x 2 / 2.5
+    seen = []
+    for _ in range(5):
+        now = lagging_window(limit, now, 1000, lag=0.050)  # 25 times late: half at most
+        seen.append(limit.limit)
+    assert seen == [40, 40, 40, 40, 40]
+
+
+def test_once_the_loop_is_on_time_again_the_limit_grows_back() -> None:
+    limit = GradientLimit(10, 1000, now=0.0, window_seconds=WINDOW, lag_target=0.002)
+    now = lagging_window(limit, 0.0, 200, lag=0.010)
+    shrunk = limit.limit
+    for _ in range(40):
+        now = lagging_window(limit, now, 1000, lag=0.001)
+    assert limit.limit > shrunk * 1.5
+
+
+def test_without_a_lag_target_the_lag_is_ignored() -> None:
+    limit = GradientLimit(10, 1000, now=0.0, window_seconds=WINDOW)
+    lagging_window(limit, 0.0, 200, lag=1.0)
+    assert limit.limit == 1000

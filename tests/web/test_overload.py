@@ -13,8 +13,8 @@ from typing import Any
 import aiohttp
 from structlog.testing import capture_logs
 
-from gateway.web.overload import SHEDDER, Shedder
-from tests.support.harness import SEND_URL, TOKEN_URL, Gateway, start_admin
+from gateway.web.overload import CLOSED_SECONDS, SHEDDER, STANDING_SECONDS, Shedder
+from tests.support.harness import SEND_URL, TOKEN_URL, Gateway, start_admin, stop_gateway
 from tests.support.raw_http import Connection, request
 from tests.support.upstreams import Script
 
@@ -61,6 +61,18 @@ async def timed_send(gw: Gateway, token: str, *, stream: bool = False) -> tuple[
             return resp.status, time.monotonic() - started, (body, dict(resp.headers))
         await resp.read()
         return resp.status, time.monotonic() - started, None
+
+
+def busy_clients(
+    gw: Gateway, tokens: list[str], stop: asyncio.Event, count: int = 40
+) -> list[asyncio.Task[None]]:
+    """``count`` clients, each sending again as soon as answered, until ``stop`` is set."""
+
+    async def client(token: str) -> None:
+        while not stop.is_set():
+            await timed_send(gw, token)
+
+    return [asyncio.create_task(client(tokens[i % len(tokens)])) for i in range(count)]
 
 
 def count_store_calls(gw: Gateway) -> list[int]:
@@ -223,6 +235,37 @@ async def test_shedding_can_be_turned_off(
     assert (await timed_send(gw, token))[0] == 200
 
 
+async def test_a_queue_that_does_not_empty_takes_no_one_for_a_while(
+    gateway_factory: GatewayFactory, scripted: tuple[Script, str]
+) -> None:
+    """Every place taken and a request waiting for longer than a standing queue is let
+    last: the replica is at capacity, and waiting would only add to the latency of what
+    it admits. A request now is shed at once although the queue has room, until the
+    queue has emptied and the closing time is over; then requests wait again."""
+    script, url = scripted
+    gw = await gateway_factory(upstream={"url": url}, overload=overload(limit=2, queue_size=5))
+    tokens = [await gw.new_token() for _ in range(4)]
+    script.headers_delay = UPSTREAM_DELAY
+    shedder = shedder_of(gw)
+    busy = [asyncio.create_task(timed_send(gw, token)) for token in tokens[:2]]
+    await until(lambda: shedder.in_flight == 2)
+    waiting = asyncio.create_task(timed_send(gw, tokens[2]))
+    await until(lambda: shedder.waiting == 1)
+    await asyncio.sleep(STANDING_SECONDS * 4)
+    status, seconds, (body, _) = await timed_send(gw, tokens[3])
+    assert status == 503 and body["code"] == "overloaded"
+    assert seconds < UPSTREAM_DELAY / 2
+    assert gw.sample("gateway_requests_shed_total", reason="queue_full") == 1
+    results = await asyncio.wait_for(asyncio.gather(*busy, waiting), 20)
+    assert [r[0] for r in results] == [200, 200, 200]  # the one waiting was served
+    await asyncio.sleep(CLOSED_SECONDS)
+    script.headers_delay = UPSTREAM_DELAY / 3
+    again = [asyncio.create_task(timed_send(gw, token)) for token in tokens[:3]]
+    await until(lambda: shedder.waiting == 1)  # open again: the third waits
+    assert [r[0] for r in await asyncio.wait_for(asyncio.gather(*again), 20)] == [200] * 3
+    assert (shedder.in_flight, shedder.waiting) == (0, 0)
+
+
 async def test_a_client_gone_while_waiting_leaves_no_place_taken(
     gateway_factory: GatewayFactory, scripted: tuple[Script, str]
 ) -> None:
@@ -288,16 +331,12 @@ async def test_the_limit_falls_when_the_latency_rises_under_load(
     ceiling (40); when they get ten times slower it falls (toward the floor, 4)."""
     script, url = scripted
     settings = overload(queue_size=200) | {"min_limit": 4, "max_limit": 40}
+    settings["loop_lag_target_ms"] = 0  # the latency alone (the loop is shared with clients)
     gw = await gateway_factory(upstream={"url": url}, overload=settings | {"window_seconds": 0.05})
     tokens = [await gw.new_token() for _ in range(4)]
     script.headers_delay = 0.02
     stop = asyncio.Event()
-
-    async def client(token: str) -> None:
-        while not stop.is_set():
-            await timed_send(gw, token)
-
-    clients = [asyncio.create_task(client(tokens[i % 4])) for i in range(40)]
+    clients = busy_clients(gw, tokens, stop)
     try:
         await asyncio.sleep(1.5)
         assert gw.sample("gateway_overload_limit") >= 30  # jitter on a busy machine aside
@@ -307,6 +346,41 @@ async def test_the_limit_falls_when_the_latency_rises_under_load(
         stop.set()
         await asyncio.wait_for(asyncio.gather(*clients), 15)
     assert (shedder_of(gw).in_flight, shedder_of(gw).waiting) == (0, 0)
+
+
+async def test_the_limit_falls_when_the_event_loop_runs_late(
+    gateway_factory: GatewayFactory, scripted: tuple[Script, str]
+) -> None:
+    """Busy clients, answers as quick as ever (a tolerance the latency never reaches),
+    and work on the gateway's event loop that makes each turn 20 ms long: the limit
+    falls from its ceiling (40) to its floor (4); the sampling stops with the gateway."""
+    script, url = scripted
+    settings = overload(queue_size=200) | {"min_limit": 4, "max_limit": 40, "tolerance": 10.0}
+    gw = await gateway_factory(
+        upstream={"url": url},
+        overload=settings | {"window_seconds": 0.05, "loop_lag_target_ms": 2},
+    )
+    tokens = [await gw.new_token() for _ in range(4)]
+    script.headers_delay = 0.02
+    stop = asyncio.Event()
+
+    async def hog() -> None:
+        while not stop.is_set():
+            time.sleep(0.02)  # noqa: ASYNC251 - the point: a turn of the loop taking 20 ms
+            await asyncio.sleep(0)
+
+    shedder = shedder_of(gw)
+    assert shedder.limit == 40
+    clients = busy_clients(gw, tokens, stop)
+    hogging = asyncio.create_task(hog())
+    try:
+        await until(lambda: gw.sample("gateway_overload_limit") == 4, timeout=15)
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(hogging, *clients), 15)
+    assert (shedder.in_flight, shedder.waiting) == (0, 0)
+    await stop_gateway(gw)  # again at teardown: closing twice is harmless
+    assert shedder._lag_timer is None
 
 
 async def test_while_saturated_the_listener_answers_from_the_request_head(
