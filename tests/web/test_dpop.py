@@ -33,6 +33,15 @@ async def send(gateway: Gateway, token: str, proof: str | None, **headers: str) 
         return resp.status, (await resp.json(content_type=None)), resp.headers
 
 
+async def renewed(gateway: Gateway, key: ProofKey, token: str, **headers: str) -> str:
+    """The successor of ``token``, renewed with a proof by ``key``."""
+    proof = key.proof("POST", gateway.url + REFRESH_URL, token=token)
+    async with gateway.refresh(token, DPoP=proof, **headers) as resp:
+        body = await resp.json()
+        assert resp.status == 200, body
+    return str(body["token"])
+
+
 async def test_a_token_asked_for_with_a_proof_is_bound_and_used_with_proofs(
     gateway: Gateway,
 ) -> None:
@@ -47,11 +56,7 @@ async def test_a_token_asked_for_with_a_proof_is_bound_and_used_with_proofs(
     url = gateway.url + MESSAGES_URL.format(token=token)
     async with gateway.messages(token, DPoP=key.proof("GET", url, token=token)) as resp:
         assert resp.status == 200, await resp.text()
-    proof = key.proof("POST", gateway.url + REFRESH_URL, token=token)
-    async with gateway.refresh(token, DPoP=proof) as resp:
-        body = await resp.json()
-        assert resp.status == 200, body
-    successor = body["token"]
+    successor = await renewed(gateway, key, token)
     assert claims(gateway, successor).jkt == key.jkt
     status, body, _ = await send(
         gateway, successor, key.proof("POST", gateway.url + SEND_URL, token=successor)
@@ -115,9 +120,7 @@ async def test_a_proof_by_another_key_revokes_the_conversation(gateway: Gateway)
     owner, thief = ProofKey(), ProofKey()
     token = await bound_token(gateway, owner)
     url = gateway.url + SEND_URL
-    refresh = owner.proof("POST", gateway.url + REFRESH_URL, token=token)
-    async with gateway.refresh(token, DPoP=refresh) as resp:
-        successor = (await resp.json())["token"]
+    successor = await renewed(gateway, owner, token)
     status, body, _ = await send(gateway, successor, thief.proof("POST", url, token=successor))
     assert (status, body["code"]) == (403, "token_reuse_suspected")
     # the owner's own key no longer helps: the token and its whole family are revoked
@@ -180,11 +183,7 @@ async def test_bound_at_issue_a_key_bound_token_records_its_network_through_rene
     token = await bound_token(gateway, key, **home)
     issued = claims(gateway, token).fingerprint
     assert issued and claims(gateway, token).jkt == key.jkt
-    proof = key.proof("POST", gateway.url + REFRESH_URL, token=token)
-    async with gateway.refresh(token, DPoP=proof, **away) as resp:
-        body = await resp.json()
-        assert resp.status == 200, body
-    successor = body["token"]
+    successor = await renewed(gateway, key, token, **away)
     assert claims(gateway, successor).fingerprint == issued
     url = gateway.url + SEND_URL
     for headers in (away, home, away):
@@ -364,9 +363,7 @@ async def test_other_key_refuse_turns_away_a_copy_without_ending_the_visitor_s_c
     )
     owner, thief = ProofKey(), ProofKey()
     retired = await bound_token(gateway, owner)
-    proof = owner.proof("POST", gateway.url + REFRESH_URL, token=retired)
-    async with gateway.refresh(retired, DPoP=proof) as resp:
-        current = (await resp.json())["token"]
+    current = await renewed(gateway, owner, retired)
     await asyncio.sleep(1.2)  # past the overlap: the first token is retired for good
     url = gateway.url + SEND_URL
     for copy in (current, retired):
